@@ -1,0 +1,1 @@
+//! Seed-compatible PBKDF2 derivation of the PAM-known password (New-Pbkdf2Hash).

@@ -1,0 +1,21 @@
+//! pwrelay-shared: the library the relay and the agent both use.
+//!
+//! - [`secret`]: zeroizing secret types with redacted `Debug`.
+//! - [`domain`]: validated names (AD DNS domain names, agent names).
+//! - [`identity`]: the agent identity carried in its client certificate.
+//! - [`pki`]: the private CA, relay server and agent client certificates.
+//! - [`tls`]: every rustls configuration of the product is built here.
+//! - [`policy`], [`password`], [`derive`]: the password engine (AD policy, banned-password
+//!   evaluation, generation, seed-compatible derivation).
+
+pub mod derive;
+pub mod domain;
+pub mod identity;
+pub mod password;
+pub mod pki;
+pub mod policy;
+pub mod secret;
+pub mod tls;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -1,0 +1,1 @@
+//! Password evaluation (banned terms) and generation.

@@ -1,0 +1,1 @@
+//! Active Directory password policy: the model and the complexity rules.
