@@ -1,1 +1,23 @@
-//! placeholder
+//! pwrelay-relay: the cloud side of pwrelay.
+//!
+//! [`config::Config`] → [`app::App::build`] → [`app::App::run`]. The parts:
+//! - [`api`]: the HTTPS API clients use (rotations, jobs, health).
+//! - [`link`]: the mTLS gRPC service agents connect to; dispatch and results.
+//! - [`store`]: the durable job store (SQLite) behind one narrow trait.
+//! - [`jobs`]: the job model and in-process job signals.
+//! - [`seal`]: encryption of secrets at rest.
+//! - [`listener`]: the TLS accept loop of both listeners.
+//! - [`cli`]: the `pwrelay` command line (serve, pki, clients, password, store-key).
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod jobs;
+pub mod link;
+pub mod listener;
+pub mod seal;
+pub mod store;
+
+pub use app::App;
+pub use config::Config;

@@ -4,6 +4,8 @@
 //! - [`domain`]: validated names (AD DNS domain names, agent names).
 //! - [`identity`]: the agent identity carried in its client certificate.
 //! - [`pki`]: the private CA, relay server and agent client certificates.
+//! - [`shutdown`]: the signal both binaries stop on.
+//! - [`telemetry`]: log output of both binaries.
 //! - [`tls`]: every rustls configuration of the product is built here.
 //! - [`policy`], [`password`], [`derive`]: the password engine (AD policy, banned-password
 //!   evaluation, generation, seed-compatible derivation).
@@ -15,6 +17,8 @@ pub mod password;
 pub mod pki;
 pub mod policy;
 pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
 pub mod tls;
 
 #[cfg(feature = "testkit")]

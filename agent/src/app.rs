@@ -1,0 +1,121 @@
+//! The agent application: `App::build(config)` loads certificates and binds the health listener,
+//! `App::run(shutdown)` keeps the relay link up and serves health until `shutdown` completes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pwrelay_shared::tls::{self, CertifiedKey, TrustAnchors};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::health::{self, HealthState};
+use crate::link::LinkClient;
+
+/// How long running work gets to finish after shutdown starts.
+const DRAIN_GRACE: Duration = Duration::from_secs(15);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Certificates or keys are unusable.
+    #[error("{key}: {source}")]
+    Tls {
+        /// The configuration key.
+        key: String,
+        /// The cause.
+        source: tls::TlsError,
+    },
+    /// The health listener cannot be bound.
+    #[error("health.listen {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A built agent, not yet running.
+#[derive(Debug)]
+pub struct App {
+    link: LinkClient,
+    health: Arc<HealthState>,
+    health_listener: TcpListener,
+    domains: usize,
+}
+
+impl App {
+    /// Loads TLS material for the relay and every domain, and binds the health listener.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let relay_tls = |source| AppError::Tls { key: "relay".into(), source };
+        let identity = CertifiedKey::from_files(&config.relay.cert_file, &config.relay.key_file).map_err(relay_tls)?;
+        let relay_ca = TrustAnchors::from_file(&config.relay.ca_file).map_err(relay_tls)?;
+        let link_tls = tls::link_client(identity, &relay_ca).map_err(relay_tls)?;
+        let mut directories = BTreeMap::new();
+        for (i, domain) in config.domains.into_iter().enumerate() {
+            let name = domain.name.clone();
+            let directory = Directory::new(domain).map_err(|source| AppError::Tls { key: format!("domains[{i}].ca_file"), source })?;
+            directories.insert(name, directory);
+        }
+        let domains = directories.len();
+        let health_listener = TcpListener::bind(config.health.listen)
+            .await
+            .map_err(|source| AppError::Bind { addr: config.health.listen, source })?;
+        if !config.health.listen.ip().is_loopback() {
+            tracing::warn!(listen = %config.health.listen, "health endpoints listen on a non-loopback address");
+        }
+        let health = Arc::new(HealthState::default());
+        let link = LinkClient {
+            host: config.relay.host,
+            port: config.relay.port,
+            server_name: config.relay.server_name,
+            tls: link_tls,
+            max_jobs_in_flight: config.relay.max_jobs_in_flight,
+            heartbeat: config.relay.heartbeat,
+            directories: Arc::new(directories),
+            health: Arc::clone(&health),
+        };
+        Ok(Self { link, health, health_listener, domains })
+    }
+
+    /// The bound health address.
+    pub fn health_addr(&self) -> SocketAddr {
+        // Bound in build(); local_addr() of a bound listener only fails on OS resource errors.
+        self.health_listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Runs until `shutdown` completes, then lets running jobs report and stops.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let Self { link, health, health_listener, domains } = self;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracing::info!(relay = %format!("{}:{}", link.host, link.port), health = %health_listener.local_addr()?, "agent starting");
+
+        tracker.spawn(health::check_directories(Arc::clone(&link.directories), Arc::clone(&health), cancel.child_token()));
+        let health_cancel = cancel.child_token();
+        let router = health::router(Arc::clone(&health), domains);
+        tracker.spawn(async move {
+            let served = axum::serve(health_listener, router).with_graceful_shutdown(async move { health_cancel.cancelled().await }).await;
+            if let Err(error) = served {
+                tracing::error!(%error, "health endpoint failed");
+            }
+        });
+        tracker.spawn(link.run(cancel.child_token()));
+
+        shutdown.await;
+        tracing::info!("shutdown requested");
+        cancel.cancel();
+        tracker.close();
+        if tokio::time::timeout(DRAIN_GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!("stopping with work still running after {DRAIN_GRACE:?}");
+        }
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+}

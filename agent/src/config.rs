@@ -1,0 +1,378 @@
+//! The agent's configuration: one TOML file (`pwrelay-agent run --config agent.toml`).
+//!
+//! Parsed into validated types at start-up; errors name the key. Relative paths resolve against
+//! the configuration file's directory. The service account's password is read from a file or an
+//! environment variable, never from the command line. Every key, with its default, is shown in
+//! `deploy/config/agent.full.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pwrelay_shared::domain::DomainName;
+use pwrelay_shared::secret::SecretString;
+use pwrelay_shared::telemetry::LogConfig;
+use serde::Deserialize;
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown/missing keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// toml's message (names the key and line).
+        message: String,
+    },
+    /// A value is unusable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, dotted.
+        key: String,
+        /// What to fix.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    relay: RelayFile,
+    #[serde(default)]
+    health: HealthFile,
+    domains: Vec<DomainFile>,
+    #[serde(default)]
+    log: LogConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayFile {
+    url: String,
+    server_name: Option<String>,
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[serde(default = "default_max_jobs_in_flight")]
+    max_jobs_in_flight: u32,
+    #[serde(default = "default_heartbeat_seconds")]
+    heartbeat_seconds: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthFile {
+    #[serde(default = "default_health_listen")]
+    listen: SocketAddr,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        Self { listen: default_health_listen() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainFile {
+    name: DomainName,
+    urls: Vec<String>,
+    ca_file: PathBuf,
+    base_dn: Option<String>,
+    bind_dn: String,
+    bind_password_file: Option<PathBuf>,
+    bind_password_env: Option<String>,
+    #[serde(default = "default_ldap_timeout_seconds")]
+    timeout_seconds: u64,
+}
+
+fn default_max_jobs_in_flight() -> u32 {
+    4
+}
+fn default_heartbeat_seconds() -> u64 {
+    15
+}
+fn default_health_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9444))
+}
+fn default_ldap_timeout_seconds() -> u64 {
+    10
+}
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How to reach the relay.
+    pub relay: RelayConfig,
+    /// The local health endpoint.
+    pub health: HealthConfig,
+    /// The AD domains this agent serves.
+    pub domains: Vec<DomainConfig>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Host and port of the relay's agent link.
+    pub host: String,
+    /// Port of the relay's agent link.
+    pub port: u16,
+    /// The name the relay's certificate must carry (defaults to the URL's host).
+    pub server_name: String,
+    /// CA that issued the relay's link certificate (`ca.pem` from `pwrelay pki`).
+    pub ca_file: PathBuf,
+    /// This agent's client certificate.
+    pub cert_file: PathBuf,
+    /// This agent's private key.
+    pub key_file: PathBuf,
+    /// Jobs carried out at once.
+    pub max_jobs_in_flight: u32,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Listen address of `/healthz` and `/readyz` (default 127.0.0.1:9444).
+    pub listen: SocketAddr,
+}
+
+/// How a DC URL is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LdapTransport {
+    /// `ldaps://`: TLS from the first byte (port 636).
+    Ldaps,
+    /// `ldap://`: plain connect, then StartTLS before anything else is sent (port 389).
+    StartTls,
+}
+
+/// One domain controller URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DcUrl {
+    /// The URL as ldap3 takes it.
+    pub url: String,
+    /// Its transport.
+    pub transport: LdapTransport,
+}
+
+/// `[[domains]]`.
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    /// The AD DNS domain.
+    pub name: DomainName,
+    /// DC URLs, tried in order.
+    pub urls: Vec<DcUrl>,
+    /// CA certificate(s) that issued the DCs' certificates.
+    pub ca_file: PathBuf,
+    /// Where accounts are searched (default: the domain's naming context).
+    pub base_dn: String,
+    /// The service account.
+    pub bind_dn: String,
+    /// The service account's password.
+    pub bind_password: SecretString,
+    /// Connect and operation timeout.
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base, &|name| std::env::var(name).ok()).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text; relative paths resolve against `base`; `env` looks up variables.
+    pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let file: AgentFile =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "<config>".into(), message: e.to_string() })?;
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let url = file.relay.url.trim();
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| invalid("relay.url", "must start with https:// (the link is always TLS)"))?;
+        let authority = rest.trim_end_matches('/');
+        let (host, port) = split_host_port(authority)
+            .ok_or_else(|| invalid("relay.url", "must be https://HOST:PORT, e.g. https://relay.example.com:7443"))?;
+        if file.relay.max_jobs_in_flight == 0 || file.relay.max_jobs_in_flight > 64 {
+            return Err(invalid("relay.max_jobs_in_flight", "must be 1-64"));
+        }
+        if file.relay.heartbeat_seconds == 0 {
+            return Err(invalid("relay.heartbeat_seconds", "must be at least 1"));
+        }
+        if file.domains.is_empty() {
+            return Err(invalid("domains", "configure at least one [[domains]] entry"));
+        }
+        let mut domains = Vec::new();
+        for (i, d) in file.domains.into_iter().enumerate() {
+            let key = |field: &str| format!("domains[{i}].{field}");
+            if domains.iter().any(|known: &DomainConfig| known.name == d.name) {
+                return Err(invalid(key("name"), format!("{} is configured twice", d.name)));
+            }
+            if d.urls.is_empty() {
+                return Err(invalid(key("urls"), "list at least one domain controller, e.g. ldaps://dc1.corp.example.com"));
+            }
+            let urls = d.urls.iter().map(|u| parse_dc_url(u).map_err(|m| invalid(key("urls"), m))).collect::<Result<_, _>>()?;
+            let bind_password = match (&d.bind_password_file, &d.bind_password_env) {
+                (Some(file), None) => {
+                    let path = resolve(file.clone());
+                    let text = SecretString::new(std::fs::read_to_string(&path).map_err(|e| {
+                        invalid(key("bind_password_file"), format!("{}: {e}", path.display()))
+                    })?);
+                    let trimmed = text.expose_secret().trim_end_matches(['\r', '\n']);
+                    SecretString::from(trimmed)
+                }
+                (None, Some(var)) => SecretString::new(
+                    env(var).ok_or_else(|| invalid(key("bind_password_env"), format!("environment variable {var} is not set")))?,
+                ),
+                _ => {
+                    return Err(invalid(
+                        key("bind_password_file"),
+                        "set exactly one of bind_password_file or bind_password_env",
+                    ));
+                }
+            };
+            if bind_password.is_empty() {
+                return Err(invalid(key("bind_password_file"), "the service account password is empty"));
+            }
+            if d.bind_dn.trim().is_empty() {
+                return Err(invalid(key("bind_dn"), "is empty"));
+            }
+            if d.timeout_seconds == 0 {
+                return Err(invalid(key("timeout_seconds"), "must be at least 1"));
+            }
+            let base_dn = d.base_dn.unwrap_or_else(|| d.name.default_base_dn());
+            domains.push(DomainConfig {
+                name: d.name,
+                urls,
+                ca_file: resolve(d.ca_file),
+                base_dn,
+                bind_dn: d.bind_dn,
+                bind_password,
+                timeout: Duration::from_secs(d.timeout_seconds),
+            });
+        }
+        Ok(Self {
+            relay: RelayConfig {
+                server_name: file.relay.server_name.unwrap_or_else(|| host.clone()),
+                host,
+                port,
+                ca_file: resolve(file.relay.ca_file),
+                cert_file: resolve(file.relay.cert_file),
+                key_file: resolve(file.relay.key_file),
+                max_jobs_in_flight: file.relay.max_jobs_in_flight,
+                heartbeat: Duration::from_secs(file.relay.heartbeat_seconds),
+            },
+            health: HealthConfig { listen: file.health.listen },
+            domains,
+            log: file.log,
+        })
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(String, u16)> {
+    let (host, port) = authority.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || authority.contains('/') {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+fn parse_dc_url(url: &str) -> Result<DcUrl, String> {
+    let transport = if url.starts_with("ldaps://") {
+        LdapTransport::Ldaps
+    } else if url.starts_with("ldap://") {
+        LdapTransport::StartTls
+    } else {
+        return Err(format!(
+            "{url:?}: use ldaps://HOST (TLS) or ldap://HOST (StartTLS is then required); plaintext LDAP is never used"
+        ));
+    };
+    Ok(DcUrl { url: url.to_owned(), transport })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[relay]
+url = "https://relay.example.com:7443"
+ca_file = "pki/ca.pem"
+cert_file = "pki/agent.pem"
+key_file = "pki/agent.key"
+
+[[domains]]
+name = "corp.example.com"
+urls = ["ldaps://dc1.corp.example.com", "ldap://dc2.corp.example.com"]
+ca_file = "dc-ca.pem"
+bind_dn = "CN=svc-pwrelay,OU=Service,DC=corp,DC=example,DC=com"
+bind_password_env = "BIND_PW"
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "BIND_PW").then(|| "s3cret!".to_owned())
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/pwrelay"), &env).expect("valid");
+        assert_eq!((c.relay.host.as_str(), c.relay.port), ("relay.example.com", 7443));
+        assert_eq!(c.relay.server_name, "relay.example.com");
+        assert_eq!(c.health.listen, "127.0.0.1:9444".parse().expect("addr"));
+        let d = &c.domains[0];
+        assert_eq!(d.base_dn, "DC=corp,DC=example,DC=com");
+        assert_eq!(d.urls[1].transport, LdapTransport::StartTls);
+        assert_eq!(d.bind_password.expose_secret(), "s3cret!");
+        assert_eq!(d.ca_file, Path::new("/etc/pwrelay/dc-ca.pem"));
+    }
+
+    #[test]
+    fn plaintext_and_missing_secrets_are_refused_naming_the_key() {
+        let plain = MINIMAL.replace("\"ldaps://dc1.corp.example.com\", ", "\"ldapi://x\", ");
+        let e = Config::parse(&plain, Path::new("/"), &env).expect_err("refused").to_string();
+        assert!(e.starts_with("domains[0].urls"), "{e}");
+        let e = Config::parse(MINIMAL, Path::new("/"), &|_| None).expect_err("refused").to_string();
+        assert!(e.contains("domains[0].bind_password_env") && e.contains("BIND_PW"), "{e}");
+        let http = MINIMAL.replace("https://relay", "http://relay");
+        let e = Config::parse(&http, Path::new("/"), &env).expect_err("refused").to_string();
+        assert!(e.starts_with("relay.url"), "{e}");
+        let both = MINIMAL.replace("bind_password_env", "bind_password_file = \"x\"\nbind_password_env");
+        let e = Config::parse(&both, Path::new("/"), &env).expect_err("refused").to_string();
+        assert!(e.contains("exactly one"), "{e}");
+        let unknown = MINIMAL.replace("[relay]", "[relay]\npassword = \"x\"");
+        let e = Config::parse(&unknown, Path::new("/"), &env).expect_err("refused").to_string();
+        assert!(e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn password_file_has_its_newline_trimmed() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("bind.secret"), "Pa55word!\n").expect("write");
+        let text = MINIMAL.replace("bind_password_env = \"BIND_PW\"", "bind_password_file = \"bind.secret\"");
+        let c = Config::parse(&text, dir.path(), &env).expect("valid");
+        assert_eq!(c.domains[0].bind_password.expose_secret(), "Pa55word!");
+    }
+}

@@ -1,0 +1,60 @@
+//! API client authentication: `Authorization: Bearer pwr_...`.
+//!
+//! Tokens are 32 random bytes, shown once by `pwrelay clients add`; the store keeps only their
+//! SHA-256, and lookups are by that hash, so the store never holds a usable token.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use base64::Engine as _;
+use pwrelay_shared::secret::SecretString;
+use ring::rand::{SecureRandom, SystemRandom};
+use sha2::{Digest, Sha256};
+
+use super::ApiState;
+use super::error::ApiError;
+use crate::store::ApiClient;
+
+/// Prefix of every token (lets secret scanners recognise them).
+const TOKEN_PREFIX: &str = "pwr_";
+
+/// A new token and its hash.
+pub fn new_token() -> Result<(SecretString, [u8; 32]), ring::error::Unspecified> {
+    let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+    SystemRandom::new().fill(raw.as_mut())?;
+    let token = SecretString::new(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())));
+    let hash = token_hash(&token);
+    Ok((token, hash))
+}
+
+/// The stored form of a token.
+pub fn token_hash(token: &SecretString) -> [u8; 32] {
+    Sha256::digest(token.expose_secret().as_bytes()).into()
+}
+
+/// The authenticated API client of a request.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub ApiClient);
+
+impl FromRequestParts<Arc<ApiState>> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthenticated("send an API token as Authorization: Bearer <token>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| SecretString::from(t.trim()))
+            .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be Bearer <token>"))?;
+        match state.store.client_by_token(token_hash(&token)).await {
+            Ok(Some(client)) => Ok(Self(client)),
+            Ok(None) => Err(ApiError::unauthenticated("unknown API token; create one with `pwrelay clients add NAME`")),
+            Err(e) => Err(ApiError::unavailable(&e)),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The HTTPS API: routes, shared state, and the JSON body reader every handler uses.
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `POST /v1/rotations` | token | queue a password rotation → 202 `{job_id}` |
+//! | `GET /v1/jobs/{id}[?wait=S]` | token | a job's state, optionally waiting up to S seconds for it to finish |
+//! | `GET /v1/agents` | token | connected agents |
+//! | `GET /healthz` | none | the process is alive |
+//! | `GET /readyz` | none | the job store answers |
+
+pub mod auth;
+pub mod error;
+mod health;
+mod jobs;
+mod rotations;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use pwrelay_shared::domain::DomainName;
+use serde::de::DeserializeOwned;
+
+use crate::jobs::events::JobEvents;
+use crate::link::registry::AgentRegistry;
+use crate::seal::Sealer;
+use crate::store::Store;
+use error::ApiError;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The job store.
+    pub store: Arc<dyn Store>,
+    /// Seals passwords before they are stored.
+    pub sealer: Arc<Sealer>,
+    /// Job signals (long-poll wake-ups, dispatch wake-ups).
+    pub events: Arc<JobEvents>,
+    /// Connected agents.
+    pub registry: Arc<AgentRegistry>,
+    /// Domains this relay serves.
+    pub domains: BTreeSet<DomainName>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+/// The API's routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/rotations", post(rotations::create))
+        .route("/v1/jobs/{id}", get(jobs::show))
+        .route("/v1/agents", get(health::agents))
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .fallback(|| async { ApiError::not_found("no such route; see the API section of the README") })
+        .with_state(state)
+}
+
+/// Reads a JSON body of at most `limit` bytes into `T` (which should deny unknown fields).
+async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body, limit: usize) -> Result<T, ApiError> {
+    let is_json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
+    let bytes = zeroize::Zeroizing::new(bytes.to_vec());
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(describe_json_error(&e)))
+}
+
+/// serde_json's message without any echo of the input: type errors quote the offending value,
+/// which may be a password, so they are reduced to their position.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data if e.to_string().starts_with("invalid type") || e.to_string().starts_with("invalid value") => {
+            format!("a value has the wrong type at line {} column {}", e.line(), e.column())
+        }
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,210 @@
+//! The relay application: `App::build(config)` binds the listeners and opens the store,
+//! `App::run(shutdown)` serves until `shutdown` completes or a part fails, then drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pwrelay_proto::agent::v1::agent_link_server::AgentLinkServer;
+use pwrelay_shared::tls::{self, CertifiedKey, TrustAnchors};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::jobs::events::JobEvents;
+use crate::link::registry::AgentRegistry;
+use crate::link::{LinkContext, LinkService};
+use crate::listener::TlsIncoming;
+use crate::seal::{SealError, Sealer};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{ClaimPolicy, Store, StoreError};
+
+/// How long open requests and agent streams get to finish after shutdown starts.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How often overdue jobs are expired.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the relay could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A certificate or key in the configuration is unusable.
+    #[error("[{section}] TLS material: {source}")]
+    Tls {
+        /// The configuration section.
+        section: &'static str,
+        /// The cause.
+        source: tls::TlsError,
+    },
+    /// A listen address cannot be bound.
+    #[error("{key} {addr}: {source}")]
+    Bind {
+        /// The configuration key.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store key is unusable.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A server failed while running.
+    #[error("{part} failed: {message}")]
+    Serve {
+        /// Which server.
+        part: &'static str,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// A built relay, listening but not yet serving.
+#[derive(Debug)]
+pub struct App {
+    api: TlsIncoming,
+    link: TlsIncoming,
+    api_state: Arc<ApiState>,
+    link_context: Arc<LinkContext>,
+    store: Arc<SqliteStore>,
+    time_to_live: Duration,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl App {
+    /// Loads TLS material and the store key, opens the store and binds both listeners.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let api_tls = tls::https_server(
+            CertifiedKey::from_files(&config.api.cert_file, &config.api.key_file)
+                .map_err(|source| AppError::Tls { section: "api", source })?,
+        )
+        .map_err(|source| AppError::Tls { section: "api", source })?;
+        let agent_ca = TrustAnchors::from_file(&config.link.agent_ca_file)
+            .map_err(|source| AppError::Tls { section: "link", source })?;
+        let link_tls = tls::link_server(
+            CertifiedKey::from_files(&config.link.cert_file, &config.link.key_file)
+                .map_err(|source| AppError::Tls { section: "link", source })?,
+            &agent_ca,
+        )
+        .map_err(|source| AppError::Tls { section: "link", source })?;
+        let sealer = Arc::new(Sealer::from_key_file(&config.store.key_file)?);
+        let store = Arc::new(SqliteStore::open(&config.store.path)?);
+
+        let api_listener = TcpListener::bind(config.api.listen)
+            .await
+            .map_err(|source| AppError::Bind { key: "api.listen", addr: config.api.listen, source })?;
+        let link_listener = TcpListener::bind(config.link.listen)
+            .await
+            .map_err(|source| AppError::Bind { key: "link.listen", addr: config.link.listen, source })?;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let bind_err = |key, addr| move |source| AppError::Bind { key, addr, source };
+        let api = TlsIncoming::spawn(api_listener, api_tls, "api", cancel.child_token(), &tracker)
+            .map_err(bind_err("api.listen", config.api.listen))?;
+        let link = TlsIncoming::spawn(link_listener, link_tls, "link", cancel.child_token(), &tracker)
+            .map_err(bind_err("link.listen", config.link.listen))?;
+
+        let events = Arc::new(JobEvents::default());
+        let registry = Arc::new(AgentRegistry::default());
+        let domains = config.domains.iter().cloned().collect();
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let api_state = Arc::new(ApiState {
+            store: Arc::clone(&dyn_store),
+            sealer: Arc::clone(&sealer),
+            events: Arc::clone(&events),
+            registry: Arc::clone(&registry),
+            domains: config.domains.iter().cloned().collect(),
+            max_body_bytes: config.api.max_body_bytes,
+        });
+        let link_context = Arc::new(LinkContext {
+            store: dyn_store,
+            sealer,
+            events,
+            registry,
+            relay_domains: domains,
+            claim_policy: ClaimPolicy {
+                lease: config.link.lease,
+                max_attempts: config.jobs.max_attempts,
+                time_to_live: config.jobs.time_to_live,
+            },
+            heartbeat: config.link.heartbeat,
+        });
+        tracing::info!(api = %api.local_addr(), link = %link.local_addr(), store = %store.path().display(), "relay listening");
+        Ok(Self { api, link, api_state, link_context, store, time_to_live: config.jobs.time_to_live, cancel, tracker })
+    }
+
+    /// The bound HTTPS API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.local_addr()
+    }
+
+    /// The bound agent-link address.
+    pub fn link_addr(&self) -> SocketAddr {
+        self.link.local_addr()
+    }
+
+    /// Serves until `shutdown` completes (or a server fails), then drains for up to 10 s.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        let Self { api, link, api_state, link_context, store, time_to_live, cancel, tracker } = self;
+        let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(4);
+
+        let api_cancel = cancel.child_token();
+        let api_failed = failed_tx.clone();
+        tracker.spawn(async move {
+            let served = axum::serve(api, api::router(api_state))
+                .with_graceful_shutdown(async move { api_cancel.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                let _ = api_failed.send(AppError::Serve { part: "api", message: e.to_string() }).await;
+            }
+        });
+
+        let link_cancel = cancel.child_token();
+        let service = LinkService::new(link_context, cancel.child_token(), tracker.clone());
+        let link_failed = failed_tx.clone();
+        tracker.spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(AgentLinkServer::new(service))
+                .serve_with_incoming_shutdown(link.into_stream(), async move { link_cancel.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                let _ = link_failed.send(AppError::Serve { part: "agent link", message: e.to_string() }).await;
+            }
+        });
+
+        let sweep_cancel = cancel.child_token();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    () = sweep_cancel.cancelled() => break,
+                    _ = tick.tick() => match store.expire_overdue(time_to_live).await {
+                        Ok(0) => {}
+                        Ok(expired) => tracing::warn!(expired, "jobs expired without an agent finishing them"),
+                        Err(error) => tracing::error!(%error, "expiring overdue jobs failed"),
+                    },
+                }
+            }
+        });
+        drop(failed_tx);
+
+        let result = tokio::select! {
+            () = shutdown => { tracing::info!("shutdown requested"); Ok(()) }
+            Some(error) = failed_rx.recv() => Err(error),
+        };
+        cancel.cancel();
+        tracker.close();
+        if tokio::time::timeout(DRAIN_GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!("some connections did not finish within {DRAIN_GRACE:?}; stopping anyway");
+        }
+        tracing::info!("relay stopped");
+        result
+    }
+}

@@ -1,0 +1,140 @@
+//! The `pwrelay` command line: `serve` runs the relay; the other commands prepare and operate it.
+
+mod password;
+mod pki;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pwrelay_shared::secret::SecretString;
+
+use crate::api::auth;
+use crate::config::{Config, Overrides};
+use crate::seal::Sealer;
+use crate::store::Store as _;
+use crate::store::sqlite::SqliteStore;
+
+/// Exit code for a bad command line or configuration (EX_USAGE / EX_CONFIG style).
+pub(crate) const EXIT_CONFIG: u8 = 64;
+/// Exit code for a failure while running.
+pub(crate) const EXIT_FAILURE: u8 = 1;
+
+/// pwrelay: sets Active Directory passwords from the cloud through on-prem agents.
+///
+/// The relay receives rotation requests over its HTTPS API, stores them as durable jobs and
+/// streams them over mutually authenticated gRPC to the agent of the target AD domain.
+#[derive(Debug, Parser)]
+#[command(name = "pwrelay", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay (HTTPS API on api.listen, agent link on link.listen).
+    Serve(serve::ServeArgs),
+    /// Create the private CA, the relay's link certificate, and agent certificates.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// Manage API clients (the PAMs and workflows that call the API).
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Manage the key that seals secrets in the job store.
+    #[command(subcommand)]
+    StoreKey(StoreKeyCommand),
+    /// Check, generate and derive passwords with pwrelay's password engine.
+    #[command(subcommand)]
+    Password(password::PasswordCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// Register an API client and print its bearer token (shown once; only its hash is stored).
+    Add {
+        /// A name for the client, shown in jobs and logs (e.g. "cyberark-prod").
+        name: String,
+        /// The relay configuration (for store.path).
+        #[arg(long, env = "PWRELAY_CONFIG", default_value = "/etc/pwrelay/relay.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreKeyCommand {
+    /// Write a new random 32-byte key (base64) to a file with mode 0600.
+    Generate {
+        /// Where to write the key (store.key_file).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub fn run(self) -> ExitCode {
+        pwrelay_shared::tls::install_default_provider();
+        match self.command {
+            Command::Serve(args) => serve::run(args),
+            Command::Pki(command) => pki::run(command),
+            Command::Clients(ClientsCommand::Add { name, config }) => add_client(&name, &config),
+            Command::StoreKey(StoreKeyCommand::Generate { out }) => generate_store_key(&out),
+            Command::Password(command) => password::run(command),
+        }
+    }
+}
+
+fn add_client(name: &str, config_path: &std::path::Path) -> ExitCode {
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        eprintln!("error: the client name must be 1-64 letters, digits, '-', '_' or '.'");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let config = match Config::load(config_path, &Overrides::default()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = current_thread_runtime().and_then(|rt| {
+        rt.block_on(async {
+            let store = SqliteStore::open(&config.store.path)?;
+            let (token, hash) = auth::new_token().map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+            store.add_client(name, hash).await?;
+            Ok::<SecretString, anyhow::Error>(token)
+        })
+    });
+    match result {
+        Ok(token) => {
+            eprintln!("API client {name:?} added. Its token is shown only now; store it in your PAM's vault:");
+            println!("{}", token.expose_secret());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn generate_store_key(out: &std::path::Path) -> ExitCode {
+    let written = Sealer::generate_key_text()
+        .map_err(anyhow::Error::from)
+        .and_then(|key| pwrelay_shared::pki::write_private(out, &key, false).map_err(anyhow::Error::from));
+    match written {
+        Ok(()) => {
+            eprintln!("wrote {} (mode 0600); set store.key_file to it and back it up: sealed jobs cannot be opened without it", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}

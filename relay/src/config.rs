@@ -1,0 +1,320 @@
+//! The relay's configuration: one TOML file (`pwrelay serve --config relay.toml`), with listen
+//! addresses overridable from the command line or environment.
+//!
+//! The file is parsed into validated types at start-up; an error names the key to fix. Relative
+//! paths are resolved against the directory of the configuration file. Every key, with its default,
+//! is shown in `deploy/config/relay.full.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pwrelay_shared::domain::DomainName;
+use pwrelay_shared::telemetry::LogConfig;
+use serde::Deserialize;
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown/missing keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// toml's message (names the key and line).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, dotted.
+        key: &'static str,
+        /// What to fix.
+        message: String,
+    },
+}
+
+/// The relay configuration as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayFile {
+    domains: Vec<DomainName>,
+    api: ApiFile,
+    link: LinkFile,
+    store: StoreFile,
+    #[serde(default)]
+    jobs: JobsFile,
+    #[serde(default)]
+    log: LogConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiFile {
+    #[serde(default = "default_api_listen")]
+    listen: SocketAddr,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkFile {
+    #[serde(default = "default_link_listen")]
+    listen: SocketAddr,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    agent_ca_file: PathBuf,
+    #[serde(default = "default_lease_seconds")]
+    lease_seconds: u64,
+    #[serde(default = "default_heartbeat_seconds")]
+    heartbeat_seconds: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    path: PathBuf,
+    key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsFile {
+    #[serde(default = "default_max_attempts")]
+    max_attempts: u32,
+    #[serde(default = "default_ttl_hours")]
+    ttl_hours: u64,
+}
+
+impl Default for JobsFile {
+    fn default() -> Self {
+        Self { max_attempts: default_max_attempts(), ttl_hours: default_ttl_hours() }
+    }
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+fn default_link_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+fn default_lease_seconds() -> u64 {
+    60
+}
+fn default_heartbeat_seconds() -> u64 {
+    15
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_ttl_hours() -> u64 {
+    24
+}
+/// The validated relay configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// AD domains this relay accepts jobs for.
+    pub domains: Vec<DomainName>,
+    /// HTTPS API listener.
+    pub api: ApiConfig,
+    /// Agent link listener.
+    pub link: LinkConfig,
+    /// Job store.
+    pub store: StoreConfig,
+    /// Delivery limits.
+    pub jobs: JobsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Listen address (default 0.0.0.0:8443).
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Server private key (PEM).
+    pub key_file: PathBuf,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// `[link]`.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Listen address (default 0.0.0.0:7443).
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM), issued by `pwrelay pki init`.
+    pub cert_file: PathBuf,
+    /// Server private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA that issues agent certificates.
+    pub agent_ca_file: PathBuf,
+    /// How long an agent holds a job before it may be redelivered.
+    pub lease: Duration,
+    /// How often agents send heartbeats; three missed ones close the stream.
+    pub heartbeat: Duration,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// SQLite database file.
+    pub path: PathBuf,
+    /// File with the 32-byte key (base64) that seals secrets at rest.
+    pub key_file: PathBuf,
+}
+
+/// `[jobs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct JobsConfig {
+    /// Deliveries before a job fails with `delivery_exhausted`.
+    pub max_attempts: u32,
+    /// Age at which an unfinished job fails with `expired`.
+    pub time_to_live: Duration,
+}
+
+/// Values that override the file (from the command line or environment).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// Replaces `api.listen`.
+    pub api_listen: Option<SocketAddr>,
+    /// Replaces `link.listen`.
+    pub link_listen: Option<SocketAddr>,
+    /// Replaces `log.level`.
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, then applies `overrides`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base, overrides)
+            .map_err(|e| match e {
+                ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
+                other => other,
+            })
+    }
+
+    /// Parses TOML text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file: RelayFile =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "<config>".into(), message: e.to_string() })?;
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        if file.domains.is_empty() {
+            return Err(ConfigError::Invalid { key: "domains", message: "list at least one AD domain".into() });
+        }
+        if file.link.lease_seconds < 5 {
+            return Err(ConfigError::Invalid { key: "link.lease_seconds", message: "must be at least 5".into() });
+        }
+        if file.link.heartbeat_seconds == 0 {
+            return Err(ConfigError::Invalid { key: "link.heartbeat_seconds", message: "must be at least 1".into() });
+        }
+        if file.jobs.max_attempts == 0 {
+            return Err(ConfigError::Invalid { key: "jobs.max_attempts", message: "must be at least 1".into() });
+        }
+        if file.jobs.ttl_hours == 0 {
+            return Err(ConfigError::Invalid { key: "jobs.ttl_hours", message: "must be at least 1".into() });
+        }
+        if file.api.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid { key: "api.max_body_bytes", message: "must be at least 1024".into() });
+        }
+        let mut log = file.log;
+        if let Some(level) = &overrides.log_level {
+            log.level.clone_from(level);
+        }
+        Ok(Self {
+            domains: file.domains,
+            api: ApiConfig {
+                listen: overrides.api_listen.unwrap_or(file.api.listen),
+                cert_file: resolve(file.api.cert_file),
+                key_file: resolve(file.api.key_file),
+                max_body_bytes: file.api.max_body_bytes,
+            },
+            link: LinkConfig {
+                listen: overrides.link_listen.unwrap_or(file.link.listen),
+                cert_file: resolve(file.link.cert_file),
+                key_file: resolve(file.link.key_file),
+                agent_ca_file: resolve(file.link.agent_ca_file),
+                lease: Duration::from_secs(file.link.lease_seconds),
+                heartbeat: Duration::from_secs(file.link.heartbeat_seconds),
+            },
+            store: StoreConfig { path: resolve(file.store.path), key_file: resolve(file.store.key_file) },
+            jobs: JobsConfig {
+                max_attempts: file.jobs.max_attempts,
+                time_to_live: Duration::from_secs(file.jobs.ttl_hours * 3600),
+            },
+            log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+domains = ["corp.example"]
+[api]
+cert_file = "tls/api.pem"
+key_file = "tls/api.key"
+[link]
+cert_file = "pki/relay.pem"
+key_file = "pki/relay.key"
+agent_ca_file = "pki/ca.pem"
+[store]
+path = "/var/lib/pwrelay/relay.db"
+key_file = "store.key"
+"#;
+
+    #[test]
+    fn minimal_file_gets_defaults_and_resolved_paths() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/pwrelay"), &Overrides::default()).expect("valid");
+        assert_eq!(c.api.listen, "0.0.0.0:8443".parse().expect("addr"));
+        assert_eq!(c.link.listen, "0.0.0.0:7443".parse().expect("addr"));
+        assert_eq!(c.api.cert_file, Path::new("/etc/pwrelay/tls/api.pem"));
+        assert_eq!(c.store.path, Path::new("/var/lib/pwrelay/relay.db"));
+        assert_eq!(c.jobs.max_attempts, 5);
+        assert_eq!(c.log, LogConfig::default());
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let o = Overrides { api_listen: Some("127.0.0.1:1".parse().expect("addr")), ..Overrides::default() };
+        let c = Config::parse(MINIMAL, Path::new("/"), &o).expect("valid");
+        assert_eq!(c.api.listen.port(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let unknown = MINIMAL.replace("[store]", "[store]\npth = 1");
+        let e = Config::parse(&unknown, Path::new("/"), &Overrides::default()).expect_err("unknown key").to_string();
+        assert!(e.contains("pth"), "{e}");
+        let bad_domain = MINIMAL.replace("corp.example", "corp example");
+        let e = Config::parse(&bad_domain, Path::new("/"), &Overrides::default()).expect_err("bad").to_string();
+        assert!(e.contains("domains") || e.contains("corp example"), "{e}");
+        let lease = MINIMAL.replace("agent_ca_file", "lease_seconds = 1\nagent_ca_file");
+        let e = Config::parse(&lease, Path::new("/"), &Overrides::default()).expect_err("bad").to_string();
+        assert!(e.starts_with("link.lease_seconds"), "{e}");
+        let missing = MINIMAL.replace("key_file = \"store.key\"", "");
+        let e = Config::parse(&missing, Path::new("/"), &Overrides::default()).expect_err("missing").to_string();
+        assert!(e.contains("key_file"), "{e}");
+    }
+}

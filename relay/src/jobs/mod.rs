@@ -1,0 +1,409 @@
+//! Jobs: what a client asked for, where it is in its life, and how it ended.
+//!
+//! A job moves `queued → dispatched → succeeded | failed`. `dispatched` means an agent holds a
+//! lease on it; when the lease lapses or the agent disconnects, the job returns to `queued` and is
+//! delivered again. The password of a job is kept sealed (see [`crate::seal`]) and erased as soon as
+//! the job is final.
+
+pub mod events;
+
+use std::fmt;
+use std::str::FromStr;
+
+use pwrelay_proto::agent::v1 as pb;
+use pwrelay_shared::domain::DomainName;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// A job's id (UUID v7, so ids sort by creation time).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct JobId(Uuid);
+
+impl JobId {
+    /// A new, time-ordered id.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+impl Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// Defines an enum stored and shown as snake_case text.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// The stored and displayed form.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            /// Parses the stored form.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// What a job does.
+    JobKind {
+        /// Set a caller-supplied password.
+        SetPassword = "set_password",
+    }
+}
+
+text_enum! {
+    /// Where a job is in its life.
+    JobState {
+        /// Waiting for an agent of its domain.
+        Queued = "queued",
+        /// Leased to an agent.
+        Dispatched = "dispatched",
+        /// Done as asked.
+        Succeeded = "succeeded",
+        /// Ended without the change; see the job's error.
+        Failed = "failed",
+    }
+}
+
+impl JobState {
+    /// Whether the job can no longer change.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+text_enum! {
+    /// Why a job failed: the codes API clients branch on.
+    ErrorCode {
+        /// The domain controller refused the password (length, complexity, history, age).
+        PolicyViolation = "policy_violation",
+        /// The agent's service account lacks the right to change this account.
+        AccessDenied = "access_denied",
+        /// No account matches the target.
+        AccountNotFound = "account_not_found",
+        /// Several accounts match the target.
+        AmbiguousAccount = "ambiguous_account",
+        /// No domain controller could be reached.
+        DirectoryUnavailable = "directory_unavailable",
+        /// The target is outside the agent's configured scope.
+        OutOfScope = "out_of_scope",
+        /// The target is a protected account.
+        ProtectedAccount = "protected_account",
+        /// The change was written but did not read back as expected.
+        VerificationFailed = "verification_failed",
+        /// The agent could not make sense of the job.
+        InvalidJob = "invalid_job",
+        /// The agent does not support this kind of job.
+        UnsupportedJob = "unsupported_job",
+        /// The agent does not serve this domain.
+        UnknownDomain = "unknown_domain",
+        /// Another directory error; the message has the DC's text.
+        DirectoryError = "directory_error",
+        /// The job was cancelled.
+        Cancelled = "cancelled",
+        /// No agent finished the job in its allowed number of deliveries.
+        DeliveryExhausted = "delivery_exhausted",
+        /// The job waited longer than its time to live.
+        Expired = "expired",
+        /// An agent reported a failure this relay does not know.
+        Unknown = "unknown",
+    }
+}
+
+impl ErrorCode {
+    /// Maps the agent's failure code.
+    pub fn from_proto(code: pb::FailureCode) -> Self {
+        use pb::FailureCode as F;
+        match code {
+            F::PolicyViolation => Self::PolicyViolation,
+            F::AccessDenied => Self::AccessDenied,
+            F::AccountNotFound => Self::AccountNotFound,
+            F::AmbiguousAccount => Self::AmbiguousAccount,
+            F::DirectoryUnavailable => Self::DirectoryUnavailable,
+            F::InvalidJob => Self::InvalidJob,
+            F::UnsupportedJob => Self::UnsupportedJob,
+            F::OutOfScope => Self::OutOfScope,
+            F::ProtectedAccount => Self::ProtectedAccount,
+            F::VerificationFailed => Self::VerificationFailed,
+            F::UnknownDomain => Self::UnknownDomain,
+            F::DirectoryError => Self::DirectoryError,
+            F::Cancelled => Self::Cancelled,
+            F::Unspecified => Self::Unknown,
+        }
+    }
+}
+
+/// The account a job is about.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Target {
+    /// userPrincipalName.
+    Upn(String),
+    /// sAMAccountName.
+    SamAccountName(String),
+    /// objectGUID.
+    ObjectGuid(Uuid),
+    /// Distinguished name.
+    Dn(String),
+}
+
+impl Target {
+    /// The stored kind name (also the API field name).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Upn(_) => "upn",
+            Self::SamAccountName(_) => "sam_account_name",
+            Self::ObjectGuid(_) => "object_guid",
+            Self::Dn(_) => "dn",
+        }
+    }
+
+    /// The stored value.
+    pub fn value(&self) -> String {
+        match self {
+            Self::Upn(v) | Self::SamAccountName(v) | Self::Dn(v) => v.clone(),
+            Self::ObjectGuid(g) => g.hyphenated().to_string(),
+        }
+    }
+
+    /// Rebuilds a target from its stored kind and value.
+    pub fn from_parts(kind: &str, value: String) -> Option<Self> {
+        Some(match kind {
+            "upn" => Self::Upn(value),
+            "sam_account_name" => Self::SamAccountName(value),
+            "object_guid" => Self::ObjectGuid(Uuid::parse_str(&value).ok()?),
+            "dn" => Self::Dn(value),
+            _ => return None,
+        })
+    }
+
+    /// The wire form for the agent.
+    pub fn to_proto(&self) -> pb::Target {
+        use pb::target::By;
+        let by = match self {
+            Self::Upn(v) => By::Upn(v.clone()),
+            Self::SamAccountName(v) => By::SamAccountName(v.clone()),
+            Self::ObjectGuid(g) => By::ObjectGuid(g.hyphenated().to_string()),
+            Self::Dn(v) => By::Dn(v.clone()),
+        };
+        pb::Target { by: Some(by) }
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(self.kind(), &self.value())?;
+        map.end()
+    }
+}
+
+/// How to apply a password write.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+pub struct JobOptions {
+    /// Require a change at next logon.
+    pub must_change: bool,
+    /// Clear a lockout.
+    pub unlock: bool,
+}
+
+/// Why a job failed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct JobError {
+    /// The class of failure.
+    pub code: ErrorCode,
+    /// What happened, including the DC's reason text.
+    pub message: String,
+    /// The leading hex code of the DC's diagnostic, when there is one (`0000052D`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory_code: Option<String>,
+}
+
+/// What a successful job reported.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct JobSuccess {
+    /// The account that was changed.
+    pub account_dn: String,
+    /// Whether the agent read the change back.
+    pub verified: bool,
+    /// pwdLastSet as read back (0 = must change at next logon).
+    pub pwd_last_set: i64,
+}
+
+/// How a job ended, as an agent reports it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// Done.
+    Succeeded(JobSuccess),
+    /// Not done; `retryable` failures go back to the queue while attempts remain.
+    Failed {
+        /// Why.
+        error: JobError,
+        /// Whether trying again later may succeed.
+        retryable: bool,
+    },
+}
+
+/// A job as a client and the store see it (never with its secret).
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    /// Id.
+    pub job_id: JobId,
+    /// Kind.
+    pub kind: JobKind,
+    /// AD domain.
+    pub domain: DomainName,
+    /// Target account.
+    pub target: Target,
+    /// Options.
+    pub options: JobOptions,
+    /// State.
+    pub state: JobState,
+    /// The API client that created it.
+    #[serde(skip)]
+    pub client: String,
+    /// When it was accepted (RFC 3339).
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// When it was last leased to an agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatched_at: Option<Timestamp>,
+    /// When it became final.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// The agent that holds or finished it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// How many times it was leased.
+    pub attempts: u32,
+    /// Why it failed, or why its last attempt failed while it waits for another.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    /// What it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobSuccess>,
+}
+
+/// A new job, ready to be stored. `sealed_secret` is the password sealed by [`crate::seal`].
+#[derive(Debug)]
+pub struct NewJob {
+    /// Id.
+    pub id: JobId,
+    /// Kind.
+    pub kind: JobKind,
+    /// AD domain.
+    pub domain: DomainName,
+    /// Target account.
+    pub target: Target,
+    /// Options.
+    pub options: JobOptions,
+    /// The creating API client.
+    pub client: String,
+    /// The sealed secret (opaque ciphertext).
+    pub sealed_secret: Option<Vec<u8>>,
+}
+
+/// A job leased to an agent, with its sealed secret.
+#[derive(Debug)]
+pub struct LeasedJob {
+    /// The job.
+    pub job: Job,
+    /// The sealed secret.
+    pub sealed_secret: Option<Vec<u8>>,
+    /// Lease end, Unix milliseconds.
+    pub lease_deadline_unix_ms: i64,
+}
+
+/// A point in time, milliseconds since the Unix epoch; shown as RFC 3339.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// Now.
+    pub fn now() -> Self {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Self(ms)
+    }
+
+    /// RFC 3339 text, UTC, millisecond precision.
+    pub fn to_rfc3339(self) -> String {
+        let nanos = i128::from(self.0) * 1_000_000;
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| self.0.to_string())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_round_trip_through_their_stored_form() {
+        let guid = Uuid::parse_str("0f3a9a3e-7e1c-4a49-9b8e-2f4b1c1d2e3f").expect("uuid");
+        for t in [
+            Target::Upn("a@b.c".into()),
+            Target::SamAccountName("jdoe".into()),
+            Target::ObjectGuid(guid),
+            Target::Dn("CN=x,DC=y".into()),
+        ] {
+            assert_eq!(Target::from_parts(t.kind(), t.value()), Some(t.clone()));
+        }
+        assert_eq!(Target::from_parts("email", "x".into()), None);
+    }
+
+    #[test]
+    fn states_and_codes_round_trip() {
+        for s in [JobState::Queued, JobState::Dispatched, JobState::Succeeded, JobState::Failed] {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(ErrorCode::parse("policy_violation"), Some(ErrorCode::PolicyViolation));
+        assert_eq!(ErrorCode::from_proto(pb::FailureCode::AccountNotFound), ErrorCode::AccountNotFound);
+    }
+
+    #[test]
+    fn timestamps_render_as_rfc3339() {
+        assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(Timestamp(1_500).to_rfc3339(), "1970-01-01T00:00:01.5Z");
+    }
+}

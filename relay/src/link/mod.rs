@@ -1,0 +1,90 @@
+//! The agent link: the gRPC `AgentLink` service agents dial into over mutual TLS.
+//!
+//! The TLS layer ([`crate::listener`], with [`pwrelay_shared::tls::link_server`]) admits only
+//! clients whose certificate chains to the agent CA. This module reads the agent's identity from
+//! that certificate and runs one [`session`] per stream.
+
+pub mod registry;
+mod session;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pwrelay_proto::agent::v1::agent_link_server::AgentLink;
+use pwrelay_proto::agent::v1::{AgentMessage, RelayMessage};
+use pwrelay_shared::domain::DomainName;
+use pwrelay_shared::identity::AgentIdentity;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::jobs::events::JobEvents;
+use crate::seal::Sealer;
+use crate::store::{ClaimPolicy, Store};
+use registry::AgentRegistry;
+
+/// What every agent session needs.
+#[derive(Debug)]
+pub struct LinkContext {
+    /// The job store.
+    pub store: Arc<dyn Store>,
+    /// Opens sealed secrets for delivery.
+    pub sealer: Arc<Sealer>,
+    /// Job signals.
+    pub events: Arc<JobEvents>,
+    /// Connected agents.
+    pub registry: Arc<AgentRegistry>,
+    /// Domains this relay serves.
+    pub relay_domains: BTreeSet<DomainName>,
+    /// Lease and attempt limits.
+    pub claim_policy: ClaimPolicy,
+    /// Expected heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+/// The `AgentLink` gRPC service.
+#[derive(Debug)]
+pub struct LinkService {
+    context: Arc<LinkContext>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl LinkService {
+    /// A service whose sessions stop when `cancel` fires and are tracked by `tracker`.
+    pub fn new(context: Arc<LinkContext>, cancel: CancellationToken, tracker: TaskTracker) -> Self {
+        Self { context, cancel, tracker }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentLink for LinkService {
+    type OpenStream = ReceiverStream<Result<RelayMessage, Status>>;
+
+    async fn open(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::OpenStream>, Status> {
+        // peer_certs() must be read before into_inner() drops the connection info.
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("the agent link requires a client certificate"))?;
+        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+        let identity = AgentIdentity::from_certificate_der(leaf).map_err(|e| {
+            tracing::warn!(error = %e, "agent certificate carries no usable identity");
+            Status::permission_denied(e.to_string())
+        })?;
+        let peer = request.remote_addr();
+        let inbound = request.into_inner();
+        let (outbound, rx) = mpsc::channel(32);
+        let session = session::Session::new(Arc::clone(&self.context), identity, peer, outbound);
+        self.tracker.spawn(session.run(inbound, self.cancel.child_token()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,326 @@
+//! One agent stream: hello and authorization, then claiming jobs for the agent, delivering them,
+//! and recording its results, until the stream ends; then the agent's unfinished jobs go back to
+//! the queue.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pwrelay_proto::agent::v1 as pb;
+use pwrelay_shared::domain::DomainName;
+use pwrelay_shared::identity::AgentIdentity;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::Instrument as _;
+
+use super::LinkContext;
+use super::registry::{ConnectedAgent, Registration};
+use crate::jobs::{ErrorCode, JobError, JobId, JobKind, JobSuccess, LeasedJob, Outcome, Timestamp};
+use crate::store::Completion;
+
+/// How long an agent has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a session looks for claimable jobs without being woken (lapsed leases, other replicas).
+const CLAIM_INTERVAL: Duration = Duration::from_secs(1);
+/// Missed heartbeats after which a silent stream is closed.
+const MISSED_HEARTBEATS: u32 = 3;
+/// Upper bound on what an agent may ask for.
+const MAX_JOBS_IN_FLIGHT: u32 = 64;
+
+type Outbound = mpsc::Sender<Result<pb::RelayMessage, Status>>;
+
+pub(super) struct Session {
+    context: Arc<LinkContext>,
+    identity: AgentIdentity,
+    peer: Option<SocketAddr>,
+    outbound: Outbound,
+}
+
+/// Why a session ended.
+enum End {
+    Shutdown,
+    AgentClosed,
+    Stream(Status),
+    Silent,
+    OutboundClosed,
+    Store(String),
+}
+
+/// The authorized, registered part of a session.
+struct Active {
+    holder: String,
+    domains: Vec<DomainName>,
+    max_in_flight: usize,
+    in_flight: HashSet<JobId>,
+    registration: Registration,
+}
+
+impl Session {
+    pub(super) fn new(context: Arc<LinkContext>, identity: AgentIdentity, peer: Option<SocketAddr>, outbound: Outbound) -> Self {
+        Self { context, identity, peer, outbound }
+    }
+
+    pub(super) async fn run(self, inbound: Streaming<pb::AgentMessage>, cancel: CancellationToken) {
+        let span = tracing::info_span!("agent", agent = %self.identity.name, peer = ?self.peer);
+        self.run_inner(inbound, cancel).instrument(span).await;
+    }
+
+    async fn run_inner(self, mut inbound: Streaming<pb::AgentMessage>, cancel: CancellationToken) {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }))) => hello,
+            Ok(Ok(Some(_))) => return self.refuse(Status::invalid_argument("the first message on the agent link must be hello")).await,
+            Ok(Ok(None)) => return,
+            Ok(Err(status)) => {
+                tracing::info!(error = %status, "agent stream failed before hello");
+                return;
+            }
+            Err(_) => return self.refuse(Status::deadline_exceeded("no hello within 10 s")).await,
+        };
+        let mut active = match self.authorize(&hello) {
+            Ok(active) => active,
+            Err(status) => return self.refuse(status).await,
+        };
+        let welcome = pb::Welcome {
+            relay_version: env!("CARGO_PKG_VERSION").into(),
+            authorized_domains: active.domains.iter().map(|d| d.to_string()).collect(),
+            heartbeat_interval_seconds: u32::try_from(self.context.heartbeat.as_secs()).unwrap_or(u32::MAX),
+            agent_name: self.identity.name.to_string(),
+        };
+        if self.send(pb::relay_message::Body::Welcome(welcome)).await.is_err() {
+            return;
+        }
+        tracing::info!(domains = ?active.domains, version = %hello.agent_version, max_in_flight = active.max_in_flight, "agent connected");
+
+        let end = self.serve(&mut active, &mut inbound, &cancel).await;
+        match &end {
+            End::Shutdown => tracing::info!("relay shutting down; closing agent stream"),
+            End::AgentClosed => tracing::info!("agent closed its stream"),
+            End::Stream(status) => tracing::warn!(error = %status, "agent stream failed"),
+            End::Silent => tracing::warn!("agent sent nothing for {MISSED_HEARTBEATS} heartbeat intervals; closing its stream"),
+            End::OutboundClosed => tracing::info!("agent stream closed"),
+            End::Store(error) => tracing::error!(%error, "job store failed; closing agent stream"),
+        }
+        match self.context.store.release(&active.holder).await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::info!(released, "unfinished jobs of the agent returned to the queue");
+                self.context.events.job_queued();
+            }
+            Err(error) => tracing::error!(%error, "could not release the agent's jobs; they return when their lease lapses"),
+        }
+        drop(active.registration);
+    }
+
+    async fn refuse(&self, status: Status) {
+        tracing::warn!(error = %status.message(), "agent refused");
+        let _gone = self.outbound.send(Err(status)).await;
+    }
+
+    fn authorize(&self, hello: &pb::Hello) -> Result<Active, Status> {
+        let mut asked = BTreeSet::new();
+        for name in &hello.domains {
+            let domain = DomainName::parse(name).map_err(|e| Status::invalid_argument(format!("hello.domains: {e}")))?;
+            asked.insert(domain);
+        }
+        let not_in_certificate: Vec<_> = asked.difference(&self.identity.domains).collect();
+        if !not_in_certificate.is_empty() {
+            tracing::warn!(domains = ?not_in_certificate, "agent asked for domains its certificate does not name; ignoring them");
+        }
+        let domains: Vec<DomainName> = asked
+            .intersection(&self.identity.domains)
+            .filter(|d| self.context.relay_domains.contains(*d))
+            .cloned()
+            .collect();
+        if domains.is_empty() {
+            return Err(Status::permission_denied(format!(
+                "no domain to serve: the agent's configuration names {}, its certificate authorizes {}, this relay serves {}",
+                list(&asked),
+                list(&self.identity.domains),
+                list(&self.context.relay_domains)
+            )));
+        }
+        let max_in_flight = hello.max_jobs_in_flight.clamp(1, MAX_JOBS_IN_FLIGHT) as usize;
+        let holder = format!("{}#{}", self.identity.name, uuid::Uuid::new_v4());
+        let now = Timestamp::now();
+        let registration = self.context.registry.register(
+            holder.clone(),
+            ConnectedAgent {
+                name: self.identity.name.to_string(),
+                domains: domains.clone(),
+                version: hello.agent_version.chars().take(64).collect(),
+                peer: self.peer,
+                connected_at: now,
+                last_seen: now,
+                jobs_in_flight: 0,
+            },
+        );
+        Ok(Active { holder, domains, max_in_flight, in_flight: HashSet::new(), registration })
+    }
+
+    async fn serve(&self, active: &mut Active, inbound: &mut Streaming<pb::AgentMessage>, cancel: &CancellationToken) -> End {
+        let mut queued = self.context.events.queued();
+        let mut tick = tokio::time::interval(CLAIM_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let silence_limit = self.context.heartbeat * MISSED_HEARTBEATS;
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return End::Shutdown,
+                message = inbound.message() => {
+                    last_heard = Instant::now();
+                    match message {
+                        Ok(Some(message)) => {
+                            if let Err(end) = self.handle(active, message).await {
+                                return end;
+                            }
+                        }
+                        Ok(None) => return End::AgentClosed,
+                        Err(status) => return End::Stream(status),
+                    }
+                }
+                changed = queued.changed() => {
+                    if changed.is_err() {
+                        return End::Shutdown;
+                    }
+                }
+                _ = tick.tick() => {
+                    if last_heard.elapsed() > silence_limit {
+                        return End::Silent;
+                    }
+                }
+            }
+            if let Err(end) = self.dispatch(active).await {
+                return end;
+            }
+        }
+    }
+
+    async fn handle(&self, active: &mut Active, message: pb::AgentMessage) -> Result<(), End> {
+        use pb::agent_message::Body;
+        match message.body {
+            Some(Body::Result(result)) => self.record(active, result).await?,
+            Some(Body::Heartbeat(_)) => {}
+            Some(Body::Hello(_)) => tracing::warn!("agent sent a second hello; ignoring it"),
+            None => tracing::warn!("agent sent an empty message; ignoring it"),
+        }
+        active.registration.touch(active.in_flight.len());
+        Ok(())
+    }
+
+    async fn record(&self, active: &mut Active, result: pb::JobResult) -> Result<(), End> {
+        let Some(id) = result.job_id.parse::<JobId>().ok().filter(|id| active.in_flight.contains(id)) else {
+            // Only jobs leased on this stream may be answered on it: an agent cannot report on
+            // another domain's jobs. A lost result makes the lease lapse and the job redelivered.
+            tracing::warn!(job_id = %result.job_id.chars().take(40).collect::<String>(), "result for a job not leased on this stream; ignoring it");
+            return Ok(());
+        };
+        active.in_flight.remove(&id);
+        let outcome = match result.outcome {
+            Some(pb::job_result::Outcome::Success(s)) => {
+                Outcome::Succeeded(JobSuccess { account_dn: s.account_dn, verified: s.verified, pwd_last_set: s.pwd_last_set })
+            }
+            Some(pb::job_result::Outcome::Failure(f)) => Outcome::Failed {
+                error: JobError {
+                    code: ErrorCode::from_proto(f.code()),
+                    message: f.message,
+                    directory_code: Some(f.directory_code).filter(|c| !c.is_empty()),
+                },
+                retryable: f.retryable,
+            },
+            None => Outcome::Failed {
+                error: JobError { code: ErrorCode::Unknown, message: "the agent sent a result without an outcome".into(), directory_code: None },
+                retryable: false,
+            },
+        };
+        let state = match &outcome {
+            Outcome::Succeeded(_) => "succeeded",
+            Outcome::Failed { .. } => "failed",
+        };
+        match self.context.store.complete(id, &active.holder, outcome).await {
+            Ok(Completion::Finished) => tracing::info!(job_id = %id, state, "job finished"),
+            Ok(Completion::Requeued) => {
+                tracing::info!(job_id = %id, "job failed with a retryable error; queued again");
+                self.context.events.job_queued();
+            }
+            Ok(Completion::Ignored) => tracing::info!(job_id = %id, "result for a job that is already final; ignored"),
+            Err(e) => return Err(End::Store(e.to_string())),
+        }
+        self.context.events.job_changed();
+        Ok(())
+    }
+
+    async fn dispatch(&self, active: &mut Active) -> Result<(), End> {
+        let room = active.max_in_flight.saturating_sub(active.in_flight.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let agent = self.identity.name.as_str();
+        let leased = self
+            .context
+            .store
+            .claim(&active.domains, &active.holder, agent, room, self.context.claim_policy)
+            .await
+            .map_err(|e| End::Store(e.to_string()))?;
+        for lease in leased {
+            let id = lease.job.job_id;
+            match self.to_proto(lease) {
+                Ok(job) => {
+                    active.in_flight.insert(id);
+                    tracing::info!(job_id = %id, attempt = job.attempt, "job dispatched");
+                    self.send(pb::relay_message::Body::Job(job)).await?;
+                    self.context.events.job_changed();
+                }
+                Err(error) => {
+                    tracing::error!(job_id = %id, error = %error.message, "job cannot be delivered");
+                    let outcome = Outcome::Failed { error, retryable: false };
+                    self.context.store.complete(id, &active.holder, outcome).await.map_err(|e| End::Store(e.to_string()))?;
+                    self.context.events.job_changed();
+                }
+            }
+        }
+        active.registration.touch(active.in_flight.len());
+        Ok(())
+    }
+
+    fn to_proto(&self, lease: LeasedJob) -> Result<pb::Job, JobError> {
+        let job = lease.job;
+        let secret = match &lease.sealed_secret {
+            Some(sealed) => {
+                let password = self.context.sealer.open(&job.job_id.to_string(), sealed).map_err(|e| JobError {
+                    code: ErrorCode::InvalidJob,
+                    message: e.to_string(),
+                    directory_code: None,
+                })?;
+                // The proto message owns a plain String; it lives only until the frame is encoded.
+                Some(pb::SecretMaterial {
+                    material: Some(pb::secret_material::Material::Password(password.expose_secret().to_owned())),
+                })
+            }
+            None => None,
+        };
+        Ok(pb::Job {
+            id: job.job_id.to_string(),
+            kind: match job.kind {
+                JobKind::SetPassword => pb::JobKind::SetPassword,
+            } as i32,
+            domain: job.domain.to_string(),
+            target: Some(job.target.to_proto()),
+            secret,
+            options: Some(pb::JobOptions { must_change: job.options.must_change, unlock: job.options.unlock, enforce_history: false }),
+            lease_deadline_unix_ms: lease.lease_deadline_unix_ms,
+            attempt: job.attempts,
+        })
+    }
+
+    async fn send(&self, body: pb::relay_message::Body) -> Result<(), End> {
+        self.outbound.send(Ok(pb::RelayMessage { body: Some(body) })).await.map_err(|_| End::OutboundClosed)
+    }
+}
+
+fn list<'a>(domains: impl IntoIterator<Item = &'a DomainName>) -> String {
+    let names: Vec<&str> = domains.into_iter().map(DomainName::as_str).collect();
+    if names.is_empty() { "no domain".into() } else { names.join(", ") }
+}

@@ -1,0 +1,145 @@
+//! Encryption of secrets at rest in the job store.
+//!
+//! AES-256-GCM with a 32-byte key read from the file named by `store.key_file`. Each sealed value
+//! is `version (1 byte) || nonce (12 bytes) || ciphertext+tag`, bound to its job id as associated
+//! data, so a ciphertext copied onto another job does not open.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use pwrelay_shared::secret::{SecretBytes, SecretString};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+const FORMAT_V1: u8 = 1;
+const KEY_LEN: usize = 32;
+
+/// Why sealing or opening failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The key file is missing or malformed.
+    #[error("store.key_file {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The ciphertext does not open with this key (wrong key, or tampered data).
+    #[error("a sealed secret does not open with the configured store key (was store.key_file changed?)")]
+    Open,
+    /// The random generator failed.
+    #[error("the system random generator failed")]
+    Random,
+}
+
+/// Seals and opens secrets with the store key.
+pub struct Sealer {
+    key: LessSafeKey,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer([redacted])")
+    }
+}
+
+impl Sealer {
+    /// Loads the key file: 32 random bytes, base64 (standard alphabet) on one line.
+    pub fn from_key_file(path: &Path) -> Result<Self, SealError> {
+        let key_err = |reason: String| SealError::Key { path: path.display().to_string(), reason };
+        let text = SecretString::new(std::fs::read_to_string(path).map_err(|e| {
+            key_err(format!("cannot be read ({e}); create one with `pwrelay store-key generate --out {}`", path.display()))
+        })?);
+        let bytes = SecretBytes::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text.expose_secret().trim())
+                .map_err(|_| key_err("is not base64 text".into()))?,
+        );
+        if bytes.len() != KEY_LEN {
+            return Err(key_err(format!("must hold {KEY_LEN} bytes, holds {}", bytes.len())));
+        }
+        Self::from_key(&bytes)
+    }
+
+    /// Builds a sealer from raw key bytes (32).
+    pub fn from_key(key: &SecretBytes) -> Result<Self, SealError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, key.expose_secret())
+            .map_err(|_| SealError::Key { path: "<key>".into(), reason: format!("must hold {KEY_LEN} bytes") })?;
+        Ok(Self { key: LessSafeKey::new(unbound), rng: SystemRandom::new() })
+    }
+
+    /// A new random key file body (base64 text with a newline).
+    pub fn generate_key_text() -> Result<SecretString, SealError> {
+        let mut raw = vec![0u8; KEY_LEN];
+        let filled = SystemRandom::new().fill(&mut raw);
+        let key = SecretBytes::new(raw);
+        filled.map_err(|_| SealError::Random)?;
+        Ok(SecretString::new(format!("{}\n", base64::engine::general_purpose::STANDARD.encode(key.expose_secret()))))
+    }
+
+    /// Seals `secret` for the record `context` (the job id).
+    pub fn seal(&self, context: &str, secret: &SecretString) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| SealError::Random)?;
+        let mut buffer = Vec::with_capacity(1 + NONCE_LEN + secret.expose_secret().len() + AES_256_GCM.tag_len());
+        buffer.push(FORMAT_V1);
+        buffer.extend_from_slice(&nonce);
+        let mut body = secret.expose_secret().as_bytes().to_vec();
+        let sealed = self.key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut body);
+        if sealed.is_err() {
+            zeroize::Zeroize::zeroize(&mut body);
+            return Err(SealError::Open);
+        }
+        buffer.extend_from_slice(&body);
+        Ok(buffer)
+    }
+
+    /// Opens a value sealed for `context`.
+    pub fn open(&self, context: &str, sealed: &[u8]) -> Result<SecretString, SealError> {
+        let (&version, rest) = sealed.split_first().ok_or(SealError::Open)?;
+        if version != FORMAT_V1 || rest.len() < NONCE_LEN {
+            return Err(SealError::Open);
+        }
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Open)?;
+        let mut buffer = zeroize::Zeroizing::new(ciphertext.to_vec());
+        let plain = self.key.open_in_place(nonce, Aad::from(context.as_bytes()), &mut buffer).map_err(|_| SealError::Open)?;
+        let text = std::str::from_utf8(plain).map_err(|_| SealError::Open)?;
+        Ok(SecretString::from(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealer() -> Sealer {
+        Sealer::from_key(&SecretBytes::new(vec![7u8; KEY_LEN])).expect("key")
+    }
+
+    #[test]
+    fn seals_and_opens_bound_to_context() {
+        let s = sealer();
+        let sealed = s.seal("job-1", &SecretString::from("P@ssw0rd!x")).expect("seal");
+        assert!(!sealed.windows(10).any(|w| w == b"P@ssw0rd!x"), "plaintext must not appear");
+        assert_eq!(s.open("job-1", &sealed).expect("open").expose_secret(), "P@ssw0rd!x");
+        assert!(matches!(s.open("job-2", &sealed), Err(SealError::Open)));
+        let other = Sealer::from_key(&SecretBytes::new(vec![8u8; KEY_LEN])).expect("key");
+        assert!(matches!(other.open("job-1", &sealed), Err(SealError::Open)));
+        assert!(matches!(s.open("job-1", &[]), Err(SealError::Open)));
+        assert!(matches!(s.open("job-1", &sealed[..5]), Err(SealError::Open)));
+    }
+
+    #[test]
+    fn key_files_are_validated() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("store.key");
+        assert!(Sealer::from_key_file(&path).expect_err("missing").to_string().contains("pwrelay store-key generate"));
+        std::fs::write(&path, "c2hvcnQ=\n").expect("write");
+        assert!(Sealer::from_key_file(&path).expect_err("short").to_string().contains("32 bytes"));
+        std::fs::write(&path, Sealer::generate_key_text().expect("gen").expose_secret()).expect("write");
+        assert!(Sealer::from_key_file(&path).is_ok());
+    }
+}

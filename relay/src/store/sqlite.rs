@@ -1,0 +1,553 @@
+//! The embedded job store: one SQLite file in WAL mode with `synchronous=FULL`, so an accepted job
+//! is on disk before the API answers 202.
+//!
+//! One connection behind a mutex serves every call on the blocking pool; each call is one
+//! transaction, which makes [`Store::claim`] atomic.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pwrelay_shared::domain::DomainName;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+
+use super::{ApiClient, ClaimPolicy, Completion, Store, StoreError};
+use crate::jobs::{
+    ErrorCode, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob, NewJob, Outcome, Target,
+    Timestamp,
+};
+
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id               TEXT PRIMARY KEY,
+    kind             TEXT NOT NULL,
+    domain           TEXT NOT NULL,
+    target_kind      TEXT NOT NULL,
+    target_value     TEXT NOT NULL,
+    must_change      INTEGER NOT NULL,
+    unlock           INTEGER NOT NULL,
+    client           TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    secret           BLOB,            -- sealed (AES-256-GCM), NULL once the job is final
+    created_ms       INTEGER NOT NULL,
+    updated_ms       INTEGER NOT NULL,
+    dispatched_ms    INTEGER,
+    finished_ms      INTEGER,
+    not_before_ms    INTEGER NOT NULL DEFAULT 0,
+    lease_holder     TEXT,
+    lease_expires_ms INTEGER,
+    agent            TEXT,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    error_code       TEXT,
+    error_message    TEXT,
+    directory_code   TEXT,
+    account_dn       TEXT,
+    verified         INTEGER,
+    pwd_last_set     INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs (domain, state, created_ms);
+CREATE INDEX IF NOT EXISTS jobs_lease_holder ON jobs (lease_holder);
+CREATE TABLE IF NOT EXISTS api_clients (
+    name         TEXT PRIMARY KEY,
+    token_sha256 BLOB NOT NULL UNIQUE,
+    created_ms   INTEGER NOT NULL
+);
+";
+
+const JOB_COLUMNS: &str = "id, kind, domain, target_kind, target_value, must_change, unlock, client, state, \
+    created_ms, updated_ms, dispatched_ms, finished_ms, agent, attempts, error_code, error_message, directory_code, \
+    account_dn, verified, pwd_last_set, secret, lease_expires_ms";
+
+/// Back-off before a job whose attempt failed with a retryable error is leased again.
+fn retry_delay(attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(6);
+    Duration::from_secs(5 * (1u64 << exponent)).min(Duration::from_secs(300))
+}
+
+/// SQLite implementation of [`Store`].
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Database(format!("store.path {}: {e}", path.display())))?;
+        }
+        let conn = Connection::open(path).map_err(|e| StoreError::Database(format!("store.path {}: {e}", path.display())))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Database(format!(
+                "store.path {} was written by a newer pwrelay (schema {version}, this one knows {SCHEMA_VERSION})",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_err)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The database holds sealed secrets and token hashes: owner only.
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock leaves the connection usable: SQLite rolled back the
+            // unfinished transaction when its guard dropped.
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+
+}
+
+fn read_job(row: &Row<'_>) -> Result<(Job, Option<Vec<u8>>, Option<i64>), StoreError> {
+    let id: String = row.get(0).map_err(db_err)?;
+    let corrupt = |reason: &str| StoreError::Corrupt { id: id.clone(), reason: reason.to_owned() };
+    let job_id = id.parse::<JobId>().map_err(|_| corrupt("bad id"))?;
+    let kind = JobKind::parse(&row.get::<_, String>(1).map_err(db_err)?).ok_or_else(|| corrupt("unknown kind"))?;
+    let domain = DomainName::parse(&row.get::<_, String>(2).map_err(db_err)?).map_err(|_| corrupt("bad domain"))?;
+    let target = Target::from_parts(&row.get::<_, String>(3).map_err(db_err)?, row.get(4).map_err(db_err)?)
+        .ok_or_else(|| corrupt("bad target"))?;
+    let state = JobState::parse(&row.get::<_, String>(8).map_err(db_err)?).ok_or_else(|| corrupt("unknown state"))?;
+    let error = match row.get::<_, Option<String>>(15).map_err(db_err)? {
+        Some(code) => Some(JobError {
+            code: ErrorCode::parse(&code).unwrap_or(ErrorCode::Unknown),
+            message: row.get::<_, Option<String>>(16).map_err(db_err)?.unwrap_or_default(),
+            directory_code: row.get(17).map_err(db_err)?,
+        }),
+        None => None,
+    };
+    let result = match row.get::<_, Option<String>>(18).map_err(db_err)? {
+        Some(account_dn) if state == JobState::Succeeded => Some(JobSuccess {
+            account_dn,
+            verified: row.get::<_, Option<bool>>(19).map_err(db_err)?.unwrap_or(false),
+            pwd_last_set: row.get::<_, Option<i64>>(20).map_err(db_err)?.unwrap_or(0),
+        }),
+        _ => None,
+    };
+    let job = Job {
+        job_id,
+        kind,
+        domain,
+        target,
+        options: JobOptions { must_change: row.get(5).map_err(db_err)?, unlock: row.get(6).map_err(db_err)? },
+        state,
+        client: row.get(7).map_err(db_err)?,
+        created_at: Timestamp(row.get(9).map_err(db_err)?),
+        updated_at: Timestamp(row.get(10).map_err(db_err)?),
+        dispatched_at: row.get::<_, Option<i64>>(11).map_err(db_err)?.map(Timestamp),
+        finished_at: row.get::<_, Option<i64>>(12).map_err(db_err)?.map(Timestamp),
+        agent: row.get(13).map_err(db_err)?,
+        attempts: row.get(14).map_err(db_err)?,
+        error,
+        result,
+    };
+    Ok((job, row.get(21).map_err(db_err)?, row.get(22).map_err(db_err)?))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_job(&self, job: NewJob) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let now = Timestamp::now().0;
+            conn.execute(
+                "INSERT INTO jobs (id, kind, domain, target_kind, target_value, must_change, unlock, client, state,
+                                   secret, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10)",
+                params![
+                    job.id.to_string(),
+                    job.kind.as_str(),
+                    job.domain.as_str(),
+                    job.target.kind(),
+                    job.target.value(),
+                    job.options.must_change,
+                    job.options.unlock,
+                    job.client,
+                    job.sealed_secret,
+                    now
+                ],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1")).map_err(db_err)?;
+            let mut rows = stmt.query(params![id.to_string()]).map_err(db_err)?;
+            match rows.next().map_err(db_err)? {
+                Some(row) => Ok(Some(read_job(row)?.0)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        domains: &[DomainName],
+        holder: &str,
+        agent: &str,
+        limit: usize,
+        policy: ClaimPolicy,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        if domains.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let domains: Vec<String> = domains.iter().map(|d| d.as_str().to_owned()).collect();
+        let (holder, agent) = (holder.to_owned(), agent.to_owned());
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let now = Timestamp::now().0;
+            let placeholders = vec!["?"; domains.len()].join(", ");
+            let claimable = format!(
+                "domain IN ({placeholders}) AND not_before_ms <= {now}
+                 AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms < {now}))"
+            );
+            tx.execute(
+                &format!(
+                    "UPDATE jobs SET state = 'failed', error_code = 'delivery_exhausted',
+                         error_message = 'no agent completed the job in ' || attempts || ' deliveries (jobs.max_attempts)'
+                                         || coalesce('; last error: ' || error_message, ''),
+                         secret = NULL, lease_holder = NULL, finished_ms = {now}, updated_ms = {now}
+                     WHERE {claimable} AND attempts >= {}",
+                    policy.max_attempts
+                ),
+                params_from_iter(domains.iter()),
+            )
+            .map_err(db_err)?;
+            let lease_until = now + ms(policy.lease);
+            let mut stmt = tx
+                .prepare(&format!(
+                    "UPDATE jobs SET state = 'dispatched', lease_holder = ?, agent = ?, lease_expires_ms = {lease_until},
+                         attempts = attempts + 1, dispatched_ms = {now}, updated_ms = {now}
+                     WHERE id IN (SELECT id FROM jobs WHERE {claimable} AND created_ms >= {}
+                                  ORDER BY created_ms, id LIMIT {limit})
+                     RETURNING {JOB_COLUMNS}",
+                    now - ms(policy.time_to_live)
+                ))
+                .map_err(db_err)?;
+            let args = [holder, agent].into_iter().chain(domains.iter().cloned());
+            let mut rows = stmt.query(params_from_iter(args)).map_err(db_err)?;
+            let mut leased = Vec::new();
+            while let Some(row) = rows.next().map_err(db_err)? {
+                let (job, sealed_secret, lease) = read_job(row)?;
+                leased.push(LeasedJob { job, sealed_secret, lease_deadline_unix_ms: lease.unwrap_or(lease_until) });
+            }
+            drop(rows);
+            drop(stmt);
+            leased.sort_by_key(|l| l.job.created_at);
+            tx.commit().map_err(db_err)?;
+            Ok(leased)
+        })
+        .await
+    }
+
+    async fn complete(&self, id: JobId, holder: &str, outcome: Outcome) -> Result<Completion, StoreError> {
+        let holder = holder.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let current: Option<(String, Option<String>, u32)> = tx
+                .query_row(
+                    "SELECT state, lease_holder, attempts FROM jobs WHERE id = ?1",
+                    params![id.to_string()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some((state, lease_holder, attempts)) = current else { return Ok(Completion::Ignored) };
+            if JobState::parse(&state).is_none_or(JobState::is_final) {
+                return Ok(Completion::Ignored);
+            }
+            let now = Timestamp::now().0;
+            let completion = match outcome {
+                Outcome::Succeeded(s) => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'succeeded', account_dn = ?2, verified = ?3, pwd_last_set = ?4,
+                             error_code = NULL, error_message = NULL, directory_code = NULL,
+                             secret = NULL, lease_holder = NULL, finished_ms = ?5, updated_ms = ?5
+                         WHERE id = ?1",
+                        params![id.to_string(), s.account_dn, s.verified, s.pwd_last_set, now],
+                    )
+                    .map_err(db_err)?;
+                    Completion::Finished
+                }
+                Outcome::Failed { error, retryable: true } => {
+                    if lease_holder.as_deref() != Some(holder.as_str()) {
+                        // Another agent holds the job now; its own report decides.
+                        return Ok(Completion::Ignored);
+                    }
+                    tx.execute(
+                        "UPDATE jobs SET state = 'queued', error_code = ?2, error_message = ?3, directory_code = ?4,
+                             lease_holder = NULL, lease_expires_ms = NULL, not_before_ms = ?5, updated_ms = ?6
+                         WHERE id = ?1",
+                        params![
+                            id.to_string(),
+                            error.code.as_str(),
+                            error.message,
+                            error.directory_code,
+                            now + ms(retry_delay(attempts)),
+                            now
+                        ],
+                    )
+                    .map_err(db_err)?;
+                    Completion::Requeued
+                }
+                Outcome::Failed { error, retryable: false } => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'failed', error_code = ?2, error_message = ?3, directory_code = ?4,
+                             secret = NULL, lease_holder = NULL, finished_ms = ?5, updated_ms = ?5
+                         WHERE id = ?1",
+                        params![id.to_string(), error.code.as_str(), error.message, error.directory_code, now],
+                    )
+                    .map_err(db_err)?;
+                    Completion::Finished
+                }
+            };
+            tx.commit().map_err(db_err)?;
+            Ok(completion)
+        })
+        .await
+    }
+
+    async fn release(&self, holder: &str) -> Result<u64, StoreError> {
+        let holder = holder.to_owned();
+        self.run(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE jobs SET state = 'queued', lease_holder = NULL, lease_expires_ms = NULL, updated_ms = ?2
+                     WHERE lease_holder = ?1 AND state = 'dispatched'",
+                    params![holder, Timestamp::now().0],
+                )
+                .map_err(db_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn add_client(&self, name: &str, token_sha256: [u8; 32]) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| {
+            let inserted = conn
+                .execute(
+                    "INSERT INTO api_clients (name, token_sha256, created_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO NOTHING",
+                    params![name, token_sha256.as_slice(), Timestamp::now().0],
+                )
+                .map_err(db_err)?;
+            if inserted == 0 { Err(StoreError::ClientExists(name)) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn client_by_token(&self, token_sha256: [u8; 32]) -> Result<Option<ApiClient>, StoreError> {
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT name FROM api_clients WHERE token_sha256 = ?1",
+                params![token_sha256.as_slice()],
+                |r| Ok(ApiClient { name: r.get(0)? }),
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn expire_overdue(&self, time_to_live: Duration) -> Result<usize, StoreError> {
+        self.run(move |conn| {
+            let now = Timestamp::now().0;
+            conn.execute(
+                "UPDATE jobs SET state = 'failed', error_code = 'expired',
+                     error_message = 'no agent completed the job within its time to live (jobs.ttl_hours)',
+                     directory_code = NULL, secret = NULL, lease_holder = NULL, finished_ms = ?1, updated_ms = ?1
+                 WHERE state IN ('queued', 'dispatched') AND created_ms < ?2",
+                params![now, now - ms(time_to_live)],
+            )
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            conn.execute_batch("BEGIN IMMEDIATE; SELECT count(*) FROM jobs LIMIT 1; ROLLBACK;").map_err(db_err)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> ClaimPolicy {
+        ClaimPolicy { lease: Duration::from_secs(60), max_attempts: 3, time_to_live: Duration::from_secs(3600) }
+    }
+
+    fn new_job(domain: &str) -> NewJob {
+        NewJob {
+            id: JobId::generate(),
+            kind: JobKind::SetPassword,
+            domain: DomainName::parse(domain).expect("domain"),
+            target: Target::Upn("a@b.c".into()),
+            options: JobOptions { must_change: true, unlock: false },
+            client: "pam".into(),
+            sealed_secret: Some(vec![1, 2, 3]),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("relay.db")).expect("open");
+        (dir, store)
+    }
+
+    fn d(name: &str) -> DomainName {
+        DomainName::parse(name).expect("domain")
+    }
+
+    #[tokio::test]
+    async fn claims_only_the_holders_domains_and_each_job_once() {
+        let (_dir, store) = store();
+        let a = new_job("a.test");
+        let (a_id, b_id) = (a.id, new_job("b.test").id);
+        store.insert_job(a).await.expect("insert");
+        store.insert_job(NewJob { id: b_id, ..new_job("b.test") }).await.expect("insert");
+        let leased = store.claim(&[d("a.test")], "h1", "agent-a", 10, policy()).await.expect("claim");
+        assert_eq!(leased.iter().map(|l| l.job.job_id).collect::<Vec<_>>(), vec![a_id]);
+        assert_eq!(leased[0].sealed_secret.as_deref(), Some(&[1u8, 2, 3][..]));
+        assert_eq!(leased[0].job.state, JobState::Dispatched);
+        assert!(store.claim(&[d("a.test")], "h2", "agent-a2", 10, policy()).await.expect("claim").is_empty());
+    }
+
+    #[tokio::test]
+    async fn release_and_lapsed_leases_make_jobs_claimable_again() {
+        let (_dir, store) = store();
+        let job = new_job("a.test");
+        let id = job.id;
+        store.insert_job(job).await.expect("insert");
+        store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+        assert_eq!(store.release("h1").await.expect("release"), 1);
+        let again = store.claim(&[d("a.test")], "h2", "y", 1, policy()).await.expect("claim");
+        assert_eq!(again[0].job.attempts, 2);
+        let short = ClaimPolicy { lease: Duration::ZERO, ..policy() };
+        store.release("h2").await.expect("release");
+        store.claim(&[d("a.test")], "h3", "z", 1, short).await.expect("claim");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let lapsed = store.claim(&[d("a.test")], "h4", "w", 1, policy()).await.expect("claim");
+        assert_eq!(lapsed.len(), 1, "a lapsed lease is claimable");
+        assert_eq!(lapsed[0].job.job_id, id);
+        // attempts are now 4 > max 3: the next claim fails the job instead of leasing it
+        store.release("h4").await.expect("release");
+        assert!(store.claim(&[d("a.test")], "h5", "v", 1, policy()).await.expect("claim").is_empty());
+        let job = store.job(id).await.expect("read").expect("exists");
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.error.map(|e| e.code), Some(ErrorCode::DeliveryExhausted));
+    }
+
+    #[tokio::test]
+    async fn final_outcomes_erase_the_secret_and_are_not_overwritten() {
+        let (dir, store) = store();
+        let job = new_job("a.test");
+        let id = job.id;
+        store.insert_job(job).await.expect("insert");
+        store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+        let ok = Outcome::Succeeded(JobSuccess { account_dn: "CN=a".into(), verified: true, pwd_last_set: 0 });
+        assert_eq!(store.complete(id, "h1", ok.clone()).await.expect("complete"), Completion::Finished);
+        assert_eq!(store.complete(id, "h1", ok).await.expect("complete"), Completion::Ignored);
+        let job = store.job(id).await.expect("read").expect("exists");
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.result.map(|r| r.account_dn), Some("CN=a".into()));
+        let conn = Connection::open(dir.path().join("relay.db")).expect("open");
+        let secret: Option<Vec<u8>> =
+            conn.query_row("SELECT secret FROM jobs WHERE id = ?1", [id.to_string()], |r| r.get(0)).expect("row");
+        assert_eq!(secret, None);
+    }
+
+    #[tokio::test]
+    async fn retryable_failures_requeue_with_back_off() {
+        let (_dir, store) = store();
+        let job = new_job("a.test");
+        let id = job.id;
+        store.insert_job(job).await.expect("insert");
+        store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+        let failure = Outcome::Failed {
+            error: JobError { code: ErrorCode::DirectoryUnavailable, message: "no DC".into(), directory_code: None },
+            retryable: true,
+        };
+        assert_eq!(store.complete(id, "h1", failure).await.expect("complete"), Completion::Requeued);
+        let job = store.job(id).await.expect("read").expect("exists");
+        assert_eq!(job.state, JobState::Queued);
+        assert!(store.claim(&[d("a.test")], "h2", "x", 1, policy()).await.expect("claim").is_empty(), "backing off");
+    }
+
+    #[tokio::test]
+    async fn jobs_survive_reopening_and_clients_are_unique() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("relay.db");
+        let id = {
+            let store = SqliteStore::open(&path).expect("open");
+            let job = new_job("a.test");
+            let id = job.id;
+            store.insert_job(job).await.expect("insert");
+            store.add_client("pam", [9; 32]).await.expect("client");
+            assert!(matches!(store.add_client("pam", [8; 32]).await, Err(StoreError::ClientExists(_))));
+            id
+        };
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(store.job(id).await.expect("read").map(|j| j.state), Some(JobState::Queued));
+        assert_eq!(store.client_by_token([9; 32]).await.expect("read").map(|c| c.name), Some("pam".into()));
+        assert_eq!(store.client_by_token([7; 32]).await.expect("read"), None);
+        store.check().await.expect("ready");
+    }
+
+    #[tokio::test]
+    async fn overdue_jobs_expire() {
+        let (_dir, store) = store();
+        let job = new_job("a.test");
+        let id = job.id;
+        store.insert_job(job).await.expect("insert");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.expire_overdue(Duration::ZERO).await.expect("expire"), 1);
+        let job = store.job(id).await.expect("read").expect("exists");
+        assert_eq!(job.error.map(|e| e.code), Some(ErrorCode::Expired));
+    }
+}
