@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need beyond cargo: Samba AD DC, OpenLDAP clients, OpenSSL.
+# Debian/Ubuntu only; run as root. Does nothing when everything is present.
+set -euo pipefail
+packages=(samba samba-ad-provision samba-dsdb-modules samba-vfs-modules ldap-utils openssl curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The distribution's own samba service is not wanted: the throwaway DC runs from its own directory.
+for unit in samba-ad-dc smbd nmbd winbind; do
+  (systemctl disable --now "$unit" >/dev/null 2>&1 || true)
+done
+pkill -x smbd 2>/dev/null || true
+pkill -x nmbd 2>/dev/null || true

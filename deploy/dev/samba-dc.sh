@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Throwaway Samba AD DC on 127.0.0.1 for the demo and the integration tests.
+#
+#   deploy/dev/samba-dc.sh start    provision (or copy the cached template) and start; waits for LDAPS
+#   deploy/dev/samba-dc.sh stop     stop it and delete its directory
+#   deploy/dev/samba-dc.sh status   exit 0 when LDAPS answers
+#   deploy/dev/samba-dc.sh env      print the connection settings as shell variables
+#
+# Needs root: Samba's LDAP ports are fixed (389, 636, 88 on 127.0.0.1). Install the packages first
+# (deploy/dev/install-deps.sh). Never use this DC for anything but tests: the domain is
+# PWRELAY.TEST, the administrator password is public, and writes are not synced to disk.
+#
+# Environment: DC_DIR (default /tmp/pwrelay-dc), REALM (PWRELAY.TEST), NETBIOS_DOMAIN (PWRELAY),
+# ADMIN_PASS, TEMPLATE_DIR (cache of a provisioned directory; default /tmp/pwrelay-dc-template),
+# READY_TIMEOUT (seconds, default 60).
+set -euo pipefail
+
+DC_DIR=${DC_DIR:-/tmp/pwrelay-dc}
+REALM=${REALM:-PWRELAY.TEST}
+NETBIOS_DOMAIN=${NETBIOS_DOMAIN:-PWRELAY}
+ADMIN_PASS=${ADMIN_PASS:-Adm1n!Passw0rd}
+TEMPLATE_DIR=${TEMPLATE_DIR:-/tmp/pwrelay-dc-template}
+READY_TIMEOUT=${READY_TIMEOUT:-60}
+realm_lc=$(echo "$REALM" | tr 'A-Z' 'a-z')
+base_dn=$(echo "$realm_lc" | sed 's/^/DC=/; s/\./,DC=/g')
+
+ldaps_ready() {
+  LDAPTLS_CACERT="$DC_DIR/tls/ca.pem" ldapsearch -x -H ldaps://127.0.0.1 -s base -b '' -LLL dnsHostName >/dev/null 2>&1
+}
+
+provision() {
+  mkdir -p "$DC_DIR/run" "$DC_DIR/tls"
+  : > "$DC_DIR/empty.conf"   # keeps /etc/samba/smb.conf out of the generated configuration
+  # A CA and a separate server certificate (rustls refuses a CA certificate used as a server's).
+  local fqdn="dc1.$realm_lc"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -keyout "$DC_DIR/tls/ca-key.pem" -out "$DC_DIR/tls/ca.pem" -subj "/CN=pwrelay throwaway DC CA" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$DC_DIR/tls/key.pem" -out "$DC_DIR/tls/req.csr" -subj "/CN=$fqdn" 2>/dev/null
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:%s,DNS:localhost,IP:127.0.0.1,IP:::1\n' "$fqdn" > "$DC_DIR/tls/leaf.ext"
+  openssl x509 -req -in "$DC_DIR/tls/req.csr" -CA "$DC_DIR/tls/ca.pem" -CAkey "$DC_DIR/tls/ca-key.pem" \
+    -CAcreateserial -days 3650 -extfile "$DC_DIR/tls/leaf.ext" -out "$DC_DIR/tls/cert.pem" 2>/dev/null
+  chmod 600 "$DC_DIR/tls/key.pem"
+  samba-tool domain provision -s "$DC_DIR/empty.conf" --targetdir="$DC_DIR" \
+    --server-role=dc --use-rfc2307 --dns-backend=NONE \
+    --realm="$REALM" --domain="$NETBIOS_DOMAIN" --adminpass="$ADMIN_PASS" --host-name=dc1 \
+    --option="netbios name = DC1" \
+    --option="interfaces = lo" --option="bind interfaces only = yes" \
+    --option="server services = ldap kdc" \
+    --option="log file = $DC_DIR/log.%m" \
+    --option="pid directory = $DC_DIR/run" \
+    --option="ncalrpc dir = $DC_DIR/run/ncalrpc" \
+    --option="ntp signd socket directory = $DC_DIR/run/ntp_signd" \
+    --option="ldb:nosync = true" \
+    --option="tls keyfile = $DC_DIR/tls/key.pem" \
+    --option="tls certfile = $DC_DIR/tls/cert.pem" \
+    --option="tls cafile = $DC_DIR/tls/ca.pem" \
+    > "$DC_DIR/provision.log" 2>&1 \
+    || { echo "provision failed, see $DC_DIR/provision.log" >&2; tail -20 "$DC_DIR/provision.log" >&2; exit 1; }
+  # A reset password must stop working at once (Samba otherwise accepts it for 60 minutes more);
+  # provision does not carry this option into smb.conf, so it is added here.
+  sed -i 's/^\[global\]$/[global]\n\told password allowed period = 0/' "$DC_DIR/etc/smb.conf"
+  # Tests and the demo change passwords repeatedly: no minimum age (AD's default is 1 day).
+  samba-tool domain passwordsettings set --min-pwd-age=0 -H "$DC_DIR/private/sam.ldb" >/dev/null
+}
+
+start() {
+  if [ -f "$DC_DIR/samba.launch.pid" ] && kill -0 "$(cat "$DC_DIR/samba.launch.pid")" 2>/dev/null; then
+    if ldaps_ready; then echo "Samba AD DC already running (pid $(cat "$DC_DIR/samba.launch.pid"))"; return 0; fi
+  fi
+  command -v samba >/dev/null || { echo "samba is not installed; run deploy/dev/install-deps.sh" >&2; exit 1; }
+  [ "$(id -u)" = 0 ] || { echo "the throwaway DC needs root (fixed LDAP ports)" >&2; exit 1; }
+  local t0=$SECONDS
+  rm -rf "$DC_DIR"
+  if [ -n "$TEMPLATE_DIR" ] && grep -qs "private dir = $DC_DIR/private" "$TEMPLATE_DIR/etc/smb.conf"; then
+    echo "starting Samba AD DC from the cached template $TEMPLATE_DIR"
+    cp -a "$TEMPLATE_DIR" "$DC_DIR"
+  else
+    echo "provisioning Samba AD DC $REALM in $DC_DIR (about 10 s)"
+    provision
+    if [ -n "$TEMPLATE_DIR" ]; then rm -rf "$TEMPLATE_DIR"; cp -a "$DC_DIR" "$TEMPLATE_DIR"; fi
+  fi
+  setsid samba -s "$DC_DIR/etc/smb.conf" -F --debug-stdout -d 1 > "$DC_DIR/samba.out" 2>&1 < /dev/null &
+  echo $! > "$DC_DIR/samba.launch.pid"
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until ldaps_ready; do
+    if ! kill -0 "$(cat "$DC_DIR/samba.launch.pid")" 2>/dev/null; then
+      echo "samba exited during start-up, see $DC_DIR/samba.out" >&2; tail -20 "$DC_DIR/samba.out" >&2; exit 1
+    fi
+    [ $SECONDS -lt $deadline ] || { echo "LDAPS not ready after ${READY_TIMEOUT}s" >&2; exit 1; }
+    sleep 0.2
+  done
+  echo "Samba AD DC ready in $((SECONDS - t0)) s: ldaps://127.0.0.1:636, realm $REALM, CA $DC_DIR/tls/ca.pem"
+}
+
+stop() {
+  local pidf="$DC_DIR/samba.launch.pid"
+  if [ -f "$pidf" ]; then
+    local pid; pid=$(cat "$pidf")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    # samba's children share its process group (setsid above)
+    if [ -n "$(ps -eo pgid= | awk -v p="$pid" '$1==p')" ]; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+    echo "Samba AD DC stopped"
+  fi
+  rm -rf "$DC_DIR"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) ldaps_ready ;;
+  env)
+    echo "PWRELAY_TEST_DC_DIR=$DC_DIR"
+    echo "PWRELAY_TEST_REALM=$realm_lc"
+    echo "PWRELAY_TEST_BASE_DN=$base_dn"
+    echo "PWRELAY_TEST_ADMIN_DN=CN=Administrator,CN=Users,$base_dn"
+    echo "PWRELAY_TEST_ADMIN_PASS=$ADMIN_PASS"
+    ;;
+  *) echo "usage: $0 start|stop|status|env" >&2; exit 64 ;;
+esac
