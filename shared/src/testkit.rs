@@ -160,6 +160,29 @@ impl TestDc {
     }
 }
 
+impl TestDc {
+    /// The objectGUID of `dn` in its text form.
+    pub async fn object_guid(&self, dn: &str) -> String {
+        let mut ldap = self.admin().await;
+        let (entries, _) = ldap
+            .search(dn, Scope::Base, "(objectClass=*)", vec!["objectGUID"])
+            .await
+            .and_then(|r| r.success())
+            .expect("objectGUID is readable");
+        let _ = ldap.unbind().await;
+        let wire = entries
+            .into_iter()
+            .map(SearchEntry::construct)
+            .find_map(|e| e.bin_attrs.get("objectGUID").and_then(|v| v.first().cloned()))
+            .expect("the entry has an objectGUID");
+        let b: [u8; 16] = wire.try_into().expect("a GUID has 16 bytes");
+        format!(
+            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
+        )
+    }
+}
+
 fn nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
