@@ -461,6 +461,7 @@ mod tests {
     #[tokio::test]
     async fn release_and_lapsed_leases_make_jobs_claimable_again() {
         let (_dir, store) = store();
+        let policy = || ClaimPolicy { max_attempts: 4, ..policy() };
         let job = new_job("a.test");
         let id = job.id;
         store.insert_job(job).await.expect("insert");
@@ -475,7 +476,7 @@ mod tests {
         let lapsed = store.claim(&[d("a.test")], "h4", "w", 1, policy()).await.expect("claim");
         assert_eq!(lapsed.len(), 1, "a lapsed lease is claimable");
         assert_eq!(lapsed[0].job.job_id, id);
-        // attempts are now 4 > max 3: the next claim fails the job instead of leasing it
+        // attempts are now 4 = max_attempts: the next claim fails the job instead of leasing it
         store.release("h4").await.expect("release");
         assert!(store.claim(&[d("a.test")], "h5", "v", 1, policy()).await.expect("claim").is_empty());
         let job = store.job(id).await.expect("read").expect("exists");
