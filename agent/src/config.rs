@@ -368,6 +368,15 @@ bind_password_env = "BIND_PW"
     }
 
     #[test]
+    fn the_documented_full_example_is_valid() {
+        let text = include_str!("../../deploy/config/agent.full.toml")
+            .replace("bind_password_file = \"/etc/pwrelay/bind.secret\"", "bind_password_env = \"BIND_PW\"");
+        let c = Config::parse(&text, Path::new("/etc/pwrelay"), &env).expect("agent.full.toml is valid");
+        assert_eq!(c.relay.max_jobs_in_flight, 4);
+        assert_eq!(c.domains[0].urls.len(), 2);
+    }
+
+    #[test]
     fn password_file_has_its_newline_trimmed() {
         let dir = tempfile::tempdir().expect("dir");
         std::fs::write(dir.path().join("bind.secret"), "Pa55word!\n").expect("write");

@@ -296,6 +296,14 @@ key_file = "store.key"
     }
 
     #[test]
+    fn the_documented_full_example_is_valid() {
+        let text = include_str!("../../deploy/config/relay.full.toml");
+        let c = Config::parse(text, Path::new("/etc/pwrelay"), &Overrides::default()).expect("relay.full.toml is valid");
+        assert_eq!(c.link.lease, Duration::from_secs(60));
+        assert_eq!(c.jobs.time_to_live, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
     fn overrides_win_over_the_file() {
         let o = Overrides { api_listen: Some("127.0.0.1:1".parse().expect("addr")), ..Overrides::default() };
         let c = Config::parse(MINIMAL, Path::new("/"), &o).expect("valid");
