@@ -60,7 +60,8 @@ impl App {
         let mut directories = BTreeMap::new();
         for (i, domain) in config.domains.into_iter().enumerate() {
             let name = domain.name.clone();
-            let directory = Directory::new(domain).map_err(|source| AppError::Tls { key: format!("domains[{i}].ca_file"), source })?;
+            let directory = Directory::new(domain)
+                .map_err(|source| AppError::Tls { key: format!("domains[{i}].ca_file"), source })?;
             directories.insert(name, directory);
         }
         let domains = directories.len();
@@ -97,11 +98,17 @@ impl App {
         let tracker = TaskTracker::new();
         tracing::info!(relay = %format!("{}:{}", link.host, link.port), health = %health_listener.local_addr()?, "agent starting");
 
-        tracker.spawn(health::check_directories(Arc::clone(&link.directories), Arc::clone(&health), cancel.child_token()));
+        tracker.spawn(health::check_directories(
+            Arc::clone(&link.directories),
+            Arc::clone(&health),
+            cancel.child_token(),
+        ));
         let health_cancel = cancel.child_token();
         let router = health::router(Arc::clone(&health), domains);
         tracker.spawn(async move {
-            let served = axum::serve(health_listener, router).with_graceful_shutdown(async move { health_cancel.cancelled().await }).await;
+            let served = axum::serve(health_listener, router)
+                .with_graceful_shutdown(async move { health_cancel.cancelled().await })
+                .await;
             if let Err(error) = served {
                 tracing::error!(%error, "health endpoint failed");
             }

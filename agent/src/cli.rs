@@ -51,7 +51,13 @@ impl Cli {
             Command::CheckConfig { config } => match Config::load(&config) {
                 Ok(c) => {
                     let names: Vec<&str> = c.domains.iter().map(|d| d.name.as_str()).collect();
-                    println!("{}: valid; relay {}:{}, domains {}", config.display(), c.relay.host, c.relay.port, names.join(", "));
+                    println!(
+                        "{}: valid; relay {}:{}, domains {}",
+                        config.display(),
+                        c.relay.host,
+                        c.relay.port,
+                        names.join(", ")
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

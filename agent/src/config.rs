@@ -231,21 +231,29 @@ impl Config {
                 return Err(invalid(key("name"), format!("{} is configured twice", d.name)));
             }
             if d.urls.is_empty() {
-                return Err(invalid(key("urls"), "list at least one domain controller, e.g. ldaps://dc1.corp.example.com"));
+                return Err(invalid(
+                    key("urls"),
+                    "list at least one domain controller, e.g. ldaps://dc1.corp.example.com",
+                ));
             }
-            let urls = d.urls.iter().map(|u| parse_dc_url(u).map_err(|m| invalid(key("urls"), m))).collect::<Result<_, _>>()?;
+            let urls = d
+                .urls
+                .iter()
+                .map(|u| parse_dc_url(u).map_err(|m| invalid(key("urls"), m)))
+                .collect::<Result<_, _>>()?;
             let bind_password = match (&d.bind_password_file, &d.bind_password_env) {
                 (Some(file), None) => {
                     let path = resolve(file.clone());
-                    let text = SecretString::new(std::fs::read_to_string(&path).map_err(|e| {
-                        invalid(key("bind_password_file"), format!("{}: {e}", path.display()))
-                    })?);
+                    let text = SecretString::new(
+                        std::fs::read_to_string(&path)
+                            .map_err(|e| invalid(key("bind_password_file"), format!("{}: {e}", path.display())))?,
+                    );
                     let trimmed = text.expose_secret().trim_end_matches(['\r', '\n']);
                     SecretString::from(trimmed)
                 }
-                (None, Some(var)) => SecretString::new(
-                    env(var).ok_or_else(|| invalid(key("bind_password_env"), format!("environment variable {var} is not set")))?,
-                ),
+                (None, Some(var)) => SecretString::new(env(var).ok_or_else(|| {
+                    invalid(key("bind_password_env"), format!("environment variable {var} is not set"))
+                })?),
                 _ => {
                     return Err(invalid(
                         key("bind_password_file"),

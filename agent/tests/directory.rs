@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use pwrelay_agent::config::{DcUrl, DomainConfig, LdapTransport};
-use pwrelay_agent::directory::{AccountTarget, Directory, WriteOptions};
 use pwrelay_agent::directory::target::uuid_bytes::Guid;
+use pwrelay_agent::directory::{AccountTarget, Directory, WriteOptions};
 use pwrelay_proto::agent::v1::FailureCode;
 use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::testkit::{self, TestDc};
@@ -39,7 +39,11 @@ async fn fails_over_to_the_next_dc_when_the_first_is_down() {
     assert_eq!(dir.check_bind().await.expect("second DC answers"), dc.ldaps_url);
     let user = dc.create_user("fo").await;
     let written = dir
-        .set_password(&AccountTarget::Upn(user.upn.clone()), &SecretString::from("Failover!Pass-11"), WriteOptions::default())
+        .set_password(
+            &AccountTarget::Upn(user.upn.clone()),
+            &SecretString::from("Failover!Pass-11"),
+            WriteOptions::default(),
+        )
         .await
         .expect("password set through the second DC");
     assert_eq!(written.dc_url, dc.ldaps_url);
@@ -63,7 +67,11 @@ async fn starttls_on_port_389_works() {
     let dir = directory(dc, &[&dc.ldap_url]);
     let user = dc.create_user("stls").await;
     let written = dir
-        .set_password(&AccountTarget::SamAccountName(user.sam.clone()), &SecretString::from("StartTls!Pass-12"), WriteOptions::default())
+        .set_password(
+            &AccountTarget::SamAccountName(user.sam.clone()),
+            &SecretString::from("StartTls!Pass-12"),
+            WriteOptions::default(),
+        )
         .await
         .expect("password set over StartTLS");
     assert!(written.verified);
@@ -103,20 +111,32 @@ async fn targets_resolve_by_guid_and_dn_and_unlock_clears_lockout_time() {
     let user = dc.create_user("gd").await;
     let guid = Guid::parse(&dc.object_guid(&user.dn).await).expect("guid");
     let by_guid = dir
-        .set_password(&AccountTarget::ObjectGuid(guid), &SecretString::from("ByGuid!Pass-13"), WriteOptions { must_change: true, unlock: true })
+        .set_password(
+            &AccountTarget::ObjectGuid(guid),
+            &SecretString::from("ByGuid!Pass-13"),
+            WriteOptions { must_change: true, unlock: true },
+        )
         .await
         .expect("found by objectGUID");
     assert_eq!(by_guid.dn.to_lowercase(), user.dn.to_lowercase());
     assert_eq!(by_guid.pwd_last_set, 0);
     assert_eq!(dc.attribute(&user.dn, "lockoutTime").await.as_deref().unwrap_or("0"), "0");
     let by_dn = dir
-        .set_password(&AccountTarget::Dn(user.dn.clone()), &SecretString::from("ByDn!Pass-14x"), WriteOptions::default())
+        .set_password(
+            &AccountTarget::Dn(user.dn.clone()),
+            &SecretString::from("ByDn!Pass-14x"),
+            WriteOptions::default(),
+        )
         .await
         .expect("found by DN");
     assert!(by_dn.pwd_last_set > 0);
     assert!(dc.bind(&user.dn, "ByDn!Pass-14x").await.ok());
     let missing = dir
-        .set_password(&AccountTarget::Dn(format!("CN=nobody,CN=Users,{}", dc.base_dn)), &SecretString::from("Xx1!xxxxxx"), WriteOptions::default())
+        .set_password(
+            &AccountTarget::Dn(format!("CN=nobody,CN=Users,{}", dc.base_dn)),
+            &SecretString::from("Xx1!xxxxxx"),
+            WriteOptions::default(),
+        )
         .await
         .expect_err("no such account");
     assert_eq!(missing.code, FailureCode::AccountNotFound);
@@ -128,7 +148,11 @@ async fn the_dcs_policy_text_is_passed_on() {
     let dir = directory(dc, &[&dc.ldaps_url]);
     let user = dc.create_user("pt").await;
     let e = dir
-        .set_password(&AccountTarget::Upn(user.upn.clone()), &SecretString::from("alllowercaseletters"), WriteOptions::default())
+        .set_password(
+            &AccountTarget::Upn(user.upn.clone()),
+            &SecretString::from("alllowercaseletters"),
+            WriteOptions::default(),
+        )
         .await
         .expect_err("complexity refused");
     assert_eq!(e.code, FailureCode::PolicyViolation);

@@ -96,12 +96,16 @@ impl App {
         let sealer = Arc::new(Sealer::from_key_file(&config.store.key_file)?);
         let store = Arc::new(SqliteStore::open(&config.store.path)?);
 
-        let api_listener = TcpListener::bind(config.api.listen)
-            .await
-            .map_err(|source| AppError::Bind { key: "api.listen", addr: config.api.listen, source })?;
-        let link_listener = TcpListener::bind(config.link.listen)
-            .await
-            .map_err(|source| AppError::Bind { key: "link.listen", addr: config.link.listen, source })?;
+        let api_listener = TcpListener::bind(config.api.listen).await.map_err(|source| AppError::Bind {
+            key: "api.listen",
+            addr: config.api.listen,
+            source,
+        })?;
+        let link_listener = TcpListener::bind(config.link.listen).await.map_err(|source| AppError::Bind {
+            key: "link.listen",
+            addr: config.link.listen,
+            source,
+        })?;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bind_err = |key, addr| move |source| AppError::Bind { key, addr, source };

@@ -206,11 +206,10 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base, overrides)
-            .map_err(|e| match e {
-                ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
-                other => other,
-            })
+        Self::parse(&text, base, overrides).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
+            other => other,
+        })
     }
 
     /// Parses TOML text; relative paths are resolved against `base`.
@@ -298,7 +297,8 @@ key_file = "store.key"
     #[test]
     fn the_documented_full_example_is_valid() {
         let text = include_str!("../../deploy/config/relay.full.toml");
-        let c = Config::parse(text, Path::new("/etc/pwrelay"), &Overrides::default()).expect("relay.full.toml is valid");
+        let c =
+            Config::parse(text, Path::new("/etc/pwrelay"), &Overrides::default()).expect("relay.full.toml is valid");
         assert_eq!(c.link.lease, Duration::from_secs(60));
         assert_eq!(c.jobs.time_to_live, Duration::from_secs(24 * 3600));
     }

@@ -85,8 +85,7 @@ impl TlsIncoming {
 
     /// Turns the connections into the stream tonic's `serve_with_incoming` expects.
     pub fn into_stream(self) -> impl tokio_stream::Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
-        tokio_stream::wrappers::ReceiverStream::new(self.connections)
-            .map(Ok::<_, std::io::Error>)
+        tokio_stream::wrappers::ReceiverStream::new(self.connections).map(Ok::<_, std::io::Error>)
     }
 }
 

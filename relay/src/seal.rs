@@ -50,7 +50,10 @@ impl Sealer {
     pub fn from_key_file(path: &Path) -> Result<Self, SealError> {
         let key_err = |reason: String| SealError::Key { path: path.display().to_string(), reason };
         let text = SecretString::new(std::fs::read_to_string(path).map_err(|e| {
-            key_err(format!("cannot be read ({e}); create one with `pwrelay store-key generate --out {}`", path.display()))
+            key_err(format!(
+                "cannot be read ({e}); create one with `pwrelay store-key generate --out {}`",
+                path.display()
+            ))
         })?);
         let bytes = SecretBytes::new(
             base64::engine::general_purpose::STANDARD
@@ -87,7 +90,11 @@ impl Sealer {
         buffer.push(FORMAT_V1);
         buffer.extend_from_slice(&nonce);
         let mut body = secret.expose_secret().as_bytes().to_vec();
-        let sealed = self.key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut body);
+        let sealed = self.key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(context.as_bytes()),
+            &mut body,
+        );
         if sealed.is_err() {
             zeroize::Zeroize::zeroize(&mut body);
             return Err(SealError::Open);
@@ -105,7 +112,8 @@ impl Sealer {
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Open)?;
         let mut buffer = zeroize::Zeroizing::new(ciphertext.to_vec());
-        let plain = self.key.open_in_place(nonce, Aad::from(context.as_bytes()), &mut buffer).map_err(|_| SealError::Open)?;
+        let plain =
+            self.key.open_in_place(nonce, Aad::from(context.as_bytes()), &mut buffer).map_err(|_| SealError::Open)?;
         let text = std::str::from_utf8(plain).map_err(|_| SealError::Open)?;
         Ok(SecretString::from(text))
     }

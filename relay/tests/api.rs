@@ -11,7 +11,8 @@ async fn requests_without_a_valid_token_are_refused() {
     let world = World::new(&[]).await;
     let relay = world.start_relay().await;
     let url = format!("https://127.0.0.1:{}/v1/rotations", relay.api.port());
-    let body = json!({ "domain": world.dc.domain.as_str(), "target": { "upn": "a@pwrelay.test" }, "password": "Xx1!xxxxxx" });
+    let body =
+        json!({ "domain": world.dc.domain.as_str(), "target": { "upn": "a@pwrelay.test" }, "password": "Xx1!xxxxxx" });
     let none = world.http.post(&url).json(&body).send().await.expect("answer");
     assert_eq!(none.status(), 401);
     assert_eq!(none.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
@@ -28,13 +29,25 @@ async fn bad_bodies_get_typed_errors_that_say_what_to_fix() {
     let relay = world.start_relay().await;
     let domain = world.dc.domain.as_str();
     let cases = [
-        (json!({ "domain": domain, "target": { "upn": "a@pwrelay.test" }, "password": "Xx1!xxxxxx", "colour": "red" }), 400, "colour"),
+        (
+            json!({ "domain": domain, "target": { "upn": "a@pwrelay.test" }, "password": "Xx1!xxxxxx", "colour": "red" }),
+            400,
+            "colour",
+        ),
         (json!({ "domain": domain, "target": { "upn": "a@pwrelay.test" } }), 400, "password"),
         (json!({ "domain": domain, "target": { "upn": "a@pwrelay.test" }, "password": 12345678 }), 400, "wrong type"),
         (json!({ "domain": domain, "target": { "upn": "a@pwrelay.test" }, "password": "" }), 422, "password is empty"),
-        (json!({ "domain": "unknown.test", "target": { "upn": "a@pwrelay.test" }, "password": "Xx1!xxxxxx" }), 422, "unknown domain"),
+        (
+            json!({ "domain": "unknown.test", "target": { "upn": "a@pwrelay.test" }, "password": "Xx1!xxxxxx" }),
+            422,
+            "unknown domain",
+        ),
         (json!({ "domain": domain, "target": {}, "password": "Xx1!xxxxxx" }), 422, "exactly one"),
-        (json!({ "domain": domain, "target": { "upn": "a@x", "dn": "CN=a" }, "password": "Xx1!xxxxxx" }), 422, "exactly one"),
+        (
+            json!({ "domain": domain, "target": { "upn": "a@x", "dn": "CN=a" }, "password": "Xx1!xxxxxx" }),
+            422,
+            "exactly one",
+        ),
         (json!({ "domain": domain, "target": { "object_guid": "nope" }, "password": "Xx1!xxxxxx" }), 422, "GUID"),
         (json!({ "domain": domain, "target": { "upn": "a@x" }, "password": "x".repeat(257) }), 422, "256"),
     ];
@@ -56,7 +69,8 @@ async fn bad_bodies_get_typed_errors_that_say_what_to_fix() {
         .await
         .expect("answer");
     assert_eq!(malformed.status(), 400);
-    let not_json = world.http.post(&url).bearer_auth(world.token.expose_secret()).body("domain=x").send().await.expect("answer");
+    let not_json =
+        world.http.post(&url).bearer_auth(world.token.expose_secret()).body("domain=x").send().await.expect("answer");
     assert_eq!(not_json.status(), 415);
     let huge = world
         .http
@@ -82,7 +96,8 @@ async fn health_endpoints_answer_without_a_token() {
     let base = format!("https://127.0.0.1:{}", relay.api.port());
     let alive = world.http.get(format!("{base}/healthz")).send().await.expect("answer");
     assert_eq!(alive.status(), 200);
-    let ready: serde_json::Value = world.http.get(format!("{base}/readyz")).send().await.expect("answer").json().await.expect("json");
+    let ready: serde_json::Value =
+        world.http.get(format!("{base}/readyz")).send().await.expect("answer").json().await.expect("json");
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["domains"][world.dc.domain.as_str()]["agent_connected"], false);
     relay.stop().await;

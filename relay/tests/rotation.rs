@@ -22,7 +22,10 @@ async fn rotation_sets_the_password_and_the_new_one_binds() {
     let new_password = "Rotated!Value-7731x";
 
     let job_id = world
-        .rotate(&relay, json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": new_password }))
+        .rotate(
+            &relay,
+            json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": new_password }),
+        )
         .await;
     let job = world.wait_final(&relay, &job_id, JOB_LIMIT).await;
 
@@ -34,7 +37,8 @@ async fn rotation_sets_the_password_and_the_new_one_binds() {
     assert!(dc.bind(&user.dn, new_password).await.ok(), "the new password binds");
     let old = dc.bind(&user.dn, user.password.expose_secret()).await;
     assert_eq!(old.rc, 49, "the old password is refused: {old:?}");
-    let pwd_last_set: i64 = dc.attribute(&user.dn, "pwdLastSet").await.and_then(|v| v.parse().ok()).expect("pwdLastSet");
+    let pwd_last_set: i64 =
+        dc.attribute(&user.dn, "pwdLastSet").await.and_then(|v| v.parse().ok()).expect("pwdLastSet");
     assert!(pwd_last_set > 0, "pwdLastSet is a time when must_change is false, got {pwd_last_set}");
     assert_eq!(job["result"]["pwd_last_set"].as_i64(), Some(pwd_last_set));
 
@@ -73,12 +77,17 @@ async fn policy_violations_and_unknown_accounts_fail_with_typed_errors() {
     let agent = world.start_agent(&relay, "site-c", &[&dc.domain], &[&dc.domain]).await;
     let user = dc.create_user("pol").await;
 
-    let short = world.rotate(&relay, json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Ab1!" })).await;
+    let short = world
+        .rotate(&relay, json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Ab1!" }))
+        .await;
     let job = world.wait_final(&relay, &short, JOB_LIMIT).await;
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "policy_violation");
     assert_eq!(job["error"]["directory_code"], "0000052D");
-    assert!(job["error"]["message"].as_str().unwrap_or_default().contains("too short"), "the DC's reason is passed on: {job}");
+    assert!(
+        job["error"]["message"].as_str().unwrap_or_default().contains("too short"),
+        "the DC's reason is passed on: {job}"
+    );
     assert!(dc.bind(&user.dn, user.password.expose_secret()).await.ok(), "a refused reset leaves the old password");
 
     let missing = world
@@ -99,7 +108,11 @@ async fn a_job_accepted_without_an_agent_completes_when_one_connects() {
     let dc = world.dc;
     let user = dc.create_user("late").await;
     let (status, reply) = world
-        .post(&relay, "/v1/rotations", &json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Later!Passw0rd-9" }))
+        .post(
+            &relay,
+            "/v1/rotations",
+            &json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Later!Passw0rd-9" }),
+        )
         .await;
     assert_eq!(status, 202);
     assert_eq!(reply["agent_connected"], false);
@@ -123,7 +136,10 @@ async fn a_job_queued_before_a_relay_restart_completes_after_it() {
     let user = dc.create_user("rst").await;
     let first = world.start_relay().await;
     let job_id = world
-        .rotate(&first, json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Restart!Passw0rd-3" }))
+        .rotate(
+            &first,
+            json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Restart!Passw0rd-3" }),
+        )
         .await;
     first.stop().await;
 
@@ -157,7 +173,10 @@ async fn an_agent_only_receives_jobs_for_the_domains_in_its_certificate() {
 
     let user = dc.create_user("dom").await;
     let job_id = world
-        .rotate(&relay, json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Domain!Passw0rd-5" }))
+        .rotate(
+            &relay,
+            json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Domain!Passw0rd-5" }),
+        )
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, job) = world.get(&relay, &format!("/v1/jobs/{job_id}")).await;
@@ -188,9 +207,13 @@ async fn an_agent_certificate_from_another_ca_is_refused() {
 
     let user = dc.create_user("rog").await;
     let job_id = world
-        .rotate(&relay, json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Rogue!Passw0rd-8" }))
+        .rotate(
+            &relay,
+            json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Rogue!Passw0rd-8" }),
+        )
         .await;
-    let refused = eventually(Duration::from_secs(15), || async { logs().text().contains("TLS handshake refused") }).await;
+    let refused =
+        eventually(Duration::from_secs(15), || async { logs().text().contains("TLS handshake refused") }).await;
     assert!(refused, "the relay logs the refused handshake");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, agents) = world.get(&relay, "/v1/agents").await;
@@ -212,12 +235,21 @@ async fn passwords_never_reach_the_logs() {
     let good = "Zq9!LogCanary-good-5521";
     let bad = "Zq9!c"; // too short: travels the failure path, including the DC's error text
     for password in [good, bad] {
-        let id = world.rotate(&relay, json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": password })).await;
+        let id = world
+            .rotate(
+                &relay,
+                json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": password }),
+            )
+            .await;
         world.wait_final(&relay, &id, JOB_LIMIT).await;
     }
     // The API's refusal paths must not echo it either.
     let (status, reply) = world
-        .post(&relay, "/v1/rotations", &json!({ "domain": "nope.test", "target": { "upn": user.upn }, "password": good }))
+        .post(
+            &relay,
+            "/v1/rotations",
+            &json!({ "domain": "nope.test", "target": { "upn": user.upn }, "password": good }),
+        )
         .await;
     assert_eq!(status, 422);
     assert!(!reply.to_string().contains(good));

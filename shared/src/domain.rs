@@ -9,7 +9,9 @@ use std::str::FromStr;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
     /// The domain name is not a DNS name made of letters, digits and hyphens.
-    #[error("{0:?} is not a valid AD DNS domain name (expected labels of letters, digits and hyphens, e.g. corp.example.com)")]
+    #[error(
+        "{0:?} is not a valid AD DNS domain name (expected labels of letters, digits and hyphens, e.g. corp.example.com)"
+    )]
     InvalidDomain(String),
     /// The agent name has characters outside the allowed set.
     #[error("{0:?} is not a valid agent name (use 1-64 letters, digits, '-', '_' or '.')")]

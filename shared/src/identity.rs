@@ -23,10 +23,14 @@ pub enum IdentityError {
     #[error("the client certificate cannot be parsed: {0}")]
     Unparsable(String),
     /// No `urn:pwrelay:agent:` SAN, or more than one.
-    #[error("the client certificate must carry exactly one URI SAN {AGENT_URI_PREFIX}<name>; issue it with `pwrelay pki issue-agent`")]
+    #[error(
+        "the client certificate must carry exactly one URI SAN {AGENT_URI_PREFIX}<name>; issue it with `pwrelay pki issue-agent`"
+    )]
     AgentName,
     /// No domain SAN.
-    #[error("the client certificate names no AD domain (URI SAN {DOMAIN_URI_PREFIX}<domain>); issue it with `pwrelay pki issue-agent --domain ...`")]
+    #[error(
+        "the client certificate names no AD domain (URI SAN {DOMAIN_URI_PREFIX}<domain>); issue it with `pwrelay pki issue-agent --domain ...`"
+    )]
     NoDomain,
     /// A SAN value is malformed.
     #[error(transparent)]

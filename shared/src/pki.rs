@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use time::{Duration, OffsetDateTime};
@@ -88,7 +88,8 @@ impl CertificateAuthority {
         let key = KeyPair::generate()?;
         let mut params = base_params(common_name, days)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let cert = params.self_signed(&key)?;
         let issued = IssuedCertificate { cert_pem: cert.pem(), key_pem: SecretString::new(key.serialize_pem()) };
         let ca = Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) };
@@ -214,8 +215,11 @@ mod tests {
         let (ca, _) = CertificateAuthority::generate("test CA", 30).expect("ca");
         let identity = AgentIdentity {
             name: AgentName::parse("site-a").expect("name"),
-            domains: [DomainName::parse("corp.example").expect("d"), DomainName::parse("emea.corp.example").expect("d")]
-                .into(),
+            domains: [
+                DomainName::parse("corp.example").expect("d"),
+                DomainName::parse("emea.corp.example").expect("d"),
+            ]
+            .into(),
         };
         let issued = ca.issue_agent(&identity, 30).expect("agent");
         let der = rustls_pki_types::pem::PemObject::from_pem_slice(issued.cert_pem.as_bytes())

@@ -129,7 +129,8 @@ impl TestDc {
         let upn = format!("{sam}@{}", self.domain);
         let dn = format!("CN={sam},CN=Users,{}", self.base_dn);
         let password = SecretString::from(format!("Init!{unique}aB9"));
-        let quoted: Vec<u8> = format!("\"{}\"", password.expose_secret()).encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let quoted: Vec<u8> =
+            format!("\"{}\"", password.expose_secret()).encode_utf16().flat_map(u16::to_le_bytes).collect();
         let mut ldap = self.admin().await;
         let attrs: Vec<(Vec<u8>, std::collections::HashSet<Vec<u8>>)> = vec![
             (b"objectClass".to_vec(), [b"user".to_vec()].into()),
@@ -154,9 +155,13 @@ impl TestDc {
     /// Reads one attribute of `dn` as the administrator.
     pub async fn attribute(&self, dn: &str, attribute: &str) -> Option<String> {
         let mut ldap = self.admin().await;
-        let (entries, _) = ldap.search(dn, Scope::Base, "(objectClass=*)", vec![attribute]).await.ok()?.success().ok()?;
+        let (entries, _) =
+            ldap.search(dn, Scope::Base, "(objectClass=*)", vec![attribute]).await.ok()?.success().ok()?;
         let _ = ldap.unbind().await;
-        entries.into_iter().map(SearchEntry::construct).find_map(|e| e.attrs.get(attribute).and_then(|v| v.first().cloned()))
+        entries
+            .into_iter()
+            .map(SearchEntry::construct)
+            .find_map(|e| e.attrs.get(attribute).and_then(|v| v.first().cloned()))
     }
 }
 

@@ -57,12 +57,16 @@ impl DirectoryError {
             (Some("0000052D"), _) => (FailureCode::PolicyViolation, None),
             (Some("00000005"), _) | (_, rc::INSUFFICIENT_ACCESS) => (
                 FailureCode::AccessDenied,
-                Some("the agent's service account lacks the right; delegate Reset Password, and write pwdLastSet and lockoutTime, on the account's OU"),
+                Some(
+                    "the agent's service account lacks the right; delegate Reset Password, and write pwdLastSet and lockoutTime, on the account's OU",
+                ),
             ),
             (Some("00002077" | "0000001F"), _) => {
                 (FailureCode::DirectoryError, Some("the DC requires a secured connection for password writes"))
             }
-            (Some("0000216C"), _) => (FailureCode::DirectoryError, Some("the DC did not accept the unicodePwd encoding")),
+            (Some("0000216C"), _) => {
+                (FailureCode::DirectoryError, Some("the DC did not accept the unicodePwd encoding"))
+            }
             (_, rc::NO_SUCH_OBJECT) => (FailureCode::AccountNotFound, None),
             (_, rc::CONSTRAINT_VIOLATION) => (FailureCode::PolicyViolation, None),
             (_, rc::INVALID_CREDENTIALS) => (
@@ -81,7 +85,13 @@ impl DirectoryError {
             message.push_str("; ");
             message.push_str(hint);
         }
-        Self { code, message, directory_code, ldap_result_code: rc, retryable: code == FailureCode::DirectoryUnavailable }
+        Self {
+            code,
+            message,
+            directory_code,
+            ldap_result_code: rc,
+            retryable: code == FailureCode::DirectoryUnavailable,
+        }
     }
 
     /// The wire form.
@@ -116,8 +126,15 @@ mod tests {
         assert!(e.message.contains("too short"));
         assert!(!e.retryable);
         // AD reports some policy failures under result 53 (unwillingToPerform): the hex code decides.
-        assert_eq!(DirectoryError::from_result("x", 53, "0000052D: SvcErr: DSID-031A12D2").code, FailureCode::PolicyViolation);
-        let denied = DirectoryError::from_result("x", 50, "00000005: SecErr: DSID-03152857, problem 4003 (INSUFF_ACCESS_RIGHTS)");
+        assert_eq!(
+            DirectoryError::from_result("x", 53, "0000052D: SvcErr: DSID-031A12D2").code,
+            FailureCode::PolicyViolation
+        );
+        let denied = DirectoryError::from_result(
+            "x",
+            50,
+            "00000005: SecErr: DSID-03152857, problem 4003 (INSUFF_ACCESS_RIGHTS)",
+        );
         assert_eq!(denied.code, FailureCode::AccessDenied);
         assert!(denied.message.contains("Reset Password"));
         assert_eq!(DirectoryError::from_result("x", 32, "0000208D: NameErr").code, FailureCode::AccountNotFound);

@@ -171,7 +171,10 @@ impl Directory {
             Err(e) => return Err(DirectoryError::unavailable(format!("account search on {}: {e}", session.url))),
         };
         if result.rc == 32 {
-            return Err(DirectoryError::new(FailureCode::AccountNotFound, format!("no user account {target} under {}", self.config.base_dn)));
+            return Err(DirectoryError::new(
+                FailureCode::AccountNotFound,
+                format!("no user account {target} under {}", self.config.base_dn),
+            ));
         }
         if result.rc != 0 {
             return Err(DirectoryError::from_result("account search", result.rc, &result.text));
@@ -183,7 +186,10 @@ impl Directory {
             .collect();
         match dns.as_slice() {
             [dn] => Ok(dn.clone()),
-            [] => Err(DirectoryError::new(FailureCode::AccountNotFound, format!("no user account {target} under {}", self.config.base_dn))),
+            [] => Err(DirectoryError::new(
+                FailureCode::AccountNotFound,
+                format!("no user account {target} under {}", self.config.base_dn),
+            )),
             many => Err(DirectoryError::new(
                 FailureCode::AmbiguousAccount,
                 format!("{} user accounts match {target}; use object_guid or dn to name one", many.len()),
@@ -204,7 +210,9 @@ impl Directory {
             .into_iter()
             .map(SearchEntry::construct)
             .find_map(|e| e.attrs.get("pwdLastSet").and_then(|v| v.first()).and_then(|v| v.parse().ok()))
-            .ok_or_else(|| DirectoryError::new(FailureCode::VerificationFailed, format!("pwdLastSet of {dn} cannot be read back")))
+            .ok_or_else(|| {
+                DirectoryError::new(FailureCode::VerificationFailed, format!("pwdLastSet of {dn} cannot be read back"))
+            })
     }
 }
 

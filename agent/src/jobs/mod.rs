@@ -45,10 +45,9 @@ async fn run(directories: &Directories, job: &mut pb::Job) -> Result<pb::JobSucc
             format!("this agent (version {}) does not carry out {kind:?} jobs", env!("CARGO_PKG_VERSION")),
         ));
     }
-    let directory = DomainName::parse(&job.domain)
-        .ok()
-        .and_then(|d| directories.get(&d))
-        .ok_or_else(|| DirectoryError::new(FailureCode::UnknownDomain, format!("this agent does not serve {}", job.domain)))?;
+    let directory = DomainName::parse(&job.domain).ok().and_then(|d| directories.get(&d)).ok_or_else(|| {
+        DirectoryError::new(FailureCode::UnknownDomain, format!("this agent does not serve {}", job.domain))
+    })?;
     let lease_left = job.lease_deadline_unix_ms - now_unix_ms();
     if lease_left <= 0 {
         return Err(DirectoryError {
@@ -76,7 +75,12 @@ async fn run(directories: &Directories, job: &mut pb::Job) -> Result<pb::JobSucc
             ),
         ));
     }
-    Ok(pb::JobSuccess { account_dn: written.dn, verified: true, pwd_last_set: written.pwd_last_set, sealed_secret: Vec::new() })
+    Ok(pb::JobSuccess {
+        account_dn: written.dn,
+        verified: true,
+        pwd_last_set: written.pwd_last_set,
+        sealed_secret: Vec::new(),
+    })
 }
 
 fn now_unix_ms() -> i64 {

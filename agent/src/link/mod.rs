@@ -102,7 +102,10 @@ impl LinkClient {
                 backoff.reset();
             }
             let delay = backoff.next_delay();
-            tracing::info!(delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "reconnecting after back-off");
+            tracing::info!(
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "reconnecting after back-off"
+            );
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
@@ -111,9 +114,13 @@ impl LinkClient {
     }
 
     async fn connect(&self) -> Result<AgentLinkClient<tonic::transport::Channel>, LinkError> {
-        let address = if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) };
-        let server_name =
-            ServerName::try_from(self.server_name.clone()).map_err(|_| LinkError::ServerName(self.server_name.clone()))?;
+        let address = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let server_name = ServerName::try_from(self.server_name.clone())
+            .map_err(|_| LinkError::ServerName(self.server_name.clone()))?;
         let connector = TlsConnector::from(Arc::clone(&self.tls));
         let (host, port) = (self.host.clone(), self.port);
         let dial = tower::service_fn(move |_: Uri| {
@@ -125,7 +132,8 @@ impl LinkClient {
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
         });
-        let connect_err = |e: &dyn std::error::Error| LinkError::Connect { address: address.clone(), message: error_chain(e) };
+        let connect_err =
+            |e: &dyn std::error::Error| LinkError::Connect { address: address.clone(), message: error_chain(e) };
         let channel = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| connect_err(&e))?
             .connect_timeout(Duration::from_secs(10))
@@ -170,7 +178,12 @@ impl LinkClient {
 
         let in_progress: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut running = JoinSet::new();
-        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        // Never slower than the relay expects: it closes streams silent for three of its intervals.
+        let interval = match welcome.heartbeat_interval_seconds {
+            0 => self.heartbeat,
+            seconds => Duration::from_secs(u64::from(seconds)).min(self.heartbeat),
+        };
+        let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sequence = 0u64;
         let end = loop {
@@ -216,7 +229,8 @@ impl LinkClient {
         };
         if !running.is_empty() {
             tracing::info!(jobs = running.len(), "waiting for running jobs to report");
-            let drained = tokio::time::timeout(DRAIN_GRACE, async { while running.join_next().await.is_some() {} }).await;
+            let drained =
+                tokio::time::timeout(DRAIN_GRACE, async { while running.join_next().await.is_some() {} }).await;
             if drained.is_err() {
                 tracing::warn!("jobs still running after {DRAIN_GRACE:?}; the relay will redeliver them");
             }
@@ -232,7 +246,11 @@ impl LinkClient {
                 .health
                 .directories()
                 .into_iter()
-                .map(|(domain, status)| pb::DirectoryHealth { domain: domain.to_string(), bind_ok: status.bind_ok, detail: status.detail })
+                .map(|(domain, status)| pb::DirectoryHealth {
+                    domain: domain.to_string(),
+                    bind_ok: status.bind_ok,
+                    detail: status.detail,
+                })
                 .collect(),
             ping_nonce,
         }

@@ -23,7 +23,10 @@ const TOKEN_PREFIX: &str = "pwr_";
 pub fn new_token() -> Result<(SecretString, [u8; 32]), ring::error::Unspecified> {
     let mut raw = zeroize::Zeroizing::new([0u8; 32]);
     SystemRandom::new().fill(raw.as_mut())?;
-    let token = SecretString::new(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())));
+    let token = SecretString::new(format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
+    ));
     let hash = token_hash(&token);
     Ok((token, hash))
 }

@@ -24,7 +24,10 @@ pub(super) async fn ready(State(state): State<Arc<ApiState>>) -> (StatusCode, Js
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "store": "ok", "domains": domains }))),
         Err(error) => {
             tracing::error!(%error, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not_ready", "store": "failing", "domains": domains })))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not_ready", "store": "failing", "domains": domains })),
+            )
         }
     }
 }

@@ -32,7 +32,8 @@ pub(super) async fn show(
     query: Result<Query<ShowQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Job>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid_request(format!("{e}; use ?wait=SECONDS (0-60)")))?;
-    let id: JobId = id.parse().map_err(|_| ApiError::invalid_request("the job id must be the UUID returned on creation"))?;
+    let id: JobId =
+        id.parse().map_err(|_| ApiError::invalid_request("the job id must be the UUID returned on creation"))?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0));
     if wait > MAX_WAIT {
         return Err(ApiError::invalid_request(format!("wait must be at most {} seconds", MAX_WAIT.as_secs())));

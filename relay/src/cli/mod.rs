@@ -125,7 +125,10 @@ fn generate_store_key(out: &std::path::Path) -> ExitCode {
         .and_then(|key| pwrelay_shared::pki::write_private(out, &key, false).map_err(anyhow::Error::from));
     match written {
         Ok(()) => {
-            eprintln!("wrote {} (mode 0600); set store.key_file to it and back it up: sealed jobs cannot be opened without it", out.display());
+            eprintln!(
+                "wrote {} (mode 0600); set store.key_file to it and back it up: sealed jobs cannot be opened without it",
+                out.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

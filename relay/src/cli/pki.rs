@@ -51,8 +51,12 @@ pub(crate) enum PkiCommand {
 
 pub(crate) fn run(command: PkiCommand) -> ExitCode {
     let result = match command {
-        PkiCommand::Init { dir, relay_names, ca_name, ca_days, days } => init(&dir, &relay_names, &ca_name, ca_days, days),
-        PkiCommand::IssueAgent { ca_dir, name, domains, out, days } => issue_agent(&ca_dir, &name, &domains, &out, days),
+        PkiCommand::Init { dir, relay_names, ca_name, ca_days, days } => {
+            init(&dir, &relay_names, &ca_name, ca_days, days)
+        }
+        PkiCommand::IssueAgent { ca_dir, name, domains, out, days } => {
+            issue_agent(&ca_dir, &name, &domains, &out, days)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,11 +80,22 @@ fn init(dir: &std::path::Path, relay_names: &[String], ca_name: &str, ca_days: i
     eprintln!("created in {}:", dir.display());
     eprintln!("  {}  CA certificate: the relay's link.agent_ca_file, and each agent's relay.ca_file", files::CA_CERT);
     eprintln!("  {}  CA private key (0600): keep offline once agents are issued", files::CA_KEY);
-    eprintln!("  {} / {}  link.cert_file / link.key_file, valid for {}", files::RELAY_CERT, files::RELAY_KEY, relay_names.join(", "));
+    eprintln!(
+        "  {} / {}  link.cert_file / link.key_file, valid for {}",
+        files::RELAY_CERT,
+        files::RELAY_KEY,
+        relay_names.join(", ")
+    );
     Ok(())
 }
 
-fn issue_agent(ca_dir: &std::path::Path, name: &str, domains: &[String], out: &std::path::Path, days: i64) -> anyhow::Result<()> {
+fn issue_agent(
+    ca_dir: &std::path::Path,
+    name: &str,
+    domains: &[String],
+    out: &std::path::Path,
+    days: i64,
+) -> anyhow::Result<()> {
     let identity = AgentIdentity {
         name: AgentName::parse(name)?,
         domains: domains.iter().map(|d| DomainName::parse(d)).collect::<Result<_, _>>()?,
@@ -92,7 +107,11 @@ fn issue_agent(ca_dir: &std::path::Path, name: &str, domains: &[String], out: &s
     pki::write_public(&out.join(files::CA_CERT), ca.cert_pem(), true)?;
     let names: Vec<&str> = identity.domains.iter().map(DomainName::as_str).collect();
     eprintln!("issued agent {} for {} in {}:", identity.name, names.join(", "), out.display());
-    eprintln!("  {} / {}  the agent's relay.cert_file / relay.key_file (key 0600)", files::AGENT_CERT, files::AGENT_KEY);
+    eprintln!(
+        "  {} / {}  the agent's relay.cert_file / relay.key_file (key 0600)",
+        files::AGENT_CERT,
+        files::AGENT_KEY
+    );
     eprintln!("  {}  the agent's relay.ca_file", files::CA_CERT);
     Ok(())
 }

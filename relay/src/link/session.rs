@@ -59,7 +59,12 @@ struct Active {
 }
 
 impl Session {
-    pub(super) fn new(context: Arc<LinkContext>, identity: AgentIdentity, peer: Option<SocketAddr>, outbound: Outbound) -> Self {
+    pub(super) fn new(
+        context: Arc<LinkContext>,
+        identity: AgentIdentity,
+        peer: Option<SocketAddr>,
+        outbound: Outbound,
+    ) -> Self {
         Self { context, identity, peer, outbound }
     }
 
@@ -71,7 +76,11 @@ impl Session {
     async fn run_inner(self, mut inbound: Streaming<pb::AgentMessage>, cancel: CancellationToken) {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }))) => hello,
-            Ok(Ok(Some(_))) => return self.refuse(Status::invalid_argument("the first message on the agent link must be hello")).await,
+            Ok(Ok(Some(_))) => {
+                return self
+                    .refuse(Status::invalid_argument("the first message on the agent link must be hello"))
+                    .await;
+            }
             Ok(Ok(None)) => return,
             Ok(Err(status)) => {
                 tracing::info!(error = %status, "agent stream failed before hello");
@@ -99,7 +108,9 @@ impl Session {
             End::Shutdown => tracing::info!("relay shutting down; closing agent stream"),
             End::AgentClosed => tracing::info!("agent closed its stream"),
             End::Stream(status) => tracing::warn!(error = %status, "agent stream failed"),
-            End::Silent => tracing::warn!("agent sent nothing for {MISSED_HEARTBEATS} heartbeat intervals; closing its stream"),
+            End::Silent => {
+                tracing::warn!("agent sent nothing for {MISSED_HEARTBEATS} heartbeat intervals; closing its stream")
+            }
             End::OutboundClosed => tracing::info!("agent stream closed"),
             End::Store(error) => tracing::error!(%error, "job store failed; closing agent stream"),
         }
@@ -109,7 +120,9 @@ impl Session {
                 tracing::info!(released, "unfinished jobs of the agent returned to the queue");
                 self.context.events.job_queued();
             }
-            Err(error) => tracing::error!(%error, "could not release the agent's jobs; they return when their lease lapses"),
+            Err(error) => {
+                tracing::error!(%error, "could not release the agent's jobs; they return when their lease lapses")
+            }
         }
         drop(active.registration);
     }
@@ -122,7 +135,8 @@ impl Session {
     fn authorize(&self, hello: &pb::Hello) -> Result<Active, Status> {
         let mut asked = BTreeSet::new();
         for name in &hello.domains {
-            let domain = DomainName::parse(name).map_err(|e| Status::invalid_argument(format!("hello.domains: {e}")))?;
+            let domain =
+                DomainName::parse(name).map_err(|e| Status::invalid_argument(format!("hello.domains: {e}")))?;
             asked.insert(domain);
         }
         let not_in_certificate: Vec<_> = asked.difference(&self.identity.domains).collect();
@@ -160,7 +174,12 @@ impl Session {
         Ok(Active { holder, domains, max_in_flight, in_flight: HashSet::new(), registration })
     }
 
-    async fn serve(&self, active: &mut Active, inbound: &mut Streaming<pb::AgentMessage>, cancel: &CancellationToken) -> End {
+    async fn serve(
+        &self,
+        active: &mut Active,
+        inbound: &mut Streaming<pb::AgentMessage>,
+        cancel: &CancellationToken,
+    ) -> End {
         let mut queued = self.context.events.queued();
         let mut tick = tokio::time::interval(CLAIM_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -219,9 +238,11 @@ impl Session {
         };
         active.in_flight.remove(&id);
         let outcome = match result.outcome {
-            Some(pb::job_result::Outcome::Success(s)) => {
-                Outcome::Succeeded(JobSuccess { account_dn: s.account_dn, verified: s.verified, pwd_last_set: s.pwd_last_set })
-            }
+            Some(pb::job_result::Outcome::Success(s)) => Outcome::Succeeded(JobSuccess {
+                account_dn: s.account_dn,
+                verified: s.verified,
+                pwd_last_set: s.pwd_last_set,
+            }),
             Some(pb::job_result::Outcome::Failure(f)) => Outcome::Failed {
                 error: JobError {
                     code: ErrorCode::from_proto(f.code()),
@@ -231,7 +252,11 @@ impl Session {
                 retryable: f.retryable,
             },
             None => Outcome::Failed {
-                error: JobError { code: ErrorCode::Unknown, message: "the agent sent a result without an outcome".into(), directory_code: None },
+                error: JobError {
+                    code: ErrorCode::Unknown,
+                    message: "the agent sent a result without an outcome".into(),
+                    directory_code: None,
+                },
                 retryable: false,
             },
         };
@@ -276,7 +301,11 @@ impl Session {
                 Err(error) => {
                     tracing::error!(job_id = %id, error = %error.message, "job cannot be delivered");
                     let outcome = Outcome::Failed { error, retryable: false };
-                    self.context.store.complete(id, &active.holder, outcome).await.map_err(|e| End::Store(e.to_string()))?;
+                    self.context
+                        .store
+                        .complete(id, &active.holder, outcome)
+                        .await
+                        .map_err(|e| End::Store(e.to_string()))?;
                     self.context.events.job_changed();
                 }
             }
@@ -309,7 +338,11 @@ impl Session {
             domain: job.domain.to_string(),
             target: Some(job.target.to_proto()),
             secret,
-            options: Some(pb::JobOptions { must_change: job.options.must_change, unlock: job.options.unlock, enforce_history: false }),
+            options: Some(pb::JobOptions {
+                must_change: job.options.must_change,
+                unlock: job.options.unlock,
+                enforce_history: false,
+            }),
             lease_deadline_unix_ms: lease.lease_deadline_unix_ms,
             attempt: job.attempts,
         })

@@ -90,7 +90,8 @@ impl SqliteStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::Database(format!("store.path {}: {e}", path.display())))?;
         }
-        let conn = Connection::open(path).map_err(|e| StoreError::Database(format!("store.path {}: {e}", path.display())))?;
+        let conn =
+            Connection::open(path).map_err(|e| StoreError::Database(format!("store.path {}: {e}", path.display())))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
@@ -133,10 +134,16 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
     }
-
 }
 
-fn read_job(row: &Row<'_>) -> Result<(Job, Option<Vec<u8>>, Option<i64>), StoreError> {
+/// A job row with the columns that never leave the store except in a lease.
+struct StoredJob {
+    job: Job,
+    sealed_secret: Option<Vec<u8>>,
+    lease_expires_ms: Option<i64>,
+}
+
+fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
     let id: String = row.get(0).map_err(db_err)?;
     let corrupt = |reason: &str| StoreError::Corrupt { id: id.clone(), reason: reason.to_owned() };
     let job_id = id.parse::<JobId>().map_err(|_| corrupt("bad id"))?;
@@ -178,7 +185,7 @@ fn read_job(row: &Row<'_>) -> Result<(Job, Option<Vec<u8>>, Option<i64>), StoreE
         error,
         result,
     };
-    Ok((job, row.get(21).map_err(db_err)?, row.get(22).map_err(db_err)?))
+    Ok(StoredJob { job, sealed_secret: row.get(21).map_err(db_err)?, lease_expires_ms: row.get(22).map_err(db_err)? })
 }
 
 #[async_trait]
@@ -211,10 +218,11 @@ impl Store for SqliteStore {
 
     async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.run(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1")).map_err(db_err)?;
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1")).map_err(db_err)?;
             let mut rows = stmt.query(params![id.to_string()]).map_err(db_err)?;
             match rows.next().map_err(db_err)? {
-                Some(row) => Ok(Some(read_job(row)?.0)),
+                Some(row) => Ok(Some(read_job(row)?.job)),
                 None => Ok(None),
             }
         })
@@ -269,8 +277,12 @@ impl Store for SqliteStore {
             let mut rows = stmt.query(params_from_iter(args)).map_err(db_err)?;
             let mut leased = Vec::new();
             while let Some(row) = rows.next().map_err(db_err)? {
-                let (job, sealed_secret, lease) = read_job(row)?;
-                leased.push(LeasedJob { job, sealed_secret, lease_deadline_unix_ms: lease.unwrap_or(lease_until) });
+                let stored = read_job(row)?;
+                leased.push(LeasedJob {
+                    job: stored.job,
+                    sealed_secret: stored.sealed_secret,
+                    lease_deadline_unix_ms: stored.lease_expires_ms.unwrap_or(lease_until),
+                });
             }
             drop(rows);
             drop(stmt);

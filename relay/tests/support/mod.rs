@@ -46,11 +46,7 @@ pub fn logs() -> LogBuffer {
     LOGS.get_or_init(|| {
         let buffer = LogBuffer::default();
         let writer = buffer.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
+        tracing_subscriber::fmt().with_env_filter("debug").with_ansi(false).with_writer(move || writer.clone()).init();
         pwrelay_shared::tls::install_default_provider();
         buffer
     })
@@ -113,7 +109,13 @@ impl World {
     /// Starts an agent named `name` whose certificate (from this world's CA) names `cert_domains`
     /// and whose configuration serves `served`; the DC's domain points at the test DC, any other
     /// at an address where nothing answers.
-    pub async fn start_agent(&self, relay: &Relay, name: &str, cert_domains: &[&DomainName], served: &[&DomainName]) -> Agent {
+    pub async fn start_agent(
+        &self,
+        relay: &Relay,
+        name: &str,
+        cert_domains: &[&DomainName],
+        served: &[&DomainName],
+    ) -> Agent {
         let dir = self.path(&format!("agent-{name}"));
         std::fs::create_dir_all(&dir).expect("agent dir");
         self.pki.issue_agent(name, cert_domains, &dir);
@@ -129,7 +131,11 @@ impl World {
             relay.link.port()
         );
         for domain in served {
-            let urls = if **domain == self.dc.domain { format!("\"{}\"", self.dc.ldaps_url) } else { "\"ldaps://127.0.0.1:1\"".into() };
+            let urls = if **domain == self.dc.domain {
+                format!("\"{}\"", self.dc.ldaps_url)
+            } else {
+                "\"ldaps://127.0.0.1:1\"".into()
+            };
             toml.push_str(&format!(
                 "\n[[domains]]\nname = \"{domain}\"\nurls = [{urls}]\nca_file = \"{}\"\nbind_dn = \"{}\"\n\
                  bind_password_file = \"bind.secret\"\ntimeout_seconds = 5\n",
@@ -143,10 +149,11 @@ impl World {
         let health = app.health_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = app.run(async move {
-                let _ = stopped.await;
-            })
-            .await;
+            let _ = app
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await;
         });
         Agent { health, stop: Some(stop), task }
     }
