@@ -20,6 +20,13 @@ async fn rotation_sets_the_password_and_the_new_one_binds() {
     let agent = world.start_agent(&relay, "site-a", &[&dc.domain], &[&dc.domain]).await;
     let user = dc.create_user("rot").await;
     let new_password = "Rotated!Value-7731x";
+    assert!(
+        eventually(Duration::from_secs(15), || async { agent.readyz().await.0 == 200 }).await,
+        "agent becomes ready"
+    );
+    let (_, ready) = agent.readyz().await;
+    assert_eq!(ready["relay_connected"], true);
+    assert_eq!(ready["directories"][dc.domain.as_str()]["bind_ok"], true);
 
     let job_id = world
         .rotate(
@@ -142,6 +149,10 @@ async fn a_job_queued_before_a_relay_restart_completes_after_it() {
         )
         .await;
     first.stop().await;
+    for file in ["relay.db", "relay.db-wal"] {
+        let bytes = std::fs::read(world.path(file)).unwrap_or_default();
+        assert!(!bytes.windows(8).any(|w| w == b"Restart!"), "the queued password is sealed in {file}");
+    }
 
     let second = world.start_relay().await;
     let (_, job) = world.get(&second, &format!("/v1/jobs/{job_id}")).await;
@@ -150,6 +161,28 @@ async fn a_job_queued_before_a_relay_restart_completes_after_it() {
     let job = world.wait_final(&second, &job_id, JOB_LIMIT).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert!(dc.bind(&user.dn, "Restart!Passw0rd-3").await.ok());
+    agent.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reconnects_after_a_relay_restart() {
+    let world = World::new(&[]).await;
+    let dc = world.dc;
+    let first = world.start_relay().await;
+    let agent = world.start_agent(&first, "site-rc", &[&dc.domain], &[&dc.domain]).await;
+    assert!(eventually(Duration::from_secs(15), || async { agent.readyz().await.0 == 200 }).await, "agent ready");
+    let second = world.restart_relay(first).await;
+    let user = dc.create_user("rc").await;
+    let job_id = world
+        .rotate(
+            &second,
+            json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Reconnect!Pass-4" }),
+        )
+        .await;
+    let job = world.wait_final(&second, &job_id, JOB_LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "the agent reconnected on its own: {job}");
+    assert!(logs().text().contains("reconnecting after back-off"));
     agent.stop().await;
     second.stop().await;
 }

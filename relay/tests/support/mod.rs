@@ -1,6 +1,6 @@
 //! Test harness: a real relay and real agents (in-process `App`s on 127.0.0.1:0), the throwaway
 //! Samba AD DC, and an HTTPS client for the API. Every log line of every part is captured so tests
-//! can assert on it.
+//! can assert on it (set PWRELAY_TEST_ECHO_LOGS=1 to also see them on stderr).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -32,7 +32,9 @@ impl LogBuffer {
 impl Write for LogBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().expect("log buffer").extend_from_slice(buf);
-        std::io::stderr().write_all(buf)?;
+        if std::env::var_os("PWRELAY_TEST_ECHO_LOGS").is_some() {
+            std::io::stderr().write_all(buf)?;
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -96,7 +98,23 @@ impl World {
 
     /// Starts the relay (ports chosen by the OS).
     pub async fn start_relay(&self) -> Relay {
-        let config = pwrelay_relay::Config::load(&self.path("relay.toml"), &Default::default()).expect("relay config");
+        self.start_relay_with(Default::default()).await
+    }
+
+    /// Starts the relay on the ports of `previous` (a restart in place).
+    pub async fn restart_relay(&self, previous: Relay) -> Relay {
+        let (api, link) = (previous.api, previous.link);
+        previous.stop().await;
+        self.start_relay_with(pwrelay_relay::config::Overrides {
+            api_listen: Some(api),
+            link_listen: Some(link),
+            log_level: None,
+        })
+        .await
+    }
+
+    async fn start_relay_with(&self, overrides: pwrelay_relay::config::Overrides) -> Relay {
+        let config = pwrelay_relay::Config::load(&self.path("relay.toml"), &overrides).expect("relay config");
         let app = pwrelay_relay::App::build(config).await.expect("relay builds");
         let (api, link) = (app.api_addr(), app.link_addr());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -249,6 +267,13 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The agent's `/readyz` status code and body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let response = reqwest::get(format!("http://{}/readyz", self.health)).await.expect("health answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Shuts the agent down gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
