@@ -259,6 +259,28 @@ async fn an_agent_certificate_from_another_ca_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_a_relay_certificate_without_the_expected_name() {
+    let world = World::new(&[]).await;
+    let relay = world.start_relay().await;
+    let dc = world.dc;
+    let dir = world.path("agent-misnamed");
+    std::fs::create_dir_all(&dir).expect("dir");
+    world.pki.issue_agent("misnamed", &[&dc.domain], &dir);
+    let agent = world.start_agent_expecting(&dir, &relay, &[&dc.domain], "relay.elsewhere.example").await;
+    let refused = eventually(Duration::from_secs(15), || async {
+        logs().text().lines().any(|l| l.contains("agent link down") && l.contains("relay.elsewhere.example"))
+            || logs().text().contains("NotValidForName")
+    })
+    .await;
+    assert!(refused, "the agent reports the name mismatch");
+    let (_, agents) = world.get(&relay, "/v1/agents").await;
+    assert_eq!(agents, json!([]), "the agent never connected");
+    assert_eq!(agent.readyz().await.0, 503);
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_never_reach_the_logs() {
     let world = World::new(&[]).await;
     let relay = world.start_relay().await;

@@ -142,9 +142,20 @@ impl World {
 
     /// Starts an agent with the certificate files already in `dir`.
     pub async fn start_agent_in(&self, dir: &Path, relay: &Relay, served: &[&DomainName]) -> Agent {
+        self.start_agent_expecting(dir, relay, served, "localhost").await
+    }
+
+    /// Starts an agent that expects the relay's certificate to carry `server_name`.
+    pub async fn start_agent_expecting(
+        &self,
+        dir: &Path,
+        relay: &Relay,
+        served: &[&DomainName],
+        server_name: &str,
+    ) -> Agent {
         std::fs::write(dir.join("bind.secret"), self.dc.admin_password.expose_secret()).expect("bind secret");
         let mut toml = format!(
-            "[relay]\nurl = \"https://127.0.0.1:{}\"\nserver_name = \"localhost\"\nca_file = \"ca.pem\"\n\
+            "[relay]\nurl = \"https://127.0.0.1:{}\"\nserver_name = \"{server_name}\"\nca_file = \"ca.pem\"\n\
              cert_file = \"agent.pem\"\nkey_file = \"agent.key\"\nheartbeat_seconds = 2\n\n[health]\nlisten = \"127.0.0.1:0\"\n",
             relay.link.port()
         );
