@@ -12,9 +12,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::health::{self, HealthState};
+use crate::jobs::JobContext;
+use crate::jobs::journal::Journal;
 use crate::link::LinkClient;
 
 /// How long running work gets to finish after shutdown starts.
@@ -30,6 +33,14 @@ pub enum AppError {
         key: String,
         /// The cause.
         source: tls::TlsError,
+    },
+    /// The state directory, journal or audit log cannot be opened.
+    #[error("state.dir {path}: {source}")]
+    State {
+        /// The file or directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
     },
     /// The health listener cannot be bound.
     #[error("health.listen {addr}: {source}")]
@@ -65,6 +76,22 @@ impl App {
             directories.insert(name, directory);
         }
         let domains = directories.len();
+        let state_err = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |source| AppError::State { path, source }
+        };
+        std::fs::create_dir_all(&config.state_dir).map_err(state_err(&config.state_dir))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(state_err(&config.state_dir))?;
+        }
+        let journal_path = config.state_dir.join("journal.jsonl");
+        let journal = Journal::open(&journal_path).map_err(state_err(&journal_path))?;
+        let audit_path = config.state_dir.join("audit.jsonl");
+        let audit = AuditLog::open(&audit_path).map_err(state_err(&audit_path))?;
+        let jobs = Arc::new(JobContext { directories, journal, audit });
         let health_listener = TcpListener::bind(config.health.listen)
             .await
             .map_err(|source| AppError::Bind { addr: config.health.listen, source })?;
@@ -79,7 +106,7 @@ impl App {
             tls: link_tls,
             max_jobs_in_flight: config.relay.max_jobs_in_flight,
             heartbeat: config.relay.heartbeat,
-            directories: Arc::new(directories),
+            jobs,
             health: Arc::clone(&health),
         };
         Ok(Self { link, health, health_listener, domains })
@@ -98,11 +125,7 @@ impl App {
         let tracker = TaskTracker::new();
         tracing::info!(relay = %format!("{}:{}", link.host, link.port), health = %health_listener.local_addr()?, "agent starting");
 
-        tracker.spawn(health::check_directories(
-            Arc::clone(&link.directories),
-            Arc::clone(&health),
-            cancel.child_token(),
-        ));
+        tracker.spawn(health::check_directories(Arc::clone(&link.jobs), Arc::clone(&health), cancel.child_token()));
         let health_cancel = cancel.child_token();
         let router = health::router(Arc::clone(&health), domains);
         tracker.spawn(async move {

@@ -55,7 +55,26 @@ struct AgentFile {
     health: HealthFile,
     domains: Vec<DomainFile>,
     #[serde(default)]
+    state: StateFile,
+    #[serde(default)]
     log: LogConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    #[serde(default = "default_state_dir")]
+    dir: PathBuf,
+}
+
+impl Default for StateFile {
+    fn default() -> Self {
+        Self { dir: default_state_dir() }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/pwrelay-agent")
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +116,35 @@ struct DomainFile {
     bind_password_env: Option<String>,
     #[serde(default = "default_ldap_timeout_seconds")]
     timeout_seconds: u64,
+    #[serde(default)]
+    verify_bind: bool,
+    #[serde(default)]
+    scope: ScopeConfig,
+    #[serde(default)]
+    protected: ProtectedConfig,
+}
+
+/// `[domains.scope]`: which accounts the agent may change (gradual roll-out). Both lists empty
+/// means every user under `base_dn`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    /// OUs (and everything below them) whose users are in scope.
+    #[serde(default)]
+    pub allowed_ous: Vec<String>,
+    /// Groups whose members, directly or through nested groups, are in scope.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+}
+
+/// `[domains.protected]`: protected accounts (adminCount=1, members of protected groups) the agent
+/// may change anyway.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectedConfig {
+    /// DNs of accounts, or of groups whose members (nested) are allowed.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 fn default_max_jobs_in_flight() -> u32 {
@@ -121,6 +169,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// The AD domains this agent serves.
     pub domains: Vec<DomainConfig>,
+    /// Where the journal (`journal.jsonl`) and the audit log (`audit.jsonl`) live.
+    pub state_dir: PathBuf,
     /// Logging.
     pub log: LogConfig,
 }
@@ -188,6 +238,12 @@ pub struct DomainConfig {
     pub bind_password: SecretString,
     /// Connect and operation timeout.
     pub timeout: Duration,
+    /// After a write without must_change, also bind with the new password.
+    pub verify_bind: bool,
+    /// Which accounts may be changed.
+    pub scope: ScopeConfig,
+    /// Protected accounts that may be changed anyway.
+    pub protected: ProtectedConfig,
 }
 
 impl Config {
@@ -271,6 +327,15 @@ impl Config {
                 return Err(invalid(key("timeout_seconds"), "must be at least 1"));
             }
             let base_dn = d.base_dn.unwrap_or_else(|| d.name.default_base_dn());
+            let dn_list = |list: &[String], field: &str| -> Result<(), ConfigError> {
+                match list.iter().find(|dn| !dn.contains('=')) {
+                    Some(bad) => Err(invalid(key(field), format!("{bad:?} is not a distinguished name"))),
+                    None => Ok(()),
+                }
+            };
+            dn_list(&d.scope.allowed_ous, "scope.allowed_ous")?;
+            dn_list(&d.scope.allowed_groups, "scope.allowed_groups")?;
+            dn_list(&d.protected.allow, "protected.allow")?;
             domains.push(DomainConfig {
                 name: d.name,
                 urls,
@@ -279,6 +344,9 @@ impl Config {
                 bind_dn: d.bind_dn,
                 bind_password,
                 timeout: Duration::from_secs(d.timeout_seconds),
+                verify_bind: d.verify_bind,
+                scope: d.scope,
+                protected: d.protected,
             });
         }
         Ok(Self {
@@ -294,6 +362,7 @@ impl Config {
             },
             health: HealthConfig { listen: file.health.listen },
             domains,
+            state_dir: resolve(file.state.dir),
             log: file.log,
         })
     }

@@ -2,12 +2,14 @@
 //!
 //! [`config::Config`] → [`app::App::build`] → [`app::App::run`]. The parts:
 //! - [`link`]: the outbound mTLS gRPC stream to the relay, with reconnect back-off.
-//! - [`jobs`]: carrying out one job and building its result.
+//! - [`jobs`]: carrying out one job, the journal of finished jobs.
+//! - [`audit`]: the append-only audit log.
 //! - [`directory`]: LDAP over TLS to the domain controllers (find, reset, read back, classify errors).
 //! - [`health`]: `/healthz` and `/readyz` on the loopback address.
 //! - [`cli`]: the `pwrelay-agent` command line.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod directory;

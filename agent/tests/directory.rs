@@ -24,6 +24,9 @@ fn domain_config(dc: &TestDc, urls: &[&str]) -> DomainConfig {
         bind_dn: dc.admin_dn.clone(),
         bind_password: dc.admin_password.clone(),
         timeout: Duration::from_secs(5),
+        verify_bind: false,
+        scope: Default::default(),
+        protected: Default::default(),
     }
 }
 
@@ -114,12 +117,12 @@ async fn targets_resolve_by_guid_and_dn_and_unlock_clears_lockout_time() {
         .set_password(
             &AccountTarget::ObjectGuid(guid),
             &SecretString::from("ByGuid!Pass-13"),
-            WriteOptions { must_change: true, unlock: true },
+            WriteOptions { must_change: true, unlock: true, enforce_history: false },
         )
         .await
         .expect("found by objectGUID");
-    assert_eq!(by_guid.dn.to_lowercase(), user.dn.to_lowercase());
-    assert_eq!(by_guid.pwd_last_set, 0);
+    assert_eq!(by_guid.account.dn.to_lowercase(), user.dn.to_lowercase());
+    assert_eq!(by_guid.account.pwd_last_set, 0);
     assert_eq!(dc.attribute(&user.dn, "lockoutTime").await.as_deref().unwrap_or("0"), "0");
     let by_dn = dir
         .set_password(
@@ -129,7 +132,7 @@ async fn targets_resolve_by_guid_and_dn_and_unlock_clears_lockout_time() {
         )
         .await
         .expect("found by DN");
-    assert!(by_dn.pwd_last_set > 0);
+    assert!(by_dn.account.pwd_last_set > 0);
     assert!(dc.bind(&user.dn, "ByDn!Pass-14x").await.ok());
     let missing = dir
         .set_password(

@@ -1,57 +1,65 @@
 //! The agent's access to Active Directory over LDAP with TLS.
 //!
-//! [`Directory`] holds one domain's settings. Each operation connects to the first DC in the
-//! configured list that answers (LDAPS, or LDAP followed by StartTLS; certificates verified against
-//! the configured CA; plaintext never), binds as the service account, and works there.
+//! [`Directory`] holds one domain's settings. Each job connects to the first DC in the configured
+//! list that answers (LDAPS, or LDAP followed by StartTLS; certificates verified against the
+//! configured CA; plaintext never), binds as the service account, resolves the target to exactly
+//! one user, applies the [`rules`] (scope, protection, state), does the work and reads the account
+//! back.
 
+mod account;
+mod connection;
 pub mod error;
+mod rules;
 pub mod target;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use ldap3::{LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
+use ldap3::{LdapConnAsync, LdapConnSettings};
 use pwrelay_proto::agent::v1::FailureCode;
 use pwrelay_shared::domain::DomainName;
-use pwrelay_shared::secret::{ScratchBuffer, SecretString};
+use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::tls::{self, TrustAnchors};
+use tokio::sync::OnceCell;
 
-use crate::config::{DomainConfig, LdapTransport};
+pub use account::Account;
+use connection::Connection;
+pub use connection::{WriteOptions, unicode_pwd};
 pub use error::DirectoryError;
 pub use target::AccountTarget;
 
-/// A bound LDAP connection and the DC it goes to.
-struct Session {
-    ldap: ldap3::Ldap,
-    url: String,
-}
+use crate::config::{DomainConfig, LdapTransport};
 
-/// What a password write did, as read back.
+/// What a job did to an account, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PasswordWritten {
-    /// The account's DN.
-    pub dn: String,
-    /// The DC that took the write.
+pub struct Applied {
+    /// The account after the job.
+    pub account: Account,
+    /// The DC that did the work.
     pub dc_url: String,
-    /// pwdLastSet read back after the write.
-    pub pwd_last_set: i64,
-    /// Whether the read-back matches what was asked (0 for must-change, a time otherwise).
+    /// Whether the read-back shows what was asked.
     pub verified: bool,
+    /// For verification jobs: whether the password is the account's current one.
+    pub password_matches: bool,
+    /// Remarks for the requester.
+    pub notes: Vec<String>,
 }
 
-/// How to apply a password write.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriteOptions {
-    /// pwdLastSet = 0 (change at next logon) instead of -1 (now).
-    pub must_change: bool,
-    /// lockoutTime = 0.
-    pub unlock: bool,
+/// How a bind with a user's password ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordCheck {
+    /// The password is right (the logon itself may still be refused: must change, disabled).
+    Matches,
+    /// The password is wrong.
+    Wrong,
+    /// The account is locked out: the DC does not check the password.
+    LockedOut,
 }
 
 /// One AD domain as the agent reaches it.
 pub struct Directory {
     config: DomainConfig,
     tls: Arc<rustls::ClientConfig>,
+    protected_groups: OnceCell<Vec<String>>,
 }
 
 impl std::fmt::Debug for Directory {
@@ -64,7 +72,7 @@ impl Directory {
     /// Loads the DC CA and prepares the TLS settings.
     pub fn new(config: DomainConfig) -> Result<Self, tls::TlsError> {
         let anchors = TrustAnchors::from_file(&config.ca_file)?;
-        Ok(Self { tls: tls::ldap_client(&anchors)?, config })
+        Ok(Self { tls: tls::ldap_client(&anchors)?, config, protected_groups: OnceCell::new() })
     }
 
     /// The domain.
@@ -72,8 +80,14 @@ impl Directory {
         &self.config.name
     }
 
-    /// Connects and binds as the service account to the first DC that answers.
-    async fn session(&self) -> Result<Session, DirectoryError> {
+    /// Opens an LDAP connection to the first DC that answers and binds as `dn`. A bind refusal that
+    /// is not about reachability ends the search: every DC of a domain gives the same answer.
+    async fn bind(
+        &self,
+        dn: &str,
+        password: &str,
+        what: &str,
+    ) -> Result<Result<Connection, ldap3::LdapResult>, DirectoryError> {
         let mut failures = Vec::new();
         for dc in &self.config.urls {
             let settings = LdapConnSettings::new()
@@ -90,19 +104,15 @@ impl Directory {
             };
             ldap3::drive!(conn);
             ldap.with_timeout(self.config.timeout);
-            let bound = ldap.simple_bind(&self.config.bind_dn, self.config.bind_password.expose_secret()).await;
-            match bound {
-                Ok(result) if result.rc == 0 => return Ok(Session { ldap, url: dc.url.clone() }),
+            match ldap.simple_bind(dn, password).await {
+                Ok(result) if result.rc == 0 => return Ok(Ok(Connection { ldap, url: dc.url.clone() })),
+                Ok(result) if matches!(result.rc, 51 | 52) => failures.push(format!("{}: busy or unavailable", dc.url)),
                 Ok(result) => {
-                    let error = DirectoryError::from_result("service account bind", result.rc, &result.text);
-                    if error.retryable {
-                        failures.push(format!("{}: {}", dc.url, error.message));
-                        continue;
-                    }
-                    return Err(error);
+                    let _ = ldap.unbind().await;
+                    return Ok(Err(result));
                 }
                 Err(e) => {
-                    tracing::warn!(dc = %dc.url, error = %e, "bind to domain controller failed; trying the next one");
+                    tracing::warn!(dc = %dc.url, error = %e, "{what} failed on this domain controller; trying the next one");
                     failures.push(format!("{}: {e}", dc.url));
                 }
             }
@@ -114,146 +124,133 @@ impl Directory {
         )))
     }
 
+    /// A connection bound as the service account.
+    async fn connect(&self) -> Result<Connection, DirectoryError> {
+        self.bind(&self.config.bind_dn, self.config.bind_password.expose_secret(), "service account bind")
+            .await?
+            .map_err(|result| DirectoryError::from_result("service account bind", result.rc, &result.text))
+    }
+
     /// Binds as the service account and returns the DC URL that answered (readiness).
     pub async fn check_bind(&self) -> Result<String, DirectoryError> {
-        let mut session = self.session().await?;
-        let url = session.url.clone();
-        let _ = session.ldap.unbind().await;
+        let mut conn = self.connect().await?;
+        let url = conn.url.clone();
+        let _ = conn.ldap.unbind().await;
         Ok(url)
     }
 
-    /// Resets the target's password (`unicodePwd` replace) and writes `pwdLastSet` (0 or -1) and,
-    /// when asked, `lockoutTime` 0, in one modify; then reads `pwdLastSet` back.
+    /// Connects, resolves the target and applies scope and protection rules.
+    async fn admit(&self, target: &AccountTarget) -> Result<(Connection, Account), DirectoryError> {
+        let mut conn = self.connect().await?;
+        let account = conn.resolve(target, &self.config.base_dn).await?;
+        rules::check_scope(&mut conn, &self.config, &account).await?;
+        let protected = match self.protected_groups.get() {
+            Some(groups) => groups.clone(),
+            None => {
+                let groups = rules::protected_groups(&mut conn, &self.config.base_dn).await?;
+                self.protected_groups.get_or_init(|| async { groups }).await.clone()
+            }
+        };
+        rules::check_protection(&mut conn, &self.config, &protected, &account).await?;
+        Ok((conn, account))
+    }
+
+    /// Sets the target's password; see [`WriteOptions`]. The account is read back afterwards, and
+    /// with `verify_bind` configured the new password is tried with a bind.
     pub async fn set_password(
         &self,
         target: &AccountTarget,
         password: &SecretString,
         options: WriteOptions,
-    ) -> Result<PasswordWritten, DirectoryError> {
-        let mut session = self.session().await?;
-        let result = self.set_password_on(&mut session, target, password, options).await;
-        let _ = session.ldap.unbind().await;
-        result
-    }
-
-    async fn set_password_on(
-        &self,
-        session: &mut Session,
-        target: &AccountTarget,
-        password: &SecretString,
-        options: WriteOptions,
-    ) -> Result<PasswordWritten, DirectoryError> {
-        let dn = self.resolve(session, target).await?;
-        let mut mods = vec![
-            replace("unicodePwd", AttrValue(unicode_pwd(password))),
-            replace("pwdLastSet", AttrValue::text(if options.must_change { "0" } else { "-1" })),
-        ];
+    ) -> Result<Applied, DirectoryError> {
+        let (mut conn, account) = self.admit(target).await?;
+        let notes = rules::check_state(&account, options.must_change)?;
+        let result = async {
+            conn.write_password(&account.dn, password, options).await?;
+            conn.read(&account.dn).await
+        }
+        .await;
+        let url = conn.url.clone();
+        let _ = conn.ldap.unbind().await;
+        let after = result?;
+        let mut verified = if options.must_change { after.pwd_last_set == 0 } else { after.pwd_last_set > 0 };
         if options.unlock {
-            mods.push(replace("lockoutTime", AttrValue::text("0")));
+            verified &= !after.locked_out();
         }
-        let written = session.ldap.modify(&dn, mods).await;
-        match written {
-            Ok(result) if result.rc == 0 => {}
-            Ok(result) => return Err(DirectoryError::from_result("password reset", result.rc, &result.text)),
-            Err(e) => return Err(DirectoryError::unavailable(format!("password reset on {}: {e}", session.url))),
+        if verified && self.config.verify_bind && !options.must_change && !after.disabled() {
+            verified = self.check_password(&after.dn, password).await? == PasswordCheck::Matches;
         }
-        let pwd_last_set = self.read_pwd_last_set(session, &dn).await?;
-        let verified = if options.must_change { pwd_last_set == 0 } else { pwd_last_set > 0 };
-        Ok(PasswordWritten { dn, dc_url: session.url.clone(), pwd_last_set, verified })
+        Ok(Applied { account: after, dc_url: url, verified, password_matches: false, notes })
     }
 
-    /// Finds exactly one user account for `target` under the base DN.
-    async fn resolve(&self, session: &mut Session, target: &AccountTarget) -> Result<String, DirectoryError> {
-        let (base, scope, filter) = target.search(&self.config.base_dn)?;
-        let searched = session.ldap.search(&base, scope, &filter, vec!["distinguishedName"]).await;
-        let (entries, result) = match searched {
-            Ok(search) => (search.0, search.1),
-            Err(e) => return Err(DirectoryError::unavailable(format!("account search on {}: {e}", session.url))),
-        };
-        if result.rc == 32 {
+    /// Clears the target's lockout; changes no password.
+    pub async fn unlock(&self, target: &AccountTarget) -> Result<Applied, DirectoryError> {
+        let (mut conn, account) = self.admit(target).await?;
+        let result = async {
+            conn.unlock(&account.dn).await?;
+            conn.read(&account.dn).await
+        }
+        .await;
+        let url = conn.url.clone();
+        let _ = conn.ldap.unbind().await;
+        let after = result?;
+        Ok(Applied {
+            verified: !after.locked_out(),
+            account: after,
+            dc_url: url,
+            password_matches: false,
+            notes: Vec::new(),
+        })
+    }
+
+    /// Checks whether `password` is the target's current password with a bind as the account.
+    /// Changes nothing the agent controls, but a wrong password counts as a failed logon on the DC
+    /// (badPwdCount), like any other.
+    pub async fn verify(&self, target: &AccountTarget, password: &SecretString) -> Result<Applied, DirectoryError> {
+        let (mut conn, account) = self.admit(target).await?;
+        let url = conn.url.clone();
+        let _ = conn.ldap.unbind().await;
+        let check = self.check_password(&account.dn, password).await?;
+        if check == PasswordCheck::LockedOut {
             return Err(DirectoryError::new(
-                FailureCode::AccountNotFound,
-                format!("no user account {target} under {}", self.config.base_dn),
+                FailureCode::AccountStateConflict,
+                format!("{} is locked out, so the DC does not check passwords for it; unlock it first", account.dn),
             ));
         }
-        if result.rc != 0 {
-            return Err(DirectoryError::from_result("account search", result.rc, &result.text));
+        let mut notes = Vec::new();
+        if check == PasswordCheck::Matches && account.must_change_password() {
+            notes.push("the password matches, and the user must change it at next logon".to_owned());
         }
-        let dns: Vec<String> = entries
-            .into_iter()
-            .filter(|e| !e.is_ref() && !e.is_intermediate())
-            .map(|e| SearchEntry::construct(e).dn)
-            .collect();
-        match dns.as_slice() {
-            [dn] => Ok(dn.clone()),
-            [] => Err(DirectoryError::new(
-                FailureCode::AccountNotFound,
-                format!("no user account {target} under {}", self.config.base_dn),
-            )),
-            many => Err(DirectoryError::new(
-                FailureCode::AmbiguousAccount,
-                format!("{} user accounts match {target}; use object_guid or dn to name one", many.len()),
-            )),
+        Ok(Applied { password_matches: check == PasswordCheck::Matches, verified: true, account, dc_url: url, notes })
+    }
+
+    /// Binds as `dn` with `password` and classifies the answer by AD's `data` sub-code.
+    pub async fn check_password(&self, dn: &str, password: &SecretString) -> Result<PasswordCheck, DirectoryError> {
+        if password.is_empty() {
+            // An empty password would be an anonymous bind, which proves nothing.
+            return Ok(PasswordCheck::Wrong);
         }
-    }
-
-    async fn read_pwd_last_set(&self, session: &mut Session, dn: &str) -> Result<i64, DirectoryError> {
-        let searched = session.ldap.search(dn, Scope::Base, "(objectClass=*)", vec!["pwdLastSet"]).await;
-        let (entries, result) = match searched {
-            Ok(search) => (search.0, search.1),
-            Err(e) => return Err(DirectoryError::unavailable(format!("read-back on {}: {e}", session.url))),
-        };
-        if result.rc != 0 {
-            return Err(DirectoryError::from_result("read-back of pwdLastSet", result.rc, &result.text));
-        }
-        entries
-            .into_iter()
-            .map(SearchEntry::construct)
-            .find_map(|e| e.attrs.get("pwdLastSet").and_then(|v| v.first()).and_then(|v| v.parse().ok()))
-            .ok_or_else(|| {
-                DirectoryError::new(FailureCode::VerificationFailed, format!("pwdLastSet of {dn} cannot be read back"))
-            })
-    }
-}
-
-/// An attribute name or value for an LDAP modify, zeroed when ldap3 drops it. (ldap3 still copies
-/// it into its BER encoding buffer, which it does not zero.)
-#[derive(PartialEq, Eq)]
-struct AttrValue(ScratchBuffer);
-
-impl AttrValue {
-    fn text(text: &str) -> Self {
-        Self(ScratchBuffer::new(text.as_bytes().to_vec()))
-    }
-}
-
-impl std::hash::Hash for AttrValue {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.as_slice().hash(state);
-    }
-}
-
-impl AsRef<[u8]> for AttrValue {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-fn replace(attribute: &str, value: AttrValue) -> Mod<AttrValue> {
-    Mod::Replace(AttrValue::text(attribute), HashSet::from([value]))
-}
-
-/// The `unicodePwd` value: UTF-16LE of the password in double quotes, in a buffer zeroed on drop.
-pub fn unicode_pwd(password: &SecretString) -> ScratchBuffer {
-    let quoted = std::iter::once('"').chain(password.expose_secret().chars()).chain(std::iter::once('"'));
-    let mut bytes = ScratchBuffer::new(Vec::with_capacity((password.expose_secret().len() + 2) * 2));
-    let mut units = [0u16; 2];
-    for c in quoted {
-        for unit in c.encode_utf16(&mut units) {
-            bytes.extend_from_slice(&unit.to_le_bytes());
+        match self.bind(dn, password.expose_secret(), "password check").await? {
+            Ok(mut conn) => {
+                let _ = conn.ldap.unbind().await;
+                Ok(PasswordCheck::Matches)
+            }
+            Err(result) if result.rc == 49 => Ok(classify_bind(&result.text)),
+            Err(result) => Err(DirectoryError::from_result("password check bind", result.rc, &result.text)),
         }
     }
-    bytes
+}
+
+/// Classifies an invalidCredentials bind by AD's `data` sub-code: 773 (must change), 532
+/// (expired), 533 (disabled) and 701 (account expired) are reported only for a correct password.
+fn classify_bind(text: &str) -> PasswordCheck {
+    let data =
+        text.split("data ").nth(1).map(|rest| rest.split([',', ' ']).next().unwrap_or_default().to_ascii_lowercase());
+    match data.as_deref() {
+        Some("773" | "532" | "533" | "701") => PasswordCheck::Matches,
+        Some("775") => PasswordCheck::LockedOut,
+        _ => PasswordCheck::Wrong,
+    }
 }
 
 #[cfg(test)]
@@ -261,10 +258,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unicode_pwd_is_quoted_utf16le() {
-        let encoded = unicode_pwd(&SecretString::from("Ab1!"));
-        assert_eq!(encoded.as_slice(), b"\"\0A\0b\x001\0!\0\"\0");
-        // A character outside the BMP becomes a surrogate pair.
-        assert_eq!(unicode_pwd(&SecretString::from("\u{1F600}")).len(), 2 * 4);
+    fn bind_sub_codes_are_classified() {
+        let text = |data: &str| {
+            format!("80090308: LdapErr: DSID-0C09041C, comment: AcceptSecurityContext error, data {data}, v4563")
+        };
+        assert_eq!(classify_bind(&text("52e")), PasswordCheck::Wrong);
+        assert_eq!(classify_bind(&text("773")), PasswordCheck::Matches);
+        assert_eq!(classify_bind(&text("775")), PasswordCheck::LockedOut);
+        assert_eq!(classify_bind("invalid credentials"), PasswordCheck::Wrong);
     }
 }

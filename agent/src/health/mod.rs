@@ -16,7 +16,7 @@ use pwrelay_shared::domain::DomainName;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::Directories;
+use crate::jobs::Jobs;
 
 /// How often each domain's DC bind is checked.
 pub const BIND_CHECK_INTERVAL: Duration = Duration::from_secs(30);
@@ -71,14 +71,14 @@ impl HealthState {
 }
 
 /// Checks every domain's bind now and then every [`BIND_CHECK_INTERVAL`] until `cancel`.
-pub async fn check_directories(directories: Directories, health: Arc<HealthState>, cancel: CancellationToken) {
+pub async fn check_directories(jobs: Jobs, health: Arc<HealthState>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(BIND_CHECK_INTERVAL);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (domain, directory) in directories.iter() {
+        for (domain, directory) in &jobs.directories {
             let status = match directory.check_bind().await {
                 Ok(url) => DirectoryStatus { bind_ok: true, detail: url },
                 Err(e) => {

@@ -1,7 +1,10 @@
-//! Carrying out one job: validate it, find the domain, do the directory work, build the result.
+//! Carrying out one job: answer redeliveries from the journal, validate the job, do the directory
+//! work for its kind, record the outcome in the journal and the audit log, build the result.
 //!
-//! The password arrives in the proto message; it is moved into a [`SecretString`] at once and the
+//! A password arrives in the proto message; it is moved into a [`SecretString`] at once and the
 //! message field is left empty.
+
+pub mod journal;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,76 +14,172 @@ use pwrelay_proto::agent::v1::FailureCode;
 use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::secret::SecretString;
 
-use crate::directory::{AccountTarget, Directory, DirectoryError, WriteOptions};
+use crate::audit::{self, AuditLog, Event};
+use crate::directory::{AccountTarget, Applied, Directory, DirectoryError, WriteOptions};
+use journal::Journal;
 
-/// The directories of every served domain.
-pub type Directories = Arc<BTreeMap<DomainName, Directory>>;
+/// What every job needs.
+#[derive(Debug)]
+pub struct JobContext {
+    /// The directories of every served domain.
+    pub directories: BTreeMap<DomainName, Directory>,
+    /// Finished jobs, for redeliveries.
+    pub journal: Journal,
+    /// The audit log.
+    pub audit: AuditLog,
+}
+
+/// Shared job context.
+pub type Jobs = Arc<JobContext>;
 
 /// Carries out `job` and returns its result.
 #[tracing::instrument(skip_all, fields(job_id = %job.id, domain = %job.domain, attempt = job.attempt))]
-pub async fn execute(directories: &Directories, mut job: pb::Job) -> pb::JobResult {
-    let id = job.id.clone();
-    let outcome = match run(directories, &mut job).await {
-        Ok(success) => {
-            tracing::info!(account = %success.account_dn, verified = success.verified, "password set");
-            pb::job_result::Outcome::Success(success)
+pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
+    let kind = pb::JobKind::try_from(job.kind).unwrap_or(pb::JobKind::Unspecified);
+    let mut event = Event {
+        job_id: job.id.clone(),
+        kind: kind.as_str_name().trim_start_matches("JOB_KIND_").to_ascii_lowercase(),
+        domain: job.domain.clone(),
+        target: target_text(job.target.as_ref()),
+        attempt: job.attempt,
+        ..Event::default()
+    };
+    if let Some(previous) = context.journal.result(&job.id) {
+        tracing::info!("job already finished; answering from the journal");
+        context.audit.record(&Event { event_id: audit::ids::REPLAYED, event: "job_replayed", ..event });
+        return previous;
+    }
+    context.audit.record(&Event { event_id: audit::ids::JOB_RECEIVED, event: "job_received", ..event.clone() });
+    let outcome = match run(context, kind, &mut job).await {
+        Ok(applied) => {
+            tracing::info!(account = %applied.account.dn, verified = applied.verified, "job done");
+            event.account_dn.clone_from(&applied.account.dn);
+            event.dc.clone_from(&applied.dc_url);
+            let (event_id, name) = match kind {
+                pb::JobKind::Unlock => (audit::ids::ACCOUNT_UNLOCKED, "account_unlocked"),
+                pb::JobKind::Verify => {
+                    event.password_matches = Some(applied.password_matches);
+                    (audit::ids::PASSWORD_VERIFIED, "password_verified")
+                }
+                _ => (audit::ids::PASSWORD_SET, "password_set"),
+            };
+            context.audit.record(&Event { event_id, event: name, ..event });
+            pb::job_result::Outcome::Success(pb::JobSuccess {
+                account_dn: applied.account.dn.clone(),
+                verified: applied.verified,
+                pwd_last_set: applied.account.pwd_last_set,
+                sealed_secret: Vec::new(),
+                password_matches: applied.password_matches,
+                account_state: Some(applied.account.state()),
+                notes: applied.notes,
+            })
         }
         Err(error) => {
             tracing::warn!(code = ?error.code, error = %error.message, "job failed");
+            let (event_id, name) = match error.code {
+                FailureCode::OutOfScope => (audit::ids::OUT_OF_SCOPE, "refused_out_of_scope"),
+                FailureCode::ProtectedAccount => (audit::ids::PROTECTED_ACCOUNT, "refused_protected_account"),
+                FailureCode::AccountStateConflict => (audit::ids::STATE_CONFLICT, "refused_state_conflict"),
+                FailureCode::InvalidJob | FailureCode::UnsupportedJob | FailureCode::UnknownDomain => {
+                    (audit::ids::INVALID_JOB, "refused_invalid_job")
+                }
+                _ => (audit::ids::JOB_FAILED, "job_failed"),
+            };
+            event.code = error.code.as_str_name().trim_start_matches("FAILURE_CODE_").to_ascii_lowercase();
+            event.message.clone_from(&error.message);
+            context.audit.record(&Event { event_id, event: name, ..event });
             pb::job_result::Outcome::Failure(error.to_proto())
         }
     };
-    pb::JobResult { job_id: id, outcome: Some(outcome) }
+    let result = pb::JobResult { job_id: job.id.clone(), outcome: Some(outcome) };
+    if let Err(error) = context.journal.record(&result) {
+        tracing::error!(%error, path = %context.journal.path().display(), "job could not be journaled; a redelivery would apply it again");
+    }
+    result
 }
 
-async fn run(directories: &Directories, job: &mut pb::Job) -> Result<pb::JobSuccess, DirectoryError> {
+async fn run(context: &JobContext, kind: pb::JobKind, job: &mut pb::Job) -> Result<Applied, DirectoryError> {
     let password = match job.secret.take().and_then(|s| s.material) {
         Some(pb::secret_material::Material::Password(mut text)) => SecretString::take_from(&mut text),
         _ => SecretString::default(),
     };
-    let kind = pb::JobKind::try_from(job.kind).unwrap_or(pb::JobKind::Unspecified);
-    if kind != pb::JobKind::SetPassword {
-        return Err(DirectoryError::new(
-            FailureCode::UnsupportedJob,
-            format!("this agent (version {}) does not carry out {kind:?} jobs", env!("CARGO_PKG_VERSION")),
-        ));
-    }
-    let directory = DomainName::parse(&job.domain).ok().and_then(|d| directories.get(&d)).ok_or_else(|| {
+    let directory = DomainName::parse(&job.domain).ok().and_then(|d| context.directories.get(&d)).ok_or_else(|| {
         DirectoryError::new(FailureCode::UnknownDomain, format!("this agent does not serve {}", job.domain))
     })?;
-    let lease_left = job.lease_deadline_unix_ms - now_unix_ms();
-    if lease_left <= 0 {
+    if job.lease_deadline_unix_ms <= now_unix_ms() {
         return Err(DirectoryError {
             retryable: true,
             ..DirectoryError::new(FailureCode::DirectoryUnavailable, "the job's lease ended before it could start")
         });
     }
     let target = AccountTarget::from_proto(job.target.take().and_then(|t| t.by))?;
-    if password.is_empty() {
-        return Err(DirectoryError::new(FailureCode::InvalidJob, "the job carries no password"));
-    }
     let options = job.options.unwrap_or_default();
-    let written = directory
-        .set_password(&target, &password, WriteOptions { must_change: options.must_change, unlock: options.unlock })
-        .await?;
-    if !written.verified {
-        return Err(DirectoryError::new(
-            FailureCode::VerificationFailed,
+    match kind {
+        pb::JobKind::SetPassword => {
+            if password.is_empty() {
+                return Err(DirectoryError::new(FailureCode::InvalidJob, "the job carries no password"));
+            }
+            let write = WriteOptions {
+                must_change: options.must_change,
+                unlock: options.unlock,
+                enforce_history: options.enforce_history,
+            };
+            let applied = directory.set_password(&target, &password, write).await?;
+            require_verified(applied, options.must_change)
+        }
+        pb::JobKind::Unlock => {
+            let applied = directory.unlock(&target).await?;
+            if !applied.verified {
+                return Err(DirectoryError::new(
+                    FailureCode::VerificationFailed,
+                    format!("lockoutTime of {} was cleared but the DC still reports it locked out", applied.account.dn),
+                ));
+            }
+            Ok(applied)
+        }
+        pb::JobKind::Verify => {
+            if password.is_empty() {
+                return Err(DirectoryError::new(FailureCode::InvalidJob, "the job carries no password to verify"));
+            }
+            directory.verify(&target, &password).await
+        }
+        other => Err(DirectoryError::new(
+            FailureCode::UnsupportedJob,
             format!(
-                "the password was written to {} on {} but pwdLastSet reads back {} (expected {})",
-                written.dn,
-                written.dc_url,
-                written.pwd_last_set,
-                if options.must_change { "0" } else { "a time" }
+                "this agent (version {}) does not carry out {} jobs",
+                env!("CARGO_PKG_VERSION"),
+                other.as_str_name()
             ),
-        ));
+        )),
     }
-    Ok(pb::JobSuccess {
-        account_dn: written.dn,
-        verified: true,
-        pwd_last_set: written.pwd_last_set,
-        sealed_secret: Vec::new(),
-    })
+}
+
+fn require_verified(applied: Applied, must_change: bool) -> Result<Applied, DirectoryError> {
+    if applied.verified {
+        return Ok(applied);
+    }
+    Err(DirectoryError::new(
+        FailureCode::VerificationFailed,
+        format!(
+            "the password was written to {} on {} but the read-back shows pwdLastSet {} (expected {}){}",
+            applied.account.dn,
+            applied.dc_url,
+            applied.account.pwd_last_set,
+            if must_change { "0" } else { "a time" },
+            if applied.account.locked_out() { " and the account still locked out" } else { "" }
+        ),
+    ))
+}
+
+fn target_text(target: Option<&pb::Target>) -> String {
+    use pb::target::By;
+    match target.and_then(|t| t.by.as_ref()) {
+        Some(By::Upn(v)) => format!("upn:{v}"),
+        Some(By::SamAccountName(v)) => format!("sam_account_name:{v}"),
+        Some(By::ObjectGuid(v)) => format!("object_guid:{v}"),
+        Some(By::Dn(v)) => format!("dn:{v}"),
+        None => String::new(),
+    }
 }
 
 fn now_unix_ms() -> i64 {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Uri};
 
 use crate::health::HealthState;
-use crate::jobs::{self, Directories};
+use crate::jobs::{self, Jobs};
 use backoff::Backoff;
 
 /// How long to wait for the relay's welcome.
@@ -79,8 +79,8 @@ pub struct LinkClient {
     pub max_jobs_in_flight: u32,
     /// Heartbeat interval.
     pub heartbeat: Duration,
-    /// The served domains.
-    pub directories: Directories,
+    /// The served domains, journal and audit log.
+    pub jobs: Jobs,
     /// Health state to update.
     pub health: Arc<HealthState>,
 }
@@ -153,7 +153,7 @@ impl LinkClient {
         let (outbound, rx) = mpsc::channel::<pb::AgentMessage>(64);
         let hello = pb::Hello {
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            domains: self.directories.keys().map(|d| d.to_string()).collect(),
+            domains: self.jobs.directories.keys().map(|d| d.to_string()).collect(),
             max_jobs_in_flight: self.max_jobs_in_flight,
         };
         send(&outbound, pb::agent_message::Body::Hello(hello)).await?;
@@ -192,11 +192,11 @@ impl LinkClient {
                 message = inbound.message() => match message {
                     Ok(Some(pb::RelayMessage { body: Some(body) })) => match body {
                         pb::relay_message::Body::Job(job) => {
-                            let (directories, outbound, in_progress) = (Arc::clone(&self.directories), outbound.clone(), Arc::clone(&in_progress));
+                            let (context, outbound, in_progress) = (Arc::clone(&self.jobs), outbound.clone(), Arc::clone(&in_progress));
                             lock(&in_progress).insert(job.id.clone());
                             running.spawn(async move {
                                 let id = job.id.clone();
-                                let result = jobs::execute(&directories, job).await;
+                                let result = jobs::execute(&context, job).await;
                                 lock(&in_progress).remove(&id);
                                 if send(&outbound, pb::agent_message::Body::Result(result)).await.is_err() {
                                     tracing::warn!(job_id = %id, "the link closed before the result was sent; the relay will redeliver the job");

@@ -130,6 +130,10 @@ text_enum! {
         DirectoryError = "directory_error",
         /// The job was cancelled.
         Cancelled = "cancelled",
+        /// The request conflicts with the account's state (must_change on a never-expiring password).
+        AccountStateConflict = "account_state_conflict",
+        /// The agent's password pre-check refused the password before touching the directory.
+        PasswordRejected = "password_rejected",
         /// No agent finished the job in its allowed number of deliveries.
         DeliveryExhausted = "delivery_exhausted",
         /// The job waited longer than its time to live.
@@ -157,6 +161,8 @@ impl ErrorCode {
             F::UnknownDomain => Self::UnknownDomain,
             F::DirectoryError => Self::DirectoryError,
             F::Cancelled => Self::Cancelled,
+            F::AccountStateConflict => Self::AccountStateConflict,
+            F::PasswordRejected => Self::PasswordRejected,
             F::Unspecified => Self::Unknown,
         }
     }

@@ -156,7 +156,7 @@ impl World {
         std::fs::write(dir.join("bind.secret"), self.dc.admin_password.expose_secret()).expect("bind secret");
         let mut toml = format!(
             "[relay]\nurl = \"https://127.0.0.1:{}\"\nserver_name = \"{server_name}\"\nca_file = \"ca.pem\"\n\
-             cert_file = \"agent.pem\"\nkey_file = \"agent.key\"\nheartbeat_seconds = 2\n\n[health]\nlisten = \"127.0.0.1:0\"\n",
+             cert_file = \"agent.pem\"\nkey_file = \"agent.key\"\nheartbeat_seconds = 2\n\n[health]\nlisten = \"127.0.0.1:0\"\n\n[state]\ndir = \"state\"\n",
             relay.link.port()
         );
         for domain in served {

@@ -1,0 +1,171 @@
+//! The agent's audit log: append-only JSON lines, one event per decision and per write, with
+//! stable event ids. It holds no secret: passwords never reach an event.
+//!
+//! | id | event |
+//! |---|---|
+//! | 4100 | job received |
+//! | 4101 | password set |
+//! | 4102 | account unlocked |
+//! | 4103 | password verified (see `password_matches`) |
+//! | 4110 | job failed in the directory |
+//! | 4111 | refused: account outside the agent's scope |
+//! | 4112 | refused: protected account |
+//! | 4113 | refused: request conflicts with the account's state |
+//! | 4114 | redelivered job answered from the journal (not applied again) |
+//! | 4115 | refused: invalid or unsupported job |
+//!
+//! Password pre-check outcomes carry the Password Protection ids (10014-10017, 10024-10025).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// Stable event ids.
+pub mod ids {
+    /// Job received.
+    pub const JOB_RECEIVED: u32 = 4100;
+    /// Password set.
+    pub const PASSWORD_SET: u32 = 4101;
+    /// Account unlocked.
+    pub const ACCOUNT_UNLOCKED: u32 = 4102;
+    /// Password verified.
+    pub const PASSWORD_VERIFIED: u32 = 4103;
+    /// Job failed in the directory.
+    pub const JOB_FAILED: u32 = 4110;
+    /// Refused: out of scope.
+    pub const OUT_OF_SCOPE: u32 = 4111;
+    /// Refused: protected account.
+    pub const PROTECTED_ACCOUNT: u32 = 4112;
+    /// Refused: state conflict.
+    pub const STATE_CONFLICT: u32 = 4113;
+    /// Answered from the journal.
+    pub const REPLAYED: u32 = 4114;
+    /// Refused: invalid or unsupported job.
+    pub const INVALID_JOB: u32 = 4115;
+}
+
+/// One audit event.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Event {
+    /// Stable id (see the module table).
+    pub event_id: u32,
+    /// Short name of the event.
+    pub event: &'static str,
+    /// The relay's job id.
+    pub job_id: String,
+    /// Job kind.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// AD domain.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub domain: String,
+    /// The target as the job named it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// The account's DN, once resolved.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub account_dn: String,
+    /// The DC that did the work.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub dc: String,
+    /// Failure class.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub code: String,
+    /// Human-readable detail (never a secret).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Delivery attempt.
+    pub attempt: u32,
+    /// For verification events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_matches: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// The append-only audit file.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl AuditLog {
+    /// Opens (creating, mode 0600) the audit file for appending.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(path)?;
+        Ok(Self { path: path.to_owned(), file: Mutex::new(file) })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `event` and syncs it to disk. A failure is logged, never fatal to the job.
+    pub fn record(&self, event: &Event) {
+        let time =
+            time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let mut line = match serde_json::to_vec(&Line { time, event }) {
+            Ok(line) => line,
+            Err(error) => {
+                tracing::error!(%error, "audit event cannot be encoded");
+                return;
+            }
+        };
+        line.push(b'\n');
+        // Appends are single writes; a panicked holder leaves whole lines behind.
+        let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(error) = file.write_all(&line).and_then(|()| file.sync_data()) {
+            tracing::error!(%error, path = %self.path.display(), "audit event could not be written");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_appended_as_json_lines() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).expect("open");
+        log.record(&Event {
+            event_id: ids::JOB_RECEIVED,
+            event: "job_received",
+            job_id: "j1".into(),
+            ..Event::default()
+        });
+        drop(log);
+        let log = AuditLog::open(&path).expect("reopen appends");
+        log.record(&Event {
+            event_id: ids::PASSWORD_SET,
+            event: "password_set",
+            job_id: "j1".into(),
+            ..Event::default()
+        });
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event_id"], 4100);
+        assert_eq!(lines[1]["event"], "password_set");
+        assert!(lines[1]["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(lines[1].get("password_matches").is_none());
+    }
+}

@@ -1,0 +1,148 @@
+//! Which accounts the agent may touch, and with which options: scope (allowed OUs and groups),
+//! protected accounts, and requests that conflict with the account's state.
+//!
+//! Every refusal names the rule and the configuration key that decides it.
+
+use pwrelay_proto::agent::v1::FailureCode;
+
+use super::connection::Connection;
+use super::{Account, DirectoryError};
+use crate::config::DomainConfig;
+
+/// Built-in protected groups (AdminSDHolder covers their members): Administrators, Account
+/// Operators, Server Operators, Print Operators, Backup Operators, Replicator.
+const PROTECTED_BUILTIN_SIDS: &[&str] =
+    &["S-1-5-32-544", "S-1-5-32-548", "S-1-5-32-549", "S-1-5-32-550", "S-1-5-32-551", "S-1-5-32-552"];
+/// Domain-relative RIDs of protected groups: Domain Admins, Domain Controllers, Schema Admins,
+/// Enterprise Admins, Read-only Domain Controllers, Key Admins, Enterprise Key Admins.
+const PROTECTED_GROUP_RIDS: &[u32] = &[512, 516, 518, 519, 521, 526, 527];
+/// Protected accounts by RID: Administrator, krbtgt.
+const PROTECTED_ACCOUNT_RIDS: &[u32] = &[500, 502];
+
+/// The distinguished names of the domain's protected groups.
+pub(crate) async fn protected_groups(conn: &mut Connection, base_dn: &str) -> Result<Vec<String>, DirectoryError> {
+    let domain_sid = conn.domain_sid(base_dn).await?;
+    let sids: Vec<String> = PROTECTED_BUILTIN_SIDS
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(PROTECTED_GROUP_RIDS.iter().map(|rid| format!("{domain_sid}-{rid}")))
+        .collect();
+    conn.dns_by_sid(base_dn, &sids).await
+}
+
+fn under(dn: &str, ou: &str) -> bool {
+    let normalize = |s: &str| s.to_ascii_lowercase().split(',').map(str::trim).collect::<Vec<_>>().join(",");
+    let (dn, ou) = (normalize(dn), normalize(ou));
+    dn.ends_with(&format!(",{ou}"))
+}
+
+/// Refuses accounts outside `domains[i].scope`.
+pub(crate) async fn check_scope(
+    conn: &mut Connection,
+    config: &DomainConfig,
+    account: &Account,
+) -> Result<(), DirectoryError> {
+    let scope = &config.scope;
+    if scope.allowed_ous.is_empty() && scope.allowed_groups.is_empty() {
+        return Ok(());
+    }
+    if scope.allowed_ous.iter().any(|ou| under(&account.dn, ou)) {
+        return Ok(());
+    }
+    if conn.member_of_any(&account.dn, &scope.allowed_groups).await? {
+        return Ok(());
+    }
+    let mut rules = Vec::new();
+    if !scope.allowed_ous.is_empty() {
+        rules.push(format!("not under any OU in scope.allowed_ous ({})", scope.allowed_ous.join("; ")));
+    }
+    if !scope.allowed_groups.is_empty() {
+        rules.push(format!("not a member of any group in scope.allowed_groups ({})", scope.allowed_groups.join("; ")));
+    }
+    Err(DirectoryError::new(
+        FailureCode::OutOfScope,
+        format!(
+            "{} is outside this agent's scope for {}: {}; widen the scope in the agent's configuration to manage it",
+            account.dn,
+            config.name,
+            rules.join(" and ")
+        ),
+    ))
+}
+
+/// Refuses protected accounts unless `domains[i].protected.allow` names them or a group they are in.
+pub(crate) async fn check_protection(
+    conn: &mut Connection,
+    config: &DomainConfig,
+    protected_groups: &[String],
+    account: &Account,
+) -> Result<(), DirectoryError> {
+    let reason = if account.admin_count {
+        Some("adminCount=1".to_owned())
+    } else if account.rid.is_some_and(|rid| PROTECTED_ACCOUNT_RIDS.contains(&rid)) {
+        Some("a built-in protected account".to_owned())
+    } else if conn.member_of_any(&account.dn, protected_groups).await? {
+        Some("a member of a protected group".to_owned())
+    } else {
+        None
+    };
+    let Some(reason) = reason else { return Ok(()) };
+    let allow = &config.protected.allow;
+    let allowed =
+        allow.iter().any(|dn| dn.eq_ignore_ascii_case(&account.dn)) || conn.member_of_any(&account.dn, allow).await?;
+    if allowed {
+        tracing::warn!(account = %account.dn, %reason, "protected account allowed by protected.allow");
+        return Ok(());
+    }
+    Err(DirectoryError::new(
+        FailureCode::ProtectedAccount,
+        format!(
+            "{} is a protected account ({reason}): AdminSDHolder resets its permissions every hour, so rights \
+             delegated on its OU do not reach it, and pwrelay refuses it by default; to manage it, add its DN or a \
+             group it is in to protected.allow for {} and grant the service account rights on the account itself",
+            account.dn, config.name
+        ),
+    ))
+}
+
+/// Refuses option combinations the account's state makes impossible; returns notes for
+/// combinations that work but deserve a mention.
+pub(crate) fn check_state(account: &Account, must_change: bool) -> Result<Vec<String>, DirectoryError> {
+    if must_change && account.password_never_expires() {
+        return Err(DirectoryError::new(
+            FailureCode::AccountStateConflict,
+            format!(
+                "{} has 'password never expires' set, so it cannot be made to change its password at next logon; \
+                 clear that flag first or send must_change=false (nothing was changed)",
+                account.dn
+            ),
+        ));
+    }
+    let mut notes = Vec::new();
+    if account.disabled() {
+        notes.push("the account is disabled: the new password works once it is enabled".to_owned());
+    }
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn under_compares_dn_suffixes_case_and_space_insensitively() {
+        assert!(under("CN=a,OU=Staff,DC=corp,DC=example", "ou=staff, dc=corp,dc=example"));
+        assert!(!under("CN=a,OU=Staffing,DC=corp,DC=example", "OU=Staff,DC=corp,DC=example"));
+        assert!(!under("OU=Staff,DC=corp,DC=example", "OU=Staff,DC=corp,DC=example"));
+    }
+
+    #[test]
+    fn must_change_on_a_never_expiring_password_is_a_conflict() {
+        let account = Account { dn: "CN=a".into(), user_account_control: 0x1_0200, ..Account::default() };
+        let e = check_state(&account, true).expect_err("conflict");
+        assert_eq!(e.code, FailureCode::AccountStateConflict);
+        assert!(check_state(&account, false).expect("fine").is_empty());
+        let disabled = Account { user_account_control: 0x202, ..Account::default() };
+        assert_eq!(check_state(&disabled, true).expect("works").len(), 1);
+    }
+}
