@@ -8,6 +8,7 @@
 
 mod account;
 mod connection;
+pub mod discovery;
 pub mod error;
 mod rules;
 pub mod target;

@@ -1,0 +1,1 @@
+//! Domain controller discovery from DNS SRV records.
