@@ -22,6 +22,7 @@ const UNAVAILABLE_CRITICAL_EXTENSION: u32 = 12;
 const IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
 
 /// A bound connection.
+#[derive(Clone)]
 pub(crate) struct Connection {
     pub(crate) ldap: ldap3::Ldap,
     pub(crate) url: String,

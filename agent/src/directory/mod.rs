@@ -61,6 +61,20 @@ pub struct Directory {
     config: DomainConfig,
     tls: Arc<rustls::ClientConfig>,
     protected_groups: OnceCell<Vec<String>>,
+    /// The service account's connection, shared by concurrent jobs (ldap3 multiplexes operations)
+    /// and replaced when it breaks.
+    pooled: tokio::sync::Mutex<Option<Connection>>,
+}
+
+/// One DC's answer to a health bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DcHealth {
+    /// The DC URL.
+    pub url: String,
+    /// The bind worked.
+    pub ok: bool,
+    /// The error, when it did not.
+    pub detail: String,
 }
 
 impl std::fmt::Debug for Directory {
@@ -73,7 +87,12 @@ impl Directory {
     /// Loads the DC CA and prepares the TLS settings.
     pub fn new(config: DomainConfig) -> Result<Self, tls::TlsError> {
         let anchors = TrustAnchors::from_file(&config.ca_file)?;
-        Ok(Self { tls: tls::ldap_client(&anchors)?, config, protected_groups: OnceCell::new() })
+        Ok(Self {
+            tls: tls::ldap_client(&anchors)?,
+            config,
+            protected_groups: OnceCell::new(),
+            pooled: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// The domain.
@@ -89,8 +108,18 @@ impl Directory {
         password: &str,
         what: &str,
     ) -> Result<Result<Connection, ldap3::LdapResult>, DirectoryError> {
+        self.bind_to(&self.config.urls, dn, password, what).await
+    }
+
+    async fn bind_to(
+        &self,
+        urls: &[crate::config::DcUrl],
+        dn: &str,
+        password: &str,
+        what: &str,
+    ) -> Result<Result<Connection, ldap3::LdapResult>, DirectoryError> {
         let mut failures = Vec::new();
-        for dc in &self.config.urls {
+        for dc in urls {
             let settings = LdapConnSettings::new()
                 .set_conn_timeout(self.config.timeout)
                 .set_config(Arc::clone(&self.tls))
@@ -125,25 +154,75 @@ impl Directory {
         )))
     }
 
-    /// A connection bound as the service account.
+    /// The pooled service-account connection, opened (with failover) when there is none or it
+    /// has closed.
     async fn connect(&self) -> Result<Connection, DirectoryError> {
-        self.bind(&self.config.bind_dn, self.config.bind_password.expose_secret(), "service account bind")
+        let mut pooled = self.pooled.lock().await;
+        if let Some(conn) = pooled.as_mut() {
+            if !conn.ldap.is_closed() {
+                return Ok(conn.clone());
+            }
+        }
+        let conn = self
+            .bind(&self.config.bind_dn, self.config.bind_password.expose_secret(), "service account bind")
             .await?
-            .map_err(|result| DirectoryError::from_result("service account bind", result.rc, &result.text))
+            .map_err(|result| DirectoryError::from_result("service account bind", result.rc, &result.text))?;
+        *pooled = Some(conn.clone());
+        Ok(conn)
     }
 
-    /// Binds as the service account and returns the DC URL that answered (readiness).
+    /// Drops the pooled connection (after a connection-level failure) so the next job reconnects.
+    async fn discard(&self) {
+        if let Some(mut conn) = self.pooled.lock().await.take() {
+            let _ = conn.ldap.unbind().await;
+        }
+    }
+
+    /// Binds as the service account through the usual failover and returns the DC URL that
+    /// answered.
     pub async fn check_bind(&self) -> Result<String, DirectoryError> {
-        let mut conn = self.connect().await?;
-        let url = conn.url.clone();
-        let _ = conn.ldap.unbind().await;
-        Ok(url)
+        Ok(self.connect().await?.url)
+    }
+
+    /// Binds to every configured DC on its own (not pooled) and reports each (readiness detail).
+    pub async fn check_each_dc(&self) -> Vec<DcHealth> {
+        let mut health = Vec::new();
+        for dc in &self.config.urls {
+            let bound = self
+                .bind_to(
+                    std::slice::from_ref(dc),
+                    &self.config.bind_dn,
+                    self.config.bind_password.expose_secret(),
+                    "health bind",
+                )
+                .await;
+            let (ok, detail) = match bound {
+                Ok(Ok(mut conn)) => {
+                    let _ = conn.ldap.unbind().await;
+                    (true, String::new())
+                }
+                Ok(Err(result)) => {
+                    (false, DirectoryError::from_result("service account bind", result.rc, &result.text).message)
+                }
+                Err(e) => (false, e.message),
+            };
+            health.push(DcHealth { url: dc.url.clone(), ok, detail });
+        }
+        health
     }
 
     /// Connects, resolves the target and applies scope and protection rules.
     async fn admit(&self, target: &AccountTarget) -> Result<(Connection, Account), DirectoryError> {
         let mut conn = self.connect().await?;
-        let account = conn.resolve(target, &self.config.base_dn).await?;
+        let account = match conn.resolve(target, &self.config.base_dn).await {
+            // A pooled connection the DC closed while idle: reconnect once.
+            Err(e) if e.retryable => {
+                self.discard().await;
+                conn = self.connect().await?;
+                conn.resolve(target, &self.config.base_dn).await?
+            }
+            other => other?,
+        };
         rules::check_scope(&mut conn, &self.config, &account).await?;
         let protected = match self.protected_groups.get() {
             Some(groups) => groups.clone(),
@@ -171,9 +250,8 @@ impl Directory {
             conn.read(&account.dn).await
         }
         .await;
-        let url = conn.url.clone();
-        let _ = conn.ldap.unbind().await;
-        let after = result?;
+        let after = self.settle(result).await?;
+        let url = conn.url;
         let mut verified = if options.must_change { after.pwd_last_set == 0 } else { after.pwd_last_set > 0 };
         if options.unlock {
             verified &= !after.locked_out();
@@ -192,9 +270,8 @@ impl Directory {
             conn.read(&account.dn).await
         }
         .await;
-        let url = conn.url.clone();
-        let _ = conn.ldap.unbind().await;
-        let after = result?;
+        let after = self.settle(result).await?;
+        let url = conn.url;
         Ok(Applied {
             verified: !after.locked_out(),
             account: after,
@@ -208,9 +285,8 @@ impl Directory {
     /// Changes nothing the agent controls, but a wrong password counts as a failed logon on the DC
     /// (badPwdCount), like any other.
     pub async fn verify(&self, target: &AccountTarget, password: &SecretString) -> Result<Applied, DirectoryError> {
-        let (mut conn, account) = self.admit(target).await?;
-        let url = conn.url.clone();
-        let _ = conn.ldap.unbind().await;
+        let (conn, account) = self.admit(target).await?;
+        let url = conn.url;
         let check = self.check_password(&account.dn, password).await?;
         if check == PasswordCheck::LockedOut {
             return Err(DirectoryError::new(
@@ -223,6 +299,14 @@ impl Directory {
             notes.push("the password matches, and the user must change it at next logon".to_owned());
         }
         Ok(Applied { password_matches: check == PasswordCheck::Matches, verified: true, account, dc_url: url, notes })
+    }
+
+    /// Passes `result` on; a connection-level failure also retires the pooled connection.
+    async fn settle<T>(&self, result: Result<T, DirectoryError>) -> Result<T, DirectoryError> {
+        if result.as_ref().is_err_and(|e| e.retryable) {
+            self.discard().await;
+        }
+        result
     }
 
     /// Binds as `dn` with `password` and classifies the answer by AD's `data` sub-code.

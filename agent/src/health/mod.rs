@@ -16,6 +16,7 @@ use pwrelay_shared::domain::DomainName;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::directory::DcHealth;
 use crate::jobs::Jobs;
 
 /// How often each domain's DC bind is checked.
@@ -24,10 +25,12 @@ pub const BIND_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// The last bind check of one domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryStatus {
-    /// Whether the bind worked.
+    /// Whether at least one DC took the service account's bind.
     pub bind_ok: bool,
-    /// The DC that answered, or the error.
+    /// The DCs that answered, or the errors.
     pub detail: String,
+    /// Each DC's answer.
+    pub dcs: Vec<DcHealth>,
 }
 
 /// What the agent knows about its own health.
@@ -79,13 +82,17 @@ pub async fn check_directories(jobs: Jobs, health: Arc<HealthState>, cancel: Can
             _ = tick.tick() => {}
         }
         for (domain, directory) in &jobs.directories {
-            let status = match directory.check_bind().await {
-                Ok(url) => DirectoryStatus { bind_ok: true, detail: url },
-                Err(e) => {
-                    tracing::warn!(%domain, error = %e, "domain controller bind check failed");
-                    DirectoryStatus { bind_ok: false, detail: e.message }
-                }
+            let dcs = directory.check_each_dc().await;
+            for dc in dcs.iter().filter(|dc| !dc.ok) {
+                tracing::warn!(%domain, dc = %dc.url, error = %dc.detail, "domain controller bind check failed");
+            }
+            let bind_ok = dcs.iter().any(|dc| dc.ok);
+            let detail = if bind_ok {
+                dcs.iter().filter(|dc| dc.ok).map(|dc| dc.url.as_str()).collect::<Vec<_>>().join(", ")
+            } else {
+                dcs.iter().map(|dc| format!("{}: {}", dc.url, dc.detail)).collect::<Vec<_>>().join("; ")
             };
+            let status = DirectoryStatus { bind_ok, detail, dcs };
             health.set_directory(domain.clone(), status);
         }
     }
@@ -110,7 +117,11 @@ async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
         .health
         .directories()
         .into_iter()
-        .map(|(domain, s)| (domain.to_string(), json!({ "bind_ok": s.bind_ok, "detail": s.detail })))
+        .map(|(domain, s)| {
+            let dcs: Vec<Value> =
+                s.dcs.iter().map(|dc| json!({ "url": dc.url, "ok": dc.ok, "error": dc.detail })).collect();
+            (domain.to_string(), json!({ "bind_ok": s.bind_ok, "detail": s.detail, "dcs": dcs }))
+        })
         .collect();
     let ready = shared.health.ready(shared.domains);
     let body = json!({
