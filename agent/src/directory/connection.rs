@@ -163,11 +163,23 @@ impl Connection {
             return self.modify("password reset", dn, mods(), None).await;
         }
         let hinted = self.modify("password reset", dn, mods(), Some(POLICY_HINTS)).await;
-        match hinted {
+        let deprecated = match hinted {
             Err(e) if e.ldap_result_code == UNAVAILABLE_CRITICAL_EXTENSION => {
-                tracing::info!(dc = %self.url, "the DC does not know the policy hints control; using its older OID");
+                tracing::info!(dc = %self.url, "the DC does not know the policy hints control; trying its older OID");
                 self.modify("password reset", dn, mods(), Some(POLICY_HINTS_DEPRECATED)).await
             }
+            other => return other,
+        };
+        match deprecated {
+            Err(e) if e.ldap_result_code == UNAVAILABLE_CRITICAL_EXTENSION => Err(DirectoryError {
+                message: format!(
+                    "{} supports neither policy hints control ({POLICY_HINTS} or {POLICY_HINTS_DEPRECATED}), so it \
+                     cannot apply password history to a reset; nothing was changed; send enforce_history=false or use \
+                     a DC that supports it (Windows Server 2012 or later)",
+                    self.url
+                ),
+                ..e
+            }),
             other => other,
         }
     }
