@@ -4,6 +4,8 @@
 //! [`dc`] starts the DC on first use when it is not already running (the test command starts it
 //! beforehand), so `cargo test` alone works on a machine where `deploy/dev/install-deps.sh` ran.
 
+pub mod directory_admin;
+pub mod dns;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
