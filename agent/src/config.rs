@@ -108,7 +108,9 @@ impl Default for HealthFile {
 #[serde(deny_unknown_fields)]
 struct DomainFile {
     name: DomainName,
+    #[serde(default)]
     urls: Vec<String>,
+    discovery: Option<DiscoveryFile>,
     ca_file: PathBuf,
     base_dn: Option<String>,
     bind_dn: String,
@@ -122,6 +124,19 @@ struct DomainFile {
     scope: ScopeConfig,
     #[serde(default)]
     protected: ProtectedConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscoveryFile {
+    site: Option<String>,
+    nameserver: Option<SocketAddr>,
+    #[serde(default = "default_discovery_transport")]
+    transport: String,
+}
+
+fn default_discovery_transport() -> String {
+    "ldaps".into()
 }
 
 /// `[domains.scope]`: which accounts the agent may change (gradual roll-out). Both lists empty
@@ -226,8 +241,10 @@ pub struct DcUrl {
 pub struct DomainConfig {
     /// The AD DNS domain.
     pub name: DomainName,
-    /// DC URLs, tried in order.
+    /// DC URLs, tried in order (empty when `discovery` is set).
     pub urls: Vec<DcUrl>,
+    /// Find the DCs in DNS SRV records instead of `urls`.
+    pub discovery: Option<crate::directory::discovery::Discovery>,
     /// CA certificate(s) that issued the DCs' certificates.
     pub ca_file: PathBuf,
     /// Where accounts are searched (default: the domain's naming context).
@@ -286,12 +303,39 @@ impl Config {
             if domains.iter().any(|known: &DomainConfig| known.name == d.name) {
                 return Err(invalid(key("name"), format!("{} is configured twice", d.name)));
             }
-            if d.urls.is_empty() {
-                return Err(invalid(
-                    key("urls"),
-                    "list at least one domain controller, e.g. ldaps://dc1.corp.example.com",
-                ));
-            }
+            let discovery = match (&d.discovery, d.urls.is_empty()) {
+                (None, true) => {
+                    return Err(invalid(
+                        key("urls"),
+                        "list at least one domain controller (e.g. ldaps://dc1.corp.example.com) or add [domains.discovery]",
+                    ));
+                }
+                (Some(_), false) => {
+                    return Err(invalid(key("discovery"), "set either urls or [domains.discovery], not both"));
+                }
+                (None, false) => None,
+                (Some(file), true) => {
+                    let transport = match file.transport.as_str() {
+                        "ldaps" => LdapTransport::Ldaps,
+                        "starttls" => LdapTransport::StartTls,
+                        other => {
+                            return Err(invalid(
+                                key("discovery.transport"),
+                                format!("{other:?}: use \"ldaps\" or \"starttls\""),
+                            ));
+                        }
+                    };
+                    let mut discovery = crate::directory::discovery::Discovery::new(transport);
+                    if let Some(site) = &file.site {
+                        discovery =
+                            discovery.with_site(site).map_err(|e| invalid(key("discovery.site"), e.to_string()))?;
+                    }
+                    if let Some(nameserver) = file.nameserver {
+                        discovery = discovery.with_nameserver(nameserver);
+                    }
+                    Some(discovery)
+                }
+            };
             let urls = d
                 .urls
                 .iter()
@@ -339,6 +383,7 @@ impl Config {
             domains.push(DomainConfig {
                 name: d.name,
                 urls,
+                discovery,
                 ca_file: resolve(d.ca_file),
                 base_dn,
                 bind_dn: d.bind_dn,

@@ -44,6 +44,7 @@ fn directory_with(dc: &TestDc, account: &TestUser, protected: ProtectedConfig) -
     Directory::new(DomainConfig {
         name: dc.domain.clone(),
         urls: vec![DcUrl { url: dc.ldaps_url.clone(), transport: LdapTransport::Ldaps }],
+        discovery: None,
         ca_file: dc.ca_file.clone(),
         base_dn: dc.base_dn.clone(),
         bind_dn: account.dn.clone(),

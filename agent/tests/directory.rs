@@ -19,6 +19,7 @@ fn domain_config(dc: &TestDc, urls: &[&str]) -> DomainConfig {
     DomainConfig {
         name: dc.domain.clone(),
         urls: urls.iter().map(|u| url(u)).collect(),
+        discovery: None,
         ca_file: dc.ca_file.clone(),
         base_dn: dc.base_dn.clone(),
         bind_dn: dc.admin_dn.clone(),

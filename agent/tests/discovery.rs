@@ -30,6 +30,7 @@ fn directory(dc: &TestDc, urls: Vec<DcUrl>) -> Directory {
     Directory::new(DomainConfig {
         name: dc.domain.clone(),
         urls,
+        discovery: None,
         ca_file: dc.ca_file.clone(),
         base_dn: dc.base_dn.clone(),
         bind_dn: dc.admin_dn.clone(),
@@ -209,4 +210,35 @@ async fn the_system_configuration_is_used_without_a_nameserver() {
         .expect_err("no DC of pwrelay.test in public DNS");
     assert!(e.retryable && e.code == FailureCode::DirectoryUnavailable);
     assert!(e.message.contains(DOMAIN_WIDE), "{}", e.message);
+}
+
+#[tokio::test]
+async fn an_agent_configured_for_discovery_finds_its_dc_through_dns() {
+    let dc = testkit::dc();
+    let dns = FakeDns::start(
+        DnsRecords::new().srv(DOMAIN_WIDE, 0, 100, 389, "localhost.").a("localhost.", Ipv4Addr::LOCALHOST),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("bind.secret"), dc.admin_password.expose_secret()).expect("secret");
+    let toml = format!(
+        "[relay]\nurl = \"https://relay.example:7443\"\nca_file = \"ca.pem\"\ncert_file = \"a.pem\"\nkey_file = \"a.key\"\n\n\
+         [[domains]]\nname = \"{}\"\nca_file = \"{}\"\nbind_dn = \"{}\"\nbind_password_file = \"bind.secret\"\n\n\
+         [domains.discovery]\nnameserver = \"{}\"\ntransport = \"ldaps\"\n",
+        dc.domain,
+        dc.ca_file.display(),
+        dc.admin_dn,
+        dns.addr()
+    );
+    std::fs::write(dir.path().join("agent.toml"), toml).expect("config");
+    let config = pwrelay_agent::Config::load(&dir.path().join("agent.toml")).expect("valid configuration");
+    let domain = config.domains.into_iter().next().expect("one domain");
+    assert!(domain.urls.is_empty() && domain.discovery.is_some());
+    pwrelay_shared::tls::install_default_provider();
+    let directory = Directory::new(domain).expect("directory");
+    assert_eq!(directory.check_bind().await.expect("bind through the discovered DC"), "ldaps://localhost:636");
+    let health = directory.check_each_dc().await;
+    assert_eq!(health.len(), 1);
+    assert!(health[0].ok, "{health:?}");
+    assert!(!dns.srv_queries().is_empty(), "the SRV record was asked for");
 }

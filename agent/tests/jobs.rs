@@ -23,6 +23,7 @@ fn harness(dc: &TestDc) -> Harness {
     let config = DomainConfig {
         name: dc.domain.clone(),
         urls: vec![DcUrl { url: dc.ldaps_url.clone(), transport: LdapTransport::Ldaps }],
+        discovery: None,
         ca_file: dc.ca_file.clone(),
         base_dn: dc.base_dn.clone(),
         bind_dn: dc.admin_dn.clone(),

@@ -108,7 +108,16 @@ impl Directory {
         password: &str,
         what: &str,
     ) -> Result<Result<Connection, ldap3::LdapResult>, DirectoryError> {
-        self.bind_to(&self.config.urls, dn, password, what).await
+        let urls = self.dc_urls().await?;
+        self.bind_to(&urls, dn, password, what).await
+    }
+
+    /// The DCs to try, in order: the configured list, or what DNS discovery finds now.
+    async fn dc_urls(&self) -> Result<Vec<crate::config::DcUrl>, DirectoryError> {
+        match &self.config.discovery {
+            Some(discovery) => discovery.discover(&self.config.name).await,
+            None => Ok(self.config.urls.clone()),
+        }
     }
 
     async fn bind_to(
@@ -186,8 +195,12 @@ impl Directory {
 
     /// Binds to every configured DC on its own (not pooled) and reports each (readiness detail).
     pub async fn check_each_dc(&self) -> Vec<DcHealth> {
+        let urls = match self.dc_urls().await {
+            Ok(urls) => urls,
+            Err(e) => return vec![DcHealth { url: "dns-srv".into(), ok: false, detail: e.message }],
+        };
         let mut health = Vec::new();
-        for dc in &self.config.urls {
+        for dc in &urls {
             let bound = self
                 .bind_to(
                     std::slice::from_ref(dc),

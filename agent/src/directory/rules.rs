@@ -99,7 +99,8 @@ pub(crate) async fn check_protection(
         format!(
             "{} is a protected account ({reason}): AdminSDHolder resets its permissions every hour, so rights \
              delegated on its OU do not reach it, and pwrelay refuses it by default; to manage it, add its DN or a \
-             group it is in to protected.allow for {} and grant the service account rights on the account itself",
+             group it is in to protected.allow for {}; the service account then also needs rights that survive \
+             AdminSDHolder (an entry on CN=AdminSDHolder,CN=System, which reaches every protected account)",
             account.dn, config.name
         ),
     ))
