@@ -1,0 +1,149 @@
+//! The agent's account rules against the throwaway Samba AD DC: scope by OU and by (nested) group
+//! membership, and option combinations that conflict with the account's state.
+
+use std::time::Duration;
+
+use pwrelay_agent::config::{DcUrl, DomainConfig, LdapTransport, ScopeConfig};
+use pwrelay_agent::directory::{AccountTarget, Directory, WriteOptions};
+use pwrelay_proto::agent::v1::FailureCode;
+use pwrelay_shared::secret::SecretString;
+use pwrelay_shared::testkit::{self, TestDc};
+
+fn directory(dc: &TestDc, scope: ScopeConfig) -> Directory {
+    pwrelay_shared::tls::install_default_provider();
+    Directory::new(DomainConfig {
+        name: dc.domain.clone(),
+        urls: vec![DcUrl { url: dc.ldaps_url.clone(), transport: LdapTransport::Ldaps }],
+        discovery: None,
+        ca_file: dc.ca_file.clone(),
+        base_dn: dc.base_dn.clone(),
+        bind_dn: dc.admin_dn.clone(),
+        bind_password: dc.admin_password.clone(),
+        timeout: Duration::from_secs(5),
+        verify_bind: false,
+        scope,
+        protected: Default::default(),
+    })
+    .expect("directory")
+}
+
+#[tokio::test]
+async fn scope_admits_users_under_an_allowed_ou_or_in_a_nested_allowed_group() {
+    let dc = testkit::dc();
+    let pilot = dc.create_ou("pilot").await;
+    let elsewhere = dc.create_ou("other").await;
+    let groups = dc.create_ou("grp").await;
+    let managed = dc.create_group(&groups, "managed").await;
+    let nested = dc.create_group(&groups, "nested").await;
+    dc.add_member(&managed, &nested).await;
+    let in_ou = dc.create_user_in(&pilot, "inou").await;
+    let via_group = dc.create_user_in(&elsewhere, "viagrp").await;
+    dc.add_member(&nested, &via_group.dn).await;
+    let outside = dc.create_user_in(&elsewhere, "outside").await;
+
+    let dir = directory(dc, ScopeConfig { allowed_ous: vec![pilot.clone()], allowed_groups: vec![managed.clone()] });
+    for user in [&in_ou, &via_group] {
+        let applied = dir
+            .set_password(
+                &AccountTarget::Upn(user.upn.clone()),
+                &SecretString::from("Scoped!Pass-81"),
+                WriteOptions::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{} is in scope: {}", user.dn, e.message));
+        assert!(applied.verified);
+    }
+    let refused = dir
+        .set_password(
+            &AccountTarget::Upn(outside.upn.clone()),
+            &SecretString::from("Scoped!Pass-82"),
+            WriteOptions::default(),
+        )
+        .await
+        .expect_err("outside the scope");
+    assert_eq!(refused.code, FailureCode::OutOfScope);
+    assert!(
+        refused.message.contains("scope.allowed_ous") && refused.message.contains("scope.allowed_groups"),
+        "{}",
+        refused.message
+    );
+    assert!(refused.message.contains(&pilot), "the rule is named: {}", refused.message);
+    assert!(dc.bind(&outside.dn, outside.password.expose_secret()).await.ok(), "nothing was changed");
+
+    let unlock = dir.unlock(&AccountTarget::Upn(outside.upn.clone())).await.expect_err("unlock is scoped too");
+    assert_eq!(unlock.code, FailureCode::OutOfScope);
+    let verify = dir
+        .verify(&AccountTarget::Upn(outside.upn.clone()), &outside.password)
+        .await
+        .expect_err("verification is scoped too");
+    assert_eq!(verify.code, FailureCode::OutOfScope);
+}
+
+#[tokio::test]
+async fn must_change_on_a_never_expiring_password_is_refused_before_any_write() {
+    let dc = testkit::dc();
+    let ou = dc.create_ou("state").await;
+    let user = dc.create_user_in(&ou, "noexp").await;
+    dc.set_attribute(
+        &user.dn,
+        "userAccountControl",
+        &(testkit::directory_admin::UF_NORMAL_ACCOUNT | testkit::directory_admin::UF_DONT_EXPIRE_PASSWD).to_string(),
+    )
+    .await;
+    let dir = directory(dc, ScopeConfig::default());
+    let options = WriteOptions { must_change: true, ..WriteOptions::default() };
+    let e = dir
+        .set_password(&AccountTarget::Dn(user.dn.clone()), &SecretString::from("Conflict!Pass-91"), options)
+        .await
+        .expect_err("conflict");
+    assert_eq!(e.code, FailureCode::AccountStateConflict);
+    assert!(e.message.contains("never expires") && e.message.contains("nothing was changed"), "{}", e.message);
+    assert!(dc.bind(&user.dn, user.password.expose_secret()).await.ok(), "the password is unchanged");
+    let plain = dir
+        .set_password(
+            &AccountTarget::Dn(user.dn.clone()),
+            &SecretString::from("Conflict!Pass-92"),
+            WriteOptions::default(),
+        )
+        .await
+        .expect("without must_change it works");
+    assert!(plain.verified && plain.account.password_never_expires());
+}
+
+#[tokio::test]
+async fn a_disabled_account_gets_its_password_with_a_note() {
+    let dc = testkit::dc();
+    let ou = dc.create_ou("dis").await;
+    let user = dc.create_user_in(&ou, "disabled").await;
+    dc.set_attribute(
+        &user.dn,
+        "userAccountControl",
+        &(testkit::directory_admin::UF_NORMAL_ACCOUNT | testkit::directory_admin::UF_ACCOUNTDISABLE).to_string(),
+    )
+    .await;
+    let dir = directory(dc, ScopeConfig::default());
+    let applied = dir
+        .set_password(
+            &AccountTarget::Dn(user.dn.clone()),
+            &SecretString::from("Disabled!Pass-93"),
+            WriteOptions { must_change: true, ..WriteOptions::default() },
+        )
+        .await
+        .expect("a disabled account can get a password");
+    assert!(applied.verified && applied.account.disabled());
+    assert!(applied.notes.iter().any(|n| n.contains("disabled")), "{:?}", applied.notes);
+}
+
+#[tokio::test]
+async fn unlock_clears_a_real_lockout() {
+    let dc = testkit::dc();
+    let ou = dc.create_ou("lock").await;
+    let user = dc.create_user_in(&ou, "locked").await;
+    dc.lock_out(&user).await;
+    let dir = directory(dc, ScopeConfig::default());
+    let before = dir.verify(&AccountTarget::Dn(user.dn.clone()), &user.password).await.expect_err("locked out");
+    assert_eq!(before.code, FailureCode::AccountStateConflict, "{}", before.message);
+    let applied = dir.unlock(&AccountTarget::Dn(user.dn.clone())).await.expect("unlocked");
+    assert!(applied.verified && !applied.account.locked_out());
+    assert!(dc.bind(&user.dn, user.password.expose_secret()).await.ok(), "the unchanged password binds again");
+}
