@@ -18,7 +18,7 @@ async fn rotation_sets_the_password_and_the_new_one_binds() {
     let relay = world.start_relay().await;
     let dc = world.dc;
     let agent = world.start_agent(&relay, "site-a", &[&dc.domain], &[&dc.domain]).await;
-    let user = dc.create_user("rot").await;
+    let user = world.user("rot").await;
     let new_password = "Rotated!Value-7731x";
     assert!(
         eventually(Duration::from_secs(15), || async { agent.readyz().await.0 == 200 }).await,
@@ -59,7 +59,7 @@ async fn must_change_and_sam_account_name_targets_work() {
     let relay = world.start_relay().await;
     let dc = world.dc;
     let agent = world.start_agent(&relay, "site-b", &[&dc.domain], &[&dc.domain]).await;
-    let user = dc.create_user("mc").await;
+    let user = world.user("mc").await;
     let job_id = world
         .rotate(
             &relay,
@@ -82,7 +82,7 @@ async fn policy_violations_and_unknown_accounts_fail_with_typed_errors() {
     let relay = world.start_relay().await;
     let dc = world.dc;
     let agent = world.start_agent(&relay, "site-c", &[&dc.domain], &[&dc.domain]).await;
-    let user = dc.create_user("pol").await;
+    let user = world.user("pol").await;
 
     let short = world
         .rotate(&relay, json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Ab1!" }))
@@ -109,11 +109,34 @@ async fn policy_violations_and_unknown_accounts_fail_with_typed_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_its_delegated_ou_the_agent_reports_the_missing_right() {
+    let world = World::new(&[]).await;
+    let relay = world.start_relay().await;
+    let dc = world.dc;
+    let agent = world.start_agent(&relay, "site-d", &[&dc.domain], &[&dc.domain]).await;
+    let outsider = dc.create_user("outou").await; // CN=Users: no delegation there
+    let id = world
+        .rotate(
+            &relay,
+            json!({ "domain": dc.domain.as_str(), "target": { "upn": outsider.upn }, "password": "Outside!Pass-51" }),
+        )
+        .await;
+    let job = world.wait_final(&relay, &id, JOB_LIMIT).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "access_denied");
+    let message = job["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Reset Password") && message.contains("Grant-PwRelayRights.ps1"), "{message}");
+    assert!(dc.bind(&outsider.dn, outsider.password.expose_secret()).await.ok(), "unchanged");
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_accepted_without_an_agent_completes_when_one_connects() {
     let world = World::new(&[]).await;
     let relay = world.start_relay().await;
     let dc = world.dc;
-    let user = dc.create_user("late").await;
+    let user = world.user("late").await;
     let (status, reply) = world
         .post(
             &relay,
@@ -140,7 +163,7 @@ async fn a_job_accepted_without_an_agent_completes_when_one_connects() {
 async fn a_job_queued_before_a_relay_restart_completes_after_it() {
     let world = World::new(&[]).await;
     let dc = world.dc;
-    let user = dc.create_user("rst").await;
+    let user = world.user("rst").await;
     let first = world.start_relay().await;
     let job_id = world
         .rotate(
@@ -173,7 +196,7 @@ async fn the_agent_reconnects_after_a_relay_restart() {
     let agent = world.start_agent(&first, "site-rc", &[&dc.domain], &[&dc.domain]).await;
     assert!(eventually(Duration::from_secs(15), || async { agent.readyz().await.0 == 200 }).await, "agent ready");
     let second = world.restart_relay(first).await;
-    let user = dc.create_user("rc").await;
+    let user = world.user("rc").await;
     let job_id = world
         .rotate(
             &second,
@@ -204,7 +227,7 @@ async fn an_agent_only_receives_jobs_for_the_domains_in_its_certificate() {
     let (_, agents) = world.get(&relay, "/v1/agents").await;
     assert_eq!(agents[0]["domains"], json!(["other.test"]), "authorized for its certificate's domains only");
 
-    let user = dc.create_user("dom").await;
+    let user = world.user("dom").await;
     let job_id = world
         .rotate(
             &relay,
@@ -238,7 +261,7 @@ async fn an_agent_certificate_from_another_ca_is_refused() {
     std::fs::copy(world.path("pki/ca.pem"), rogue_dir.join("ca.pem")).expect("relay CA");
     let rogue = world.start_agent_in(&rogue_dir, &relay, &[&dc.domain]).await;
 
-    let user = dc.create_user("rog").await;
+    let user = world.user("rog").await;
     let job_id = world
         .rotate(
             &relay,
@@ -286,7 +309,7 @@ async fn passwords_never_reach_the_logs() {
     let relay = world.start_relay().await;
     let dc = world.dc;
     let agent = world.start_agent(&relay, "site-logs", &[&dc.domain], &[&dc.domain]).await;
-    let user = dc.create_user("log").await;
+    let user = world.user("log").await;
     let good = "Zq9!LogCanary-good-5521";
     let bad = "Zq9!c"; // too short: travels the failure path, including the DC's error text
     for password in [good, bad] {

@@ -58,7 +58,9 @@ impl DirectoryError {
             (Some("00000005"), _) | (_, rc::INSUFFICIENT_ACCESS) => (
                 FailureCode::AccessDenied,
                 Some(
-                    "the agent's service account lacks the right; delegate Reset Password, and write pwdLastSet and lockoutTime, on the account's OU",
+                    "the agent's service account lacks the right; delegate Reset Password and write access to \
+                     pwdLastSet and lockoutTime on the account's OU with deploy/ad/Grant-PwRelayRights.ps1 \
+                     (deploy/ad/grant-rights-samba.sh on Samba)",
                 ),
             ),
             (Some("00002077" | "0000001F"), _) => {

@@ -60,6 +60,10 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub pki: TestPki,
     pub dc: &'static TestDc,
+    /// The OU the agents manage; their service account has pwrelay's delegated rights on it only.
+    pub ou: String,
+    /// The agents' delegated, non-admin service account.
+    pub service: testkit::TestUser,
     pub token: SecretString,
     pub domains: Vec<DomainName>,
     pub http: reqwest::Client,
@@ -76,6 +80,9 @@ impl World {
         let pki = TestPki::create(&pki_dir);
         let key = pwrelay_relay::seal::Sealer::generate_key_text().expect("key");
         pwrelay_shared::pki::write_private(&dir.path().join("store.key"), &key, true).expect("store key");
+        let ou = dc.create_ou("e2e").await;
+        let service = dc.create_service_account(&ou).await;
+        dc.delegate_password_rights(&ou, &service).await;
         let mut domains = vec![dc.domain.clone()];
         domains.extend(extra_domains.iter().map(|d| DomainName::parse(d).expect("domain")));
         let world_config = relay_toml(&domains);
@@ -89,7 +96,12 @@ impl World {
             .timeout(Duration::from_secs(90))
             .build()
             .expect("http client");
-        Self { dir, pki, dc, token, domains, http }
+        Self { dir, pki, dc, ou, service, token, domains, http }
+    }
+
+    /// A user in the managed OU.
+    pub async fn user(&self, prefix: &str) -> testkit::TestUser {
+        self.dc.create_user_in(&self.ou, prefix).await
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -153,7 +165,7 @@ impl World {
         served: &[&DomainName],
         server_name: &str,
     ) -> Agent {
-        std::fs::write(dir.join("bind.secret"), self.dc.admin_password.expose_secret()).expect("bind secret");
+        std::fs::write(dir.join("bind.secret"), self.service.password.expose_secret()).expect("bind secret");
         let mut toml = format!(
             "[relay]\nurl = \"https://127.0.0.1:{}\"\nserver_name = \"{server_name}\"\nca_file = \"ca.pem\"\n\
              cert_file = \"agent.pem\"\nkey_file = \"agent.key\"\nheartbeat_seconds = 2\n\n[health]\nlisten = \"127.0.0.1:0\"\n\n[state]\ndir = \"state\"\n",
@@ -169,7 +181,7 @@ impl World {
                 "\n[[domains]]\nname = \"{domain}\"\nurls = [{urls}]\nca_file = \"{}\"\nbind_dn = \"{}\"\n\
                  bind_password_file = \"bind.secret\"\ntimeout_seconds = 5\n",
                 self.dc.ca_file.display(),
-                self.dc.admin_dn
+                self.service.dn
             ));
         }
         std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
