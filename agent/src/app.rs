@@ -91,7 +91,7 @@ impl App {
         let journal = Journal::open(&journal_path).map_err(state_err(&journal_path))?;
         let audit_path = config.state_dir.join("audit.jsonl");
         let audit = AuditLog::open(&audit_path).map_err(state_err(&audit_path))?;
-        let jobs = Arc::new(JobContext { directories, journal, audit });
+        let jobs = Arc::new(JobContext::new(directories, journal, audit));
         let health_listener = TcpListener::bind(config.health.listen)
             .await
             .map_err(|source| AppError::Bind { addr: config.health.listen, source })?;

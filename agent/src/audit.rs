@@ -13,8 +13,12 @@
 //! | 4113 | refused: request conflicts with the account's state |
 //! | 4114 | redelivered job answered from the journal (not applied again) |
 //! | 4115 | refused: invalid or unsupported job |
+//! | 4116 | refused: the password does not meet the AD policy (agent pre-check) |
+//! | 4117 | password reconciled to the derived value |
 //!
-//! Password pre-check outcomes carry the Password Protection ids (10014-10017, 10024-10025).
+//! The banned-password pre-check's outcomes carry the Entra Password Protection ids: the filter
+//! event (10015 pass, 10017 refused, 10025 audit-mode) as `event_id` and the policy reason
+//! (30002-30029) as `reason_event_id`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -45,6 +49,10 @@ pub mod ids {
     pub const REPLAYED: u32 = 4114;
     /// Refused: invalid or unsupported job.
     pub const INVALID_JOB: u32 = 4115;
+    /// Refused: the password does not meet the AD policy.
+    pub const PASSWORD_REJECTED: u32 = 4116;
+    /// Password reconciled.
+    pub const RECONCILED: u32 = 4117;
 }
 
 /// One audit event.
@@ -82,6 +90,9 @@ pub struct Event {
     /// For verification events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_matches: Option<bool>,
+    /// The Password Protection policy reason id (30002-30029) of a pre-check event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_event_id: Option<u32>,
 }
 
 #[derive(Serialize)]

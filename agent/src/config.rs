@@ -124,6 +124,79 @@ struct DomainFile {
     scope: ScopeConfig,
     #[serde(default)]
     protected: ProtectedConfig,
+    #[serde(default)]
+    password_check: PasswordCheckFile,
+    reconcile: Option<ReconcileFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordCheckFile {
+    #[serde(default)]
+    banned: BannedMode,
+    custom_list_file: Option<PathBuf>,
+    organization_name: Option<String>,
+}
+
+/// How the banned-password evaluation treats caller-supplied passwords.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BannedMode {
+    /// Refuse passwords that fail (default).
+    #[default]
+    Enforce,
+    /// Let them through, with a note and an audit event.
+    Audit,
+    /// Do not evaluate (the AD policy pre-check still runs).
+    Off,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileFile {
+    salt_file: PathBuf,
+    #[serde(default = "default_hash")]
+    hash: String,
+    #[serde(default = "default_iterations")]
+    iterations: u32,
+    #[serde(default = "default_length")]
+    length: usize,
+    #[serde(default = "default_upn_case")]
+    upn_case: String,
+}
+
+fn default_hash() -> String {
+    "sha512".into()
+}
+fn default_iterations() -> u32 {
+    1000
+}
+fn default_length() -> usize {
+    60
+}
+fn default_upn_case() -> String {
+    "lower".into()
+}
+
+/// `[domains.password_check]`, validated: the agent's own check of caller-supplied passwords
+/// before anything is written.
+#[derive(Debug, Clone, Default)]
+pub struct PasswordCheckConfig {
+    /// Banned-password evaluation mode.
+    pub banned: BannedMode,
+    /// The organization's banned terms.
+    pub custom_list: pwrelay_shared::password::CustomList,
+    /// The organization's name (passwords containing it are refused).
+    pub organization_name: Option<String>,
+}
+
+/// `[domains.reconcile]`, validated: how the PAM-known value is derived (seed-compatible PBKDF2).
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// The shared salt; it never leaves the agent.
+    pub salt: SecretString,
+    /// Derivation parameters.
+    pub params: pwrelay_shared::derive::DeriveParams,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +334,10 @@ pub struct DomainConfig {
     pub scope: ScopeConfig,
     /// Protected accounts that may be changed anyway.
     pub protected: ProtectedConfig,
+    /// The pre-check of caller-supplied passwords.
+    pub password_check: PasswordCheckConfig,
+    /// Reconciliation to the derived value, when configured.
+    pub reconcile: Option<ReconcileConfig>,
 }
 
 impl Config {
@@ -380,6 +457,27 @@ impl Config {
             dn_list(&d.scope.allowed_ous, "scope.allowed_ous")?;
             dn_list(&d.scope.allowed_groups, "scope.allowed_groups")?;
             dn_list(&d.protected.allow, "protected.allow")?;
+            let custom_list = match &d.password_check.custom_list_file {
+                None => pwrelay_shared::password::CustomList::default(),
+                Some(file) => {
+                    let path = resolve(file.clone());
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        invalid(key("password_check.custom_list_file"), format!("{}: {e}", path.display()))
+                    })?;
+                    pwrelay_shared::password::CustomList::parse(&text).map_err(|e| {
+                        invalid(key("password_check.custom_list_file"), format!("{}: {e}", path.display()))
+                    })?
+                }
+            };
+            let password_check = PasswordCheckConfig {
+                banned: d.password_check.banned,
+                custom_list,
+                organization_name: d.password_check.organization_name.clone(),
+            };
+            let reconcile = match &d.reconcile {
+                None => None,
+                Some(r) => Some(reconcile_config(r, &resolve, &key)?),
+            };
             domains.push(DomainConfig {
                 name: d.name,
                 urls,
@@ -392,6 +490,8 @@ impl Config {
                 verify_bind: d.verify_bind,
                 scope: d.scope,
                 protected: d.protected,
+                password_check,
+                reconcile,
             });
         }
         Ok(Self {
@@ -411,6 +511,44 @@ impl Config {
             log: file.log,
         })
     }
+}
+
+fn reconcile_config(
+    file: &ReconcileFile,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    key: &dyn Fn(&str) -> String,
+) -> Result<ReconcileConfig, ConfigError> {
+    use pwrelay_shared::derive::{DeriveParams, HashAlgorithm, MIN_SALT_BYTES, UpnCase};
+    let path = resolve(file.salt_file.clone());
+    let text = SecretString::new(
+        std::fs::read_to_string(&path)
+            .map_err(|e| invalid(key("reconcile.salt_file"), format!("{}: {e}", path.display())))?,
+    );
+    let salt = SecretString::from(text.expose_secret().trim_end_matches(['\r', '\n']));
+    if salt.expose_secret().len() < MIN_SALT_BYTES {
+        return Err(invalid(key("reconcile.salt_file"), format!("the salt must be at least {MIN_SALT_BYTES} bytes")));
+    }
+    let hash = match file.hash.as_str() {
+        "sha512" => HashAlgorithm::Sha512,
+        "sha256" => HashAlgorithm::Sha256,
+        other => return Err(invalid(key("reconcile.hash"), format!("{other:?}: use \"sha512\" or \"sha256\""))),
+    };
+    let case = match file.upn_case.as_str() {
+        "lower" => UpnCase::Lower,
+        "upper" => UpnCase::Upper,
+        "unchanged" => UpnCase::Unchanged,
+        other => {
+            return Err(invalid(
+                key("reconcile.upn_case"),
+                format!("{other:?}: use \"lower\", \"upper\" or \"unchanged\""),
+            ));
+        }
+    };
+    let params = DeriveParams { hash, iterations: file.iterations, length: file.length, case };
+    // Refuse parameters derive() would refuse, at start-up rather than per job.
+    pwrelay_shared::derive::derive("check@example.com", &salt, &params)
+        .map_err(|e| invalid(key("reconcile"), e.to_string()))?;
+    Ok(ReconcileConfig { salt, params })
 }
 
 fn split_host_port(authority: &str) -> Option<(String, u16)> {

@@ -53,6 +53,8 @@ fn directory_with(dc: &TestDc, account: &TestUser, protected: ProtectedConfig) -
         verify_bind: true,
         scope: ScopeConfig::default(),
         protected,
+        password_check: Default::default(),
+        reconcile: None,
     })
     .expect("directory")
 }

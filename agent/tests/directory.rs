@@ -28,6 +28,8 @@ fn domain_config(dc: &TestDc, urls: &[&str]) -> DomainConfig {
         verify_bind: false,
         scope: Default::default(),
         protected: Default::default(),
+        password_check: Default::default(),
+        reconcile: None,
     }
 }
 

@@ -39,6 +39,8 @@ fn directory(dc: &TestDc, urls: Vec<DcUrl>) -> Directory {
         verify_bind: false,
         scope: Default::default(),
         protected: Default::default(),
+        password_check: Default::default(),
+        reconcile: None,
     })
     .expect("directory")
 }

@@ -32,13 +32,15 @@ fn harness(dc: &TestDc) -> Harness {
         verify_bind: true,
         scope: Default::default(),
         protected: Default::default(),
+        password_check: Default::default(),
+        reconcile: None,
     };
     let directories = BTreeMap::from([(dc.domain.clone(), Directory::new(config).expect("directory"))]);
-    let context = JobContext {
+    let context = JobContext::new(
         directories,
-        journal: Journal::open(&dir.path().join("journal.jsonl")).expect("journal"),
-        audit: AuditLog::open(&dir.path().join("audit.jsonl")).expect("audit"),
-    };
+        Journal::open(&dir.path().join("journal.jsonl")).expect("journal"),
+        AuditLog::open(&dir.path().join("audit.jsonl")).expect("audit"),
+    );
     Harness { dir, context }
 }
 
@@ -90,11 +92,11 @@ async fn a_redelivered_job_is_answered_from_the_journal_and_not_applied_again() 
             .await;
     assert!(success(&second_agent_run).verified);
     // The journal survives a restart of the agent.
-    let reopened = JobContext {
-        directories: h.context.directories,
-        journal: Journal::open(&h.dir.path().join("journal.jsonl")).expect("journal"),
-        audit: AuditLog::open(&h.dir.path().join("audit.jsonl")).expect("audit"),
-    };
+    let reopened = JobContext::new(
+        h.context.directories,
+        Journal::open(&h.dir.path().join("journal.jsonl")).expect("journal"),
+        AuditLog::open(&h.dir.path().join("audit.jsonl")).expect("audit"),
+    );
     let replay =
         jobs::execute(&reopened, job("job-jr-1", pb::JobKind::SetPassword, dc, &user.upn, Some("Journal!One-71")))
             .await;

@@ -23,6 +23,8 @@ fn directory(dc: &TestDc, scope: ScopeConfig) -> Directory {
         verify_bind: false,
         scope,
         protected: Default::default(),
+        password_check: Default::default(),
+        reconcile: None,
     })
     .expect("directory")
 }

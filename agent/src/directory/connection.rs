@@ -92,6 +92,29 @@ impl Connection {
             .ok_or_else(|| DirectoryError::new(FailureCode::AccountNotFound, format!("{dn} cannot be read back")))
     }
 
+    /// The first value of each of `attributes` of the object at `dn` (attributes it lacks, or that
+    /// the service account cannot read, are absent).
+    pub(crate) async fn attributes(
+        &mut self,
+        dn: &str,
+        attributes: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, DirectoryError> {
+        let searched = self.ldap.search(dn, Scope::Base, "(objectClass=*)", attributes.to_vec()).await;
+        let (entries, result) = match searched {
+            Ok(search) => (search.0, search.1),
+            Err(e) => return Err(self.unavailable("attribute read", e)),
+        };
+        if result.rc != 0 {
+            return Err(DirectoryError::from_result("attribute read", result.rc, &result.text));
+        }
+        Ok(entries
+            .into_iter()
+            .filter(|e| !e.is_ref())
+            .flat_map(|e| SearchEntry::construct(e).attrs)
+            .filter_map(|(name, mut values)| (!values.is_empty()).then(|| (name, values.swap_remove(0))))
+            .collect())
+    }
+
     /// Whether `dn` is a member, directly or through nested groups, of any of `groups`.
     pub(crate) async fn member_of_any(&mut self, dn: &str, groups: &[String]) -> Result<bool, DirectoryError> {
         if groups.is_empty() {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use ldap3::{LdapConnAsync, LdapConnSettings};
 use pwrelay_proto::agent::v1::FailureCode;
 use pwrelay_shared::domain::DomainName;
+use pwrelay_shared::policy::Policy;
 use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::tls::{self, TrustAnchors};
 use tokio::sync::OnceCell;
@@ -64,6 +65,29 @@ pub struct Directory {
     /// The service account's connection, shared by concurrent jobs (ldap3 multiplexes operations)
     /// and replaced when it breaks.
     pooled: tokio::sync::Mutex<Option<Connection>>,
+    /// Effective password policies read recently, by source DN (domain head or PSO).
+    policies: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Policy)>>,
+}
+
+/// How long a password policy read from the directory is reused.
+const POLICY_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// An account admitted for a password write: resolved, in scope, not protected, no conflicting
+/// options; with the password policy that applies to it.
+pub struct PreparedWrite {
+    conn: Connection,
+    /// The account as read before the write.
+    pub account: Account,
+    /// The effective policy (the account's PSO when readable, else the domain's).
+    pub policy: Policy,
+    /// Remarks for the requester.
+    pub notes: Vec<String>,
+}
+
+impl std::fmt::Debug for PreparedWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedWrite").field("account", &self.account.dn).finish_non_exhaustive()
+    }
 }
 
 /// One DC's answer to a health bind.
@@ -92,12 +116,18 @@ impl Directory {
             config,
             protected_groups: OnceCell::new(),
             pooled: tokio::sync::Mutex::new(None),
+            policies: std::sync::Mutex::default(),
         })
     }
 
     /// The domain.
     pub fn domain(&self) -> &DomainName {
         &self.config.name
+    }
+
+    /// The domain's configuration.
+    pub fn config(&self) -> &DomainConfig {
+        &self.config
     }
 
     /// Opens an LDAP connection to the first DC that answers and binds as `dn`. A bind refusal that
@@ -248,16 +278,28 @@ impl Directory {
         Ok((conn, account))
     }
 
-    /// Sets the target's password; see [`WriteOptions`]. The account is read back afterwards, and
-    /// with `verify_bind` configured the new password is tried with a bind.
-    pub async fn set_password(
+    /// Resolves and admits the target for a password write and reads its effective policy.
+    pub async fn prepare_write(
         &self,
         target: &AccountTarget,
+        must_change: bool,
+    ) -> Result<PreparedWrite, DirectoryError> {
+        let (mut conn, account) = self.admit(target).await?;
+        let notes = rules::check_state(&account, must_change)?;
+        let policy = self.effective_policy(&mut conn, &account).await;
+        let policy = self.settle(policy).await?;
+        Ok(PreparedWrite { conn, account, policy, notes })
+    }
+
+    /// Writes the password to a prepared account; see [`WriteOptions`]. The account is read back
+    /// afterwards, and with `verify_bind` configured the new password is tried with a bind.
+    pub async fn write(
+        &self,
+        prepared: PreparedWrite,
         password: &SecretString,
         options: WriteOptions,
     ) -> Result<Applied, DirectoryError> {
-        let (mut conn, account) = self.admit(target).await?;
-        let notes = rules::check_state(&account, options.must_change)?;
+        let PreparedWrite { mut conn, account, notes, .. } = prepared;
         let result = async {
             conn.write_password(&account.dn, password, options).await?;
             conn.read(&account.dn).await
@@ -273,6 +315,58 @@ impl Directory {
             verified = self.check_password(&after.dn, password).await? == PasswordCheck::Matches;
         }
         Ok(Applied { account: after, dc_url: url, verified, password_matches: false, notes })
+    }
+
+    /// [`Self::prepare_write`] then [`Self::write`], without a password pre-check.
+    pub async fn set_password(
+        &self,
+        target: &AccountTarget,
+        password: &SecretString,
+        options: WriteOptions,
+    ) -> Result<Applied, DirectoryError> {
+        let prepared = self.prepare_write(target, options.must_change).await?;
+        self.write(prepared, password, options).await
+    }
+
+    /// The account's effective password policy: its resultant PSO when the service account can
+    /// read the PSO's settings (they are admin-only by default), otherwise the domain's. The DC
+    /// enforces the real one in any case; this is the pre-check's view.
+    async fn effective_policy(&self, conn: &mut Connection, account: &Account) -> Result<Policy, DirectoryError> {
+        if let Some(pso) = &account.resultant_pso {
+            match self.policy_at(conn, pso, true).await {
+                Ok(policy) => return Ok(policy),
+                Err(e) if !e.retryable => {
+                    tracing::debug!(pso = %pso, error = %e.message, "PSO settings unreadable; pre-checking against the domain policy");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let base_dn = self.config.base_dn.clone();
+        self.policy_at(conn, &base_dn, false).await
+    }
+
+    async fn policy_at(&self, conn: &mut Connection, dn: &str, pso: bool) -> Result<Policy, DirectoryError> {
+        let key = dn.to_ascii_lowercase();
+        {
+            let cache = self.policies.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some((read_at, policy)) = cache.get(&key) {
+                if read_at.elapsed() < POLICY_TTL {
+                    return Ok(policy.clone());
+                }
+            }
+        }
+        let attributes: &[&str] = if pso {
+            &pwrelay_shared::policy::PASSWORD_SETTINGS_ATTRIBUTES
+        } else {
+            &pwrelay_shared::policy::DOMAIN_HEAD_ATTRIBUTES
+        };
+        let values = conn.attributes(dn, attributes).await?;
+        let lookup = |name: &str| values.get(name).map(String::as_str);
+        let policy = if pso { Policy::from_password_settings(lookup) } else { Policy::from_domain_head(lookup) }
+            .map_err(|e| DirectoryError::new(FailureCode::DirectoryError, format!("password policy at {dn}: {e}")))?;
+        let mut cache = self.policies.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.insert(key, (std::time::Instant::now(), policy.clone()));
+        Ok(policy)
     }
 
     /// Clears the target's lockout; changes no password.

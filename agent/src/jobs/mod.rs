@@ -5,6 +5,7 @@
 //! message field is left empty.
 
 pub mod journal;
+pub mod precheck;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use pwrelay_shared::secret::SecretString;
 use crate::audit::{self, AuditLog, Event};
 use crate::directory::{AccountTarget, Applied, Directory, DirectoryError, WriteOptions};
 use journal::Journal;
+use precheck::PasswordPrecheck;
 
 /// What every job needs.
 #[derive(Debug)]
@@ -27,6 +29,18 @@ pub struct JobContext {
     pub journal: Journal,
     /// The audit log.
     pub audit: AuditLog,
+    prechecks: BTreeMap<DomainName, PasswordPrecheck>,
+}
+
+impl JobContext {
+    /// The context for `directories`, with each domain's password pre-check built from its configuration.
+    pub fn new(directories: BTreeMap<DomainName, Directory>, journal: Journal, audit: AuditLog) -> Self {
+        let prechecks = directories
+            .iter()
+            .map(|(domain, directory)| (domain.clone(), PasswordPrecheck::new(&directory.config().password_check)))
+            .collect();
+        Self { directories, journal, audit, prechecks }
+    }
 }
 
 /// Shared job context.
@@ -50,7 +64,7 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
         return previous;
     }
     context.audit.record(&Event { event_id: audit::ids::JOB_RECEIVED, event: "job_received", ..event.clone() });
-    let outcome = match run(context, kind, &mut job).await {
+    let outcome = match run(context, kind, &mut job, &event).await {
         Ok(applied) => {
             tracing::info!(account = %applied.account.dn, verified = applied.verified, "job done");
             event.account_dn.clone_from(&applied.account.dn);
@@ -61,6 +75,7 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                     event.password_matches = Some(applied.password_matches);
                     (audit::ids::PASSWORD_VERIFIED, "password_verified")
                 }
+                pb::JobKind::Reconcile => (audit::ids::RECONCILED, "password_reconciled"),
                 _ => (audit::ids::PASSWORD_SET, "password_set"),
             };
             context.audit.record(&Event { event_id, event: name, ..event });
@@ -80,6 +95,7 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                 FailureCode::OutOfScope => (audit::ids::OUT_OF_SCOPE, "refused_out_of_scope"),
                 FailureCode::ProtectedAccount => (audit::ids::PROTECTED_ACCOUNT, "refused_protected_account"),
                 FailureCode::AccountStateConflict => (audit::ids::STATE_CONFLICT, "refused_state_conflict"),
+                FailureCode::PasswordRejected => (audit::ids::PASSWORD_REJECTED, "refused_password"),
                 FailureCode::InvalidJob | FailureCode::UnsupportedJob | FailureCode::UnknownDomain => {
                     (audit::ids::INVALID_JOB, "refused_invalid_job")
                 }
@@ -98,7 +114,12 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
     result
 }
 
-async fn run(context: &JobContext, kind: pb::JobKind, job: &mut pb::Job) -> Result<Applied, DirectoryError> {
+async fn run(
+    context: &JobContext,
+    kind: pb::JobKind,
+    job: &mut pb::Job,
+    event: &Event,
+) -> Result<Applied, DirectoryError> {
     let password = match job.secret.take().and_then(|s| s.material) {
         Some(pb::secret_material::Material::Password(mut text)) => SecretString::take_from(&mut text),
         _ => SecretString::default(),
@@ -124,8 +145,44 @@ async fn run(context: &JobContext, kind: pb::JobKind, job: &mut pb::Job) -> Resu
                 unlock: options.unlock,
                 enforce_history: options.enforce_history,
             };
-            let applied = directory.set_password(&target, &password, write).await?;
+            let mut prepared = directory.prepare_write(&target, write.must_change).await?;
+            let precheck = context
+                .prechecks
+                .get(directory.domain())
+                .map(|p| p.check(&prepared.policy, &prepared.account, &password));
+            match precheck {
+                Some(Ok(outcome)) => {
+                    record_precheck(context, event, &prepared.account.dn, outcome.events, None);
+                    prepared.notes.extend(outcome.notes);
+                }
+                Some(Err((error, events))) => {
+                    record_precheck(context, event, &prepared.account.dn, events, Some(&error));
+                    return Err(error);
+                }
+                None => {}
+            }
+            let applied = directory.write(prepared, &password, write).await?;
             require_verified(applied, options.must_change)
+        }
+        pb::JobKind::Reconcile => {
+            let reconcile = directory.config().reconcile.as_ref().ok_or_else(|| {
+                DirectoryError::new(
+                    FailureCode::InvalidJob,
+                    format!("reconciliation is not configured for {} on this agent ([domains.reconcile])", job.domain),
+                )
+            })?;
+            let prepared = directory.prepare_write(&target, false).await?;
+            let upn = prepared.account.upn.clone().ok_or_else(|| {
+                DirectoryError::new(
+                    FailureCode::InvalidJob,
+                    format!("{} has no userPrincipalName to derive its password from", prepared.account.dn),
+                )
+            })?;
+            let derived = pwrelay_shared::derive::derive(&upn, &reconcile.salt, &reconcile.params)
+                .map_err(|e| DirectoryError::new(FailureCode::InvalidJob, format!("derivation failed: {e}")))?;
+            let write = WriteOptions { must_change: false, unlock: options.unlock, enforce_history: false };
+            let applied = directory.write(prepared, &derived, write).await?;
+            require_verified(applied, false)
         }
         pb::JobKind::Unlock => {
             let applied = directory.unlock(&target).await?;
@@ -152,6 +209,31 @@ async fn run(context: &JobContext, kind: pb::JobKind, job: &mut pb::Job) -> Resu
             ),
         )),
     }
+}
+
+/// Audits the pre-check's decision: the Password Protection filter event for the banned-password
+/// evaluation, or pwrelay's own id for an AD policy refusal.
+fn record_precheck(
+    context: &JobContext,
+    event: &Event,
+    account_dn: &str,
+    events: Option<pwrelay_shared::password::EventIds>,
+    refusal: Option<&DirectoryError>,
+) {
+    let (event_id, name) = match (events, refusal) {
+        (Some(ids), Some(_)) => (ids.filter, "password_protection_refused"),
+        (Some(ids), None) => (ids.filter, "password_protection_passed"),
+        (None, Some(_)) => (audit::ids::PASSWORD_REJECTED, "password_policy_refused"),
+        (None, None) => return,
+    };
+    context.audit.record(&Event {
+        event_id,
+        event: name,
+        account_dn: account_dn.to_owned(),
+        reason_event_id: events.and_then(|ids| ids.reason),
+        message: refusal.map(|e| e.message.clone()).unwrap_or_default(),
+        ..event.clone()
+    });
 }
 
 fn require_verified(applied: Applied, must_change: bool) -> Result<Applied, DirectoryError> {
