@@ -15,6 +15,7 @@
 //! | 4115 | refused: invalid or unsupported job |
 //! | 4116 | refused: the password does not meet the AD policy (agent pre-check) |
 //! | 4117 | password reconciled to the derived value |
+//! | 4118 | password generated and set (returned sealed or over the link, never logged) |
 //!
 //! The banned-password pre-check's outcomes carry the Entra Password Protection ids: the filter
 //! event (10015 pass, 10017 refused, 10025 audit-mode) as `event_id` and the policy reason
@@ -53,6 +54,8 @@ pub mod ids {
     pub const PASSWORD_REJECTED: u32 = 4116;
     /// Password reconciled.
     pub const RECONCILED: u32 = 4117;
+    /// Password generated and set.
+    pub const GENERATED: u32 = 4118;
 }
 
 /// One audit event.

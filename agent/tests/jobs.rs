@@ -60,6 +60,7 @@ fn job(id: &str, kind: pb::JobKind, dc: &TestDc, upn: &str, password: Option<&st
         options: Some(pb::JobOptions::default()),
         lease_deadline_unix_ms: lease(),
         attempt: 1,
+        generate: None,
     }
 }
 

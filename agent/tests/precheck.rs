@@ -73,6 +73,7 @@ fn job(id: &str, kind: pb::JobKind, dc: &TestDc, dn: &str, password: Option<&str
         options: Some(pb::JobOptions::default()),
         lease_deadline_unix_ms: i64::try_from(lease).expect("fits") + 60_000,
         attempt: 1,
+        generate: None,
     }
 }
 
@@ -183,4 +184,50 @@ async fn reconcile_resets_to_the_seed_derived_value() {
     let unconfigured = harness(config(dc, PasswordCheckConfig::default(), None));
     let refused = jobs::execute(&unconfigured.context, job("rec-2", pb::JobKind::Reconcile, dc, &user.dn, None)).await;
     assert_eq!(failure(&refused).code(), pb::FailureCode::InvalidJob);
+}
+
+#[tokio::test]
+async fn generated_passwords_are_set_and_returned_sealed_to_the_recipient_only() {
+    use crypto_box::SecretKey;
+    use crypto_box::aead::OsRng;
+
+    let dc = testkit::dc();
+    let ou = dc.create_ou("gen").await;
+    let user = dc.create_user_in(&ou, "gen").await;
+    let h = harness(config(dc, PasswordCheckConfig::default(), None));
+
+    let recipient = SecretKey::generate(&mut OsRng);
+    let mut sealed_job = job("gen-1", pb::JobKind::GeneratePassword, dc, &user.dn, None);
+    sealed_job.secret = Some(pb::SecretMaterial {
+        material: Some(pb::secret_material::Material::RecipientPublicKey(recipient.public_key().as_bytes().to_vec())),
+    });
+    sealed_job.generate = Some(pb::GenerateOptions { length: 24, mode: pb::GenerateMode::Friendly as i32 });
+    let result = jobs::execute(&h.context, sealed_job.clone()).await;
+    let s = success(&result);
+    assert_eq!(s.secret_encoding(), pb::SecretEncoding::SealedBox);
+    let opened = recipient.unseal(&s.sealed_secret).expect("only the recipient's key opens it");
+    let password = String::from_utf8(opened).expect("utf-8");
+    assert_eq!(password.chars().count(), 24);
+    assert!(dc.bind(&user.dn, &password).await.ok(), "the generated password is set");
+    let other = SecretKey::generate(&mut OsRng);
+    assert!(other.unseal(&s.sealed_secret).is_err(), "another key cannot open it");
+    let audit = std::fs::read_to_string(h.dir.path().join("audit.jsonl")).expect("audit");
+    assert!(!audit.contains(&password), "the generated password is not audited");
+
+    let replay = jobs::execute(&h.context, sealed_job).await;
+    let again = success(&replay);
+    assert!(again.sealed_secret.is_empty(), "a redelivery never returns the password again");
+    assert_eq!(again.secret_encoding(), pb::SecretEncoding::None);
+
+    let plain = jobs::execute(&h.context, job("gen-2", pb::JobKind::GeneratePassword, dc, &user.dn, None)).await;
+    let p = success(&plain);
+    assert_eq!(p.secret_encoding(), pb::SecretEncoding::Plaintext);
+    let password = String::from_utf8(p.sealed_secret.clone()).expect("utf-8");
+    assert!(dc.bind(&user.dn, &password).await.ok());
+
+    let mut bad_key = job("gen-3", pb::JobKind::GeneratePassword, dc, &user.dn, None);
+    bad_key.secret =
+        Some(pb::SecretMaterial { material: Some(pb::secret_material::Material::RecipientPublicKey(vec![1, 2, 3])) });
+    assert_eq!(failure(&jobs::execute(&h.context, bad_key).await).code(), pb::FailureCode::InvalidJob);
+    assert!(dc.bind(&user.dn, &password).await.ok(), "a refused job changes nothing");
 }

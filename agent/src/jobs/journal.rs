@@ -123,7 +123,13 @@ impl Journal {
         let mut stored = result.clone();
         if let Some(pb::job_result::Outcome::Success(success)) = &mut stored.outcome {
             // A generated password is delivered once, never replayed from disk.
-            success.sealed_secret.clear();
+            if !success.sealed_secret.is_empty() {
+                success.sealed_secret.clear();
+                success.secret_encoding = pb::SecretEncoding::None as i32;
+                success
+                    .notes
+                    .push("this job was already answered once; its generated password is not sent again".into());
+            }
         }
         let entry = Entry {
             job_id: result.job_id.clone(),

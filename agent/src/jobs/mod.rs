@@ -13,6 +13,7 @@ use std::sync::Arc;
 use pwrelay_proto::agent::v1 as pb;
 use pwrelay_proto::agent::v1::FailureCode;
 use pwrelay_shared::domain::DomainName;
+use pwrelay_shared::password::{GenerateMode, GenerateOptions};
 use pwrelay_shared::secret::SecretString;
 
 use crate::audit::{self, AuditLog, Event};
@@ -65,8 +66,9 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
     }
     context.audit.record(&Event { event_id: audit::ids::JOB_RECEIVED, event: "job_received", ..event.clone() });
     let outcome = match run(context, kind, &mut job, &event).await {
-        Ok(applied) => {
+        Ok(Done { applied, secret }) => {
             tracing::info!(account = %applied.account.dn, verified = applied.verified, "job done");
+            let (sealed_secret, secret_encoding) = secret.unwrap_or((Vec::new(), pb::SecretEncoding::None));
             event.account_dn.clone_from(&applied.account.dn);
             event.dc.clone_from(&applied.dc_url);
             let (event_id, name) = match kind {
@@ -76,6 +78,7 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                     (audit::ids::PASSWORD_VERIFIED, "password_verified")
                 }
                 pb::JobKind::Reconcile => (audit::ids::RECONCILED, "password_reconciled"),
+                pb::JobKind::GeneratePassword => (audit::ids::GENERATED, "password_generated"),
                 _ => (audit::ids::PASSWORD_SET, "password_set"),
             };
             context.audit.record(&Event { event_id, event: name, ..event });
@@ -83,7 +86,8 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                 account_dn: applied.account.dn.clone(),
                 verified: applied.verified,
                 pwd_last_set: applied.account.pwd_last_set,
-                sealed_secret: Vec::new(),
+                sealed_secret,
+                secret_encoding: secret_encoding as i32,
                 password_matches: applied.password_matches,
                 account_state: Some(applied.account.state()),
                 notes: applied.notes,
@@ -114,15 +118,28 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
     result
 }
 
+/// A job's outcome: what it did, and the secret it returns (generated passwords only).
+struct Done {
+    applied: Applied,
+    secret: Option<(Vec<u8>, pb::SecretEncoding)>,
+}
+
+impl From<Applied> for Done {
+    fn from(applied: Applied) -> Self {
+        Self { applied, secret: None }
+    }
+}
+
 async fn run(
     context: &JobContext,
     kind: pb::JobKind,
     job: &mut pb::Job,
     event: &Event,
-) -> Result<Applied, DirectoryError> {
-    let password = match job.secret.take().and_then(|s| s.material) {
-        Some(pb::secret_material::Material::Password(mut text)) => SecretString::take_from(&mut text),
-        _ => SecretString::default(),
+) -> Result<Done, DirectoryError> {
+    let (password, recipient) = match job.secret.take().and_then(|s| s.material) {
+        Some(pb::secret_material::Material::Password(mut text)) => (SecretString::take_from(&mut text), None),
+        Some(pb::secret_material::Material::RecipientPublicKey(key)) => (SecretString::default(), Some(key)),
+        None => (SecretString::default(), None),
     };
     let directory = DomainName::parse(&job.domain).ok().and_then(|d| context.directories.get(&d)).ok_or_else(|| {
         DirectoryError::new(FailureCode::UnknownDomain, format!("this agent does not serve {}", job.domain))
@@ -162,7 +179,7 @@ async fn run(
                 None => {}
             }
             let applied = directory.write(prepared, &password, write).await?;
-            require_verified(applied, options.must_change)
+            require_verified(applied, options.must_change).map(Done::from)
         }
         pb::JobKind::Reconcile => {
             let reconcile = directory.config().reconcile.as_ref().ok_or_else(|| {
@@ -182,7 +199,53 @@ async fn run(
                 .map_err(|e| DirectoryError::new(FailureCode::InvalidJob, format!("derivation failed: {e}")))?;
             let write = WriteOptions { must_change: false, unlock: options.unlock, enforce_history: false };
             let applied = directory.write(prepared, &derived, write).await?;
-            require_verified(applied, false)
+            require_verified(applied, false).map(Done::from)
+        }
+        pb::JobKind::GeneratePassword => {
+            let recipient = match recipient.as_deref() {
+                Some(key) => Some(<[u8; 32]>::try_from(key).map(crypto_box::PublicKey::from).map_err(|_| {
+                    DirectoryError::new(FailureCode::InvalidJob, "the recipient public key must be 32 bytes (X25519)")
+                })?),
+                None => None,
+            };
+            let spec = job.generate.unwrap_or_default();
+            let mode = match pb::GenerateMode::try_from(spec.mode).unwrap_or(pb::GenerateMode::Unspecified) {
+                pb::GenerateMode::Friendly => GenerateMode::Friendly,
+                pb::GenerateMode::Passphrase => GenerateMode::Passphrase,
+                pb::GenerateMode::Random | pb::GenerateMode::Unspecified => GenerateMode::Random,
+            };
+            let defaults = GenerateOptions::default();
+            let length = match spec.length {
+                0 => defaults.length,
+                n => usize::try_from(n).unwrap_or(usize::MAX).min(pwrelay_shared::policy::MAX_PASSWORD_CHARS),
+            };
+            let write =
+                WriteOptions { must_change: options.must_change, unlock: options.unlock, enforce_history: false };
+            let prepared = directory.prepare_write(&target, write.must_change).await?;
+            let precheck = context
+                .prechecks
+                .get(directory.domain())
+                .ok_or_else(|| DirectoryError::new(FailureCode::UnknownDomain, "no password check for this domain"))?;
+            let generated = precheck.generate(
+                &prepared.policy,
+                &prepared.account,
+                &GenerateOptions { mode, length, ..defaults },
+            )?;
+            let applied = require_verified(directory.write(prepared, &generated, write).await?, write.must_change)?;
+            // The password is set: from here on a failure to return it must not hide that.
+            let secret = match recipient {
+                Some(key) => match key.seal(&mut crypto_box::aead::OsRng, generated.expose_secret().as_bytes()) {
+                    Ok(sealed) => (sealed, pb::SecretEncoding::SealedBox),
+                    Err(_) => {
+                        return Err(DirectoryError::new(
+                            FailureCode::VerificationFailed,
+                            format!("the password of {} was set but could not be sealed", applied.account.dn),
+                        ));
+                    }
+                },
+                None => (generated.expose_secret().as_bytes().to_vec(), pb::SecretEncoding::Plaintext),
+            };
+            Ok(Done { applied, secret: Some(secret) })
         }
         pb::JobKind::Unlock => {
             let applied = directory.unlock(&target).await?;
@@ -192,13 +255,13 @@ async fn run(
                     format!("lockoutTime of {} was cleared but the DC still reports it locked out", applied.account.dn),
                 ));
             }
-            Ok(applied)
+            Ok(applied.into())
         }
         pb::JobKind::Verify => {
             if password.is_empty() {
                 return Err(DirectoryError::new(FailureCode::InvalidJob, "the job carries no password to verify"));
             }
-            directory.verify(&target, &password).await
+            directory.verify(&target, &password).await.map(Done::from)
         }
         other => Err(DirectoryError::new(
             FailureCode::UnsupportedJob,

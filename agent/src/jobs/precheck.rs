@@ -4,7 +4,8 @@
 
 use pwrelay_proto::agent::v1::FailureCode;
 use pwrelay_shared::password::{
-    EnforcementMode, Evaluator, EvaluatorConfig, EventIds, GlobalList, Operation, UserContext, Verdict,
+    EnforcementMode, Evaluator, EvaluatorConfig, EventIds, GenerateOptions, GlobalList, Operation, UserContext,
+    Verdict, generate,
 };
 use pwrelay_shared::policy::Policy;
 use pwrelay_shared::secret::SecretString;
@@ -25,6 +26,8 @@ pub struct CheckOutcome {
 #[derive(Debug)]
 pub struct PasswordPrecheck {
     evaluator: Option<Evaluator>,
+    /// Generated passwords always pass the banned-password evaluation, whatever the mode.
+    generation: Evaluator,
 }
 
 impl PasswordPrecheck {
@@ -35,15 +38,27 @@ impl PasswordPrecheck {
             BannedMode::Audit => Some(EnforcementMode::Audit),
             BannedMode::Off => None,
         };
-        let evaluator = mode.map(|mode| {
+        let evaluator_in = |mode| {
             Evaluator::new(EvaluatorConfig {
                 custom_list: config.custom_list.clone(),
                 global_list: GlobalList::builtin(),
                 mode,
                 tenant_name: config.organization_name.clone(),
             })
-        });
-        Self { evaluator }
+        };
+        Self { evaluator: mode.map(evaluator_in), generation: evaluator_in(EnforcementMode::Enforce) }
+    }
+
+    /// Generates a password for `account` that meets `policy` and passes the banned-password
+    /// evaluation in enforce mode.
+    pub fn generate(
+        &self,
+        policy: &Policy,
+        account: &Account,
+        options: &GenerateOptions,
+    ) -> Result<SecretString, DirectoryError> {
+        generate(policy, options, &self.generation, &user_context(account))
+            .map_err(|e| DirectoryError::new(FailureCode::InvalidJob, format!("no password could be generated: {e}")))
     }
 
     /// Checks `password` for `account` under `policy`. A refusal carries the reasons and, for the
@@ -54,12 +69,7 @@ impl PasswordPrecheck {
         account: &Account,
         password: &SecretString,
     ) -> Result<CheckOutcome, (DirectoryError, Option<EventIds>)> {
-        let user = UserContext {
-            sam_account_name: account.sam_account_name.clone(),
-            display_name: account.display_name.clone().unwrap_or_default(),
-            first_name: account.given_name.clone().unwrap_or_default(),
-            last_name: account.surname.clone().unwrap_or_default(),
-        };
+        let user = user_context(account);
         let failures = policy.check(password, &user.account_names());
         if !failures.is_empty() {
             let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
@@ -92,5 +102,14 @@ impl PasswordPrecheck {
                 Some(evaluation.events),
             )),
         }
+    }
+}
+
+fn user_context(account: &Account) -> UserContext {
+    UserContext {
+        sam_account_name: account.sam_account_name.clone(),
+        display_name: account.display_name.clone().unwrap_or_default(),
+        first_name: account.given_name.clone().unwrap_or_default(),
+        last_name: account.surname.clone().unwrap_or_default(),
     }
 }

@@ -345,6 +345,7 @@ impl Session {
             }),
             lease_deadline_unix_ms: lease.lease_deadline_unix_ms,
             attempt: job.attempts,
+            generate: None,
         })
     }
 
