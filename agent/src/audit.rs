@@ -13,7 +13,7 @@
 //! | 4113 | refused: request conflicts with the account's state |
 //! | 4114 | redelivered job answered from the journal (not applied again) |
 //! | 4115 | refused: invalid or unsupported job |
-//! | 4116 | refused: the password does not meet the AD policy (agent pre-check) |
+//! | 4116 | refused: the password does not meet the AD policy (the agent's pre-check) |
 //! | 4117 | password reconciled to the derived value |
 //! | 4118 | password generated and set (returned sealed or over the link, never logged) |
 //!

@@ -14,10 +14,12 @@
 //! re-stamps `adminCount=1` accounts from AdminSDHolder (Windows' SDProp does so hourly); the
 //! delegated account reads which PSO applies (`msDS-ResultantPSO`) but not the PSO's settings.
 
+mod support;
+
 use std::time::Duration;
 
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
-use pwrelay_agent::config::{DcUrl, DomainConfig, LdapTransport, ProtectedConfig, ScopeConfig};
+use pwrelay_agent::config::{DomainConfig, ProtectedConfig, ScopeConfig};
 use pwrelay_agent::directory::{AccountTarget, Directory, WriteOptions};
 use pwrelay_proto::agent::v1::FailureCode;
 use pwrelay_shared::secret::SecretString;
@@ -40,21 +42,14 @@ fn directory_as(dc: &TestDc, account: &TestUser) -> Directory {
 
 /// [`directory_as`] with protected accounts allowed as `protected` says.
 fn directory_with(dc: &TestDc, account: &TestUser, protected: ProtectedConfig) -> Directory {
-    tls::install_default_provider();
     Directory::new(DomainConfig {
-        name: dc.domain.clone(),
-        urls: vec![DcUrl { url: dc.ldaps_url.clone(), transport: LdapTransport::Ldaps }],
-        discovery: None,
-        ca_file: dc.ca_file.clone(),
-        base_dn: dc.base_dn.clone(),
         bind_dn: account.dn.clone(),
         bind_password: account.password.clone(),
         timeout: Duration::from_secs(10),
         verify_bind: true,
         scope: ScopeConfig::default(),
         protected,
-        password_check: Default::default(),
-        reconcile: None,
+        ..support::domain_config(dc)
     })
     .expect("directory")
 }

@@ -1,36 +1,17 @@
 //! The agent's directory layer against the throwaway Samba AD DC: target resolution, the write and
 //! its read-back, error classification, DC failover, StartTLS, and certificate verification.
 
-use std::time::Duration;
+mod support;
 
-use pwrelay_agent::config::{DcUrl, DomainConfig, LdapTransport};
+use pwrelay_agent::config::DomainConfig;
 use pwrelay_agent::directory::target::uuid_bytes::Guid;
 use pwrelay_agent::directory::{AccountTarget, Directory, WriteOptions};
 use pwrelay_proto::agent::v1::FailureCode;
 use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::testkit::{self, TestDc};
 
-fn url(url: &str) -> DcUrl {
-    let transport = if url.starts_with("ldaps://") { LdapTransport::Ldaps } else { LdapTransport::StartTls };
-    DcUrl { url: url.to_owned(), transport }
-}
-
 fn domain_config(dc: &TestDc, urls: &[&str]) -> DomainConfig {
-    DomainConfig {
-        name: dc.domain.clone(),
-        urls: urls.iter().map(|u| url(u)).collect(),
-        discovery: None,
-        ca_file: dc.ca_file.clone(),
-        base_dn: dc.base_dn.clone(),
-        bind_dn: dc.admin_dn.clone(),
-        bind_password: dc.admin_password.clone(),
-        timeout: Duration::from_secs(5),
-        verify_bind: false,
-        scope: Default::default(),
-        protected: Default::default(),
-        password_check: Default::default(),
-        reconcile: None,
-    }
+    DomainConfig { urls: urls.iter().map(|u| support::dc_url(u)).collect(), ..support::domain_config(dc) }
 }
 
 fn directory(dc: &TestDc, urls: &[&str]) -> Directory {

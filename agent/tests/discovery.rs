@@ -3,6 +3,8 @@
 //! real DC. Its certificate names dc1.pwrelay.test, localhost and 127.0.0.1, and ldap3 resolves
 //! hosts with the system resolver, so the target that must work is `localhost`.
 
+mod support;
+
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -26,23 +28,7 @@ fn domain() -> DomainName {
 }
 
 fn directory(dc: &TestDc, urls: Vec<DcUrl>) -> Directory {
-    pwrelay_shared::tls::install_default_provider();
-    Directory::new(DomainConfig {
-        name: dc.domain.clone(),
-        urls,
-        discovery: None,
-        ca_file: dc.ca_file.clone(),
-        base_dn: dc.base_dn.clone(),
-        bind_dn: dc.admin_dn.clone(),
-        bind_password: dc.admin_password.clone(),
-        timeout: Duration::from_secs(5),
-        verify_bind: false,
-        scope: Default::default(),
-        protected: Default::default(),
-        password_check: Default::default(),
-        reconcile: None,
-    })
-    .expect("directory")
+    Directory::new(DomainConfig { urls, ..support::domain_config(dc) }).expect("directory")
 }
 
 #[tokio::test]

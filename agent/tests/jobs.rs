@@ -2,10 +2,11 @@
 //! answers redeliveries, and the audit log.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+
+mod support;
 
 use pwrelay_agent::audit::AuditLog;
-use pwrelay_agent::config::{DcUrl, DomainConfig, LdapTransport};
+use pwrelay_agent::config::DomainConfig;
 use pwrelay_agent::directory::Directory;
 use pwrelay_agent::jobs::journal::Journal;
 use pwrelay_agent::jobs::{self, JobContext};
@@ -18,23 +19,8 @@ struct Harness {
 }
 
 fn harness(dc: &TestDc) -> Harness {
-    pwrelay_shared::tls::install_default_provider();
     let dir = tempfile::tempdir().expect("dir");
-    let config = DomainConfig {
-        name: dc.domain.clone(),
-        urls: vec![DcUrl { url: dc.ldaps_url.clone(), transport: LdapTransport::Ldaps }],
-        discovery: None,
-        ca_file: dc.ca_file.clone(),
-        base_dn: dc.base_dn.clone(),
-        bind_dn: dc.admin_dn.clone(),
-        bind_password: dc.admin_password.clone(),
-        timeout: Duration::from_secs(5),
-        verify_bind: true,
-        scope: Default::default(),
-        protected: Default::default(),
-        password_check: Default::default(),
-        reconcile: None,
-    };
+    let config = DomainConfig { verify_bind: true, ..support::domain_config(dc) };
     let directories = BTreeMap::from([(dc.domain.clone(), Directory::new(config).expect("directory"))]);
     let context = JobContext::new(
         directories,
@@ -44,39 +30,11 @@ fn harness(dc: &TestDc) -> Harness {
     Harness { dir, context }
 }
 
-fn lease() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
-    i64::try_from(now).expect("fits") + 60_000
-}
-
 fn job(id: &str, kind: pb::JobKind, dc: &TestDc, upn: &str, password: Option<&str>) -> pb::Job {
-    pb::Job {
-        id: id.into(),
-        kind: kind as i32,
-        domain: dc.domain.to_string(),
-        target: Some(pb::Target { by: Some(pb::target::By::Upn(upn.into())) }),
-        secret: password
-            .map(|p| pb::SecretMaterial { material: Some(pb::secret_material::Material::Password(p.into())) }),
-        options: Some(pb::JobOptions::default()),
-        lease_deadline_unix_ms: lease(),
-        attempt: 1,
-        generate: None,
-    }
+    support::job(id, kind, dc, pb::target::By::Upn(upn.into()), password)
 }
 
-fn success(result: &pb::JobResult) -> &pb::JobSuccess {
-    match &result.outcome {
-        Some(pb::job_result::Outcome::Success(s)) => s,
-        other => panic!("success expected, got {other:?}"),
-    }
-}
-
-fn failure(result: &pb::JobResult) -> &pb::JobFailure {
-    match &result.outcome {
-        Some(pb::job_result::Outcome::Failure(f)) => f,
-        other => panic!("failure expected, got {other:?}"),
-    }
-}
+use support::{failure, success};
 
 #[tokio::test]
 async fn a_redelivered_job_is_answered_from_the_journal_and_not_applied_again() {

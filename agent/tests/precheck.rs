@@ -3,10 +3,11 @@
 //! and audit mode, and reset to the seed-derived value.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use pwrelay_agent::audit::AuditLog;
-use pwrelay_agent::config::{BannedMode, DcUrl, DomainConfig, LdapTransport, PasswordCheckConfig, ReconcileConfig};
+mod support;
+
+use pwrelay_agent::config::{BannedMode, DomainConfig, PasswordCheckConfig, ReconcileConfig};
 use pwrelay_agent::directory::{AccountTarget, Directory, WriteOptions};
 use pwrelay_agent::jobs::journal::Journal;
 use pwrelay_agent::jobs::{self, JobContext};
@@ -16,21 +17,7 @@ use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::testkit::{self, TestDc};
 
 fn config(dc: &TestDc, password_check: PasswordCheckConfig, reconcile: Option<ReconcileConfig>) -> DomainConfig {
-    DomainConfig {
-        name: dc.domain.clone(),
-        urls: vec![DcUrl { url: dc.ldaps_url.clone(), transport: LdapTransport::Ldaps }],
-        discovery: None,
-        ca_file: dc.ca_file.clone(),
-        base_dn: dc.base_dn.clone(),
-        bind_dn: dc.admin_dn.clone(),
-        bind_password: dc.admin_password.clone(),
-        timeout: Duration::from_secs(5),
-        verify_bind: false,
-        scope: Default::default(),
-        protected: Default::default(),
-        password_check,
-        reconcile,
-    }
+    DomainConfig { password_check, reconcile, ..support::domain_config(dc) }
 }
 
 struct Harness {
@@ -39,7 +26,6 @@ struct Harness {
 }
 
 fn harness(config: DomainConfig) -> Harness {
-    pwrelay_shared::tls::install_default_provider();
     let dir = tempfile::tempdir().expect("dir");
     let domain = config.name.clone();
     let directories = BTreeMap::from([(domain, Directory::new(config).expect("directory"))]);
@@ -62,34 +48,10 @@ impl Harness {
 }
 
 fn job(id: &str, kind: pb::JobKind, dc: &TestDc, dn: &str, password: Option<&str>) -> pb::Job {
-    let lease = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
-    pb::Job {
-        id: format!("{id}-{}", std::process::id()),
-        kind: kind as i32,
-        domain: dc.domain.to_string(),
-        target: Some(pb::Target { by: Some(pb::target::By::Dn(dn.into())) }),
-        secret: password
-            .map(|p| pb::SecretMaterial { material: Some(pb::secret_material::Material::Password(p.into())) }),
-        options: Some(pb::JobOptions::default()),
-        lease_deadline_unix_ms: i64::try_from(lease).expect("fits") + 60_000,
-        attempt: 1,
-        generate: None,
-    }
+    support::job(id, kind, dc, pb::target::By::Dn(dn.into()), password)
 }
 
-fn failure(result: &pb::JobResult) -> &pb::JobFailure {
-    match &result.outcome {
-        Some(pb::job_result::Outcome::Failure(f)) => f,
-        other => panic!("failure expected, got {other:?}"),
-    }
-}
-
-fn success(result: &pb::JobResult) -> &pb::JobSuccess {
-    match &result.outcome {
-        Some(pb::job_result::Outcome::Success(s)) => s,
-        other => panic!("success expected, got {other:?}"),
-    }
-}
+use support::{failure, success};
 
 #[tokio::test]
 async fn a_pso_stricter_than_the_domain_policy_is_applied_before_writing() {
@@ -101,7 +63,8 @@ async fn a_pso_stricter_than_the_domain_policy_is_applied_before_writing() {
     let thirteen = "Thirteen!Ch1x";
     let refused = jobs::execute(&h.context, job("pso-1", pb::JobKind::SetPassword, dc, &user.dn, Some(thirteen))).await;
     let f = failure(&refused);
-    assert_eq!(f.code(), pb::FailureCode::PasswordRejected, "{}", f.message);
+    assert_eq!(f.code(), pb::FailureCode::PolicyViolation, "{}", f.message);
+    assert!(f.directory_code.is_empty(), "refused by the agent, not the DC");
     assert!(f.message.contains("fine-grained") && f.message.contains("16"), "{}", f.message);
     assert!(dc.bind(&user.dn, user.password.expose_secret()).await.ok(), "nothing was written");
     let long_enough = "Sixteen!Chars-0k9";
@@ -125,7 +88,7 @@ async fn a_password_containing_the_account_name_is_refused_although_samba_would_
     let refused =
         jobs::execute(&h.context, job("name-1", pb::JobKind::SetPassword, dc, &user.dn, Some(&with_name))).await;
     let f = failure(&refused);
-    assert_eq!(f.code(), pb::FailureCode::PasswordRejected);
+    assert_eq!(f.code(), pb::FailureCode::PolicyViolation);
     assert!(f.message.contains("account name"), "{}", f.message);
     assert!(!f.message.contains(&with_name), "the message never quotes the password");
     let directory = h.context.directories.values().next().expect("directory");

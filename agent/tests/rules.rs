@@ -1,32 +1,16 @@
 //! The agent's account rules against the throwaway Samba AD DC: scope by OU and by (nested) group
 //! membership, and option combinations that conflict with the account's state.
 
-use std::time::Duration;
+mod support;
 
-use pwrelay_agent::config::{DcUrl, DomainConfig, LdapTransport, ScopeConfig};
+use pwrelay_agent::config::{DomainConfig, ScopeConfig};
 use pwrelay_agent::directory::{AccountTarget, Directory, WriteOptions};
 use pwrelay_proto::agent::v1::FailureCode;
 use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::testkit::{self, TestDc};
 
 fn directory(dc: &TestDc, scope: ScopeConfig) -> Directory {
-    pwrelay_shared::tls::install_default_provider();
-    Directory::new(DomainConfig {
-        name: dc.domain.clone(),
-        urls: vec![DcUrl { url: dc.ldaps_url.clone(), transport: LdapTransport::Ldaps }],
-        discovery: None,
-        ca_file: dc.ca_file.clone(),
-        base_dn: dc.base_dn.clone(),
-        bind_dn: dc.admin_dn.clone(),
-        bind_password: dc.admin_password.clone(),
-        timeout: Duration::from_secs(5),
-        verify_bind: false,
-        scope,
-        protected: Default::default(),
-        password_check: Default::default(),
-        reconcile: None,
-    })
-    .expect("directory")
+    Directory::new(DomainConfig { scope, ..support::domain_config(dc) }).expect("directory")
 }
 
 #[tokio::test]

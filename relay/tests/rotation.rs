@@ -84,10 +84,26 @@ async fn policy_violations_and_unknown_accounts_fail_with_typed_errors() {
     let agent = world.start_agent(&relay, "site-c", &[&dc.domain], &[&dc.domain]).await;
     let user = world.user("pol").await;
 
+    // The agent's pre-check refuses what the domain policy forbids, before the DC sees it.
     let short = world
         .rotate(&relay, json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Ab1!" }))
         .await;
     let job = world.wait_final(&relay, &short, JOB_LIMIT).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "policy_violation");
+    assert!(job["error"].get("directory_code").is_none(), "refused by the agent: {job}");
+    assert!(job["error"]["message"].as_str().unwrap_or_default().contains("shorter than the minimum of 7"), "{job}");
+
+    // A fine-grained policy the delegated service account cannot read is enforced by the DC itself,
+    // whose reason is passed on.
+    dc.create_pso(&user.dn, 16, true, 24).await;
+    let thirteen = world
+        .rotate(
+            &relay,
+            json!({ "domain": dc.domain.as_str(), "target": { "upn": user.upn }, "password": "Thirteen!Ch1x" }),
+        )
+        .await;
+    let job = world.wait_final(&relay, &thirteen, JOB_LIMIT).await;
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "policy_violation");
     assert_eq!(job["error"]["directory_code"], "0000052D");

@@ -99,7 +99,10 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                 FailureCode::OutOfScope => (audit::ids::OUT_OF_SCOPE, "refused_out_of_scope"),
                 FailureCode::ProtectedAccount => (audit::ids::PROTECTED_ACCOUNT, "refused_protected_account"),
                 FailureCode::AccountStateConflict => (audit::ids::STATE_CONFLICT, "refused_state_conflict"),
-                FailureCode::PasswordRejected => (audit::ids::PASSWORD_REJECTED, "refused_password"),
+                // Refused by the agent's own AD-policy check (the DC's refusals carry its code).
+                FailureCode::PolicyViolation if error.directory_code.is_none() => {
+                    (audit::ids::PASSWORD_REJECTED, "refused_password_policy")
+                }
                 FailureCode::InvalidJob | FailureCode::UnsupportedJob | FailureCode::UnknownDomain => {
                     (audit::ids::INVALID_JOB, "refused_invalid_job")
                 }
@@ -274,8 +277,7 @@ async fn run(
     }
 }
 
-/// Audits the pre-check's decision: the Password Protection filter event for the banned-password
-/// evaluation, or pwrelay's own id for an AD policy refusal.
+/// Audits the banned-password evaluation's decision with its Password Protection filter event.
 fn record_precheck(
     context: &JobContext,
     event: &Event,
@@ -283,17 +285,17 @@ fn record_precheck(
     events: Option<pwrelay_shared::password::EventIds>,
     refusal: Option<&DirectoryError>,
 ) {
-    let (event_id, name) = match (events, refusal) {
-        (Some(ids), Some(_)) => (ids.filter, "password_protection_refused"),
-        (Some(ids), None) => (ids.filter, "password_protection_passed"),
-        (None, Some(_)) => (audit::ids::PASSWORD_REJECTED, "password_policy_refused"),
-        (None, None) => return,
+    // An AD-policy refusal (no Password Protection ids) is audited with the job's failure.
+    let Some(ids) = events else { return };
+    let (event_id, name) = match refusal {
+        Some(_) => (ids.filter, "password_protection_refused"),
+        None => (ids.filter, "password_protection_passed"),
     };
     context.audit.record(&Event {
         event_id,
         event: name,
         account_dn: account_dn.to_owned(),
-        reason_event_id: events.and_then(|ids| ids.reason),
+        reason_event_id: ids.reason,
         message: refusal.map(|e| e.message.clone()).unwrap_or_default(),
         ..event.clone()
     });

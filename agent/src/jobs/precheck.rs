@@ -79,7 +79,7 @@ impl PasswordPrecheck {
             };
             return Err((
                 DirectoryError::new(
-                    FailureCode::PasswordRejected,
+                    FailureCode::PolicyViolation,
                     format!("the password does not meet {source}: it {}; nothing was changed", reasons.join(", it ")),
                 ),
                 None,

@@ -104,7 +104,8 @@ impl JobState {
 text_enum! {
     /// Why a job failed: the codes API clients branch on.
     ErrorCode {
-        /// The domain controller refused the password (length, complexity, history, age).
+        /// The password does not meet the AD policy: refused by the DC (with `directory_code`) or by
+        /// the agent's pre-check (without).
         PolicyViolation = "policy_violation",
         /// The agent's service account lacks the right to change this account.
         AccessDenied = "access_denied",
@@ -132,7 +133,7 @@ text_enum! {
         Cancelled = "cancelled",
         /// The request conflicts with the account's state (must_change on a never-expiring password).
         AccountStateConflict = "account_state_conflict",
-        /// The agent's password pre-check refused the password before touching the directory.
+        /// The agent's banned-password check refused the password before touching the directory.
         PasswordRejected = "password_rejected",
         /// No agent finished the job in its allowed number of deliveries.
         DeliveryExhausted = "delivery_exhausted",
