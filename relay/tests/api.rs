@@ -34,7 +34,7 @@ async fn bad_bodies_get_typed_errors_that_say_what_to_fix() {
             400,
             "colour",
         ),
-        (json!({ "domain": domain, "target": { "upn": "a@pwrelay.test" } }), 400, "password"),
+        (json!({ "domain": domain, "target": { "upn": "a@pwrelay.test" } }), 422, "password"),
         (json!({ "domain": domain, "target": { "upn": "a@pwrelay.test" }, "password": 12345678 }), 400, "wrong type"),
         (json!({ "domain": domain, "target": { "upn": "a@pwrelay.test" }, "password": "" }), 422, "password is empty"),
         (

@@ -35,6 +35,16 @@ impl ApiError {
         Self { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
     }
 
+    /// 409: the request does not fit the resource's state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::CONFLICT, code: "conflict", message: message.into() }
+    }
+
+    /// 410: the resource existed and is gone for good.
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::GONE, code: "gone", message: message.into() }
+    }
+
     /// 413: the body exceeds `api.max_body_bytes`.
     pub fn too_large(limit: usize) -> Self {
         Self {

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use super::ApiState;
 use super::auth::Authenticated;
 use super::error::ApiError;
-use crate::jobs::{Job, JobId};
+use crate::jobs::{Job, JobId, SecretEncoding};
+use crate::store::SecretTake;
 
 /// Longest accepted `wait`.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -57,4 +58,41 @@ pub(super) async fn show(
             () = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// `GET /v1/jobs/{id}/secret`: a generating job's password, exactly once; it is erased from the
+/// relay as it is handed out. `{"encoding": "sealed_box", "sealed_box": base64}` when the job
+/// named a recipient key, else `{"encoding": "plaintext", "password": "..."}`.
+pub(super) async fn secret(
+    State(state): State<Arc<ApiState>>,
+    Authenticated(client): Authenticated,
+    Path(id): Path<String>,
+) -> Result<(axum::http::HeaderMap, Json<serde_json::Value>), ApiError> {
+    use base64::Engine as _;
+    let id: JobId =
+        id.parse().map_err(|_| ApiError::invalid_request("the job id must be the UUID returned on creation"))?;
+    let taken = state.store.take_secret(id, &client.name).await.map_err(|e| ApiError::unavailable(&e))?;
+    let secret = match taken {
+        SecretTake::Taken(secret) => secret,
+        SecretTake::AlreadyTaken => {
+            return Err(ApiError::gone("this job's password was already read once and has been erased"));
+        }
+        SecretTake::NotReady => return Err(ApiError::conflict("the job has not finished; wait for it with ?wait=")),
+        SecretTake::NoSecret => return Err(ApiError::not_found(format!("job {id} returns no password"))),
+        SecretTake::NotFound => return Err(ApiError::not_found(format!("no job {id} for this API client"))),
+    };
+    tracing::info!(job_id = %id, client = %client.name, "generated password handed out and erased");
+    let body = match secret.encoding {
+        SecretEncoding::SealedBox => serde_json::json!({
+            "encoding": "sealed_box",
+            "sealed_box": base64::engine::general_purpose::STANDARD.encode(&secret.bytes),
+        }),
+        SecretEncoding::Plaintext => {
+            let password = state.sealer.open(&id.to_string(), &secret.bytes).map_err(|e| ApiError::unavailable(&e))?;
+            serde_json::json!({ "encoding": "plaintext", "password": password.expose_secret() })
+        }
+    };
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    Ok((headers, Json(body)))
 }

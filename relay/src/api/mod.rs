@@ -2,17 +2,22 @@
 //!
 //! | route | auth | what |
 //! |---|---|---|
-//! | `POST /v1/rotations` | token | queue a password rotation → 202 `{job_id}` |
+//! | `POST /v1/rotations` | token | set a password, or have one generated → 202 `{job_id}` |
+//! | `POST /v1/verifications` | token | does a password bind? (nothing is changed) → 202 |
+//! | `POST /v1/unlocks` | token | clear a lockout → 202 |
 //! | `GET /v1/jobs/{id}[?wait=S]` | token | a job's state, optionally waiting up to S seconds for it to finish |
+//! | `GET /v1/jobs/{id}/secret` | token | a generated password, exactly once (then 410) |
 //! | `GET /v1/agents` | token | connected agents |
 //! | `GET /healthz` | none | the process is alive |
 //! | `GET /readyz` | none | the job store answers |
 
 pub mod auth;
+mod checks;
 pub mod error;
 mod health;
 mod jobs;
 mod rotations;
+mod submit;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -51,7 +56,10 @@ pub struct ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/rotations", post(rotations::create))
+        .route("/v1/verifications", post(checks::verify))
+        .route("/v1/unlocks", post(checks::unlock))
         .route("/v1/jobs/{id}", get(jobs::show))
+        .route("/v1/jobs/{id}/secret", get(jobs::secret))
         .route("/v1/agents", get(health::agents))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))

@@ -77,7 +77,87 @@ text_enum! {
     JobKind {
         /// Set a caller-supplied password.
         SetPassword = "set_password",
+        /// The agent generates a compliant password, sets it and returns it once.
+        GeneratePassword = "generate_password",
+        /// Check whether a password binds; change nothing.
+        Verify = "verify",
+        /// Clear a lockout; change no password.
+        Unlock = "unlock",
+        /// Reset to the seed-derived value (the salt stays on the agent).
+        Reconcile = "reconcile",
     }
+}
+
+impl JobKind {
+    /// The wire form for the agent.
+    pub fn to_proto(self) -> pb::JobKind {
+        match self {
+            Self::SetPassword => pb::JobKind::SetPassword,
+            Self::GeneratePassword => pb::JobKind::GeneratePassword,
+            Self::Verify => pb::JobKind::Verify,
+            Self::Unlock => pb::JobKind::Unlock,
+            Self::Reconcile => pb::JobKind::Reconcile,
+        }
+    }
+}
+
+text_enum! {
+    /// Kinds of generated passwords.
+    GenerateMode {
+        /// All character classes.
+        Random = "random",
+        /// No look-alike characters, grouped for reading aloud.
+        Friendly = "friendly",
+        /// Words with a digit and a symbol.
+        Passphrase = "passphrase",
+    }
+}
+
+/// How the agent generates a password.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub struct GenerateSpec {
+    /// Characters (at least; raised to the account's policy minimum).
+    pub length: u32,
+    /// The kind.
+    pub mode: GenerateMode,
+}
+
+text_enum! {
+    /// How a returned secret is to be read.
+    SecretEncoding {
+        /// A libsodium sealed box to the requester's X25519 public key.
+        SealedBox = "sealed_box",
+        /// The password itself (kept sealed with the store key until it is read).
+        Plaintext = "plaintext",
+    }
+}
+
+/// A secret a job returns (a generated password), as the store keeps it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResultSecret {
+    /// How to read `bytes` once opened.
+    pub encoding: SecretEncoding,
+    /// A sealed box as the agent made it, or the password sealed with the store key.
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for ResultSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ResultSecret({}, [redacted])", self.encoding.as_str())
+    }
+}
+
+/// The account's state as the agent read it after the job.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, serde::Deserialize)]
+pub struct AccountState {
+    /// Locked out.
+    pub locked_out: bool,
+    /// Must change the password at next logon.
+    pub must_change_password: bool,
+    /// Disabled.
+    pub disabled: bool,
+    /// The password never expires.
+    pub password_never_expires: bool,
 }
 
 text_enum! {
@@ -241,6 +321,8 @@ pub struct JobOptions {
     pub must_change: bool,
     /// Clear a lockout.
     pub unlock: bool,
+    /// Apply password history to the reset (policy hints control).
+    pub enforce_history: bool,
 }
 
 /// Why a job failed.
@@ -256,21 +338,30 @@ pub struct JobError {
 }
 
 /// What a successful job reported.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Default)]
 pub struct JobSuccess {
-    /// The account that was changed.
+    /// The account the job was about.
     pub account_dn: String,
     /// Whether the agent read the change back.
     pub verified: bool,
     /// pwdLastSet as read back (0 = must change at next logon).
     pub pwd_last_set: i64,
+    /// For verification jobs: whether the password is the account's current one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_matches: Option<bool>,
+    /// The account's state after the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_state: Option<AccountState>,
+    /// Remarks from the agent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// How a job ended, as an agent reports it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Outcome {
-    /// Done.
-    Succeeded(JobSuccess),
+    /// Done; generating jobs also return their password.
+    Succeeded(JobSuccess, Option<ResultSecret>),
     /// Not done; `retryable` failures go back to the queue while attempts remain.
     Failed {
         /// Why.
@@ -319,6 +410,24 @@ pub struct Job {
     /// What it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<JobSuccess>,
+    /// For generating jobs: how the password is generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generate: Option<GenerateSpec>,
+    /// For generating jobs: whether the password can still be read once from `/v1/jobs/{id}/secret`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretStatus>,
+}
+
+/// Where a job's returned secret is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretStatus {
+    /// Not returned yet (the job is not finished).
+    Pending,
+    /// Ready to be read once.
+    Available,
+    /// Read, and erased from the relay.
+    Retrieved,
 }
 
 /// A new job, ready to be stored. `sealed_secret` is the password sealed by [`crate::seal`].
@@ -338,6 +447,10 @@ pub struct NewJob {
     pub client: String,
     /// The sealed secret (opaque ciphertext).
     pub sealed_secret: Option<Vec<u8>>,
+    /// For generating jobs.
+    pub generate: Option<GenerateSpec>,
+    /// For generating jobs: the requester's X25519 public key to seal the password to.
+    pub recipient_key: Option<Vec<u8>>,
 }
 
 /// A job leased to an agent, with its sealed secret.
@@ -347,6 +460,8 @@ pub struct LeasedJob {
     pub job: Job,
     /// The sealed secret.
     pub sealed_secret: Option<Vec<u8>>,
+    /// The requester's public key, for generating jobs.
+    pub recipient_key: Option<Vec<u8>>,
     /// Lease end, Unix milliseconds.
     pub lease_deadline_unix_ms: i64,
 }

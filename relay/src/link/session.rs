@@ -18,8 +18,12 @@ use tracing::Instrument as _;
 
 use super::LinkContext;
 use super::registry::{ConnectedAgent, Registration};
-use crate::jobs::{ErrorCode, JobError, JobId, JobKind, JobSuccess, LeasedJob, Outcome, Timestamp};
+use crate::jobs::{
+    AccountState, ErrorCode, GenerateMode, JobError, JobId, JobKind, JobSuccess, LeasedJob, Outcome, ResultSecret,
+    SecretEncoding, Timestamp,
+};
 use crate::store::Completion;
+use pwrelay_shared::secret::SecretString;
 
 /// How long an agent has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +41,8 @@ pub(super) struct Session {
     identity: AgentIdentity,
     peer: Option<SocketAddr>,
     outbound: Outbound,
+    /// Kinds of the jobs delivered on this stream (a verification's result reads differently).
+    kinds: std::sync::Mutex<std::collections::HashMap<JobId, JobKind>>,
 }
 
 /// Why a session ended.
@@ -65,7 +71,7 @@ impl Session {
         peer: Option<SocketAddr>,
         outbound: Outbound,
     ) -> Self {
-        Self { context, identity, peer, outbound }
+        Self { context, identity, peer, outbound, kinds: std::sync::Mutex::default() }
     }
 
     pub(super) async fn run(self, inbound: Streaming<pb::AgentMessage>, cancel: CancellationToken) {
@@ -238,11 +244,7 @@ impl Session {
         };
         active.in_flight.remove(&id);
         let outcome = match result.outcome {
-            Some(pb::job_result::Outcome::Success(s)) => Outcome::Succeeded(JobSuccess {
-                account_dn: s.account_dn,
-                verified: s.verified,
-                pwd_last_set: s.pwd_last_set,
-            }),
+            Some(pb::job_result::Outcome::Success(s)) => self.success(id, s),
             Some(pb::job_result::Outcome::Failure(f)) => Outcome::Failed {
                 error: JobError {
                     code: ErrorCode::from_proto(f.code()),
@@ -260,8 +262,9 @@ impl Session {
                 retryable: false,
             },
         };
+        self.kinds.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&id);
         let state = match &outcome {
-            Outcome::Succeeded(_) => "succeeded",
+            Outcome::Succeeded(..) => "succeeded",
             Outcome::Failed { .. } => "failed",
         };
         match self.context.store.complete(id, &active.holder, outcome).await {
@@ -314,6 +317,52 @@ impl Session {
         Ok(())
     }
 
+    /// A success as the store keeps it. A returned plaintext password is sealed with the store key
+    /// at once; a sealed box is kept as the agent made it.
+    fn success(&self, id: JobId, mut s: pb::JobSuccess) -> Outcome {
+        let encoding = s.secret_encoding();
+        let is_verify = s.password_matches || self.kind_of(id) == Some(JobKind::Verify);
+        let mut bytes = std::mem::take(&mut s.sealed_secret);
+        let returned = match encoding {
+            pb::SecretEncoding::SealedBox if !bytes.is_empty() => {
+                Some(ResultSecret { encoding: SecretEncoding::SealedBox, bytes: std::mem::take(&mut bytes) })
+            }
+            pb::SecretEncoding::Plaintext if !bytes.is_empty() => {
+                let text = String::from_utf8(std::mem::take(&mut bytes)).ok().map(SecretString::new);
+                match text.map(|t| self.context.sealer.seal(&id.to_string(), &t)) {
+                    Some(Ok(sealed)) => Some(ResultSecret { encoding: SecretEncoding::Plaintext, bytes: sealed }),
+                    _ => {
+                        tracing::error!(job_id = %id, "the generated password could not be kept; it is lost");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        zeroize::Zeroize::zeroize(&mut bytes);
+        let state = s.account_state.map(|a| AccountState {
+            locked_out: a.locked_out,
+            must_change_password: a.must_change_password,
+            disabled: a.disabled,
+            password_never_expires: a.password_never_expires,
+        });
+        Outcome::Succeeded(
+            JobSuccess {
+                account_dn: s.account_dn,
+                verified: s.verified,
+                pwd_last_set: s.pwd_last_set,
+                password_matches: is_verify.then_some(s.password_matches),
+                account_state: state,
+                notes: s.notes,
+            },
+            returned,
+        )
+    }
+
+    fn kind_of(&self, id: JobId) -> Option<JobKind> {
+        self.kinds.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&id).copied()
+    }
+
     fn to_proto(&self, lease: LeasedJob) -> Result<pb::Job, JobError> {
         let job = lease.job;
         let secret = match &lease.sealed_secret {
@@ -330,22 +379,33 @@ impl Session {
             }
             None => None,
         };
+        let secret = secret.or_else(|| {
+            lease.recipient_key.clone().map(|key| pb::SecretMaterial {
+                material: Some(pb::secret_material::Material::RecipientPublicKey(key)),
+            })
+        });
+        self.kinds.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(job.job_id, job.kind);
         Ok(pb::Job {
             id: job.job_id.to_string(),
-            kind: match job.kind {
-                JobKind::SetPassword => pb::JobKind::SetPassword,
-            } as i32,
+            kind: job.kind.to_proto() as i32,
             domain: job.domain.to_string(),
             target: Some(job.target.to_proto()),
             secret,
             options: Some(pb::JobOptions {
                 must_change: job.options.must_change,
                 unlock: job.options.unlock,
-                enforce_history: false,
+                enforce_history: job.options.enforce_history,
             }),
             lease_deadline_unix_ms: lease.lease_deadline_unix_ms,
             attempt: job.attempts,
-            generate: None,
+            generate: job.generate.map(|g| pb::GenerateOptions {
+                length: g.length,
+                mode: match g.mode {
+                    GenerateMode::Random => pb::GenerateMode::Random,
+                    GenerateMode::Friendly => pb::GenerateMode::Friendly,
+                    GenerateMode::Passphrase => pb::GenerateMode::Passphrase,
+                } as i32,
+            }),
         })
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pwrelay_shared::domain::DomainName;
 
-use crate::jobs::{Job, JobId, LeasedJob, NewJob, Outcome};
+use crate::jobs::{Job, JobId, LeasedJob, NewJob, Outcome, ResultSecret};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,21 @@ pub enum Completion {
     Requeued,
     /// The job was already final or unknown; the report changed nothing.
     Ignored,
+}
+
+/// What happened to a request for a job's returned secret.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SecretTake {
+    /// Here it is; it is now erased from the store.
+    Taken(ResultSecret),
+    /// It was read before and is gone.
+    AlreadyTaken,
+    /// The job has not finished yet.
+    NotReady,
+    /// This job returns no secret (not a generating job, or it failed).
+    NoSecret,
+    /// No such job for this client.
+    NotFound,
 }
 
 /// An API client as stored.
@@ -100,6 +115,9 @@ pub trait Store: Send + Sync + 'static {
     /// Fails jobs that waited longer than `time_to_live` (whatever their domain), erasing their
     /// secrets. Returns how many.
     async fn expire_overdue(&self, time_to_live: Duration) -> Result<usize, StoreError>;
+
+    /// Hands out a generating job's secret exactly once and erases it.
+    async fn take_secret(&self, id: JobId, client: &str) -> Result<SecretTake, StoreError>;
 
     /// Whether the store can be read and written (readiness).
     async fn check(&self) -> Result<(), StoreError>;

@@ -12,14 +12,28 @@ use async_trait::async_trait;
 use pwrelay_shared::domain::DomainName;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
-use super::{ApiClient, ClaimPolicy, Completion, Store, StoreError};
+use super::{ApiClient, ClaimPolicy, Completion, SecretTake, Store, StoreError};
 use crate::jobs::{
-    ErrorCode, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob, NewJob, Outcome, Target,
-    Timestamp,
+    ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
+    NewJob, Outcome, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
 };
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2).
+const MIGRATIONS: &[&str] = &["
+ALTER TABLE jobs ADD COLUMN enforce_history INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN generate_length INTEGER;
+ALTER TABLE jobs ADD COLUMN generate_mode TEXT;
+ALTER TABLE jobs ADD COLUMN recipient_key BLOB;
+ALTER TABLE jobs ADD COLUMN password_matches INTEGER;
+ALTER TABLE jobs ADD COLUMN account_state TEXT;   -- JSON
+ALTER TABLE jobs ADD COLUMN notes TEXT;           -- JSON array
+ALTER TABLE jobs ADD COLUMN result_secret BLOB;   -- sealed box, or sealed with the store key; NULL once read
+ALTER TABLE jobs ADD COLUMN result_secret_encoding TEXT;
+ALTER TABLE jobs ADD COLUMN secret_retrieved_ms INTEGER;
+"];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,7 +74,9 @@ CREATE TABLE IF NOT EXISTS api_clients (
 
 const JOB_COLUMNS: &str = "id, kind, domain, target_kind, target_value, must_change, unlock, client, state, \
     created_ms, updated_ms, dispatched_ms, finished_ms, agent, attempts, error_code, error_message, directory_code, \
-    account_dn, verified, pwd_last_set, secret, lease_expires_ms";
+    account_dn, verified, pwd_last_set, secret, lease_expires_ms, enforce_history, generate_length, generate_mode, \
+    recipient_key, password_matches, account_state, notes, result_secret_encoding, result_secret IS NOT NULL, \
+    secret_retrieved_ms";
 
 /// Back-off before a job whose attempt failed with a retryable error is leased again.
 fn retry_delay(attempts: u32) -> Duration {
@@ -104,7 +120,14 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(db_err)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_err)?;
+        // A new database starts at version 1 (SCHEMA) and takes every migration like an old one.
+        let from = version.max(1);
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(from - 1).unwrap_or(0)) {
+            let tx = conn.unchecked_transaction().map_err(db_err)?;
+            tx.execute_batch(migration).map_err(db_err)?;
+            tx.pragma_update(None, "user_version", i64::try_from(i).unwrap_or(0) + 2).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -141,6 +164,7 @@ struct StoredJob {
     job: Job,
     sealed_secret: Option<Vec<u8>>,
     lease_expires_ms: Option<i64>,
+    recipient_key: Option<Vec<u8>>,
 }
 
 fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
@@ -165,15 +189,48 @@ fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
             account_dn,
             verified: row.get::<_, Option<bool>>(19).map_err(db_err)?.unwrap_or(false),
             pwd_last_set: row.get::<_, Option<i64>>(20).map_err(db_err)?.unwrap_or(0),
+            password_matches: row.get(27).map_err(db_err)?,
+            account_state: row
+                .get::<_, Option<String>>(28)
+                .map_err(db_err)?
+                .map(|json| serde_json::from_str(&json).map_err(|_| corrupt("bad account_state")))
+                .transpose()?,
+            notes: row
+                .get::<_, Option<String>>(29)
+                .map_err(db_err)?
+                .map(|json| serde_json::from_str(&json).map_err(|_| corrupt("bad notes")))
+                .transpose()?
+                .unwrap_or_default(),
         }),
         _ => None,
+    };
+    let generate =
+        match (row.get::<_, Option<u32>>(24).map_err(db_err)?, row.get::<_, Option<String>>(25).map_err(db_err)?) {
+            (Some(length), Some(mode)) => Some(GenerateSpec {
+                length,
+                mode: GenerateMode::parse(&mode).ok_or_else(|| corrupt("bad generate_mode"))?,
+            }),
+            _ => None,
+        };
+    let secret = if kind != JobKind::GeneratePassword {
+        None
+    } else if row.get::<_, bool>(31).map_err(db_err)? {
+        Some(SecretStatus::Available)
+    } else if row.get::<_, Option<i64>>(32).map_err(db_err)?.is_some() {
+        Some(SecretStatus::Retrieved)
+    } else {
+        Some(SecretStatus::Pending)
     };
     let job = Job {
         job_id,
         kind,
         domain,
         target,
-        options: JobOptions { must_change: row.get(5).map_err(db_err)?, unlock: row.get(6).map_err(db_err)? },
+        options: JobOptions {
+            must_change: row.get(5).map_err(db_err)?,
+            unlock: row.get(6).map_err(db_err)?,
+            enforce_history: row.get(23).map_err(db_err)?,
+        },
         state,
         client: row.get(7).map_err(db_err)?,
         created_at: Timestamp(row.get(9).map_err(db_err)?),
@@ -184,8 +241,15 @@ fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
         attempts: row.get(14).map_err(db_err)?,
         error,
         result,
+        generate,
+        secret,
     };
-    Ok(StoredJob { job, sealed_secret: row.get(21).map_err(db_err)?, lease_expires_ms: row.get(22).map_err(db_err)? })
+    Ok(StoredJob {
+        job,
+        sealed_secret: row.get(21).map_err(db_err)?,
+        lease_expires_ms: row.get(22).map_err(db_err)?,
+        recipient_key: row.get(26).map_err(db_err)?,
+    })
 }
 
 #[async_trait]
@@ -195,8 +259,9 @@ impl Store for SqliteStore {
             let now = Timestamp::now().0;
             conn.execute(
                 "INSERT INTO jobs (id, kind, domain, target_kind, target_value, must_change, unlock, client, state,
-                                   secret, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10)",
+                                   secret, created_ms, updated_ms, enforce_history, generate_length, generate_mode,
+                                   recipient_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     job.id.to_string(),
                     job.kind.as_str(),
@@ -207,7 +272,11 @@ impl Store for SqliteStore {
                     job.options.unlock,
                     job.client,
                     job.sealed_secret,
-                    now
+                    now,
+                    job.options.enforce_history,
+                    job.generate.map(|g| g.length),
+                    job.generate.map(|g| g.mode.as_str()),
+                    job.recipient_key,
                 ],
             )
             .map_err(db_err)?;
@@ -281,6 +350,7 @@ impl Store for SqliteStore {
                 leased.push(LeasedJob {
                     job: stored.job,
                     sealed_secret: stored.sealed_secret,
+                    recipient_key: stored.recipient_key,
                     lease_deadline_unix_ms: stored.lease_expires_ms.unwrap_or(lease_until),
                 });
             }
@@ -311,13 +381,36 @@ impl Store for SqliteStore {
             }
             let now = Timestamp::now().0;
             let completion = match outcome {
-                Outcome::Succeeded(s) => {
+                Outcome::Succeeded(s, returned) => {
+                    let account_state = s
+                        .account_state
+                        .map(|a| serde_json::to_string(&a))
+                        .transpose()
+                        .map_err(|e| StoreError::Database(e.to_string()))?;
+                    let notes = serde_json::to_string(&s.notes).map_err(|e| StoreError::Database(e.to_string()))?;
+                    let (secret_encoding, secret_bytes) = match returned {
+                        Some(r) => (Some(r.encoding.as_str()), Some(r.bytes)),
+                        None => (None, None),
+                    };
                     tx.execute(
                         "UPDATE jobs SET state = 'succeeded', account_dn = ?2, verified = ?3, pwd_last_set = ?4,
+                             password_matches = ?6, account_state = ?7, notes = ?8,
+                             result_secret_encoding = ?9, result_secret = ?10,
                              error_code = NULL, error_message = NULL, directory_code = NULL,
                              secret = NULL, lease_holder = NULL, finished_ms = ?5, updated_ms = ?5
                          WHERE id = ?1",
-                        params![id.to_string(), s.account_dn, s.verified, s.pwd_last_set, now],
+                        params![
+                            id.to_string(),
+                            s.account_dn,
+                            s.verified,
+                            s.pwd_last_set,
+                            now,
+                            s.password_matches,
+                            account_state,
+                            notes,
+                            secret_encoding,
+                            secret_bytes
+                        ],
                     )
                     .map_err(db_err)?;
                     Completion::Finished
@@ -418,6 +511,42 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn take_secret(&self, id: JobId, client: &str) -> Result<SecretTake, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let row: Option<(String, String, Option<String>, Option<Vec<u8>>, Option<i64>)> = tx
+                .query_row(
+                    "SELECT kind, state, result_secret_encoding, result_secret, secret_retrieved_ms
+                     FROM jobs WHERE id = ?1 AND client = ?2",
+                    params![id.to_string(), client],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some((kind, state, encoding, bytes, retrieved)) = row else { return Ok(SecretTake::NotFound) };
+            if JobKind::parse(&kind) != Some(JobKind::GeneratePassword) {
+                return Ok(SecretTake::NoSecret);
+            }
+            let take = match (encoding.as_deref().and_then(SecretEncoding::parse), bytes, retrieved) {
+                (Some(encoding), Some(bytes), _) => {
+                    tx.execute(
+                        "UPDATE jobs SET result_secret = NULL, secret_retrieved_ms = ?2, updated_ms = ?2 WHERE id = ?1",
+                        params![id.to_string(), Timestamp::now().0],
+                    )
+                    .map_err(db_err)?;
+                    SecretTake::Taken(ResultSecret { encoding, bytes })
+                }
+                (_, _, Some(_)) => SecretTake::AlreadyTaken,
+                _ if state == JobState::Failed.as_str() => SecretTake::NoSecret,
+                _ => SecretTake::NotReady,
+            };
+            tx.commit().map_err(db_err)?;
+            Ok(take)
+        })
+        .await
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         self.run(|conn| {
             conn.execute_batch("BEGIN IMMEDIATE; SELECT count(*) FROM jobs LIMIT 1; ROLLBACK;").map_err(db_err)
@@ -440,9 +569,11 @@ mod tests {
             kind: JobKind::SetPassword,
             domain: DomainName::parse(domain).expect("domain"),
             target: Target::Upn("a@b.c".into()),
-            options: JobOptions { must_change: true, unlock: false },
+            options: JobOptions { must_change: true, unlock: false, enforce_history: false },
             client: "pam".into(),
             sealed_secret: Some(vec![1, 2, 3]),
+            generate: None,
+            recipient_key: None,
         }
     }
 
@@ -503,7 +634,10 @@ mod tests {
         let id = job.id;
         store.insert_job(job).await.expect("insert");
         store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
-        let ok = Outcome::Succeeded(JobSuccess { account_dn: "CN=a".into(), verified: true, pwd_last_set: 0 });
+        let ok = Outcome::Succeeded(
+            JobSuccess { account_dn: "CN=a".into(), verified: true, pwd_last_set: 0, ..JobSuccess::default() },
+            None,
+        );
         assert_eq!(store.complete(id, "h1", ok.clone()).await.expect("complete"), Completion::Finished);
         assert_eq!(store.complete(id, "h1", ok).await.expect("complete"), Completion::Ignored);
         let job = store.job(id).await.expect("read").expect("exists");
@@ -550,6 +684,35 @@ mod tests {
         assert_eq!(store.client_by_token([9; 32]).await.expect("read").map(|c| c.name), Some("pam".into()));
         assert_eq!(store.client_by_token([7; 32]).await.expect("read"), None);
         store.check().await.expect("ready");
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated_in_place() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("relay.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(SCHEMA).expect("v1 schema");
+            conn.pragma_update(None, "user_version", 1).expect("version");
+            conn.execute(
+                "INSERT INTO jobs (id, kind, domain, target_kind, target_value, must_change, unlock, client, state,
+                                   created_ms, updated_ms)
+                 VALUES ('0190c5d6-0000-7000-8000-000000000001', 'set_password', 'a.test', 'upn', 'a@b.c', 0, 0, 'pam',
+                         'queued', 1, 1)",
+                [],
+            )
+            .expect("v1 row");
+        }
+        let store = SqliteStore::open(&path).expect("migrates");
+        let id = "0190c5d6-0000-7000-8000-000000000001".parse().expect("id");
+        let job = store.job(id).await.expect("read").expect("kept");
+        assert_eq!(job.state, JobState::Queued);
+        assert!(!job.options.enforce_history);
+        let conn = Connection::open(&path).expect("open");
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        drop(store);
+        SqliteStore::open(&path).expect("opening again changes nothing");
     }
 
     #[tokio::test]

@@ -91,8 +91,12 @@ impl World {
         let (token, hash) = pwrelay_relay::api::auth::new_token().expect("token");
         store.add_client("test-pam", hash).await.expect("client");
         let anchors = TrustAnchors::from_file(&pki_dir.join("ca.pem")).expect("ca");
+        // HTTP/2, as API clients mostly speak it: a refused oversized upload is answered on its own
+        // stream instead of racing a connection close.
+        let mut client_tls = (*tls::https_client(&anchors).expect("tls")).clone();
+        client_tls.alpn_protocols = vec![b"h2".to_vec()];
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls((*tls::https_client(&anchors).expect("tls")).clone())
+            .use_preconfigured_tls(client_tls)
             .timeout(Duration::from_secs(90))
             .build()
             .expect("http client");

@@ -1,0 +1,118 @@
+//! What every job-creating endpoint shares: the domain and target of the request, and queueing the
+//! job durably.
+
+use axum::Json;
+use axum::http::StatusCode;
+use pwrelay_shared::domain::DomainName;
+use pwrelay_shared::secret::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::error::ApiError;
+use crate::jobs::{JobId, NewJob, Target};
+use crate::store::ApiClient;
+
+/// AD's upper bound on a password (MS-SAMR).
+pub(super) const MAX_PASSWORD_CHARS: usize = 256;
+/// Upper bound on a target identifier.
+const MAX_TARGET_CHARS: usize = 1024;
+
+/// A job's target as the API takes it: exactly one of the fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TargetRequest {
+    upn: Option<String>,
+    sam_account_name: Option<String>,
+    object_guid: Option<String>,
+    dn: Option<String>,
+}
+
+impl TargetRequest {
+    pub(super) fn validate(self) -> Result<Target, ApiError> {
+        let mut given = Vec::new();
+        if let Some(v) = self.upn {
+            given.push(Target::Upn(v));
+        }
+        if let Some(v) = self.sam_account_name {
+            given.push(Target::SamAccountName(v));
+        }
+        if let Some(v) = self.object_guid {
+            let guid = uuid::Uuid::parse_str(v.trim().trim_matches(['{', '}'])).map_err(|_| {
+                ApiError::invalid_request("target.object_guid must be a GUID like 0f3a9a3e-7e1c-4a49-9b8e-2f4b1c1d2e3f")
+            })?;
+            given.push(Target::ObjectGuid(guid));
+        }
+        if let Some(v) = self.dn {
+            given.push(Target::Dn(v));
+        }
+        let target = match <[Target; 1]>::try_from(given) {
+            Ok([target]) => target,
+            Err(_) => {
+                return Err(ApiError::invalid_request(
+                    "target must have exactly one of upn, sam_account_name, object_guid, dn",
+                ));
+            }
+        };
+        let value = target.value();
+        if value.trim().is_empty() {
+            return Err(ApiError::invalid_request(format!("target.{} is empty", target.kind())));
+        }
+        if value.chars().count() > MAX_TARGET_CHARS || value.chars().any(char::is_control) {
+            return Err(ApiError::invalid_request(format!(
+                "target.{} must be at most {MAX_TARGET_CHARS} characters without control characters",
+                target.kind()
+            )));
+        }
+        if matches!(target, Target::Upn(_)) && !value.contains('@') {
+            return Err(ApiError::invalid_request("target.upn must look like user@domain"));
+        }
+        Ok(target)
+    }
+}
+
+/// The request's domain, if this relay serves it.
+pub(super) fn served_domain(state: &ApiState, domain: &str) -> Result<DomainName, ApiError> {
+    let domain = DomainName::parse(domain).map_err(|e| ApiError::invalid_request(format!("domain: {e}")))?;
+    if !state.domains.contains(&domain) {
+        let served: Vec<&str> = state.domains.iter().map(DomainName::as_str).collect();
+        return Err(ApiError::invalid_request(format!(
+            "unknown domain {domain}; this relay serves {} (add it to `domains` in relay.toml)",
+            served.join(", ")
+        )));
+    }
+    Ok(domain)
+}
+
+/// Refuses an empty, over-long or control-character password.
+pub(super) fn check_password(field: &str, password: &SecretString) -> Result<(), ApiError> {
+    if password.is_empty() {
+        return Err(ApiError::invalid_request(format!("{field} is empty")));
+    }
+    if password.char_count() > MAX_PASSWORD_CHARS {
+        return Err(ApiError::invalid_request(format!("{field} is longer than {MAX_PASSWORD_CHARS} characters")));
+    }
+    if password.expose_secret().chars().any(char::is_control) {
+        return Err(ApiError::invalid_request(format!("{field} contains control characters")));
+    }
+    Ok(())
+}
+
+/// Seals `password` (when given) for the job, stores the job and wakes the agents; answers 202.
+pub(super) async fn queue(
+    state: &ApiState,
+    client: &ApiClient,
+    mut job: NewJob,
+    password: Option<&SecretString>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if let Some(password) = password {
+        job.sealed_secret =
+            Some(state.sealer.seal(&job.id.to_string(), password).map_err(|e| ApiError::unavailable(&e))?);
+    }
+    let (id, kind, domain): (JobId, _, _) = (job.id, job.kind, job.domain.clone());
+    state.store.insert_job(job).await.map_err(|e| ApiError::unavailable(&e))?;
+    state.events.job_queued();
+    tracing::info!(job_id = %id, kind = kind.as_str(), client = %client.name, %domain, "job queued");
+    let agent_connected = state.registry.serves(&domain);
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": id, "state": "queued", "agent_connected": agent_connected }))))
+}
