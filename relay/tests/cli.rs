@@ -119,3 +119,53 @@ fn help_explains_every_command() {
         assert!(text.contains(command), "--help lists {command}");
     }
 }
+
+#[test]
+fn client_tokens_can_be_rotated_and_revoked_and_scopes_are_validated() {
+    use pwrelay_relay::store::Store as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "domains = [\"corp.example.com\"]\n[api]\ncert_file = \"a\"\nkey_file = \"b\"\n[link]\ncert_file = \"c\"\n\
+         key_file = \"d\"\nagent_ca_file = \"e\"\n[store]\npath = \"relay.db\"\nkey_file = \"store.key\"\n",
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf-8");
+    let token = |out: Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        pwrelay_shared::secret::SecretString::new(String::from_utf8(out.stdout).expect("utf-8").trim().to_owned())
+    };
+    let first = token(pwrelay(&[
+        "clients",
+        "add",
+        "pam",
+        "--operation",
+        "verify",
+        "--domain",
+        "corp.example.com",
+        "--config",
+        config,
+    ]));
+    let second = token(pwrelay(&["clients", "rotate", "pam", "--config", config]));
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let store = pwrelay_relay::store::sqlite::SqliteStore::open(&dir.path().join("relay.db")).expect("store");
+    let lookup = |t: &pwrelay_shared::secret::SecretString| {
+        runtime.block_on(store.client_by_token(pwrelay_relay::api::auth::token_hash(t))).expect("lookup")
+    };
+    assert!(lookup(&first).is_none(), "the old token stopped working");
+    let client = lookup(&second).expect("the new token works");
+    assert_eq!(
+        client.scopes.operations,
+        Some([pwrelay_relay::store::Operation::Verify].into()),
+        "scopes survive rotation"
+    );
+    let revoked = pwrelay(&["clients", "revoke", "pam", "--config", config]);
+    assert!(revoked.status.success());
+    assert!(lookup(&second).is_none(), "a revoked client's token does not work");
+    let again = pwrelay(&["clients", "revoke", "pam", "--config", config]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("no API client"));
+    let bad = pwrelay(&["clients", "add", "x", "--operation", "delete-everything", "--config", config]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("rotate, verify, unlock or reconcile"));
+}

@@ -13,9 +13,10 @@ use serde_json::Value;
 
 use super::auth::Authenticated;
 use super::error::ApiError;
-use super::submit::{TargetRequest, check_password, queue, served_domain};
+use super::submit::{TargetRequest, authorize, check_password, queue, served_domain};
 use super::{ApiState, json_body};
 use crate::jobs::{JobId, JobKind, JobOptions, NewJob};
+use crate::store::Operation;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,12 +53,15 @@ pub(super) async fn verify(
     Authenticated(client): Authenticated,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let request: VerificationRequest = json_body(&headers, body, state.max_body_bytes).await?;
+) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    let parsed = json_body::<VerificationRequest>(&headers, body, state.max_body_bytes).await?;
+    let request = parsed.value;
     let domain = served_domain(&state, &request.domain)?;
+    authorize(&client, Operation::Verify, &domain)?;
     let target = request.target.validate()?;
     check_password("password", &request.password)?;
-    queue(&state, &client, job(JobKind::Verify, domain, target, &client.name), Some(&request.password)).await
+    let job = job(JobKind::Verify, domain, target, &client.name);
+    queue(&state, &client, &headers, parsed.sha256, job, Some(&request.password)).await
 }
 
 /// `POST /v1/unlocks` → 202.
@@ -66,9 +70,11 @@ pub(super) async fn unlock(
     Authenticated(client): Authenticated,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let request: UnlockRequest = json_body(&headers, body, state.max_body_bytes).await?;
+) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    let parsed = json_body::<UnlockRequest>(&headers, body, state.max_body_bytes).await?;
+    let request = parsed.value;
     let domain = served_domain(&state, &request.domain)?;
+    authorize(&client, Operation::Unlock, &domain)?;
     let target = request.target.validate()?;
-    queue(&state, &client, job(JobKind::Unlock, domain, target, &client.name), None).await
+    queue(&state, &client, &headers, parsed.sha256, job(JobKind::Unlock, domain, target, &client.name), None).await
 }

@@ -30,6 +30,11 @@ impl ApiError {
         Self { status: StatusCode::UNAUTHORIZED, code: "unauthenticated", message: message.into() }
     }
 
+    /// 403: authenticated, but the client's scopes do not allow this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into() }
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }

@@ -10,8 +10,97 @@ use serde::Deserialize;
 use super::ApiState;
 use super::auth::Authenticated;
 use super::error::ApiError;
-use crate::jobs::{Job, JobId, SecretEncoding};
-use crate::store::SecretTake;
+use crate::jobs::{Job, JobId, JobState, SecretEncoding, Timestamp};
+use crate::store::{Cancellation, JobFilter, SecretTake};
+
+/// Largest page of a listing.
+const MAX_PAGE: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    state: Option<String>,
+    domain: Option<String>,
+    /// RFC 3339 time: only jobs created at or after it.
+    since: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/jobs`: the client's jobs, oldest first, `limit` (1-500, default 100) per page;
+/// `next_cursor` is set when there may be more.
+pub(super) async fn list(
+    State(state): State<Arc<ApiState>>,
+    Authenticated(client): Authenticated,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::invalid_request(format!("{e}; parameters: state, domain, since, cursor, limit")))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid_request(format!("limit must be 1-{MAX_PAGE}")));
+    }
+    let filter = JobFilter {
+        state: match query.state.as_deref() {
+            None => None,
+            Some(text) => {
+                Some(JobState::parse(text).ok_or_else(|| {
+                    ApiError::invalid_request("state must be queued, dispatched, succeeded or failed")
+                })?)
+            }
+        },
+        domain: match query.domain.as_deref() {
+            None => None,
+            Some(text) => Some(
+                pwrelay_shared::domain::DomainName::parse(text)
+                    .map_err(|e| ApiError::invalid_request(format!("domain: {e}")))?,
+            ),
+        },
+        since: match query.since.as_deref() {
+            None => None,
+            Some(text) => {
+                let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(
+                    |_| ApiError::invalid_request("since must be an RFC 3339 time like 2026-11-22T08:00:00Z"),
+                )?;
+                Some(Timestamp(i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)))
+            }
+        },
+        after: match query.cursor.as_deref() {
+            None => None,
+            Some(text) => Some(
+                text.parse::<JobId>().map_err(|_| ApiError::invalid_request("cursor must be a next_cursor value"))?,
+            ),
+        },
+        limit,
+    };
+    let jobs = state.store.list_jobs(&client.name, filter).await.map_err(|e| ApiError::unavailable(&e))?;
+    let next_cursor = (jobs.len() == limit).then(|| jobs.last().map(|j| j.job_id)).flatten();
+    Ok(Json(serde_json::json!({ "jobs": jobs, "next_cursor": next_cursor })))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a job no agent has taken yet.
+pub(super) async fn cancel(
+    State(state): State<Arc<ApiState>>,
+    Authenticated(client): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    let id: JobId =
+        id.parse().map_err(|_| ApiError::invalid_request("the job id must be the UUID returned on creation"))?;
+    match state.store.cancel(id, &client.name).await.map_err(|e| ApiError::unavailable(&e))? {
+        Cancellation::Cancelled => {
+            tracing::info!(job_id = %id, client = %client.name, "job cancelled");
+            state.events.job_changed();
+        }
+        Cancellation::InProgress => {
+            return Err(ApiError::conflict("an agent is carrying the job out; it can no longer be cancelled"));
+        }
+        Cancellation::AlreadyFinal => return Err(ApiError::conflict("the job has already ended")),
+        Cancellation::NotFound => return Err(ApiError::not_found(format!("no job {id} for this API client"))),
+    }
+    let job = state.store.job(id).await.map_err(|e| ApiError::unavailable(&e))?;
+    job.map(Json).ok_or_else(|| ApiError::not_found(format!("no job {id} for this API client")))
+}
 
 /// Longest accepted `wait`.
 const MAX_WAIT: Duration = Duration::from_secs(60);

@@ -5,7 +5,9 @@
 //! | `POST /v1/rotations` | token | set a password, or have one generated → 202 `{job_id}` |
 //! | `POST /v1/verifications` | token | does a password bind? (nothing is changed) → 202 |
 //! | `POST /v1/unlocks` | token | clear a lockout → 202 |
+//! | `GET /v1/jobs[?state=&domain=&since=&cursor=&limit=]` | token | the client's jobs, oldest first, paged |
 //! | `GET /v1/jobs/{id}[?wait=S]` | token | a job's state, optionally waiting up to S seconds for it to finish |
+//! | `DELETE /v1/jobs/{id}` | token | cancel a job no agent has taken yet |
 //! | `GET /v1/jobs/{id}/secret` | token | a generated password, exactly once (then 410) |
 //! | `GET /v1/agents` | token | connected agents |
 //! | `GET /healthz` | none | the process is alive |
@@ -58,7 +60,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/rotations", post(rotations::create))
         .route("/v1/verifications", post(checks::verify))
         .route("/v1/unlocks", post(checks::unlock))
-        .route("/v1/jobs/{id}", get(jobs::show))
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/jobs/{id}/secret", get(jobs::secret))
         .route("/v1/agents", get(health::agents))
         .route("/healthz", get(health::alive))
@@ -67,8 +70,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
+/// A parsed JSON body and the SHA-256 of its bytes (for idempotency keys).
+struct Parsed<T> {
+    value: T,
+    sha256: [u8; 32],
+}
+
 /// Reads a JSON body of at most `limit` bytes into `T` (which should deny unknown fields).
-async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body, limit: usize) -> Result<T, ApiError> {
+async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body, limit: usize) -> Result<Parsed<T>, ApiError> {
     let is_json = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -79,7 +88,9 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body, limit: 
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
     let bytes = zeroize::Zeroizing::new(bytes.to_vec());
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(describe_json_error(&e)))
+    let sha256 = sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), bytes.as_slice())).into();
+    let value = serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(describe_json_error(&e)))?;
+    Ok(Parsed { value, sha256 })
 }
 
 /// serde_json's message without any echo of the input: type errors quote the offending value,

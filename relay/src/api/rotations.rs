@@ -13,9 +13,10 @@ use serde_json::Value;
 
 use super::auth::Authenticated;
 use super::error::ApiError;
-use super::submit::{TargetRequest, check_password, queue, served_domain};
+use super::submit::{TargetRequest, authorize, check_password, queue, served_domain};
 use super::{ApiState, json_body};
 use crate::jobs::{GenerateMode, GenerateSpec, JobId, JobKind, JobOptions, NewJob};
+use crate::store::Operation;
 
 /// Longest generated password that may be asked for.
 const MAX_GENERATED_CHARS: u32 = 128;
@@ -51,9 +52,11 @@ pub(super) async fn create(
     Authenticated(client): Authenticated,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let request: RotationRequest = json_body(&headers, body, state.max_body_bytes).await?;
+) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    let parsed = json_body::<RotationRequest>(&headers, body, state.max_body_bytes).await?;
+    let request = parsed.value;
     let domain = served_domain(&state, &request.domain)?;
+    authorize(&client, Operation::Rotate, &domain)?;
     let target = request.target.validate()?;
     let options = JobOptions {
         must_change: request.must_change,
@@ -106,5 +109,5 @@ pub(super) async fn create(
         generate,
         recipient_key,
     };
-    queue(&state, &client, job, request.password.as_ref()).await
+    queue(&state, &client, &headers, parsed.sha256, job, request.password.as_ref()).await
 }

@@ -2,7 +2,7 @@
 //! job durably.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::secret::SecretString;
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::ApiState;
 use super::error::ApiError;
 use crate::jobs::{JobId, NewJob, Target};
-use crate::store::ApiClient;
+use crate::store::{ApiClient, Insertion, Operation};
 
 /// AD's upper bound on a password (MS-SAMR).
 pub(super) const MAX_PASSWORD_CHARS: usize = 256;
@@ -98,21 +98,63 @@ pub(super) fn check_password(field: &str, password: &SecretString) -> Result<(),
     Ok(())
 }
 
+/// Refuses a request the client's scopes do not allow, naming the missing scope.
+pub(super) fn authorize(client: &ApiClient, operation: Operation, domain: &DomainName) -> Result<(), ApiError> {
+    match client.scopes.missing(operation, domain) {
+        None => Ok(()),
+        Some(scope) => Err(ApiError::forbidden(format!(
+            "API client {} lacks the scope {scope}; an operator can grant it with `pwrelay clients add` (scopes are \
+             set when a client is created)",
+            client.name
+        ))),
+    }
+}
+
+/// The `Idempotency-Key` header, if sent: 1-255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key =
+        value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
+    key.map(|k| Some(k.to_owned()))
+        .ok_or_else(|| ApiError::invalid_request("Idempotency-Key must be 1-255 visible ASCII characters"))
+}
+
 /// Seals `password` (when given) for the job, stores the job and wakes the agents; answers 202.
+/// With an `Idempotency-Key`, a repeat of the same request answers with the original job and a
+/// different request with the same key gets 409.
 pub(super) async fn queue(
     state: &ApiState,
     client: &ApiClient,
+    headers: &HeaderMap,
+    body_sha256: [u8; 32],
     mut job: NewJob,
     password: Option<&SecretString>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    let key = idempotency_key(headers)?;
     if let Some(password) = password {
         job.sealed_secret =
             Some(state.sealer.seal(&job.id.to_string(), password).map_err(|e| ApiError::unavailable(&e))?);
     }
     let (id, kind, domain): (JobId, _, _) = (job.id, job.kind, job.domain.clone());
-    state.store.insert_job(job).await.map_err(|e| ApiError::unavailable(&e))?;
-    state.events.job_queued();
-    tracing::info!(job_id = %id, kind = kind.as_str(), client = %client.name, %domain, "job queued");
+    let inserted =
+        state.store.insert_job_once(job, key.map(|k| (k, body_sha256))).await.map_err(|e| ApiError::unavailable(&e))?;
+    let mut reply_headers = HeaderMap::new();
+    let id = match inserted {
+        Insertion::Created => {
+            state.events.job_queued();
+            tracing::info!(job_id = %id, kind = kind.as_str(), client = %client.name, %domain, "job queued");
+            id
+        }
+        Insertion::Replayed(original) => {
+            reply_headers.insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+            original
+        }
+        Insertion::KeyConflict(original) => {
+            return Err(ApiError::conflict(format!(
+                "this Idempotency-Key was used for job {original} with a different request; use a new key"
+            )));
+        }
+    };
     let agent_connected = state.registry.serves(&domain);
-    Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": id, "state": "queued", "agent_connected": agent_connected }))))
+    Ok((StatusCode::ACCEPTED, reply_headers, Json(json!({ "job_id": id, "agent_connected": agent_connected }))))
 }

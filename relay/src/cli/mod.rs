@@ -1,5 +1,6 @@
 //! The `pwrelay` command line: `serve` runs the relay; the other commands prepare and operate it.
 
+mod clients;
 mod password;
 mod pki;
 mod serve;
@@ -7,14 +8,8 @@ mod serve;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use pwrelay_shared::secret::SecretString;
-
-use crate::api::auth;
-use crate::config::{Config, Overrides};
 use crate::seal::Sealer;
-use crate::store::Store as _;
-use crate::store::sqlite::SqliteStore;
+use clap::{Parser, Subcommand};
 
 /// Exit code for a bad command line or configuration (EX_USAGE / EX_CONFIG style).
 pub(crate) const EXIT_CONFIG: u8 = 64;
@@ -41,25 +36,13 @@ enum Command {
     Pki(pki::PkiCommand),
     /// Manage API clients (the PAMs and workflows that call the API).
     #[command(subcommand)]
-    Clients(ClientsCommand),
+    Clients(clients::ClientsCommand),
     /// Manage the key that seals secrets in the job store.
     #[command(subcommand)]
     StoreKey(StoreKeyCommand),
     /// Check, generate and derive passwords with pwrelay's password engine.
     #[command(subcommand)]
     Password(password::PasswordCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum ClientsCommand {
-    /// Register an API client and print its bearer token (shown once; only its hash is stored).
-    Add {
-        /// A name for the client, shown in jobs and logs (e.g. "cyberark-prod").
-        name: String,
-        /// The relay configuration (for store.path).
-        #[arg(long, env = "PWRELAY_CONFIG", default_value = "/etc/pwrelay/relay.toml")]
-        config: PathBuf,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,42 +62,9 @@ impl Cli {
         match self.command {
             Command::Serve(args) => serve::run(args),
             Command::Pki(command) => pki::run(command),
-            Command::Clients(ClientsCommand::Add { name, config }) => add_client(&name, &config),
+            Command::Clients(command) => clients::run(command),
             Command::StoreKey(StoreKeyCommand::Generate { out }) => generate_store_key(&out),
             Command::Password(command) => password::run(command),
-        }
-    }
-}
-
-fn add_client(name: &str, config_path: &std::path::Path) -> ExitCode {
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        eprintln!("error: the client name must be 1-64 letters, digits, '-', '_' or '.'");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    let config = match Config::load(config_path, &Overrides::default()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let result = current_thread_runtime().and_then(|rt| {
-        rt.block_on(async {
-            let store = SqliteStore::open(&config.store.path)?;
-            let (token, hash) = auth::new_token().map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-            store.add_client(name, hash).await?;
-            Ok::<SecretString, anyhow::Error>(token)
-        })
-    });
-    match result {
-        Ok(token) => {
-            eprintln!("API client {name:?} added. Its token is shown only now; store it in your PAM's vault:");
-            println!("{}", token.expose_secret());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_FAILURE)
         }
     }
 }
@@ -138,6 +88,6 @@ fn generate_store_key(out: &std::path::Path) -> ExitCode {
     }
 }
 
-fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }

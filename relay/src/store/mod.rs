@@ -78,13 +78,125 @@ pub enum SecretTake {
 pub struct ApiClient {
     /// Its name (shown in jobs and logs).
     pub name: String,
+    /// What it may do.
+    pub scopes: Scopes,
+}
+
+/// What an API client may do: which operations, in which domains. `None` means all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Scopes {
+    /// Domains the client may act in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domains: Option<std::collections::BTreeSet<DomainName>>,
+    /// Operations the client may ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operations: Option<std::collections::BTreeSet<Operation>>,
+}
+
+/// Operations a client can be allowed; reading its own jobs is always allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Set or generate passwords (`POST /v1/rotations`).
+    Rotate,
+    /// Check passwords (`POST /v1/verifications`).
+    Verify,
+    /// Clear lockouts (`POST /v1/unlocks`).
+    Unlock,
+    /// Reset to the derived value.
+    Reconcile,
+}
+
+impl Operation {
+    /// The name used in scopes and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rotate => "rotate",
+            Self::Verify => "verify",
+            Self::Unlock => "unlock",
+            Self::Reconcile => "reconcile",
+        }
+    }
+
+    /// Parses a scope name.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Rotate, Self::Verify, Self::Unlock, Self::Reconcile].into_iter().find(|o| o.as_str() == text)
+    }
+}
+
+impl Scopes {
+    /// The scope `operation` in `domain` lacks, if any, named for an error message.
+    pub fn missing(&self, operation: Operation, domain: &DomainName) -> Option<String> {
+        if self.operations.as_ref().is_some_and(|ops| !ops.contains(&operation)) {
+            return Some(format!("operation:{}", operation.as_str()));
+        }
+        if self.domains.as_ref().is_some_and(|domains| !domains.contains(domain)) {
+            return Some(format!("domain:{domain}"));
+        }
+        None
+    }
+}
+
+/// What an insert with an idempotency key found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insertion {
+    /// A new job was stored.
+    Created,
+    /// The key was used before with the same body: this is the original job.
+    Replayed(JobId),
+    /// The key was used before with another body.
+    KeyConflict(JobId),
+}
+
+/// Which jobs a listing returns.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    /// Only this state.
+    pub state: Option<crate::jobs::JobState>,
+    /// Only this domain.
+    pub domain: Option<DomainName>,
+    /// Only jobs created at or after this time.
+    pub since: Option<crate::jobs::Timestamp>,
+    /// Only jobs created after this one (the cursor).
+    pub after: Option<JobId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// What a cancel request found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancellation {
+    /// The job was queued and is now failed with `cancelled`; its secret is erased.
+    Cancelled,
+    /// An agent holds the job: it may already be applying it.
+    InProgress,
+    /// The job already ended.
+    AlreadyFinal,
+    /// No such job for this client.
+    NotFound,
 }
 
 /// The job store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new queued job durably (committed when this returns).
-    async fn insert_job(&self, job: NewJob) -> Result<(), StoreError>;
+    async fn insert_job(&self, job: NewJob) -> Result<(), StoreError> {
+        self.insert_job_once(job, None).await.map(|_| ())
+    }
+
+    /// Stores a new job unless `idempotency` (client's key, SHA-256 of the request body) was used
+    /// before; key and job are stored in one transaction.
+    async fn insert_job_once(
+        &self,
+        job: NewJob,
+        idempotency: Option<(String, [u8; 32])>,
+    ) -> Result<Insertion, StoreError>;
+
+    /// A client's jobs, oldest first, as the filter says.
+    async fn list_jobs(&self, client: &str, filter: JobFilter) -> Result<Vec<Job>, StoreError>;
+
+    /// Cancels a queued job of `client`.
+    async fn cancel(&self, id: JobId, client: &str) -> Result<Cancellation, StoreError>;
 
     /// One job, without its secret.
     async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
@@ -107,7 +219,13 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, holder: &str) -> Result<u64, StoreError>;
 
     /// Registers an API client by the SHA-256 of its token.
-    async fn add_client(&self, name: &str, token_sha256: [u8; 32]) -> Result<(), StoreError>;
+    async fn add_client(&self, name: &str, token_sha256: [u8; 32], scopes: &Scopes) -> Result<(), StoreError>;
+
+    /// Replaces a client's token (the old one stops working at once). False when no such client.
+    async fn rotate_client_token(&self, name: &str, token_sha256: [u8; 32]) -> Result<bool, StoreError>;
+
+    /// Removes a client (its token stops working; its jobs stay). False when no such client.
+    async fn revoke_client(&self, name: &str) -> Result<bool, StoreError>;
 
     /// The client whose token hashes to `token_sha256`.
     async fn client_by_token(&self, token_sha256: [u8; 32]) -> Result<Option<ApiClient>, StoreError>;

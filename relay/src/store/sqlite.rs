@@ -12,17 +12,21 @@ use async_trait::async_trait;
 use pwrelay_shared::domain::DomainName;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
-use super::{ApiClient, ClaimPolicy, Completion, SecretTake, Store, StoreError};
+use super::{
+    ApiClient, Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, Scopes, SecretTake, Store, StoreError,
+};
 use crate::jobs::{
     ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
     NewJob, Outcome, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
 };
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
-/// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2).
-const MIGRATIONS: &[&str] = &["
+/// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
+/// index 1: 2 → 3).
+const MIGRATIONS: &[&str] = &[
+    "
 ALTER TABLE jobs ADD COLUMN enforce_history INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN generate_length INTEGER;
 ALTER TABLE jobs ADD COLUMN generate_mode TEXT;
@@ -33,7 +37,20 @@ ALTER TABLE jobs ADD COLUMN notes TEXT;           -- JSON array
 ALTER TABLE jobs ADD COLUMN result_secret BLOB;   -- sealed box, or sealed with the store key; NULL once read
 ALTER TABLE jobs ADD COLUMN result_secret_encoding TEXT;
 ALTER TABLE jobs ADD COLUMN secret_retrieved_ms INTEGER;
-"];
+",
+    "
+ALTER TABLE api_clients ADD COLUMN scopes TEXT;   -- JSON Scopes; NULL = everything
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    client      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    body_sha256 BLOB NOT NULL,
+    job_id      TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (client, key)
+);
+CREATE INDEX IF NOT EXISTS jobs_client_id ON jobs (client, id);
+",
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -254,10 +271,34 @@ fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_job(&self, job: NewJob) -> Result<(), StoreError> {
+    async fn insert_job_once(
+        &self,
+        job: NewJob,
+        idempotency: Option<(String, [u8; 32])>,
+    ) -> Result<Insertion, StoreError> {
         self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
             let now = Timestamp::now().0;
-            conn.execute(
+            if let Some((key, body_sha256)) = &idempotency {
+                let existing: Option<(Vec<u8>, String)> = tx
+                    .query_row(
+                        "SELECT body_sha256, job_id FROM idempotency_keys WHERE client = ?1 AND key = ?2",
+                        params![job.client, key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                if let Some((stored_hash, job_id)) = existing {
+                    let job_id = job_id.parse::<JobId>().map_err(|_| StoreError::Corrupt { id: job_id.clone(), reason: "bad id".into() })?;
+                    return Ok(if stored_hash == body_sha256 { Insertion::Replayed(job_id) } else { Insertion::KeyConflict(job_id) });
+                }
+                tx.execute(
+                    "INSERT INTO idempotency_keys (client, key, body_sha256, job_id, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![job.client, key, body_sha256.as_slice(), job.id.to_string(), now],
+                )
+                .map_err(db_err)?;
+            }
+            tx.execute(
                 "INSERT INTO jobs (id, kind, domain, target_kind, target_value, must_change, unlock, client, state,
                                    secret, created_ms, updated_ms, enforce_history, generate_length, generate_mode,
                                    recipient_key)
@@ -280,7 +321,76 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(db_err)?;
-            Ok(())
+            tx.commit().map_err(db_err)?;
+            Ok(Insertion::Created)
+        })
+        .await
+    }
+
+    async fn list_jobs(&self, client: &str, filter: JobFilter) -> Result<Vec<Job>, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| {
+            let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE client = ?1");
+            let mut args: Vec<rusqlite::types::Value> = vec![client.into()];
+            if let Some(state) = filter.state {
+                args.push(state.as_str().to_owned().into());
+                sql.push_str(&format!(" AND state = ?{}", args.len()));
+            }
+            if let Some(domain) = &filter.domain {
+                args.push(domain.as_str().to_owned().into());
+                sql.push_str(&format!(" AND domain = ?{}", args.len()));
+            }
+            if let Some(since) = filter.since {
+                args.push(since.0.into());
+                sql.push_str(&format!(" AND created_ms >= ?{}", args.len()));
+            }
+            if let Some(after) = filter.after {
+                args.push(after.to_string().into());
+                sql.push_str(&format!(" AND id > ?{}", args.len()));
+            }
+            sql.push_str(&format!(" ORDER BY id LIMIT {}", filter.limit));
+            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let mut rows = stmt.query(params_from_iter(args)).map_err(db_err)?;
+            let mut jobs = Vec::new();
+            while let Some(row) = rows.next().map_err(db_err)? {
+                jobs.push(read_job(row)?.job);
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: JobId, client: &str) -> Result<Cancellation, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let state: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM jobs WHERE id = ?1 AND client = ?2",
+                    params![id.to_string(), client],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let outcome = match state.as_deref().and_then(JobState::parse) {
+                None => Cancellation::NotFound,
+                Some(JobState::Queued) => {
+                    let now = Timestamp::now().0;
+                    tx.execute(
+                        "UPDATE jobs SET state = 'failed', error_code = 'cancelled',
+                             error_message = 'cancelled by the API client before an agent took it',
+                             secret = NULL, lease_holder = NULL, finished_ms = ?2, updated_ms = ?2
+                         WHERE id = ?1",
+                        params![id.to_string(), now],
+                    )
+                    .map_err(db_err)?;
+                    Cancellation::Cancelled
+                }
+                Some(JobState::Dispatched) => Cancellation::InProgress,
+                Some(_) => Cancellation::AlreadyFinal,
+            };
+            tx.commit().map_err(db_err)?;
+            Ok(outcome)
         })
         .await
     }
@@ -468,14 +578,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn add_client(&self, name: &str, token_sha256: [u8; 32]) -> Result<(), StoreError> {
+    async fn add_client(&self, name: &str, token_sha256: [u8; 32], scopes: &Scopes) -> Result<(), StoreError> {
         let name = name.to_owned();
+        let scopes = serde_json::to_string(scopes).map_err(|e| StoreError::Database(e.to_string()))?;
         self.run(move |conn| {
             let inserted = conn
                 .execute(
-                    "INSERT INTO api_clients (name, token_sha256, created_ms) VALUES (?1, ?2, ?3)
+                    "INSERT INTO api_clients (name, token_sha256, created_ms, scopes) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (name) DO NOTHING",
-                    params![name, token_sha256.as_slice(), Timestamp::now().0],
+                    params![name, token_sha256.as_slice(), Timestamp::now().0, scopes],
                 )
                 .map_err(db_err)?;
             if inserted == 0 { Err(StoreError::ClientExists(name)) } else { Ok(()) }
@@ -483,15 +594,46 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn rotate_client_token(&self, name: &str, token_sha256: [u8; 32]) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE api_clients SET token_sha256 = ?2 WHERE name = ?1",
+                    params![name, token_sha256.as_slice()],
+                )
+                .map_err(db_err)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn revoke_client(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| {
+            let removed = conn.execute("DELETE FROM api_clients WHERE name = ?1", params![name]).map_err(db_err)?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
     async fn client_by_token(&self, token_sha256: [u8; 32]) -> Result<Option<ApiClient>, StoreError> {
         self.run(move |conn| {
-            conn.query_row(
-                "SELECT name FROM api_clients WHERE token_sha256 = ?1",
-                params![token_sha256.as_slice()],
-                |r| Ok(ApiClient { name: r.get(0)? }),
-            )
-            .optional()
-            .map_err(db_err)
+            let row: Option<(String, Option<String>)> = conn
+                .query_row(
+                    "SELECT name, scopes FROM api_clients WHERE token_sha256 = ?1",
+                    params![token_sha256.as_slice()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some((name, scopes)) = row else { return Ok(None) };
+            let scopes = match scopes {
+                Some(json) => serde_json::from_str(&json)
+                    .map_err(|_| StoreError::Corrupt { id: name.clone(), reason: "bad scopes".into() })?,
+                None => Scopes::default(),
+            };
+            Ok(Some(ApiClient { name, scopes }))
         })
         .await
     }
@@ -675,8 +817,11 @@ mod tests {
             let job = new_job("a.test");
             let id = job.id;
             store.insert_job(job).await.expect("insert");
-            store.add_client("pam", [9; 32]).await.expect("client");
-            assert!(matches!(store.add_client("pam", [8; 32]).await, Err(StoreError::ClientExists(_))));
+            store.add_client("pam", [9; 32], &Scopes::default()).await.expect("client");
+            assert!(matches!(
+                store.add_client("pam", [8; 32], &Scopes::default()).await,
+                Err(StoreError::ClientExists(_))
+            ));
             id
         };
         let store = SqliteStore::open(&path).expect("reopen");

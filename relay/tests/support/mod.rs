@@ -89,7 +89,7 @@ impl World {
         std::fs::write(dir.path().join("relay.toml"), world_config).expect("relay.toml");
         let store = pwrelay_relay::store::sqlite::SqliteStore::open(&dir.path().join("relay.db")).expect("store");
         let (token, hash) = pwrelay_relay::api::auth::new_token().expect("token");
-        store.add_client("test-pam", hash).await.expect("client");
+        store.add_client("test-pam", hash, &Default::default()).await.expect("client");
         let anchors = TrustAnchors::from_file(&pki_dir.join("ca.pem")).expect("ca");
         // HTTP/2, as API clients mostly speak it: a refused oversized upload is answered on its own
         // stream instead of racing a connection close.
@@ -226,6 +226,19 @@ impl World {
         let response = self
             .http
             .get(self.url(relay, path))
+            .bearer_auth(self.token.expose_secret())
+            .send()
+            .await
+            .expect("request is answered");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// DELETEs with this world's token.
+    pub async fn delete(&self, relay: &Relay, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .delete(self.url(relay, path))
             .bearer_auth(self.token.expose_secret())
             .send()
             .await

@@ -1,0 +1,155 @@
+//! `pwrelay clients`: API clients, their scopes and their tokens. A token is shown once; the relay
+//! keeps only its SHA-256.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use pwrelay_shared::domain::DomainName;
+use pwrelay_shared::secret::SecretString;
+
+use super::{EXIT_CONFIG, EXIT_FAILURE, current_thread_runtime};
+use crate::api::auth;
+use crate::config::{Config, Overrides};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Operation, Scopes, Store as _};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ClientsCommand {
+    /// Register an API client and print its bearer token (shown once; only its hash is stored).
+    Add {
+        /// A name for the client, shown in jobs and logs (e.g. "cyberark-prod").
+        name: String,
+        /// Limit the client to this AD domain (repeatable; default: every domain).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// Limit the client to this operation: rotate, verify, unlock, reconcile (repeatable;
+        /// default: all).
+        #[arg(long = "operation")]
+        operations: Vec<String>,
+        /// The relay configuration (for store.path).
+        #[arg(long, env = "PWRELAY_CONFIG", default_value = "/etc/pwrelay/relay.toml")]
+        config: PathBuf,
+    },
+    /// Give a client a new token; the old one stops working at once. Prints the new token once.
+    Rotate {
+        /// The client's name.
+        name: String,
+        /// The relay configuration (for store.path).
+        #[arg(long, env = "PWRELAY_CONFIG", default_value = "/etc/pwrelay/relay.toml")]
+        config: PathBuf,
+    },
+    /// Remove a client: its token stops working at once (its jobs are kept).
+    Revoke {
+        /// The client's name.
+        name: String,
+        /// The relay configuration (for store.path).
+        #[arg(long, env = "PWRELAY_CONFIG", default_value = "/etc/pwrelay/relay.toml")]
+        config: PathBuf,
+    },
+}
+
+pub(crate) fn run(command: ClientsCommand) -> ExitCode {
+    let (name, config) = match &command {
+        ClientsCommand::Add { name, config, .. }
+        | ClientsCommand::Rotate { name, config }
+        | ClientsCommand::Revoke { name, config } => (name.clone(), config.clone()),
+    };
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        eprintln!("error: the client name must be 1-64 letters, digits, '-', '_' or '.'");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let store_path = match Config::load(&config, &Overrides::default()) {
+        Ok(config) => config.store.path,
+        Err(e) => {
+            eprintln!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match command {
+        ClientsCommand::Add { domains, operations, .. } => match scopes(&domains, &operations) {
+            Ok(scopes) => add(&store_path, &name, &scopes),
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        ClientsCommand::Rotate { .. } => rotate(&store_path, &name),
+        ClientsCommand::Revoke { .. } => revoke(&store_path, &name),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn scopes(domains: &[String], operations: &[String]) -> Result<Scopes, String> {
+    let domains = if domains.is_empty() {
+        None
+    } else {
+        Some(
+            domains
+                .iter()
+                .map(|d| DomainName::parse(d).map_err(|e| format!("--domain: {e}")))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    let operations = if operations.is_empty() {
+        None
+    } else {
+        Some(
+            operations
+                .iter()
+                .map(|o| {
+                    Operation::parse(o)
+                        .ok_or_else(|| format!("--operation {o:?}: use rotate, verify, unlock or reconcile"))
+                })
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    Ok(Scopes { domains, operations })
+}
+
+fn show_token(token: &SecretString) {
+    println!("{}", token.expose_secret());
+}
+
+fn add(store_path: &Path, name: &str, scopes: &Scopes) -> anyhow::Result<()> {
+    let token = current_thread_runtime()?.block_on(async {
+        let store = SqliteStore::open(store_path)?;
+        let (token, hash) = auth::new_token().map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+        store.add_client(name, hash, scopes).await?;
+        Ok::<_, anyhow::Error>(token)
+    })?;
+    eprintln!("API client {name:?} added. Its token is shown only now; store it in your PAM's vault:");
+    show_token(&token);
+    Ok(())
+}
+
+fn rotate(store_path: &Path, name: &str) -> anyhow::Result<()> {
+    let token = current_thread_runtime()?.block_on(async {
+        let store = SqliteStore::open(store_path)?;
+        let (token, hash) = auth::new_token().map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+        if !store.rotate_client_token(name, hash).await? {
+            anyhow::bail!("no API client named {name:?}");
+        }
+        Ok(token)
+    })?;
+    eprintln!("API client {name:?} has a new token; the old one no longer works. The new one is shown only now:");
+    show_token(&token);
+    Ok(())
+}
+
+fn revoke(store_path: &Path, name: &str) -> anyhow::Result<()> {
+    let removed = current_thread_runtime()?.block_on(async {
+        let store = SqliteStore::open(store_path)?;
+        Ok::<_, anyhow::Error>(store.revoke_client(name).await?)
+    })?;
+    if !removed {
+        anyhow::bail!("no API client named {name:?}");
+    }
+    eprintln!("API client {name:?} revoked; its token no longer works");
+    Ok(())
+}
