@@ -156,6 +156,13 @@ async fn option_and_secret_misuse_gets_clear_errors() {
     let (status, _) =
         world.post(&relay, "/v1/unlocks", &json!({ "domain": domain, "target": target, "password": "x" })).await;
     assert_eq!(status, 400, "unlocks take no password");
+    let (status, reply) = world
+        .post(&relay, "/v1/reconciliations", &json!({ "domain": domain, "targets": [target, { "upn": "" }] }))
+        .await;
+    assert_eq!(status, 422);
+    assert!(reply["error"]["message"].as_str().unwrap_or_default().starts_with("targets[1]: "), "{reply}");
+    let (status, _) = world.post(&relay, "/v1/reconciliations", &json!({ "domain": domain, "targets": [] })).await;
+    assert_eq!(status, 422);
     // No agent is connected: the generating job stays queued, and its secret is not ready.
     let id = world.rotate(&relay, json!({ "domain": domain, "target": target, "generate": {} })).await;
     let (status, reply) = world.get(&relay, &format!("/v1/jobs/{id}/secret")).await;
@@ -166,5 +173,69 @@ async fn option_and_secret_misuse_gets_clear_errors() {
         404,
         "a rotation with a given password returns none"
     );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciliation_of_50_accounts_reports_each_and_leaves_out_of_scope_ones_alone() {
+    use pwrelay_shared::derive::{DeriveParams, derive};
+    use pwrelay_shared::secret::SecretString;
+
+    let world = World::new(&[]).await;
+    let relay = world.start_relay().await;
+    let dc = world.dc;
+    let agent = world.start_scoped_agent(&relay, "site-rec").await;
+    let mut inside = Vec::new();
+    for _ in 0..45 {
+        inside.push(world.user("rc").await);
+    }
+    let mut outside = Vec::new();
+    for _ in 0..5 {
+        outside.push(dc.create_user("rcout").await); // CN=Users: outside the agent's scope
+    }
+    let mut csv = String::from("name,upn\n");
+    for user in inside.iter().chain(&outside) {
+        csv.push_str(&format!("{},{}\n", user.sam, user.upn));
+    }
+    let response = world
+        .http
+        .post(format!("https://127.0.0.1:{}/v1/reconciliations?domain={}", relay.api.port(), dc.domain))
+        .bearer_auth(world.token.expose_secret())
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 202);
+    let reply: serde_json::Value = response.json().await.expect("json");
+    let batch = reply["job_id"].as_str().expect("batch id").to_owned();
+    let job = world.wait_final(&relay, &batch, Duration::from_secs(120)).await;
+    assert_eq!(job["kind"], "reconcile_batch");
+    assert_eq!(job["state"], "failed", "five accounts are out of scope: {job}");
+    assert_eq!(job["error"]["code"], "partial_failure");
+    assert_eq!(job["progress"], json!({ "total": 50, "queued": 0, "dispatched": 0, "succeeded": 45, "failed": 5 }));
+
+    let mut children = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = world.get(&relay, &format!("/v1/jobs?limit=500{cursor}")).await;
+        children.extend(
+            page["jobs"].as_array().expect("jobs").iter().filter(|j| j["parent_id"] == batch.as_str()).cloned(),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(children.len(), 50);
+    let out_of_scope = children.iter().filter(|c| c["error"]["code"] == "out_of_scope").count();
+    assert_eq!(out_of_scope, 5, "each account has its own result");
+    let salt = SecretString::from(support::World::SEED_SALT);
+    for user in inside.iter().take(3) {
+        let derived = derive(&user.upn, &salt, &DeriveParams::default()).expect("derive");
+        assert!(dc.bind(&user.dn, derived.expose_secret()).await.ok(), "{} has its derived password", user.upn);
+    }
+    assert!(dc.bind(&outside[0].dn, outside[0].password.expose_secret()).await.ok(), "out of scope: unchanged");
+    agent.stop().await;
     relay.stop().await;
 }

@@ -44,6 +44,7 @@ fn job(kind: JobKind, domain: pwrelay_shared::domain::DomainName, target: crate:
         sealed_secret: None,
         generate: None,
         recipient_key: None,
+        parent_id: None,
     }
 }
 

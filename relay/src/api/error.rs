@@ -78,6 +78,12 @@ impl ApiError {
         }
     }
 
+    /// The same error with `prefix` before its message (e.g. the index of a list item).
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.message.insert_str(0, prefix);
+        self
+    }
+
     /// The status code.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -3,6 +3,7 @@
 //! | route | auth | what |
 //! |---|---|---|
 //! | `POST /v1/rotations` | token | set a password, or have one generated → 202 `{job_id}` |
+//! | `POST /v1/reconciliations` | token | reset accounts (JSON list or CSV) to their derived values → 202 batch |
 //! | `POST /v1/verifications` | token | does a password bind? (nothing is changed) → 202 |
 //! | `POST /v1/unlocks` | token | clear a lockout → 202 |
 //! | `GET /v1/jobs[?state=&domain=&since=&cursor=&limit=]` | token | the client's jobs, oldest first, paged |
@@ -18,6 +19,7 @@ mod checks;
 pub mod error;
 mod health;
 mod jobs;
+mod reconciliations;
 mod rotations;
 mod submit;
 
@@ -58,6 +60,7 @@ pub struct ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/rotations", post(rotations::create))
+        .route("/v1/reconciliations", post(reconciliations::create))
         .route("/v1/verifications", post(checks::verify))
         .route("/v1/unlocks", post(checks::unlock))
         .route("/v1/jobs", get(jobs::list))

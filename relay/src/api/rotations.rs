@@ -108,6 +108,7 @@ pub(super) async fn create(
         sealed_secret: None,
         generate,
         recipient_key,
+        parent_id: None,
     };
     queue(&state, &client, &headers, parsed.sha256, job, request.password.as_ref()).await
 }

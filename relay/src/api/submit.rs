@@ -130,19 +130,35 @@ pub(super) async fn queue(
     mut job: NewJob,
     password: Option<&SecretString>,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
-    let key = idempotency_key(headers)?;
     if let Some(password) = password {
         job.sealed_secret =
             Some(state.sealer.seal(&job.id.to_string(), password).map_err(|e| ApiError::unavailable(&e))?);
     }
-    let (id, kind, domain): (JobId, _, _) = (job.id, job.kind, job.domain.clone());
-    let inserted =
-        state.store.insert_job_once(job, key.map(|k| (k, body_sha256))).await.map_err(|e| ApiError::unavailable(&e))?;
+    queue_all(state, client, headers, body_sha256, vec![job]).await
+}
+
+/// Stores `jobs` (the first one is the one the client gets back: a single job, or a batch before
+/// its children) in one transaction, honouring an `Idempotency-Key`; answers 202.
+pub(super) async fn queue_all(
+    state: &ApiState,
+    client: &ApiClient,
+    headers: &HeaderMap,
+    body_sha256: [u8; 32],
+    jobs: Vec<NewJob>,
+) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    let key = idempotency_key(headers)?;
+    let Some(first) = jobs.first() else { return Err(ApiError::invalid_request("nothing to do")) };
+    let (id, kind, domain, count): (JobId, _, _, _) = (first.id, first.kind, first.domain.clone(), jobs.len());
+    let inserted = state
+        .store
+        .insert_jobs_once(jobs, key.map(|k| (k, body_sha256)))
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
     let mut reply_headers = HeaderMap::new();
     let id = match inserted {
         Insertion::Created => {
             state.events.job_queued();
-            tracing::info!(job_id = %id, kind = kind.as_str(), client = %client.name, %domain, "job queued");
+            tracing::info!(job_id = %id, kind = kind.as_str(), client = %client.name, %domain, jobs = count, "job queued");
             id
         }
         Insertion::Replayed(original) => {

@@ -85,6 +85,8 @@ text_enum! {
         Unlock = "unlock",
         /// Reset to the seed-derived value (the salt stays on the agent).
         Reconcile = "reconcile",
+        /// A batch of reconcile jobs; never sent to an agent, it ends when its children have.
+        ReconcileBatch = "reconcile_batch",
     }
 }
 
@@ -96,7 +98,7 @@ impl JobKind {
             Self::GeneratePassword => pb::JobKind::GeneratePassword,
             Self::Verify => pb::JobKind::Verify,
             Self::Unlock => pb::JobKind::Unlock,
-            Self::Reconcile => pb::JobKind::Reconcile,
+            Self::Reconcile | Self::ReconcileBatch => pb::JobKind::Reconcile,
         }
     }
 }
@@ -219,6 +221,8 @@ text_enum! {
         DeliveryExhausted = "delivery_exhausted",
         /// The job waited longer than its time to live.
         Expired = "expired",
+        /// Some jobs of a batch failed; see its children.
+        PartialFailure = "partial_failure",
         /// An agent reported a failure this relay does not know.
         Unknown = "unknown",
     }
@@ -416,6 +420,27 @@ pub struct Job {
     /// For generating jobs: whether the password can still be read once from `/v1/jobs/{id}/secret`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretStatus>,
+    /// For a job that is part of a batch: the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<JobId>,
+    /// For a batch: how many of its jobs are in each state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// Counts of a batch's jobs by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// All jobs of the batch.
+    pub total: u32,
+    /// Waiting for an agent.
+    pub queued: u32,
+    /// With an agent.
+    pub dispatched: u32,
+    /// Done.
+    pub succeeded: u32,
+    /// Failed.
+    pub failed: u32,
 }
 
 /// Where a job's returned secret is.
@@ -451,6 +476,8 @@ pub struct NewJob {
     pub generate: Option<GenerateSpec>,
     /// For generating jobs: the requester's X25519 public key to seal the password to.
     pub recipient_key: Option<Vec<u8>>,
+    /// The batch this job belongs to.
+    pub parent_id: Option<JobId>,
 }
 
 /// A job leased to an agent, with its sealed secret.

@@ -181,14 +181,15 @@ pub enum Cancellation {
 pub trait Store: Send + Sync + 'static {
     /// Stores a new queued job durably (committed when this returns).
     async fn insert_job(&self, job: NewJob) -> Result<(), StoreError> {
-        self.insert_job_once(job, None).await.map(|_| ())
+        self.insert_jobs_once(vec![job], None).await.map(|_| ())
     }
 
-    /// Stores a new job unless `idempotency` (client's key, SHA-256 of the request body) was used
-    /// before; key and job are stored in one transaction.
-    async fn insert_job_once(
+    /// Stores new jobs (a job, or a batch followed by its children) in one transaction, unless
+    /// `idempotency` (the client's key, SHA-256 of the request body) was used before; the key then
+    /// refers to the first job.
+    async fn insert_jobs_once(
         &self,
-        job: NewJob,
+        jobs: Vec<NewJob>,
         idempotency: Option<(String, [u8; 32])>,
     ) -> Result<Insertion, StoreError>;
 

@@ -17,14 +17,14 @@ use super::{
 };
 use crate::jobs::{
     ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
-    NewJob, Outcome, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
+    NewJob, Outcome, Progress, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
 };
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
-/// index 1: 2 → 3).
+/// index 1: 2 → 3, ...).
 const MIGRATIONS: &[&str] = &[
     "
 ALTER TABLE jobs ADD COLUMN enforce_history INTEGER NOT NULL DEFAULT 0;
@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (client, key)
 );
 CREATE INDEX IF NOT EXISTS jobs_client_id ON jobs (client, id);
+",
+    "
+ALTER TABLE jobs ADD COLUMN parent_id TEXT;
+CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id, state);
 ",
 ];
 
@@ -93,7 +97,54 @@ const JOB_COLUMNS: &str = "id, kind, domain, target_kind, target_value, must_cha
     created_ms, updated_ms, dispatched_ms, finished_ms, agent, attempts, error_code, error_message, directory_code, \
     account_dn, verified, pwd_last_set, secret, lease_expires_ms, enforce_history, generate_length, generate_mode, \
     recipient_key, password_matches, account_state, notes, result_secret_encoding, result_secret IS NOT NULL, \
-    secret_retrieved_ms";
+    secret_retrieved_ms, parent_id";
+
+/// Moves batches along with their children: `dispatched` once any child left the queue, final
+/// (succeeded, or failed with `partial_failure`) once every child is final. Run in every
+/// transaction that can change a child's state.
+const SETTLE_BATCHES: &str = "
+UPDATE jobs SET state = 'dispatched', dispatched_ms = ?1, updated_ms = ?1
+ WHERE kind = 'reconcile_batch' AND state = 'queued'
+   AND EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state != 'queued');
+UPDATE jobs SET
+       state = CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
+                    THEN 'failed' ELSE 'succeeded' END,
+       error_code = CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
+                         THEN 'partial_failure' END,
+       error_message = CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
+                            THEN (SELECT count(*) FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
+                                 || ' of ' || (SELECT count(*) FROM jobs c WHERE c.parent_id = jobs.id)
+                                 || ' accounts failed, see the jobs with this parent_id' END,
+       finished_ms = ?1, updated_ms = ?1
+ WHERE kind = 'reconcile_batch' AND state IN ('queued', 'dispatched')
+   AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state IN ('queued', 'dispatched'));
+";
+
+fn progress(conn: &Connection, parent: JobId) -> Result<Progress, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT state, count(*) FROM jobs WHERE parent_id = ?1 GROUP BY state").map_err(db_err)?;
+    let mut rows = stmt.query(params![parent.to_string()]).map_err(db_err)?;
+    let mut progress = Progress::default();
+    while let Some(row) = rows.next().map_err(db_err)? {
+        let (state, count): (String, u32) = (row.get(0).map_err(db_err)?, row.get(1).map_err(db_err)?);
+        progress.total += count;
+        match JobState::parse(&state) {
+            Some(JobState::Queued) => progress.queued += count,
+            Some(JobState::Dispatched) => progress.dispatched += count,
+            Some(JobState::Succeeded) => progress.succeeded += count,
+            Some(JobState::Failed) => progress.failed += count,
+            None => {}
+        }
+    }
+    Ok(progress)
+}
+
+fn settle_batches(conn: &Connection, now: i64) -> Result<(), StoreError> {
+    for statement in SETTLE_BATCHES.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        conn.execute(statement, params![now]).map_err(db_err)?;
+    }
+    Ok(())
+}
 
 /// Back-off before a job whose attempt failed with a retryable error is leased again.
 fn retry_delay(attempts: u32) -> Duration {
@@ -260,6 +311,12 @@ fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
         result,
         generate,
         secret,
+        parent_id: row
+            .get::<_, Option<String>>(33)
+            .map_err(db_err)?
+            .map(|p| p.parse::<JobId>().map_err(|_| corrupt("bad parent_id")))
+            .transpose()?,
+        progress: None,
     };
     Ok(StoredJob {
         job,
@@ -271,11 +328,13 @@ fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_job_once(
+    async fn insert_jobs_once(
         &self,
-        job: NewJob,
+        jobs: Vec<NewJob>,
         idempotency: Option<(String, [u8; 32])>,
     ) -> Result<Insertion, StoreError> {
+        let Some(job) = jobs.first() else { return Ok(Insertion::Created) };
+        let (primary, client) = (job.id, job.client.clone());
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
             let now = Timestamp::now().0;
@@ -283,7 +342,7 @@ impl Store for SqliteStore {
                 let existing: Option<(Vec<u8>, String)> = tx
                     .query_row(
                         "SELECT body_sha256, job_id FROM idempotency_keys WHERE client = ?1 AND key = ?2",
-                        params![job.client, key],
+                        params![client, key],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()
@@ -294,15 +353,16 @@ impl Store for SqliteStore {
                 }
                 tx.execute(
                     "INSERT INTO idempotency_keys (client, key, body_sha256, job_id, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![job.client, key, body_sha256.as_slice(), job.id.to_string(), now],
+                    params![client, key, body_sha256.as_slice(), primary.to_string(), now],
                 )
                 .map_err(db_err)?;
             }
+            for job in &jobs {
             tx.execute(
                 "INSERT INTO jobs (id, kind, domain, target_kind, target_value, must_change, unlock, client, state,
                                    secret, created_ms, updated_ms, enforce_history, generate_length, generate_mode,
-                                   recipient_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10, ?11, ?12, ?13, ?14)",
+                                   recipient_key, parent_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     job.id.to_string(),
                     job.kind.as_str(),
@@ -318,9 +378,11 @@ impl Store for SqliteStore {
                     job.generate.map(|g| g.length),
                     job.generate.map(|g| g.mode.as_str()),
                     job.recipient_key,
+                    job.parent_id.map(|p| p.to_string()),
                 ],
             )
             .map_err(db_err)?;
+            }
             tx.commit().map_err(db_err)?;
             Ok(Insertion::Created)
         })
@@ -389,6 +451,7 @@ impl Store for SqliteStore {
                 Some(JobState::Dispatched) => Cancellation::InProgress,
                 Some(_) => Cancellation::AlreadyFinal,
             };
+            settle_batches(&tx, Timestamp::now().0)?;
             tx.commit().map_err(db_err)?;
             Ok(outcome)
         })
@@ -400,10 +463,14 @@ impl Store for SqliteStore {
             let mut stmt =
                 conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1")).map_err(db_err)?;
             let mut rows = stmt.query(params![id.to_string()]).map_err(db_err)?;
-            match rows.next().map_err(db_err)? {
-                Some(row) => Ok(Some(read_job(row)?.job)),
-                None => Ok(None),
+            let Some(row) = rows.next().map_err(db_err)? else { return Ok(None) };
+            let mut job = read_job(row)?.job;
+            drop(rows);
+            drop(stmt);
+            if job.kind == JobKind::ReconcileBatch {
+                job.progress = Some(progress(conn, id)?);
             }
+            Ok(Some(job))
         })
         .await
     }
@@ -426,7 +493,7 @@ impl Store for SqliteStore {
             let now = Timestamp::now().0;
             let placeholders = vec!["?"; domains.len()].join(", ");
             let claimable = format!(
-                "domain IN ({placeholders}) AND not_before_ms <= {now}
+                "domain IN ({placeholders}) AND not_before_ms <= {now} AND kind != 'reconcile_batch'
                  AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms < {now}))"
             );
             tx.execute(
@@ -467,6 +534,7 @@ impl Store for SqliteStore {
             drop(rows);
             drop(stmt);
             leased.sort_by_key(|l| l.job.created_at);
+            settle_batches(&tx, now)?;
             tx.commit().map_err(db_err)?;
             Ok(leased)
         })
@@ -557,6 +625,7 @@ impl Store for SqliteStore {
                     Completion::Finished
                 }
             };
+            settle_batches(&tx, now)?;
             tx.commit().map_err(db_err)?;
             Ok(completion)
         })
@@ -645,10 +714,11 @@ impl Store for SqliteStore {
                 "UPDATE jobs SET state = 'failed', error_code = 'expired',
                      error_message = 'no agent completed the job within its time to live (jobs.ttl_hours)',
                      directory_code = NULL, secret = NULL, lease_holder = NULL, finished_ms = ?1, updated_ms = ?1
-                 WHERE state IN ('queued', 'dispatched') AND created_ms < ?2",
+                 WHERE state IN ('queued', 'dispatched') AND created_ms < ?2 AND kind != 'reconcile_batch'",
                 params![now, now - ms(time_to_live)],
             )
             .map_err(db_err)
+            .and_then(|expired| settle_batches(conn, now).map(|()| expired))
         })
         .await
     }
@@ -716,6 +786,7 @@ mod tests {
             sealed_secret: Some(vec![1, 2, 3]),
             generate: None,
             recipient_key: None,
+            parent_id: None,
         }
     }
 
@@ -856,6 +927,7 @@ mod tests {
         let conn = Connection::open(&path).expect("open");
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
         assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(usize::try_from(SCHEMA_VERSION).ok(), Some(MIGRATIONS.len() + 1), "one migration per version");
         drop(store);
         SqliteStore::open(&path).expect("opening again changes nothing");
     }

@@ -161,6 +161,18 @@ impl World {
         self.start_agent_expecting(dir, relay, served, "localhost").await
     }
 
+    /// Starts an agent for the DC's domain whose scope is limited to this world's OU.
+    pub async fn start_scoped_agent(&self, relay: &Relay, name: &str) -> Agent {
+        let dir = self.path(&format!("agent-{name}"));
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        self.pki.issue_agent(name, &[&self.dc.domain], &dir);
+        let extra = format!("\n[domains.scope]\nallowed_ous = [\"{}\"]\n", self.ou);
+        self.start_agent_configured(&dir, relay, &[&self.dc.domain], "localhost", &extra).await
+    }
+
+    /// The salt every test agent derives reconciled passwords with.
+    pub const SEED_SALT: &'static str = "ThisIsOurSharedHashValue";
+
     /// Starts an agent that expects the relay's certificate to carry `server_name`.
     pub async fn start_agent_expecting(
         &self,
@@ -169,7 +181,20 @@ impl World {
         served: &[&DomainName],
         server_name: &str,
     ) -> Agent {
+        self.start_agent_configured(dir, relay, served, server_name, "").await
+    }
+
+    /// Starts an agent; `extra` is appended to the DC domain's `[[domains]]` table.
+    pub async fn start_agent_configured(
+        &self,
+        dir: &Path,
+        relay: &Relay,
+        served: &[&DomainName],
+        server_name: &str,
+        extra: &str,
+    ) -> Agent {
         std::fs::write(dir.join("bind.secret"), self.service.password.expose_secret()).expect("bind secret");
+        std::fs::write(dir.join("seed.salt"), Self::SEED_SALT).expect("seed salt");
         let mut toml = format!(
             "[relay]\nurl = \"https://127.0.0.1:{}\"\nserver_name = \"{server_name}\"\nca_file = \"ca.pem\"\n\
              cert_file = \"agent.pem\"\nkey_file = \"agent.key\"\nheartbeat_seconds = 2\n\n[health]\nlisten = \"127.0.0.1:0\"\n\n[state]\ndir = \"state\"\n",
@@ -187,6 +212,10 @@ impl World {
                 self.dc.ca_file.display(),
                 self.service.dn
             ));
+            if **domain == self.dc.domain {
+                toml.push_str("\n[domains.reconcile]\nsalt_file = \"seed.salt\"\n");
+                toml.push_str(extra);
+            }
         }
         std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
         let config = pwrelay_agent::Config::load(&dir.join("agent.toml")).expect("agent config");
