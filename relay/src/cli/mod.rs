@@ -1,5 +1,6 @@
 //! The `pwrelay` command line: `serve` runs the relay; the other commands prepare and operate it.
 
+mod client;
 mod clients;
 mod password;
 mod pki;
@@ -43,6 +44,17 @@ enum Command {
     /// Check, generate and derive passwords with pwrelay's password engine.
     #[command(subcommand)]
     Password(password::PasswordCommand),
+    /// API client: set a password, or have one generated (see `pwrelay jobs secret`).
+    Rotate(client::RotateArgs),
+    /// API client: check whether a password is an account's current one (changes nothing).
+    Verify(client::VerifyArgs),
+    /// API client: clear an account's lockout.
+    Unlock(client::UnlockArgs),
+    /// API client: reset the accounts of a CSV file (upn column) to their derived values.
+    Reconcile(client::ReconcileArgs),
+    /// API client: list, show, wait for jobs, and read a generated password once.
+    #[command(subcommand)]
+    Jobs(client::JobsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +77,11 @@ impl Cli {
             Command::Clients(command) => clients::run(command),
             Command::StoreKey(StoreKeyCommand::Generate { out }) => generate_store_key(&out),
             Command::Password(command) => password::run(command),
+            Command::Rotate(args) => client::rotate(args),
+            Command::Verify(args) => client::verify(args),
+            Command::Unlock(args) => client::unlock(args),
+            Command::Reconcile(args) => client::reconcile(args),
+            Command::Jobs(command) => client::jobs(command),
         }
     }
 }
