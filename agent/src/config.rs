@@ -2,7 +2,8 @@
 //!
 //! Parsed into validated types at start-up; errors name the key. Relative paths resolve against
 //! the configuration file's directory. The service account's password is read from a file or an
-//! environment variable, never from the command line. Every key, with its default, is shown in
+//! environment variable, never from the command line; with `bind = "kerberos"` there is none (the
+//! process's Kerberos credentials are used). Every key, with its default, is shown in
 //! `deploy/config/agent.full.toml`.
 
 use std::net::SocketAddr;
@@ -113,7 +114,9 @@ struct DomainFile {
     discovery: Option<DiscoveryFile>,
     ca_file: PathBuf,
     base_dn: Option<String>,
-    bind_dn: String,
+    #[serde(default)]
+    bind: BindMethod,
+    bind_dn: Option<String>,
     bind_password_file: Option<PathBuf>,
     bind_password_env: Option<String>,
     #[serde(default = "default_ldap_timeout_seconds")]
@@ -137,6 +140,24 @@ struct PasswordCheckFile {
     custom_list_file: Option<PathBuf>,
     organization_name: Option<String>,
 }
+
+/// How the service account authenticates to the DCs (`bind`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BindMethod {
+    /// LDAP simple bind as `bind_dn` with its password, over LDAPS or StartTLS (default).
+    #[default]
+    Simple,
+    /// SASL GSSAPI (Kerberos) bind with the process's own credentials, over LDAPS or StartTLS: on
+    /// Windows the service's identity (a gMSA), on Linux the ticket cache (`KRB5CCNAME`) or client
+    /// keytab (`KRB5_CLIENT_KTNAME`). No password is stored. The service ticket is for
+    /// `ldap/<host of the DC URL>`, so DC URLs name hosts, not IP addresses. Needs an agent built
+    /// with the `kerberos` feature.
+    Kerberos,
+}
+
+/// Whether this build can bind with Kerberos (the `kerberos` cargo feature).
+pub const KERBEROS_SUPPORTED: bool = cfg!(feature = "kerberos");
 
 /// How the banned-password evaluation treats caller-supplied passwords.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -322,9 +343,11 @@ pub struct DomainConfig {
     pub ca_file: PathBuf,
     /// Where accounts are searched (default: the domain's naming context).
     pub base_dn: String,
-    /// The service account.
+    /// How the service account binds.
+    pub bind: BindMethod,
+    /// The service account (empty with [`BindMethod::Kerberos`]: the credentials name it).
     pub bind_dn: String,
-    /// The service account's password.
+    /// The service account's password (empty with [`BindMethod::Kerberos`]).
     pub bind_password: SecretString,
     /// Connect and operation timeout.
     pub timeout: Duration,
@@ -413,37 +436,25 @@ impl Config {
                     Some(discovery)
                 }
             };
-            let urls = d
+            let urls: Vec<DcUrl> = d
                 .urls
                 .iter()
                 .map(|u| parse_dc_url(u).map_err(|m| invalid(key("urls"), m)))
                 .collect::<Result<_, _>>()?;
-            let bind_password = match (&d.bind_password_file, &d.bind_password_env) {
-                (Some(file), None) => {
-                    let path = resolve(file.clone());
-                    let text = SecretString::new(
-                        std::fs::read_to_string(&path)
-                            .map_err(|e| invalid(key("bind_password_file"), format!("{}: {e}", path.display())))?,
-                    );
-                    let trimmed = text.expose_secret().trim_end_matches(['\r', '\n']);
-                    SecretString::from(trimmed)
+            let (bind_dn, bind_password) = match d.bind {
+                BindMethod::Simple => {
+                    let password = simple_bind_password(&d, &resolve, env, &key)?;
+                    match d.bind_dn.as_deref().map(str::trim) {
+                        None => return Err(invalid(key("bind_dn"), "the service account's DN is required")),
+                        Some("") => return Err(invalid(key("bind_dn"), "is empty")),
+                        Some(_) => (d.bind_dn.clone().unwrap_or_default(), password),
+                    }
                 }
-                (None, Some(var)) => SecretString::new(env(var).ok_or_else(|| {
-                    invalid(key("bind_password_env"), format!("environment variable {var} is not set"))
-                })?),
-                _ => {
-                    return Err(invalid(
-                        key("bind_password_file"),
-                        "set exactly one of bind_password_file or bind_password_env",
-                    ));
+                BindMethod::Kerberos => {
+                    kerberos_bind_settings(&d, &urls, &key, KERBEROS_SUPPORTED)?;
+                    (String::new(), SecretString::from(""))
                 }
             };
-            if bind_password.is_empty() {
-                return Err(invalid(key("bind_password_file"), "the service account password is empty"));
-            }
-            if d.bind_dn.trim().is_empty() {
-                return Err(invalid(key("bind_dn"), "is empty"));
-            }
             if d.timeout_seconds == 0 {
                 return Err(invalid(key("timeout_seconds"), "must be at least 1"));
             }
@@ -484,7 +495,8 @@ impl Config {
                 discovery,
                 ca_file: resolve(d.ca_file),
                 base_dn,
-                bind_dn: d.bind_dn,
+                bind: d.bind,
+                bind_dn,
                 bind_password,
                 timeout: Duration::from_secs(d.timeout_seconds),
                 verify_bind: d.verify_bind,
@@ -511,6 +523,80 @@ impl Config {
             log: file.log,
         })
     }
+}
+
+/// The service account's password for `bind = "simple"`: from exactly one of `bind_password_file`
+/// (its line ending trimmed) or `bind_password_env`; never empty.
+fn simple_bind_password(
+    d: &DomainFile,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<SecretString, ConfigError> {
+    let password = match (&d.bind_password_file, &d.bind_password_env) {
+        (Some(file), None) => {
+            let path = resolve(file.clone());
+            let text = SecretString::new(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| invalid(key("bind_password_file"), format!("{}: {e}", path.display())))?,
+            );
+            let trimmed = text.expose_secret().trim_end_matches(['\r', '\n']);
+            SecretString::from(trimmed)
+        }
+        (None, Some(var)) => SecretString::new(
+            env(var)
+                .ok_or_else(|| invalid(key("bind_password_env"), format!("environment variable {var} is not set")))?,
+        ),
+        _ => {
+            return Err(invalid(
+                key("bind_password_file"),
+                "set exactly one of bind_password_file or bind_password_env",
+            ));
+        }
+    };
+    if password.is_empty() {
+        return Err(invalid(key("bind_password_file"), "the service account password is empty"));
+    }
+    Ok(password)
+}
+
+/// Checks the settings of `bind = "kerberos"`: a build with the feature, no password or DN keys,
+/// and DC URLs that name hosts (the service principal is `ldap/<host>`).
+fn kerberos_bind_settings(
+    d: &DomainFile,
+    urls: &[DcUrl],
+    key: &dyn Fn(&str) -> String,
+    supported: bool,
+) -> Result<(), ConfigError> {
+    const NOT_USED: &str = "is not used with bind = \"kerberos\" (the agent's Kerberos credentials name the \
+                            service account and no password is stored); remove it";
+    if !supported {
+        return Err(invalid(
+            key("bind"),
+            "\"kerberos\" needs an agent built with Kerberos support: \
+             cargo build --release -p pwrelay-agent --features kerberos (or use bind = \"simple\")",
+        ));
+    }
+    if d.bind_password_file.is_some() {
+        return Err(invalid(key("bind_password_file"), NOT_USED));
+    }
+    if d.bind_password_env.is_some() {
+        return Err(invalid(key("bind_password_env"), NOT_USED));
+    }
+    if d.bind_dn.is_some() {
+        return Err(invalid(key("bind_dn"), NOT_USED));
+    }
+    if let Some(dc) = urls.iter().find(|dc| dc.host_is_ip_address()) {
+        return Err(invalid(
+            key("urls"),
+            format!(
+                "{:?}: bind = \"kerberos\" needs the DC's DNS host name, not an IP address (the service ticket \
+                 is for ldap/<host>), e.g. ldaps://dc1.corp.example.com",
+                dc.url
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn reconcile_config(
@@ -558,6 +644,25 @@ fn split_host_port(authority: &str) -> Option<(String, u16)> {
         return None;
     }
     Some((host.to_owned(), port.parse().ok()?))
+}
+
+impl DcUrl {
+    /// The host part of the URL, without brackets around an IPv6 address (`dc1.corp.example.com`
+    /// of `ldaps://dc1.corp.example.com:636`).
+    pub fn host(&self) -> &str {
+        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, rest)| rest);
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        if let Some(v6) = authority.strip_prefix('[') {
+            return v6.split(']').next().unwrap_or_default();
+        }
+        authority.split(':').next().unwrap_or_default()
+    }
+
+    /// Whether the URL names its DC by IP address (which a Kerberos bind cannot use).
+    pub fn host_is_ip_address(&self) -> bool {
+        self.host().parse::<std::net::IpAddr>().is_ok()
+    }
 }
 
 fn parse_dc_url(url: &str) -> Result<DcUrl, String> {
@@ -634,6 +739,71 @@ bind_password_env = "BIND_PW"
         let c = Config::parse(&text, Path::new("/etc/pwrelay"), &env).expect("agent.full.toml is valid");
         assert_eq!(c.relay.max_jobs_in_flight, 4);
         assert_eq!(c.domains[0].urls.len(), 2);
+    }
+
+    /// MINIMAL with `bind = "kerberos"` instead of the DN and the password, and DCs by host name.
+    fn kerberos_text() -> String {
+        MINIMAL.replace(
+            "bind_dn = \"CN=svc-pwrelay,OU=Service,DC=corp,DC=example,DC=com\"\nbind_password_env = \"BIND_PW\"",
+            "bind = \"kerberos\"",
+        )
+    }
+
+    #[test]
+    fn kerberos_bind_takes_no_password_and_needs_host_names() {
+        let text = kerberos_text();
+        assert!(text.contains("bind = \"kerberos\"") && !text.contains("bind_dn"), "{text}");
+        if !KERBEROS_SUPPORTED {
+            let e = Config::parse(&text, Path::new("/"), &env).expect_err("not built in").to_string();
+            assert!(e.starts_with("domains[0].bind:") && e.contains("--features kerberos"), "{e}");
+            return;
+        }
+        let c = Config::parse(&text, Path::new("/"), &env).expect("valid");
+        assert_eq!(c.domains[0].bind, BindMethod::Kerberos);
+        assert!(c.domains[0].bind_password.is_empty() && c.domains[0].bind_dn.is_empty());
+        let refused = |text: String, key: &str| {
+            let e = Config::parse(&text, Path::new("/"), &env).expect_err("refused").to_string();
+            assert!(e.starts_with(&format!("domains[0].{key}:")), "{e}");
+            e
+        };
+        let e = refused(text.replace("bind = ", "bind_password_env = \"BIND_PW\"\nbind = "), "bind_password_env");
+        assert!(e.contains("not used with bind = \"kerberos\""), "{e}");
+        refused(text.replace("bind = ", "bind_password_file = \"bind.secret\"\nbind = "), "bind_password_file");
+        refused(text.replace("bind = ", "bind_dn = \"CN=svc,DC=corp\"\nbind = "), "bind_dn");
+        for ip in ["ldaps://10.0.0.5", "ldap://10.0.0.5:389", "ldaps://[fd00::5]:636"] {
+            let e = refused(text.replace("ldaps://dc1.corp.example.com", ip), "urls");
+            assert!(e.contains("DNS host name") && e.contains(ip), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_kerberos_bind_without_the_feature_says_how_to_build() {
+        let file: AgentFile = toml::from_str(&kerberos_text()).expect("toml");
+        let key = |field: &str| format!("domains[0].{field}");
+        let e = kerberos_bind_settings(&file.domains[0], &[], &key, false).expect_err("not built in").to_string();
+        assert!(e.starts_with("domains[0].bind:") && e.contains("--features kerberos"), "{e}");
+    }
+
+    #[test]
+    fn bind_methods_and_the_simple_bind_dn_are_checked() {
+        let e = Config::parse(&MINIMAL.replace("bind_dn", "bind = \"ntlm\"\nbind_dn"), Path::new("/"), &env)
+            .expect_err("unknown method")
+            .to_string();
+        assert!(e.contains("bind") && e.contains("kerberos"), "{e}");
+        let explicit = MINIMAL.replace("bind_dn", "bind = \"simple\"\nbind_dn");
+        assert_eq!(Config::parse(&explicit, Path::new("/"), &env).expect("valid").domains[0].bind, BindMethod::Simple);
+        let no_dn = MINIMAL.replace("bind_dn = \"CN=svc-pwrelay,OU=Service,DC=corp,DC=example,DC=com\"\n", "");
+        let e = Config::parse(&no_dn, Path::new("/"), &env).expect_err("no DN").to_string();
+        assert!(e.starts_with("domains[0].bind_dn:"), "{e}");
+    }
+
+    #[test]
+    fn dc_url_hosts() {
+        let host = |url: &str| DcUrl { url: url.into(), transport: LdapTransport::Ldaps }.host().to_owned();
+        assert_eq!(host("ldaps://dc1.corp.example.com:636"), "dc1.corp.example.com");
+        assert_eq!(host("ldap://dc1.corp.example.com/"), "dc1.corp.example.com");
+        assert_eq!(host("ldaps://[::1]:636"), "::1");
+        assert!(DcUrl { url: "ldaps://127.0.0.1".into(), transport: LdapTransport::Ldaps }.host_is_ip_address());
     }
 
     #[test]

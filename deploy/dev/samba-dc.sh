@@ -10,6 +10,11 @@
 # (deploy/dev/install-deps.sh). Never use this DC for anything but tests: the domain is
 # PWRELAY.TEST, the administrator password is public, and writes are not synced to disk.
 #
+# Kerberos (the agent's bind = "kerberos"): the DC accepts SASL binds inside TLS, and start also
+# writes $DC_DIR/krb5.conf (for KRB5_CONFIG), maps the DC's host name dc1.<realm> to 127.0.0.1 in
+# /etc/hosts and registers the DC's ldap/ service principal name (see kerberos_clients). A running
+# DC started by an older version of this script, without those settings, is restarted by start.
+#
 # Environment: DC_DIR (default /tmp/pwrelay-dc), REALM (PWRELAY.TEST), NETBIOS_DOMAIN (PWRELAY),
 # ADMIN_PASS, TEMPLATE_DIR (cache of a provisioned directory; default /tmp/pwrelay-dc-template),
 # READY_TIMEOUT (seconds, default 60).
@@ -64,9 +69,56 @@ provision() {
   samba-tool domain passwordsettings set --min-pwd-age=0 -H "$DC_DIR/private/sam.ldb" >/dev/null
 }
 
+# What a Kerberos (SASL GSSAPI) client of the DC needs; idempotent, run on every start (also when
+# the DC is already running, so a DC started by an older version of this script gets it too).
+# Failures only warn: the DC itself works without any of it.
+kerberos_clients() {
+  local fqdn="dc1.$realm_lc"
+  # GSSAPI asks the KDC for a ticket to ldap/<host of the LDAP URL>, so a client must reach the DC
+  # by its DNS name, never by 127.0.0.1; there is no DNS server for the test realm, hence a
+  # hosts entry (appended once; nothing else in /etc/hosts is touched).
+  if ! awk -v h="$fqdn" '$1 == "127.0.0.1" { for (i = 2; i <= NF; i++) if ($i == h) found = 1 } END { exit !found }' /etc/hosts; then
+    if [ -w /etc/hosts ]; then
+      printf '127.0.0.1 %s   # pwrelay throwaway Samba AD DC (deploy/dev/samba-dc.sh)\n' "$fqdn" >> /etc/hosts
+    else
+      echo "warning: /etc/hosts does not map $fqdn to 127.0.0.1 (run start as root); Kerberos tests will fail" >&2
+    fi
+  fi
+  # The realm's KDC is the DC on 127.0.0.1:88; names are used as given (no DNS canonicalization).
+  {
+    printf '%s\n' '[libdefaults]' "	default_realm = $REALM" '	dns_lookup_realm = false' '	dns_lookup_kdc = false' \
+      '	dns_canonicalize_hostname = false' '	rdns = false' \
+      '[realms]' "	$REALM = {" '		kdc = 127.0.0.1:88' '	}' \
+      '[domain_realm]' "	.$realm_lc = $REALM" "	$realm_lc = $REALM" > "$DC_DIR/krb5.conf.tmp" \
+      && mv "$DC_DIR/krb5.conf.tmp" "$DC_DIR/krb5.conf"
+  } 2>/dev/null || echo "warning: cannot write $DC_DIR/krb5.conf" >&2
+  # Samba registers a DC's ldap/ SPNs from samba_spnupdate, which belongs to the dns service this
+  # DC does not run; without ldap/<fqdn> the KDC answers "server not found" to a GSSAPI bind.
+  # Exit code 20 (the value exists) means it is there already.
+  local rc=0
+  printf 'dn: CN=DC1,OU=Domain Controllers,%s\nchangetype: modify\nadd: servicePrincipalName\nservicePrincipalName: ldap/%s\n' "$base_dn" "$fqdn" \
+    | LDAPTLS_CACERT="$DC_DIR/tls/ca.pem" ldapmodify -x -H ldaps://127.0.0.1 -D "CN=Administrator,CN=Users,$base_dn" \
+      -y <(printf '%s' "$ADMIN_PASS") >/dev/null 2>&1 || rc=$?
+  if [ "$rc" != 0 ] && [ "$rc" != 20 ]; then echo "warning: registering the SPN ldap/$fqdn failed (ldapmodify exit $rc)" >&2; fi
+}
+
 start() {
   if [ -f "$DC_DIR/samba.launch.pid" ] && kill -0 "$(cat "$DC_DIR/samba.launch.pid")" 2>/dev/null; then
-    if ldaps_ready; then echo "Samba AD DC already running (pid $(cat "$DC_DIR/samba.launch.pid"))"; return 0; fi
+    if ldaps_ready; then
+      if grep -q '^[[:space:]]*ldap server require strong auth' "$DC_DIR/etc/smb.conf"; then
+        kerberos_clients
+        echo "Samba AD DC already running (pid $(cat "$DC_DIR/samba.launch.pid"))"; return 0
+      fi
+      # Started by an older version of this script: Samba reads this option only at start-up (a
+      # reload does not change it), so the DC is started afresh, once.
+      if [ "$(id -u)" != 0 ]; then
+        echo "warning: the running DC lacks 'ldap server require strong auth'; Kerberos binds fail until" \
+          "it is restarted as root" >&2
+        return 0
+      fi
+      echo "restarting the Samba AD DC: it was started without the settings Kerberos binds need"
+      stop >/dev/null
+    fi
   fi
   command -v samba >/dev/null || { echo "samba is not installed; run deploy/dev/install-deps.sh" >&2; exit 1; }
   [ "$(id -u)" = 0 ] || { echo "the throwaway DC needs root (fixed LDAP ports)" >&2; exit 1; }
@@ -80,6 +132,12 @@ start() {
     provision
     if [ -n "$TEMPLATE_DIR" ]; then rm -rf "$TEMPLATE_DIR"; cp -a "$DC_DIR" "$TEMPLATE_DIR"; fi
   fi
+  # SASL (Kerberos) binds inside TLS with no SASL security layer, as Windows AD accepts them: a
+  # GSSAPI bind over LDAPS or StartTLS asks for no sign/seal (Windows refuses sign/seal over TLS).
+  # Samba's default ("yes") allows only simple binds over TLS. Plaintext binds stay refused as
+  # before. Added here, not at provision, so that a DC started from an older template has it too.
+  grep -q '^[[:space:]]*ldap server require strong auth' "$DC_DIR/etc/smb.conf" \
+    || sed -i 's/^\[global\]$/[global]\n\tldap server require strong auth = allow_sasl_over_tls/' "$DC_DIR/etc/smb.conf"
   setsid samba -s "$DC_DIR/etc/smb.conf" -F --debug-stdout -d 1 > "$DC_DIR/samba.out" 2>&1 < /dev/null &
   echo $! > "$DC_DIR/samba.launch.pid"
   local deadline=$((SECONDS + READY_TIMEOUT))
@@ -90,6 +148,7 @@ start() {
     [ $SECONDS -lt $deadline ] || { echo "LDAPS not ready after ${READY_TIMEOUT}s" >&2; exit 1; }
     sleep 0.2
   done
+  kerberos_clients
   echo "Samba AD DC ready in $((SECONDS - t0)) s: ldaps://127.0.0.1:636, realm $REALM, CA $DC_DIR/tls/ca.pem"
 }
 
@@ -118,6 +177,8 @@ case "${1:-}" in
     echo "PWRELAY_TEST_BASE_DN=$base_dn"
     echo "PWRELAY_TEST_ADMIN_DN=CN=Administrator,CN=Users,$base_dn"
     echo "PWRELAY_TEST_ADMIN_PASS=$ADMIN_PASS"
+    echo "PWRELAY_TEST_DC_HOST=dc1.$realm_lc"
+    echo "PWRELAY_TEST_KRB5_CONFIG=$DC_DIR/krb5.conf"
     ;;
   *) echo "usage: $0 start|stop|status|env" >&2; exit 64 ;;
 esac

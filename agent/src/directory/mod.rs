@@ -5,6 +5,11 @@
 //! configured CA; plaintext never), binds as the service account, resolves the target to exactly
 //! one user, applies the [`rules`] (scope, protection, state), does the work and reads the account
 //! back.
+//!
+//! The service account binds with its DN and password (LDAP simple bind), or, with
+//! `bind = "kerberos"` and the `kerberos` feature, with SASL GSSAPI and the process's Kerberos
+//! credentials (inside the TLS session, with the tls-server-end-point channel binding). Checks of a
+//! user's password are always simple binds.
 
 mod account;
 mod connection;
@@ -29,7 +34,7 @@ pub use connection::{WriteOptions, unicode_pwd};
 pub use error::DirectoryError;
 pub use target::AccountTarget;
 
-use crate::config::{DomainConfig, LdapTransport};
+use crate::config::{BindMethod, DomainConfig, LdapTransport};
 
 /// What a job did to an account, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +72,16 @@ pub struct Directory {
     pooled: tokio::sync::Mutex<Option<Connection>>,
     /// Effective password policies read recently, by source DN (domain head or PSO).
     policies: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Policy)>>,
+}
+
+/// How a connection authenticates.
+#[derive(Clone, Copy)]
+enum Login<'a> {
+    /// LDAP simple bind with a DN and password.
+    Simple { dn: &'a str, password: &'a str },
+    /// SASL GSSAPI bind with the process's Kerberos credentials, for the service principal
+    /// `ldap/<host of the DC URL>`.
+    Kerberos,
 }
 
 /// How long a password policy read from the directory is reused.
@@ -130,16 +145,53 @@ impl Directory {
         &self.config
     }
 
-    /// Opens an LDAP connection to the first DC that answers and binds as `dn`. A bind refusal that
-    /// is not about reachability ends the search: every DC of a domain gives the same answer.
+    /// Opens an LDAP connection to the first DC that answers and logs in. A bind refusal that is
+    /// not about reachability ends the search: every DC of a domain gives the same answer.
     async fn bind(
         &self,
-        dn: &str,
-        password: &str,
+        login: Login<'_>,
         what: &str,
     ) -> Result<Result<Connection, ldap3::LdapResult>, DirectoryError> {
         let urls = self.dc_urls().await?;
-        self.bind_to(&urls, dn, password, what).await
+        self.bind_to(&urls, login, what).await
+    }
+
+    /// How the service account logs in, as configured (`bind`).
+    fn service_login(&self) -> Login<'_> {
+        match self.config.bind {
+            BindMethod::Simple => {
+                Login::Simple { dn: &self.config.bind_dn, password: self.config.bind_password.expose_secret() }
+            }
+            BindMethod::Kerberos => Login::Kerberos,
+        }
+    }
+
+    /// The error of a refused service-account bind.
+    fn service_bind_refused(&self, result: &ldap3::LdapResult) -> DirectoryError {
+        match self.config.bind {
+            BindMethod::Simple => DirectoryError::from_result("service account bind", result.rc, &result.text),
+            BindMethod::Kerberos => {
+                let mut e = DirectoryError::from_result("service account kerberos bind", result.rc, &result.text);
+                let text = result.text.trim_end_matches('\0').trim();
+                match result.rc {
+                    // from_result's hint is about bind_dn and a password, neither of which is used.
+                    49 => {
+                        e.message = format!(
+                            "service account kerberos bind failed: {text} (LDAP result 49); the DC refused the \
+                             agent's Kerberos credentials: check that their principal is the delegated service \
+                             account and that it is enabled"
+                        );
+                    }
+                    // strongerAuthRequired: the DC wants SASL signing or sealing even inside TLS.
+                    8 => e.message.push_str(
+                        "; the DC refuses SASL binds inside TLS without signing (on Samba set \
+                         `ldap server require strong auth = allow_sasl_over_tls`; Windows AD accepts them)",
+                    ),
+                    _ => {}
+                }
+                e
+            }
+        }
     }
 
     /// The DCs to try, in order: the configured list, or what DNS discovery finds now.
@@ -153,12 +205,21 @@ impl Directory {
     async fn bind_to(
         &self,
         urls: &[crate::config::DcUrl],
-        dn: &str,
-        password: &str,
+        login: Login<'_>,
         what: &str,
     ) -> Result<Result<Connection, ldap3::LdapResult>, DirectoryError> {
         let mut failures = Vec::new();
         for dc in urls {
+            if matches!(login, Login::Kerberos) && dc.host_is_ip_address() {
+                return Err(DirectoryError::new(
+                    FailureCode::DirectoryError,
+                    format!(
+                        "{what} to {}: a kerberos bind needs the DC's DNS host name in the URL, not an IP address \
+                         (the service ticket is for ldap/<host>)",
+                        dc.url
+                    ),
+                ));
+            }
             let settings = LdapConnSettings::new()
                 .set_conn_timeout(self.config.timeout)
                 .set_config(Arc::clone(&self.tls))
@@ -173,7 +234,18 @@ impl Directory {
             };
             ldap3::drive!(conn);
             ldap.with_timeout(self.config.timeout);
-            match ldap.simple_bind(dn, password).await {
+            let bound = match login {
+                Login::Simple { dn, password } => ldap.simple_bind(dn, password).await,
+                Login::Kerberos => match kerberos_bind(&mut ldap, dc).await {
+                    Err(KerberosFailure::Bind(e)) => Err(e),
+                    Err(KerberosFailure::Credentials(e)) => {
+                        let _ = ldap.unbind().await;
+                        return Err(e);
+                    }
+                    Ok(result) => Ok(result),
+                },
+            };
+            match bound {
                 Ok(result) if result.rc == 0 => return Ok(Ok(Connection { ldap, url: dc.url.clone() })),
                 Ok(result) if matches!(result.rc, 51 | 52) => failures.push(format!("{}: busy or unavailable", dc.url)),
                 Ok(result) => {
@@ -203,9 +275,9 @@ impl Directory {
             }
         }
         let conn = self
-            .bind(&self.config.bind_dn, self.config.bind_password.expose_secret(), "service account bind")
+            .bind(self.service_login(), "service account bind")
             .await?
-            .map_err(|result| DirectoryError::from_result("service account bind", result.rc, &result.text))?;
+            .map_err(|result| self.service_bind_refused(&result))?;
         *pooled = Some(conn.clone());
         Ok(conn)
     }
@@ -231,22 +303,13 @@ impl Directory {
         };
         let mut health = Vec::new();
         for dc in &urls {
-            let bound = self
-                .bind_to(
-                    std::slice::from_ref(dc),
-                    &self.config.bind_dn,
-                    self.config.bind_password.expose_secret(),
-                    "health bind",
-                )
-                .await;
+            let bound = self.bind_to(std::slice::from_ref(dc), self.service_login(), "health bind").await;
             let (ok, detail) = match bound {
                 Ok(Ok(mut conn)) => {
                     let _ = conn.ldap.unbind().await;
                     (true, String::new())
                 }
-                Ok(Err(result)) => {
-                    (false, DirectoryError::from_result("service account bind", result.rc, &result.text).message)
-                }
+                Ok(Err(result)) => (false, self.service_bind_refused(&result).message),
                 Err(e) => (false, e.message),
             };
             health.push(DcHealth { url: dc.url.clone(), ok, detail });
@@ -422,7 +485,7 @@ impl Directory {
             // An empty password would be an anonymous bind, which proves nothing.
             return Ok(PasswordCheck::Wrong);
         }
-        match self.bind(dn, password.expose_secret(), "password check").await? {
+        match self.bind(Login::Simple { dn, password: password.expose_secret() }, "password check").await? {
             Ok(mut conn) => {
                 let _ = conn.ldap.unbind().await;
                 Ok(PasswordCheck::Matches)
@@ -431,6 +494,66 @@ impl Directory {
             Err(result) => Err(DirectoryError::from_result("password check bind", result.rc, &result.text)),
         }
     }
+}
+
+/// Why a Kerberos bind did not get an LDAP answer.
+enum KerberosFailure {
+    /// A transport or protocol failure on this DC: the next one may work.
+    #[cfg_attr(not(feature = "kerberos"), allow(dead_code))]
+    Bind(ldap3::LdapError),
+    /// The local Kerberos side failed (no credentials, no KDC, unknown service principal): the
+    /// same for every DC, so the search ends.
+    Credentials(DirectoryError),
+}
+
+/// SASL GSSAPI bind for the service principal `ldap/<host of dc>`, with the process's default
+/// Kerberos credentials. The connection is already TLS: ldap3 then asks for no SASL security layer
+/// and sends the tls-server-end-point channel binding. The GSSAPI library may block this thread
+/// briefly while it reads the ticket cache or asks the KDC; that happens only when the pooled
+/// connection is (re)opened and in health checks.
+#[cfg(feature = "kerberos")]
+async fn kerberos_bind(
+    ldap: &mut ldap3::Ldap,
+    dc: &crate::config::DcUrl,
+) -> Result<ldap3::LdapResult, KerberosFailure> {
+    match ldap.sasl_gssapi_bind(dc.host()).await {
+        Ok(result) => Ok(result),
+        Err(ldap3::LdapError::GssapiOperationError(text)) => {
+            Err(KerberosFailure::Credentials(kerberos_error(&dc.url, dc.host(), &text)))
+        }
+        Err(e) => Err(KerberosFailure::Bind(e)),
+    }
+}
+
+/// Without the `kerberos` feature: configuration refuses `bind = "kerberos"`; a directory built
+/// by hand with it fails here.
+#[cfg(not(feature = "kerberos"))]
+async fn kerberos_bind(_: &mut ldap3::Ldap, _: &crate::config::DcUrl) -> Result<ldap3::LdapResult, KerberosFailure> {
+    Err(KerberosFailure::Credentials(DirectoryError::new(
+        FailureCode::DirectoryError,
+        "bind = \"kerberos\" needs an agent built with Kerberos support (cargo build --features kerberos)",
+    )))
+}
+
+/// Classifies a failure of the GSSAPI library: the KDC out of reach is retryable; anything else
+/// (no credentials, expired ones, an unknown service principal) needs an operator.
+#[cfg_attr(not(feature = "kerberos"), allow(dead_code))]
+fn kerberos_error(url: &str, host: &str, text: &str) -> DirectoryError {
+    // MIT krb5 (KRB5_KDC_UNREACH) and Windows SSPI (SEC_E_NO_AUTHENTICATING_AUTHORITY).
+    let kdc_unreachable = ["cannot contact any kdc", "no authority could be contacted"]
+        .iter()
+        .any(|needle| text.to_ascii_lowercase().contains(needle));
+    if kdc_unreachable {
+        return DirectoryError::unavailable(format!("service account kerberos bind to {url}: {text}"));
+    }
+    DirectoryError::new(
+        FailureCode::AccessDenied,
+        format!(
+            "service account kerberos bind to {url} failed: {text}; the agent needs Kerberos credentials for the \
+             service account (Windows: run the service as the gMSA; Linux: KRB5_CLIENT_KTNAME naming its keytab \
+             or KRB5CCNAME a ticket cache) and the DC needs the service principal ldap/{host}"
+        ),
+    )
 }
 
 /// Classifies an invalidCredentials bind by AD's `data` sub-code: 773 (must change), 532
@@ -458,5 +581,20 @@ mod tests {
         assert_eq!(classify_bind(&text("773")), PasswordCheck::Matches);
         assert_eq!(classify_bind(&text("775")), PasswordCheck::LockedOut);
         assert_eq!(classify_bind("invalid credentials"), PasswordCheck::Wrong);
+    }
+
+    #[test]
+    fn kerberos_errors_say_what_is_missing() {
+        let none = kerberos_error(
+            "ldaps://dc1.corp.example.com",
+            "dc1.corp.example.com",
+            "gss_init_sec_context: No Kerberos credentials available (default cache: FILE:/tmp/krb5cc_0)",
+        );
+        assert_eq!(none.code, FailureCode::AccessDenied);
+        assert!(!none.retryable);
+        assert!(none.message.contains("KRB5_CLIENT_KTNAME") && none.message.contains("ldap/dc1.corp.example.com"));
+        let kdc = kerberos_error("ldaps://dc1", "dc1", "Cannot contact any KDC for realm 'CORP.EXAMPLE.COM'");
+        assert_eq!(kdc.code, FailureCode::DirectoryUnavailable);
+        assert!(kdc.retryable);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use pwrelay_agent::config::{DcUrl, DomainConfig, LdapTransport};
+use pwrelay_agent::config::{BindMethod, DcUrl, DomainConfig, LdapTransport};
 use pwrelay_proto::agent::v1 as pb;
 use pwrelay_shared::testkit::TestDc;
 
@@ -19,6 +19,7 @@ pub fn domain_config(dc: &TestDc) -> DomainConfig {
         discovery: None,
         ca_file: dc.ca_file.clone(),
         base_dn: dc.base_dn.clone(),
+        bind: BindMethod::Simple,
         bind_dn: dc.admin_dn.clone(),
         bind_password: dc.admin_password.clone(),
         timeout: Duration::from_secs(5),

@@ -6,6 +6,7 @@
 
 pub mod directory_admin;
 pub mod dns;
+pub mod kerberos;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
