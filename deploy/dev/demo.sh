@@ -79,6 +79,8 @@ cert_file = "agent.pem"
 key_file = "agent.key"
 [health]
 listen = "127.0.0.1:9444"
+[state]
+dir = "state"
 [[domains]]
 name = "pwrelay.test"
 urls = ["ldaps://127.0.0.1:636"]
