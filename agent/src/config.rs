@@ -15,38 +15,7 @@ use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::telemetry::LogConfig;
 use serde::Deserialize;
 
-/// Why the configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The TOML is invalid or has unknown/missing keys.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// toml's message (names the key and line).
-        message: String,
-    },
-    /// A value is unusable.
-    #[error("{key}: {message}")]
-    Invalid {
-        /// The key, dotted.
-        key: String,
-        /// What to fix.
-        message: String,
-    },
-}
-
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
-}
+pub use pwrelay_shared::config::ConfigError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -366,52 +335,48 @@ pub struct DomainConfig {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = pwrelay_shared::config::read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base, &|name| std::env::var(name).ok()).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
-            other => other,
-        })
+        Self::parse(&text, base, &|name| std::env::var(name).ok()).map_err(|e| e.in_file(path))
     }
 
     /// Parses TOML text; relative paths resolve against `base`; `env` looks up variables.
     pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file: AgentFile =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "<config>".into(), message: e.to_string() })?;
+            pwrelay_shared::config::parse_toml(text)?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let url = file.relay.url.trim();
         let rest = url
             .strip_prefix("https://")
-            .ok_or_else(|| invalid("relay.url", "must start with https:// (the link is always TLS)"))?;
+            .ok_or_else(|| ConfigError::invalid("relay.url", "must start with https:// (the link is always TLS)"))?;
         let authority = rest.trim_end_matches('/');
         let (host, port) = split_host_port(authority)
-            .ok_or_else(|| invalid("relay.url", "must be https://HOST:PORT, e.g. https://relay.example.com:7443"))?;
+            .ok_or_else(|| ConfigError::invalid("relay.url", "must be https://HOST:PORT, e.g. https://relay.example.com:7443"))?;
         if file.relay.max_jobs_in_flight == 0 || file.relay.max_jobs_in_flight > 64 {
-            return Err(invalid("relay.max_jobs_in_flight", "must be 1-64"));
+            return Err(ConfigError::invalid("relay.max_jobs_in_flight", "must be 1-64"));
         }
         if file.relay.heartbeat_seconds == 0 {
-            return Err(invalid("relay.heartbeat_seconds", "must be at least 1"));
+            return Err(ConfigError::invalid("relay.heartbeat_seconds", "must be at least 1"));
         }
         if file.domains.is_empty() {
-            return Err(invalid("domains", "configure at least one [[domains]] entry"));
+            return Err(ConfigError::invalid("domains", "configure at least one [[domains]] entry"));
         }
         let mut domains = Vec::new();
         for (i, d) in file.domains.into_iter().enumerate() {
             let key = |field: &str| format!("domains[{i}].{field}");
             if domains.iter().any(|known: &DomainConfig| known.name == d.name) {
-                return Err(invalid(key("name"), format!("{} is configured twice", d.name)));
+                return Err(ConfigError::invalid(key("name"), format!("{} is configured twice", d.name)));
             }
             let discovery = match (&d.discovery, d.urls.is_empty()) {
                 (None, true) => {
-                    return Err(invalid(
+                    return Err(ConfigError::invalid(
                         key("urls"),
                         "list at least one domain controller (e.g. ldaps://dc1.corp.example.com) or add [domains.discovery]",
                     ));
                 }
                 (Some(_), false) => {
-                    return Err(invalid(key("discovery"), "set either urls or [domains.discovery], not both"));
+                    return Err(ConfigError::invalid(key("discovery"), "set either urls or [domains.discovery], not both"));
                 }
                 (None, false) => None,
                 (Some(file), true) => {
@@ -419,7 +384,7 @@ impl Config {
                         "ldaps" => LdapTransport::Ldaps,
                         "starttls" => LdapTransport::StartTls,
                         other => {
-                            return Err(invalid(
+                            return Err(ConfigError::invalid(
                                 key("discovery.transport"),
                                 format!("{other:?}: use \"ldaps\" or \"starttls\""),
                             ));
@@ -428,7 +393,7 @@ impl Config {
                     let mut discovery = crate::directory::discovery::Discovery::new(transport);
                     if let Some(site) = &file.site {
                         discovery =
-                            discovery.with_site(site).map_err(|e| invalid(key("discovery.site"), e.to_string()))?;
+                            discovery.with_site(site).map_err(|e| ConfigError::invalid(key("discovery.site"), e.to_string()))?;
                     }
                     if let Some(nameserver) = file.nameserver {
                         discovery = discovery.with_nameserver(nameserver);
@@ -439,14 +404,14 @@ impl Config {
             let urls: Vec<DcUrl> = d
                 .urls
                 .iter()
-                .map(|u| parse_dc_url(u).map_err(|m| invalid(key("urls"), m)))
+                .map(|u| parse_dc_url(u).map_err(|m| ConfigError::invalid(key("urls"), m)))
                 .collect::<Result<_, _>>()?;
             let (bind_dn, bind_password) = match d.bind {
                 BindMethod::Simple => {
                     let password = simple_bind_password(&d, &resolve, env, &key)?;
                     match d.bind_dn.as_deref().map(str::trim) {
-                        None => return Err(invalid(key("bind_dn"), "the service account's DN is required")),
-                        Some("") => return Err(invalid(key("bind_dn"), "is empty")),
+                        None => return Err(ConfigError::invalid(key("bind_dn"), "the service account's DN is required")),
+                        Some("") => return Err(ConfigError::invalid(key("bind_dn"), "is empty")),
                         Some(_) => (d.bind_dn.clone().unwrap_or_default(), password),
                     }
                 }
@@ -456,12 +421,12 @@ impl Config {
                 }
             };
             if d.timeout_seconds == 0 {
-                return Err(invalid(key("timeout_seconds"), "must be at least 1"));
+                return Err(ConfigError::invalid(key("timeout_seconds"), "must be at least 1"));
             }
             let base_dn = d.base_dn.unwrap_or_else(|| d.name.default_base_dn());
             let dn_list = |list: &[String], field: &str| -> Result<(), ConfigError> {
                 match list.iter().find(|dn| !dn.contains('=')) {
-                    Some(bad) => Err(invalid(key(field), format!("{bad:?} is not a distinguished name"))),
+                    Some(bad) => Err(ConfigError::invalid(key(field), format!("{bad:?} is not a distinguished name"))),
                     None => Ok(()),
                 }
             };
@@ -473,10 +438,10 @@ impl Config {
                 Some(file) => {
                     let path = resolve(file.clone());
                     let text = std::fs::read_to_string(&path).map_err(|e| {
-                        invalid(key("password_check.custom_list_file"), format!("{}: {e}", path.display()))
+                        ConfigError::invalid(key("password_check.custom_list_file"), format!("{}: {e}", path.display()))
                     })?;
                     pwrelay_shared::password::CustomList::parse(&text).map_err(|e| {
-                        invalid(key("password_check.custom_list_file"), format!("{}: {e}", path.display()))
+                        ConfigError::invalid(key("password_check.custom_list_file"), format!("{}: {e}", path.display()))
                     })?
                 }
             };
@@ -538,24 +503,24 @@ fn simple_bind_password(
             let path = resolve(file.clone());
             let text = SecretString::new(
                 std::fs::read_to_string(&path)
-                    .map_err(|e| invalid(key("bind_password_file"), format!("{}: {e}", path.display())))?,
+                    .map_err(|e| ConfigError::invalid(key("bind_password_file"), format!("{}: {e}", path.display())))?,
             );
             let trimmed = text.expose_secret().trim_end_matches(['\r', '\n']);
             SecretString::from(trimmed)
         }
         (None, Some(var)) => SecretString::new(
             env(var)
-                .ok_or_else(|| invalid(key("bind_password_env"), format!("environment variable {var} is not set")))?,
+                .ok_or_else(|| ConfigError::invalid(key("bind_password_env"), format!("environment variable {var} is not set")))?,
         ),
         _ => {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 key("bind_password_file"),
                 "set exactly one of bind_password_file or bind_password_env",
             ));
         }
     };
     if password.is_empty() {
-        return Err(invalid(key("bind_password_file"), "the service account password is empty"));
+        return Err(ConfigError::invalid(key("bind_password_file"), "the service account password is empty"));
     }
     Ok(password)
 }
@@ -571,23 +536,23 @@ fn kerberos_bind_settings(
     const NOT_USED: &str = "is not used with bind = \"kerberos\" (the agent's Kerberos credentials name the \
                             service account and no password is stored); remove it";
     if !supported {
-        return Err(invalid(
+        return Err(ConfigError::invalid(
             key("bind"),
             "\"kerberos\" needs an agent built with Kerberos support: \
              cargo build --release -p pwrelay-agent --features kerberos (or use bind = \"simple\")",
         ));
     }
     if d.bind_password_file.is_some() {
-        return Err(invalid(key("bind_password_file"), NOT_USED));
+        return Err(ConfigError::invalid(key("bind_password_file"), NOT_USED));
     }
     if d.bind_password_env.is_some() {
-        return Err(invalid(key("bind_password_env"), NOT_USED));
+        return Err(ConfigError::invalid(key("bind_password_env"), NOT_USED));
     }
     if d.bind_dn.is_some() {
-        return Err(invalid(key("bind_dn"), NOT_USED));
+        return Err(ConfigError::invalid(key("bind_dn"), NOT_USED));
     }
     if let Some(dc) = urls.iter().find(|dc| dc.host_is_ip_address()) {
-        return Err(invalid(
+        return Err(ConfigError::invalid(
             key("urls"),
             format!(
                 "{:?}: bind = \"kerberos\" needs the DC's DNS host name, not an IP address (the service ticket \
@@ -608,23 +573,23 @@ fn reconcile_config(
     let path = resolve(file.salt_file.clone());
     let text = SecretString::new(
         std::fs::read_to_string(&path)
-            .map_err(|e| invalid(key("reconcile.salt_file"), format!("{}: {e}", path.display())))?,
+            .map_err(|e| ConfigError::invalid(key("reconcile.salt_file"), format!("{}: {e}", path.display())))?,
     );
     let salt = SecretString::from(text.expose_secret().trim_end_matches(['\r', '\n']));
     if salt.expose_secret().len() < MIN_SALT_BYTES {
-        return Err(invalid(key("reconcile.salt_file"), format!("the salt must be at least {MIN_SALT_BYTES} bytes")));
+        return Err(ConfigError::invalid(key("reconcile.salt_file"), format!("the salt must be at least {MIN_SALT_BYTES} bytes")));
     }
     let hash = match file.hash.as_str() {
         "sha512" => HashAlgorithm::Sha512,
         "sha256" => HashAlgorithm::Sha256,
-        other => return Err(invalid(key("reconcile.hash"), format!("{other:?}: use \"sha512\" or \"sha256\""))),
+        other => return Err(ConfigError::invalid(key("reconcile.hash"), format!("{other:?}: use \"sha512\" or \"sha256\""))),
     };
     let case = match file.upn_case.as_str() {
         "lower" => UpnCase::Lower,
         "upper" => UpnCase::Upper,
         "unchanged" => UpnCase::Unchanged,
         other => {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 key("reconcile.upn_case"),
                 format!("{other:?}: use \"lower\", \"upper\" or \"unchanged\""),
             ));
@@ -633,7 +598,7 @@ fn reconcile_config(
     let params = DeriveParams { hash, iterations: file.iterations, length: file.length, case };
     // Refuse parameters derive() would refuse, at start-up rather than per job.
     pwrelay_shared::derive::derive("check@example.com", &salt, &params)
-        .map_err(|e| invalid(key("reconcile"), e.to_string()))?;
+        .map_err(|e| ConfigError::invalid(key("reconcile"), e.to_string()))?;
     Ok(ReconcileConfig { salt, params })
 }
 

@@ -13,34 +13,7 @@ use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::telemetry::LogConfig;
 use serde::Deserialize;
 
-/// Why the configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The TOML is invalid or has unknown/missing keys.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// toml's message (names the key and line).
-        message: String,
-    },
-    /// A value is out of range.
-    #[error("{key}: {message}")]
-    Invalid {
-        /// The key, dotted.
-        key: &'static str,
-        /// What to fix.
-        message: String,
-    },
-}
+pub use pwrelay_shared::config::ConfigError;
 
 /// The relay configuration as written in the file.
 #[derive(Debug, Deserialize)]
@@ -203,37 +176,32 @@ pub struct Overrides {
 impl Config {
     /// Reads and validates the file at `path`, then applies `overrides`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = pwrelay_shared::config::read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base, overrides).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
-            other => other,
-        })
+        Self::parse(&text, base, overrides).map_err(|e| e.in_file(path))
     }
 
     /// Parses TOML text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let file: RelayFile =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "<config>".into(), message: e.to_string() })?;
+        let file: RelayFile = pwrelay_shared::config::parse_toml(text)?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         if file.domains.is_empty() {
-            return Err(ConfigError::Invalid { key: "domains", message: "list at least one AD domain".into() });
+            return Err(ConfigError::invalid("domains", "list at least one AD domain"));
         }
         if file.link.lease_seconds < 5 {
-            return Err(ConfigError::Invalid { key: "link.lease_seconds", message: "must be at least 5".into() });
+            return Err(ConfigError::invalid("link.lease_seconds", "must be at least 5"));
         }
         if file.link.heartbeat_seconds == 0 {
-            return Err(ConfigError::Invalid { key: "link.heartbeat_seconds", message: "must be at least 1".into() });
+            return Err(ConfigError::invalid("link.heartbeat_seconds", "must be at least 1"));
         }
         if file.jobs.max_attempts == 0 {
-            return Err(ConfigError::Invalid { key: "jobs.max_attempts", message: "must be at least 1".into() });
+            return Err(ConfigError::invalid("jobs.max_attempts", "must be at least 1"));
         }
         if file.jobs.ttl_hours == 0 {
-            return Err(ConfigError::Invalid { key: "jobs.ttl_hours", message: "must be at least 1".into() });
+            return Err(ConfigError::invalid("jobs.ttl_hours", "must be at least 1"));
         }
         if file.api.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid { key: "api.max_body_bytes", message: "must be at least 1024".into() });
+            return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
         }
         let mut log = file.log;
         if let Some(level) = &overrides.log_level {

@@ -1,5 +1,6 @@
 //! pwrelay-shared: the library the relay and the agent both use.
 //!
+//! - [`config`]: reading and parsing the binaries' TOML configuration files.
 //! - [`secret`]: zeroizing secret types with redacted `Debug`.
 //! - [`domain`]: validated names (AD DNS domain names, agent names).
 //! - [`identity`]: the agent identity carried in its client certificate.
@@ -10,6 +11,7 @@
 //! - [`policy`], [`password`], [`derive`]: the password engine (AD policy, banned-password
 //!   evaluation, generation, seed-compatible derivation).
 
+pub mod config;
 pub mod derive;
 pub mod domain;
 pub mod identity;
