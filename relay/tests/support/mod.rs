@@ -238,40 +238,22 @@ impl World {
 
     /// POSTs JSON with this world's token.
     pub async fn post(&self, relay: &Relay, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(self.url(relay, path))
-            .bearer_auth(self.token.expose_secret())
-            .json(body)
-            .send()
-            .await
-            .expect("request is answered");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.send(self.http.post(self.url(relay, path)).json(body)).await
     }
 
     /// GETs with this world's token.
     pub async fn get(&self, relay: &Relay, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(self.url(relay, path))
-            .bearer_auth(self.token.expose_secret())
-            .send()
-            .await
-            .expect("request is answered");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.send(self.http.get(self.url(relay, path))).await
     }
 
     /// DELETEs with this world's token.
     pub async fn delete(&self, relay: &Relay, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .delete(self.url(relay, path))
-            .bearer_auth(self.token.expose_secret())
-            .send()
-            .await
-            .expect("request is answered");
+        self.send(self.http.delete(self.url(relay, path))).await
+    }
+
+    /// Sends `request` with this world's token; the status and the JSON body (null if none).
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.bearer_auth(self.token.expose_secret()).send().await.expect("request is answered");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
