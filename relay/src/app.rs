@@ -15,9 +15,11 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::jobs::events::JobEvents;
+use crate::lifecycle::keys::LinkKeys;
+use crate::lifecycle::{self, Lifecycle};
 use crate::link::registry::AgentRegistry;
 use crate::link::{LinkContext, LinkService};
-use crate::listener::TlsIncoming;
+use crate::listener::{ClientAddr, TlsIncoming};
 use crate::seal::{SealError, Sealer};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ClaimPolicy, Store, StoreError};
@@ -54,6 +56,9 @@ pub enum AppError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The new-hire flow's settings or credentials are unusable.
+    #[error("{0}")]
+    Lifecycle(String),
     /// A server failed while running.
     #[error("{part} failed: {message}")]
     Serve {
@@ -72,6 +77,7 @@ pub struct App {
     api_state: Arc<ApiState>,
     link_context: Arc<LinkContext>,
     store: Arc<SqliteStore>,
+    lifecycle: Option<Arc<Lifecycle>>,
     time_to_live: Duration,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -118,6 +124,24 @@ impl App {
         let registry = Arc::new(AgentRegistry::default());
         let domains = config.domains.iter().cloned().collect();
         let dyn_store: Arc<dyn Store> = store.clone();
+        let link_keys = Arc::new(LinkKeys::default());
+        let lifecycle = match config.lifecycle {
+            Some(settings) => Some(Arc::new(
+                Lifecycle::new(
+                    settings,
+                    lifecycle::Parts {
+                        store: store.clone(),
+                        jobs: Arc::clone(&dyn_store),
+                        sealer: Arc::clone(&sealer),
+                        events: Arc::clone(&events),
+                        keys: Arc::clone(&link_keys),
+                        domains: config.domains.clone(),
+                    },
+                )
+                .map_err(AppError::Lifecycle)?,
+            )),
+            None => None,
+        };
         let api_state = Arc::new(ApiState {
             store: Arc::clone(&dyn_store),
             sealer: Arc::clone(&sealer),
@@ -125,6 +149,7 @@ impl App {
             registry: Arc::clone(&registry),
             domains: config.domains.iter().cloned().collect(),
             max_body_bytes: config.api.max_body_bytes,
+            lifecycle: lifecycle.clone(),
         });
         let link_context = Arc::new(LinkContext {
             store: dyn_store,
@@ -138,9 +163,20 @@ impl App {
                 time_to_live: config.jobs.time_to_live,
             },
             heartbeat: config.link.heartbeat,
+            link_keys,
         });
         tracing::info!(api = %api.local_addr(), link = %link.local_addr(), store = %store.path().display(), "relay listening");
-        Ok(Self { api, link, api_state, link_context, store, time_to_live: config.jobs.time_to_live, cancel, tracker })
+        Ok(Self {
+            api,
+            link,
+            api_state,
+            link_context,
+            store,
+            lifecycle,
+            time_to_live: config.jobs.time_to_live,
+            cancel,
+            tracker,
+        })
     }
 
     /// The bound HTTPS API address.
@@ -155,15 +191,15 @@ impl App {
 
     /// Serves until `shutdown` completes (or a server fails), then drains for up to 10 s.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        let Self { api, link, api_state, link_context, store, time_to_live, cancel, tracker } = self;
+        let Self { api, link, api_state, link_context, store, lifecycle, time_to_live, cancel, tracker } = self;
         let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(4);
 
         let api_cancel = cancel.child_token();
         let api_failed = failed_tx.clone();
         tracker.spawn(async move {
-            let served = axum::serve(api, api::router(api_state))
-                .with_graceful_shutdown(async move { api_cancel.cancelled().await })
-                .await;
+            let app = api::router(api_state).into_make_service_with_connect_info::<ClientAddr>();
+            let served =
+                axum::serve(api, app).with_graceful_shutdown(async move { api_cancel.cancelled().await }).await;
             if let Err(e) = served {
                 let _ = api_failed.send(AppError::Serve { part: "api", message: e.to_string() }).await;
             }
@@ -197,6 +233,9 @@ impl App {
                 }
             }
         });
+        if let Some(lifecycle) = lifecycle {
+            tracker.spawn(lifecycle.run(cancel.child_token(), tracker.clone()));
+        }
         drop(failed_tx);
 
         let result = tokio::select! {

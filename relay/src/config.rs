@@ -27,6 +27,8 @@ struct RelayFile {
     jobs: JobsFile,
     #[serde(default)]
     log: LogConfig,
+    #[serde(default)]
+    lifecycle: Option<crate::lifecycle::config::LifecycleFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +114,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The new-hire flow (`[lifecycle]`), when configured.
+    pub lifecycle: Option<crate::lifecycle::config::LifecycleConfig>,
 }
 
 /// `[api]`.
@@ -203,6 +207,7 @@ impl Config {
         if file.api.max_body_bytes < 1024 {
             return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
         }
+        let lifecycle = file.lifecycle.map(|l| l.validate(&resolve)).transpose()?;
         let mut log = file.log;
         if let Some(level) = &overrides.log_level {
             log.level.clone_from(level);
@@ -229,6 +234,7 @@ impl Config {
                 time_to_live: Duration::from_secs(file.jobs.ttl_hours * 3600),
             },
             log,
+            lifecycle,
         })
     }
 }

@@ -5,6 +5,10 @@
 //! - [`link`]: the mTLS gRPC service agents connect to; dispatch and results.
 //! - [`store`]: the durable job store (SQLite) behind one narrow trait.
 //! - [`jobs`]: the job model and in-process job signals.
+//! - [`lifecycle`]: new hires: Lifecycle Workflows callouts → initial password → one-time link →
+//!   Graph resume; with [`graph`] (Microsoft Graph), [`delivery`] (SMS, mail, templates) and
+//!   [`outbound`] (the HTTP client for cloud calls).
+//! - [`signature`]: HMAC request signatures with a timestamp.
 //! - [`seal`]: encryption of secrets at rest.
 //! - [`listener`]: the TLS accept loop of both listeners.
 //! - [`cli`]: the `pwrelay` command line (serve, pki, clients, password, store-key).
@@ -13,10 +17,15 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod delivery;
+pub mod graph;
 pub mod jobs;
+pub mod lifecycle;
 pub mod link;
 pub mod listener;
+pub mod outbound;
 pub mod seal;
+pub mod signature;
 pub mod store;
 
 pub use app::App;

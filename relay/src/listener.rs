@@ -112,3 +112,14 @@ impl axum::serve::Listener for TlsIncoming {
         Ok(self.local_addr)
     }
 }
+
+/// The peer address of an API connection, for handlers that rate-limit by client
+/// (`ConnectInfo<ClientAddr>`). Behind a load balancer this is the balancer's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsIncoming>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsIncoming>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}

@@ -84,12 +84,17 @@ impl Sealer {
 
     /// Seals `secret` for the record `context` (the job id).
     pub fn seal(&self, context: &str, secret: &SecretString) -> Result<Vec<u8>, SealError> {
+        self.seal_bytes(context, secret.expose_secret().as_bytes())
+    }
+
+    /// Seals bytes for the record `context`.
+    pub fn seal_bytes(&self, context: &str, secret: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| SealError::Random)?;
-        let mut buffer = Vec::with_capacity(1 + NONCE_LEN + secret.expose_secret().len() + AES_256_GCM.tag_len());
+        let mut buffer = Vec::with_capacity(1 + NONCE_LEN + secret.len() + AES_256_GCM.tag_len());
         buffer.push(FORMAT_V1);
         buffer.extend_from_slice(&nonce);
-        let mut body = secret.expose_secret().as_bytes().to_vec();
+        let mut body = secret.to_vec();
         let sealed = self.key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(context.as_bytes()),
@@ -105,6 +110,13 @@ impl Sealer {
 
     /// Opens a value sealed for `context`.
     pub fn open(&self, context: &str, sealed: &[u8]) -> Result<SecretString, SealError> {
+        let plain = self.open_bytes(context, sealed)?;
+        let text = std::str::from_utf8(&plain).map_err(|_| SealError::Open)?;
+        Ok(SecretString::from(text))
+    }
+
+    /// Opens bytes sealed for `context`.
+    pub fn open_bytes(&self, context: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, SealError> {
         let (&version, rest) = sealed.split_first().ok_or(SealError::Open)?;
         if version != FORMAT_V1 || rest.len() < NONCE_LEN {
             return Err(SealError::Open);
@@ -112,10 +124,13 @@ impl Sealer {
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Open)?;
         let mut buffer = zeroize::Zeroizing::new(ciphertext.to_vec());
-        let plain =
-            self.key.open_in_place(nonce, Aad::from(context.as_bytes()), &mut buffer).map_err(|_| SealError::Open)?;
-        let text = std::str::from_utf8(plain).map_err(|_| SealError::Open)?;
-        Ok(SecretString::from(text))
+        let len = self
+            .key
+            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut buffer)
+            .map_err(|_| SealError::Open)?
+            .len();
+        buffer.truncate(len);
+        Ok(buffer)
     }
 }
 

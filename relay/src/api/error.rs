@@ -78,6 +78,22 @@ impl ApiError {
         }
     }
 
+    /// 503 with a message for the caller (a dependency other than the store is failing).
+    pub fn unavailable_because(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
+    }
+
+    /// 429: too many requests; try again after the given seconds.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::TOO_MANY_REQUESTS, code: "too_many_requests", message: message.into() }
+    }
+
+    /// 403 with its own code: the link's proof does not match.
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
     /// The same error with `prefix` before its message (e.g. the index of a list item).
     pub fn prefixed(mut self, prefix: &str) -> Self {
         self.message.insert_str(0, prefix);

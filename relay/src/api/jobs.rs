@@ -176,6 +176,7 @@ pub(super) async fn secret(
             "encoding": "sealed_box",
             "sealed_box": base64::engine::general_purpose::STANDARD.encode(&secret.bytes),
         }),
+        SecretEncoding::Aes256Gcm => return Err(ApiError::not_found(format!("job {id} returns no password"))),
         SecretEncoding::Plaintext => {
             let password = state.sealer.open(&id.to_string(), &secret.bytes).map_err(|e| ApiError::unavailable(&e))?;
             serde_json::json!({ "encoding": "plaintext", "password": password.expose_secret() })

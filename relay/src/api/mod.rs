@@ -11,6 +11,11 @@
 //! | `DELETE /v1/jobs/{id}` | token | cancel a job no agent has taken yet |
 //! | `GET /v1/jobs/{id}/secret` | token | a generated password, exactly once (then 410) |
 //! | `GET /v1/agents` | token | connected agents |
+//! | `POST /v1/lifecycle/callouts` | Entra token or HMAC signature | a Lifecycle Workflows callout → 202 |
+//! | `GET /v1/lifecycle/requests/{id}` | token (`lifecycle` scope) | a new-hire request's stage, delivery and resume state |
+//! | `GET /r/{id}` | none (rate-limited) | the one-time password page; consumes nothing |
+//! | `POST /r/{id}/claim` | proof of the link key | the encrypted password, once |
+//! | `GET /r/assets/{reveal.js,reveal.css}` | none | the page's script and style |
 //! | `GET /healthz` | none | the process is alive |
 //! | `GET /readyz` | none | the job store answers |
 
@@ -19,7 +24,10 @@ mod checks;
 pub mod error;
 mod health;
 mod jobs;
+mod lifecycle;
+pub mod rate_limit;
 mod reconciliations;
+mod reveal;
 mod rotations;
 mod submit;
 
@@ -54,6 +62,8 @@ pub struct ApiState {
     pub domains: BTreeSet<DomainName>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// The new-hire flow, when `[lifecycle]` is configured.
+    pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
 }
 
 /// The API's routes.
@@ -67,6 +77,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/jobs/{id}/secret", get(jobs::secret))
         .route("/v1/agents", get(health::agents))
+        .route("/v1/lifecycle/callouts", post(lifecycle::callout))
+        .route("/v1/lifecycle/requests/{id}", get(lifecycle::show))
+        .route("/r/assets/reveal.js", get(reveal::script))
+        .route("/r/assets/reveal.css", get(reveal::style))
+        .route("/r/{id}", get(reveal::show))
+        .route("/r/{id}/claim", post(reveal::claim))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .fallback(|| async { ApiError::not_found("no such route; see the API section of the README") })

@@ -43,6 +43,8 @@ pub struct LinkContext {
     pub claim_policy: ClaimPolicy,
     /// Expected heartbeat interval.
     pub heartbeat: Duration,
+    /// Where `initial_password` results leave their link keys for the delivery.
+    pub link_keys: Arc<crate::lifecycle::keys::LinkKeys>,
 }
 
 impl std::fmt::Debug for dyn Store {

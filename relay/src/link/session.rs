@@ -23,7 +23,7 @@ use crate::jobs::{
     SecretEncoding, Timestamp,
 };
 use crate::store::Completion;
-use pwrelay_shared::secret::SecretString;
+use pwrelay_shared::secret::{SecretBytes, SecretString};
 
 /// How long an agent has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -327,6 +327,21 @@ impl Session {
             pb::SecretEncoding::SealedBox if !bytes.is_empty() => {
                 Some(ResultSecret { encoding: SecretEncoding::SealedBox, bytes: std::mem::take(&mut bytes) })
             }
+            pb::SecretEncoding::Aes256Gcm if !bytes.is_empty() && s.secret_key.len() == 32 => {
+                // The ciphertext is kept (sealed once more with the store key); the key goes to the
+                // delivery in memory and never reaches the store.
+                let key = SecretBytes::new(std::mem::take(&mut s.secret_key));
+                match self.context.sealer.seal_bytes(&id.to_string(), &bytes) {
+                    Ok(sealed) => {
+                        self.context.link_keys.put(id, key);
+                        Some(ResultSecret { encoding: SecretEncoding::Aes256Gcm, bytes: sealed })
+                    }
+                    Err(_) => {
+                        tracing::error!(job_id = %id, "the encrypted initial password could not be kept; it is lost");
+                        None
+                    }
+                }
+            }
             pb::SecretEncoding::Plaintext if !bytes.is_empty() => {
                 let text = String::from_utf8(std::mem::take(&mut bytes)).ok().map(SecretString::new);
                 match text.map(|t| self.context.sealer.seal(&id.to_string(), &t)) {
@@ -340,6 +355,7 @@ impl Session {
             _ => None,
         };
         zeroize::Zeroize::zeroize(&mut bytes);
+        zeroize::Zeroize::zeroize(&mut s.secret_key);
         let state = s.account_state.map(|a| AccountState {
             locked_out: a.locked_out,
             must_change_password: a.must_change_password,

@@ -8,6 +8,7 @@
 //!
 //! [`sqlite::SqliteStore`] is the embedded implementation.
 
+pub mod lifecycle;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -105,6 +106,8 @@ pub enum Operation {
     Unlock,
     /// Reset to the derived value.
     Reconcile,
+    /// Read new-hire (Lifecycle Workflows) requests and their jobs.
+    Lifecycle,
 }
 
 impl Operation {
@@ -115,16 +118,24 @@ impl Operation {
             Self::Verify => "verify",
             Self::Unlock => "unlock",
             Self::Reconcile => "reconcile",
+            Self::Lifecycle => "lifecycle",
         }
     }
 
     /// Parses a scope name.
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Rotate, Self::Verify, Self::Unlock, Self::Reconcile].into_iter().find(|o| o.as_str() == text)
+        [Self::Rotate, Self::Verify, Self::Unlock, Self::Reconcile, Self::Lifecycle]
+            .into_iter()
+            .find(|o| o.as_str() == text)
     }
 }
 
 impl Scopes {
+    /// Whether the client may do `operation` at all (in some domain).
+    pub fn allows(&self, operation: Operation) -> bool {
+        self.operations.as_ref().is_none_or(|ops| ops.contains(&operation))
+    }
+
     /// The scope `operation` in `domain` lacks, if any, named for an error message.
     pub fn missing(&self, operation: Operation, domain: &DomainName) -> Option<String> {
         if self.operations.as_ref().is_some_and(|ops| !ops.contains(&operation)) {

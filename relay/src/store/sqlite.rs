@@ -21,7 +21,7 @@ use crate::jobs::{
 };
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -54,6 +54,7 @@ CREATE INDEX IF NOT EXISTS jobs_client_id ON jobs (client, id);
 ALTER TABLE jobs ADD COLUMN parent_id TEXT;
 CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id, state);
 ",
+    super::lifecycle::SCHEMA,
 ];
 
 const SCHEMA: &str = "
@@ -159,7 +160,7 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
-fn db_err(e: rusqlite::Error) -> StoreError {
+pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
@@ -210,7 +211,7 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub(super) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -317,6 +318,7 @@ fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
             .map(|p| p.parse::<JobId>().map_err(|_| corrupt("bad parent_id")))
             .transpose()?,
         progress: None,
+        lifecycle: None,
     };
     Ok(StoredJob {
         job,

@@ -1,0 +1,115 @@
+//! `POST /v1/lifecycle/callouts`: the Lifecycle Workflows custom task extension, forwarded by a
+//! Logic App; and `GET /v1/lifecycle/requests/{id}` for operators.
+//!
+//! A callout is authenticated (Entra token or HMAC signature, see
+//! [`crate::lifecycle::authentication`]), parsed, stored once per `taskProcessingResult.id` and
+//! answered 202 at once; the work happens in the background. The same callout again is answered
+//! 202 with `Idempotent-Replayed: true` and starts nothing; the same id with another body is 409.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::ApiState;
+use super::auth::Authenticated;
+use super::error::ApiError;
+use crate::lifecycle::Lifecycle;
+use crate::lifecycle::authentication::CalloutAuthError;
+use crate::lifecycle::callout::Callout;
+use crate::store::Operation;
+use crate::store::lifecycle::{CalloutInsertion, NewRequest};
+
+fn enabled(state: &ApiState) -> Result<&Arc<Lifecycle>, ApiError> {
+    state
+        .lifecycle
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the new-hire flow is not enabled on this relay; configure [lifecycle]"))
+}
+
+/// `POST /v1/lifecycle/callouts`.
+pub(super) async fn callout(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, HeaderMap, Json<serde_json::Value>), ApiError> {
+    let lifecycle = enabled(&state)?;
+    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::too_large(state.max_body_bytes))?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let tenant = lifecycle
+        .authenticator
+        .authenticate(header("authorization"), header(crate::signature::HEADER), &bytes)
+        .await
+        .map_err(|e| match e {
+            CalloutAuthError::KeysUnavailable(_) => {
+                tracing::error!(error = %e, "callout refused: the tenant's keys are unavailable");
+                ApiError::unavailable_because(e.to_string())
+            }
+            other => {
+                tracing::warn!(error = %other, "callout refused");
+                ApiError::unauthenticated(other.to_string())
+            }
+        })?;
+    let is_json = header("content-type")
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let callout = Callout::parse(&bytes).map_err(ApiError::invalid_request)?;
+    let id = callout.task_processing_result_id;
+    let request = NewRequest { callout, tenant_id: tenant.clone(), body_sha256: Sha256::digest(&bytes).into() };
+    let inserted = lifecycle.store.insert_callout(request).await.map_err(|e| ApiError::unavailable(&e))?;
+    let mut response_headers = HeaderMap::new();
+    match inserted {
+        CalloutInsertion::Created => {
+            tracing::info!(
+                target: "pwrelay::audit",
+                event = "lifecycle.callout_accepted",
+                task_processing_result = %id,
+                tenant,
+                "Lifecycle Workflows callout accepted"
+            );
+            lifecycle.wake();
+        }
+        CalloutInsertion::Repeated => {
+            tracing::info!(task_processing_result = %id, "repeated callout; nothing new happens");
+            response_headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        CalloutInsertion::Conflict => {
+            return Err(ApiError::conflict(format!(
+                "taskProcessingResult {id} was already received with a different body; a task processing result is \
+                 handled once"
+            )));
+        }
+    }
+    Ok((StatusCode::ACCEPTED, response_headers, Json(json!({ "task_processing_result_id": id, "status": "accepted" }))))
+}
+
+/// `GET /v1/lifecycle/requests/{taskProcessingResultId}`: where a new-hire request is. Needs the
+/// `lifecycle` operation scope.
+pub(super) async fn show(
+    State(state): State<Arc<ApiState>>,
+    Authenticated(client): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<crate::store::lifecycle::LifecycleRequest>, ApiError> {
+    let lifecycle = enabled(&state)?;
+    if !client.scopes.allows(Operation::Lifecycle) {
+        return Err(ApiError::forbidden("this API client lacks the scope operation:lifecycle"));
+    }
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError::invalid_request("the id must be the callout's taskProcessingResult.id (a GUID)"))?;
+    lifecycle
+        .store
+        .request(id)
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no new-hire request {id}")))
+}

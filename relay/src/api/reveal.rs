@@ -1,0 +1,237 @@
+//! The one-time link page: `GET /r/{id}` (consumes nothing: link scanners and chat previews fetch
+//! links), `POST /r/{id}/claim` (hands the ciphertext out once, then it is erased), and the page's
+//! own script and style under `/r/assets/`.
+//!
+//! Every response forbids caching, framing, referrers and any source but this origin
+//! ([`SECURITY_HEADERS`]). Views and claims are rate-limited per link and per client address and
+//! audited (`pwrelay::audit`, `lifecycle.link_viewed` / `lifecycle.link_claimed`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::ApiState;
+use super::error::ApiError;
+use crate::lifecycle::Lifecycle;
+use crate::listener::ClientAddr;
+use crate::store::lifecycle::{LinkClaim, LinkState};
+
+const PAGE: &str = include_str!("reveal/page.html");
+const ACTIVE: &str = include_str!("reveal/active.html");
+const SCRIPT: &str = include_str!("reveal/reveal.js");
+const STYLE: &str = include_str!("reveal/reveal.css");
+
+/// Headers on every response of the link pages.
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("cache-control", "no-store"),
+    ("referrer-policy", "no-referrer"),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("x-robots-tag", "noindex, nofollow"),
+    ("cross-origin-opener-policy", "same-origin"),
+];
+
+fn secure(mut response: Response) -> Response {
+    for (name, value) in SECURITY_HEADERS {
+        response.headers_mut().insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn lifecycle(state: &ApiState) -> Option<&Arc<Lifecycle>> {
+    state.lifecycle.as_ref()
+}
+
+/// Link ids are 22 base64url characters; anything else is not looked up.
+fn valid_link_id(id: &str) -> bool {
+    id.len() == 22 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn limited(lifecycle: &Lifecycle, link: &str, client: SocketAddr) -> Result<(), u64> {
+    lifecycle.link_limiter.check(link)?;
+    lifecycle.client_limiter.check(&client.ip().to_string())
+}
+
+fn page(status: StatusCode, state: &str, link_id: &str, title: &str, content: &str) -> Response {
+    let html = PAGE
+        .replace("{title}", title)
+        .replace("{state}", state)
+        .replace("{link_id}", link_id)
+        .replace("{content}", content);
+    let mut response = (status, html).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    secure(response)
+}
+
+fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
+    page(status, "closed", "", title, &format!("<p>{text}</p>"))
+}
+
+/// `GET /r/{id}`.
+pub(super) async fn show(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(lifecycle) = lifecycle(&state) else {
+        return message_page(StatusCode::NOT_FOUND, "Link not valid", "This link is not valid.");
+    };
+    if !valid_link_id(&id) {
+        return message_page(
+            StatusCode::NOT_FOUND,
+            "Link not valid",
+            "This link is not valid. Check that you opened the whole link.",
+        );
+    }
+    if let Err(wait) = limited(lifecycle, &id, client) {
+        let mut response = message_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Please wait",
+            &format!("Too many attempts. Try again in {wait} seconds."),
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return response;
+    }
+    let link = match lifecycle.store.view_link(&id).await {
+        Ok(link) => link,
+        Err(e) => {
+            tracing::error!(error = %e, "reading a link failed");
+            return message_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "This page is unavailable right now. Try again in a few minutes.",
+            );
+        }
+    };
+    tracing::info!(
+        target: "pwrelay::audit",
+        event = "lifecycle.link_viewed",
+        link = %id,
+        client = %client.ip(),
+        state = match link { LinkState::Active { .. } => "active", LinkState::Claimed => "claimed", LinkState::Expired => "expired", LinkState::NotFound => "unknown" },
+        "one-time link page opened"
+    );
+    match link {
+        LinkState::Active { expires } => {
+            let expires =
+                expires.to_rfc3339().get(..16).map(|t| format!("{} UTC", t.replace('T', " "))).unwrap_or_default();
+            page(StatusCode::OK, "active", &id, "Your first password", &ACTIVE.replace("{expires}", &expires))
+        }
+        LinkState::Claimed => message_page(
+            StatusCode::GONE,
+            "Link already used",
+            "This link was already used: the password was shown once and has been erased. If that was not you, \
+             tell your manager or the service desk at once.",
+        ),
+        LinkState::Expired => message_page(
+            StatusCode::GONE,
+            "Link expired",
+            "This link has expired and the password has been erased. Ask your manager or the service desk for a new one.",
+        ),
+        LinkState::NotFound => message_page(
+            StatusCode::NOT_FOUND,
+            "Link not valid",
+            "This link is not valid. Check that you opened the whole link.",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClaimBody {
+    /// base64url(SHA-256("pwrelay-claim" ‖ key)).
+    proof: String,
+}
+
+/// `POST /r/{id}/claim` with `{"proof": "..."}` → `{"ciphertext": base64url}` once.
+pub(super) async fn claim(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    secure(claim_inner(&state, client, &id, &headers, body).await.unwrap_or_else(IntoResponse::into_response))
+}
+
+async fn claim_inner(
+    state: &ApiState,
+    client: SocketAddr,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let not_valid = || ApiError::not_found("this link is not valid");
+    let lifecycle = lifecycle(state).ok_or_else(not_valid)?;
+    if !valid_link_id(id) {
+        return Err(not_valid());
+    }
+    if let Err(wait) = limited(lifecycle, id, client) {
+        return Err(ApiError::too_many_requests(format!("too many attempts; try again in {wait} seconds")));
+    }
+    let parsed = super::json_body::<ClaimBody>(headers, body, 1024).await?.value;
+    let proof: [u8; 32] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parsed.proof.trim())
+        .ok()
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| ApiError::invalid_request("proof must be 32 bytes, base64url without padding"))?;
+    let claimed = lifecycle.store.claim_link(id, proof).await.map_err(|e| ApiError::unavailable(&e))?;
+    let audit = |outcome: &str| {
+        tracing::info!(target: "pwrelay::audit", event = "lifecycle.link_claimed", link = %id, client = %client.ip(), outcome, "one-time link claim");
+    };
+    match claimed {
+        LinkClaim::Taken { job_id, sealed } => {
+            audit("claimed");
+            let ciphertext =
+                state.sealer.open_bytes(&job_id.to_string(), &sealed).map_err(|e| ApiError::unavailable(&e))?;
+            let body = serde_json::json!({
+                "ciphertext": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ciphertext.as_slice()),
+            });
+            Ok(Json(body).into_response())
+        }
+        LinkClaim::WrongProof => {
+            audit("wrong_proof");
+            Err(ApiError::forbidden("this link was changed; open the whole link from your message")
+                .with_code("wrong_proof"))
+        }
+        LinkClaim::AlreadyUsed => {
+            audit("already_used");
+            Err(ApiError::gone("this link was already used; the password was shown once and has been erased")
+                .with_code("already_used"))
+        }
+        LinkClaim::Expired => {
+            audit("expired");
+            Err(ApiError::gone("this link has expired; ask your manager or the service desk for a new one")
+                .with_code("expired"))
+        }
+        LinkClaim::NotFound => Err(not_valid()),
+    }
+}
+
+/// `GET /r/assets/reveal.js`.
+pub(super) async fn script() -> Response {
+    asset(SCRIPT, "text/javascript; charset=utf-8")
+}
+
+/// `GET /r/assets/reveal.css`.
+pub(super) async fn style() -> Response {
+    asset(STYLE, "text/css; charset=utf-8")
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    secure(response)
+}

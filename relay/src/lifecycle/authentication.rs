@@ -1,0 +1,215 @@
+//! Who may post a Lifecycle Workflows callout: per tenant, either an Entra-issued bearer token
+//! (the Logic App's managed identity) checked against the tenant's published keys, or an HMAC
+//! signature over the body with a timestamp ([`crate::signature`]).
+//!
+//! Token checks: RS256 only, signed by a key of the tenant's JWKS (fetched and cached; refreshed
+//! when a token names an unknown key, at most once a minute), `iss` the tenant's v2 or v1 issuer,
+//! `aud` the configured audience, `exp`/`nbf` with 60 s leeway, `tid` the tenant, and the
+//! caller's app id (`azp`, or `appid` in v1 tokens) on the allow-list.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pwrelay_shared::secret::SecretBytes;
+use serde::Deserialize;
+
+use super::config::{CalloutAuth, LifecycleConfig};
+use crate::signature::{self, SignatureError};
+
+/// Least time between two JWKS fetches of a tenant.
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(60);
+/// Cached keys are fetched again after this long.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a callout was refused (each becomes 401 with this text).
+#[derive(Debug, thiserror::Error)]
+pub enum CalloutAuthError {
+    /// Neither a token nor a signature.
+    #[error("authenticate the callout with an Entra token (Authorization: Bearer ...) or a Pwrelay-Signature header")]
+    Missing,
+    /// The token is malformed or fails a check.
+    #[error("the bearer token is not accepted: {0}")]
+    Token(String),
+    /// The token's tenant is not configured.
+    #[error("tenant {0} is not configured under [[lifecycle.tenants]]")]
+    UnknownTenant(String),
+    /// The token's caller is not allowed.
+    #[error("app id {0} is not in allowed_app_ids of its tenant")]
+    AppNotAllowed(String),
+    /// The signature is refused.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The tenant's keys cannot be fetched right now.
+    #[error("the tenant's signing keys cannot be fetched ({0}); try again later")]
+    KeysUnavailable(String),
+}
+
+/// A tenant's HMAC secret, read at start-up.
+struct HmacTenant {
+    tenant_id: String,
+    secret: SecretBytes,
+    window: Duration,
+}
+
+struct CachedKeys {
+    keys: JwkSet,
+    fetched: Instant,
+}
+
+/// Checks callouts.
+pub struct CalloutAuthenticator {
+    http: reqwest::Client,
+    login_url: String,
+    entra: HashMap<String, (String, Vec<String>)>,
+    hmac: Vec<HmacTenant>,
+    keys: Mutex<HashMap<String, CachedKeys>>,
+}
+
+impl std::fmt::Debug for CalloutAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CalloutAuthenticator").field("entra_tenants", &self.entra.len()).finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct UnverifiedClaims {
+    #[serde(default)]
+    tid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    tid: Option<String>,
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    appid: Option<String>,
+}
+
+impl CalloutAuthenticator {
+    /// Reads the HMAC secrets of the configured tenants.
+    pub fn new(config: &LifecycleConfig, http: reqwest::Client) -> Result<Self, String> {
+        let mut entra = HashMap::new();
+        let mut hmac = Vec::new();
+        for (i, tenant) in config.tenants.iter().enumerate() {
+            match &tenant.callout_auth {
+                CalloutAuth::Entra { audience, allowed_app_ids } => {
+                    entra.insert(tenant.tenant_id.clone(), (audience.clone(), allowed_app_ids.clone()));
+                }
+                CalloutAuth::Hmac { secret_file, window } => {
+                    let text = std::fs::read_to_string(secret_file).map_err(|e| {
+                        format!("lifecycle.tenants[{i}].hmac_secret_file {}: {e}", secret_file.display())
+                    })?;
+                    let secret = SecretBytes::new(text.trim().as_bytes().to_vec());
+                    if secret.len() < 32 {
+                        return Err(format!(
+                            "lifecycle.tenants[{i}].hmac_secret_file {}: use a secret of at least 32 characters",
+                            secret_file.display()
+                        ));
+                    }
+                    hmac.push(HmacTenant { tenant_id: tenant.tenant_id.clone(), secret, window: *window });
+                }
+            }
+        }
+        Ok(Self { http, login_url: config.login_url.clone(), entra, hmac, keys: Mutex::new(HashMap::new()) })
+    }
+
+    /// The tenant a callout comes from, if its credentials hold.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<String, CalloutAuthError> {
+        if let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")) {
+            return self.token(token.trim()).await;
+        }
+        let Some(header) = signature else { return Err(CalloutAuthError::Missing) };
+        let mut last = CalloutAuthError::Missing;
+        for tenant in &self.hmac {
+            match signature::verify(tenant.secret.expose_secret(), header, body, SystemTime::now(), tenant.window) {
+                Ok(()) => return Ok(tenant.tenant_id.clone()),
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(last)
+    }
+
+    async fn token(&self, token: &str) -> Result<String, CalloutAuthError> {
+        let bad = |e: jsonwebtoken::errors::Error| CalloutAuthError::Token(e.to_string());
+        let header = jsonwebtoken::decode_header(token).map_err(bad)?;
+        if header.alg != Algorithm::RS256 {
+            return Err(CalloutAuthError::Token(format!(
+                "algorithm {:?} is not accepted; Entra signs RS256",
+                header.alg
+            )));
+        }
+        let kid = header.kid.ok_or_else(|| CalloutAuthError::Token("the token names no key (kid)".into()))?;
+        // The tenant decides which keys to check with; nothing else is trusted before the check.
+        let unverified: UnverifiedClaims = jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(bad)?;
+        let tenant = unverified
+            .tid
+            .map(|t| t.to_ascii_lowercase())
+            .ok_or_else(|| CalloutAuthError::Token("the token has no tenant (tid)".into()))?;
+        let Some((audience, allowed)) = self.entra.get(&tenant) else {
+            return Err(CalloutAuthError::UnknownTenant(tenant));
+        };
+        let key = self.key(&tenant, &kid).await?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&[audience]);
+        validation.set_issuer(&[
+            format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+            format!("https://sts.windows.net/{tenant}/"),
+        ]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+        validation.validate_nbf = true;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(bad)?.claims;
+        if claims.tid.as_deref().map(str::to_ascii_lowercase).as_deref() != Some(tenant.as_str()) {
+            return Err(CalloutAuthError::Token("tid changed between checks".into()));
+        }
+        let app = claims.azp.or(claims.appid).unwrap_or_default();
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&app)) {
+            return Err(CalloutAuthError::AppNotAllowed(app));
+        }
+        Ok(tenant)
+    }
+
+    async fn key(&self, tenant: &str, kid: &str) -> Result<DecodingKey, CalloutAuthError> {
+        let cached = {
+            let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            keys.get(tenant).map(|c| (c.keys.find(kid).cloned(), c.fetched.elapsed()))
+        };
+        let jwk = match cached {
+            Some((Some(jwk), age)) if age < JWKS_MAX_AGE => jwk,
+            Some((None, age)) if age < JWKS_MIN_REFRESH => {
+                return Err(CalloutAuthError::Token(format!("key {kid} is not among the tenant's signing keys")));
+            }
+            _ => {
+                let fetched = self.fetch(tenant).await?;
+                let jwk = fetched.find(kid).cloned();
+                self.keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(tenant.to_owned(), CachedKeys { keys: fetched, fetched: Instant::now() });
+                jwk.ok_or_else(|| CalloutAuthError::Token(format!("key {kid} is not among the tenant's signing keys")))?
+            }
+        };
+        DecodingKey::from_jwk(&jwk).map_err(|e| CalloutAuthError::Token(e.to_string()))
+    }
+
+    async fn fetch(&self, tenant: &str) -> Result<JwkSet, CalloutAuthError> {
+        let url = format!("{}/{tenant}/discovery/v2.0/keys", self.login_url);
+        let unavailable = |e: reqwest::Error| CalloutAuthError::KeysUnavailable(e.without_url().to_string());
+        let response = self.http.get(&url).send().await.map_err(unavailable)?;
+        if !response.status().is_success() {
+            return Err(CalloutAuthError::KeysUnavailable(format!("{url} answered {}", response.status())));
+        }
+        let keys: JwkSet = response.json().await.map_err(unavailable)?;
+        tracing::info!(tenant, keys = keys.keys.len(), "fetched the tenant's token signing keys");
+        Ok(keys)
+    }
+}
