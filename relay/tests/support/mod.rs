@@ -19,6 +19,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod browser;
+pub mod cloud;
+
 /// Everything logged by any part in this test process.
 #[derive(Clone, Default)]
 pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
@@ -129,7 +132,7 @@ impl World {
         .await
     }
 
-    async fn start_relay_with(&self, overrides: pwrelay_relay::config::Overrides) -> Relay {
+    pub async fn start_relay_with(&self, overrides: pwrelay_relay::config::Overrides) -> Relay {
         let config = pwrelay_relay::Config::load(&self.path("relay.toml"), &overrides).expect("relay config");
         let app = pwrelay_relay::App::build(config).await.expect("relay builds");
         let (api, link) = (app.api_addr(), app.link_addr());
