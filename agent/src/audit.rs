@@ -16,6 +16,8 @@
 //! | 4116 | refused: the password does not meet the AD policy (the agent's pre-check) |
 //! | 4117 | password reconciled to the derived value |
 //! | 4118 | password generated and set (returned sealed or over the link, never logged) |
+//! | 4119 | initial password generated and set (returned encrypted under a fresh key, never logged) |
+//! | 4120 | initial password redelivered after a lost result: a fresh one replaces the unread one |
 //!
 //! The banned-password pre-check's outcomes carry the Entra Password Protection ids: the filter
 //! event (10015 pass, 10017 refused, 10025 audit-mode) as `event_id` and the policy reason
@@ -56,6 +58,10 @@ pub mod ids {
     pub const RECONCILED: u32 = 4117;
     /// Password generated and set.
     pub const GENERATED: u32 = 4118;
+    /// Initial password generated, set and returned encrypted.
+    pub const INITIAL_PASSWORD_SET: u32 = 4119;
+    /// Initial password redelivered: its earlier result never arrived, a fresh one is issued.
+    pub const INITIAL_PASSWORD_REISSUED: u32 = 4120;
 }
 
 /// One audit event.

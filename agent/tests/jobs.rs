@@ -36,6 +36,119 @@ fn job(id: &str, kind: pb::JobKind, dc: &TestDc, upn: &str, password: Option<&st
 
 use support::{failure, success};
 
+/// Opens an AES-256-GCM initial-password result the way the retrieval page's WebCrypto does:
+/// 12-byte nonce, then ciphertext with the tag appended, no associated data.
+fn decrypt(sealed: &[u8], key: &[u8]) -> String {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key"));
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    let mut body = body.to_vec();
+    let nonce = Nonce::try_assume_unique_for_key(nonce).expect("nonce");
+    let plain = key.open_in_place(nonce, Aad::empty(), &mut body).expect("the key opens the ciphertext");
+    String::from_utf8(plain.to_vec()).expect("utf-8")
+}
+
+/// The friendly generator's alphabet: no look-alikes (0 O o 1 l I), groups of four joined by `-`.
+fn assert_friendly(password: &str) {
+    const ALPHABET: &str = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789";
+    let groups: Vec<&str> = password.split('-').collect();
+    assert!(groups.len() >= 2, "grouped: {} groups", groups.len());
+    for (i, group) in groups.iter().enumerate() {
+        assert!(group.chars().all(|c| ALPHABET.contains(c)), "group {i} uses only unambiguous characters");
+        if i + 1 < groups.len() {
+            assert_eq!(group.len(), 4, "groups of four");
+        }
+    }
+}
+
+fn initial_password_job(id: &str, dc: &TestDc, upn: &str, must_change: bool) -> pb::Job {
+    let mut job = job(id, pb::JobKind::InitialPassword, dc, upn, None);
+    job.options = Some(pb::JobOptions { must_change, ..Default::default() });
+    job
+}
+
+fn audit_events(h: &Harness, event_id: u32) -> Vec<serde_json::Value> {
+    let audit = std::fs::read_to_string(h.dir.path().join("audit.jsonl")).expect("audit");
+    audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .filter(|e: &serde_json::Value| e["event_id"] == event_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_initial_password_is_friendly_set_and_returned_encrypted_under_a_fresh_key() {
+    let dc = testkit::dc();
+    let h = harness(dc);
+    let new_hire = dc.create_user("ipm").await;
+    let result = jobs::execute(&h.context, initial_password_job("job-ip-1", dc, &new_hire.upn, true)).await;
+    let s = success(&result);
+    assert!(s.verified);
+    assert_eq!(s.secret_encoding(), pb::SecretEncoding::Aes256Gcm);
+    assert_eq!(s.secret_key.len(), 32);
+    assert_eq!(s.pwd_last_set, 0, "must change at next logon");
+    assert!(s.account_state.as_ref().is_some_and(|a| a.must_change_password));
+    let password = decrypt(&s.sealed_secret, &s.secret_key);
+    assert_eq!(password.chars().count(), 20, "the default length");
+    assert_friendly(&password);
+    let bind = dc.bind(&new_hire.dn, &password).await;
+    assert_eq!(bind.rc, 49, "a must-change password does not log on: {}", bind.text);
+    assert!(bind.text.contains("data 773"), "but the DC says it is right and must be changed: {}", bind.text);
+    assert!(!dc.bind(&new_hire.dn, new_hire.password.expose_secret()).await.ok(), "the old password is gone");
+
+    let kept = dc.create_user("ipk").await;
+    let mut job = initial_password_job("job-ip-2", dc, &kept.upn, false);
+    job.generate = Some(pb::GenerateOptions { length: 16, mode: pb::GenerateMode::Unspecified as i32 });
+    let result = jobs::execute(&h.context, job).await;
+    let s = success(&result);
+    assert!(s.verified && s.pwd_last_set > 0);
+    let password = decrypt(&s.sealed_secret, &s.secret_key);
+    assert_eq!(password.chars().count(), 16);
+    assert_friendly(&password);
+    assert!(dc.bind(&kept.dn, &password).await.ok(), "without must_change the password logs on");
+
+    let set = audit_events(&h, 4119);
+    assert_eq!(set.len(), 2);
+    assert_eq!(set[0]["event"], "initial_password_set");
+    assert_eq!(set[0]["account_dn"], new_hire.dn.as_str());
+    let audit = std::fs::read_to_string(h.dir.path().join("audit.jsonl")).expect("audit");
+    let journal = std::fs::read_to_string(h.dir.path().join("journal.jsonl")).expect("journal");
+    assert!(!audit.contains(&password) && !journal.contains(&password), "the password is never on disk");
+}
+
+#[tokio::test]
+async fn a_redelivered_initial_password_job_issues_a_fresh_password_instead_of_an_empty_success() {
+    let dc = testkit::dc();
+    let h = harness(dc);
+    let new_hire = dc.create_user("ipr").await;
+    let job = initial_password_job("job-ipr-1", dc, &new_hire.upn, true);
+    let first = jobs::execute(&h.context, job.clone()).await;
+    let first = decrypt(&success(&first).sealed_secret, &success(&first).secret_key);
+    // The result was lost on the way to the relay (it redelivers only jobs without a result), and
+    // the agent restarted in between: the journal on disk decides.
+    let mut job = job;
+    job.attempt = 2;
+    let reopened = JobContext::new(
+        h.context.directories,
+        Journal::open(&h.dir.path().join("journal.jsonl")).expect("journal"),
+        AuditLog::open(&h.dir.path().join("audit.jsonl")).expect("audit"),
+    );
+    let second = jobs::execute(&reopened, job).await;
+    let s = success(&second);
+    assert_eq!(s.secret_encoding(), pb::SecretEncoding::Aes256Gcm, "never a success without the secret");
+    let second = decrypt(&s.sealed_secret, &s.secret_key);
+    assert_ne!(first, second, "a fresh password");
+    let fresh = dc.bind(&new_hire.dn, &second).await;
+    assert!(fresh.text.contains("data 773"), "the fresh password is set, must change: {}", fresh.text);
+    let unread = dc.bind(&new_hire.dn, &first).await;
+    assert!(unread.rc == 49 && !unread.text.contains("data 773"), "the unread one no longer works: {}", unread.text);
+    let h = Harness { dir: h.dir, context: reopened };
+    let reissued = audit_events(&h, 4120);
+    assert_eq!(reissued.len(), 1);
+    assert_eq!(reissued[0]["event"], "initial_password_reissued");
+    assert_eq!(audit_events(&h, 4119).len(), 2, "both sets are audited");
+}
+
 #[tokio::test]
 async fn a_redelivered_job_is_answered_from_the_journal_and_not_applied_again() {
     let dc = testkit::dc();
@@ -99,8 +212,9 @@ async fn refusals_are_typed_and_audited() {
     let dc = testkit::dc();
     let h = harness(dc);
     let user = dc.create_user("rf").await;
-    let unsupported =
-        jobs::execute(&h.context, job("job-rf-1", pb::JobKind::InitialPassword, dc, &user.upn, None)).await;
+    let mut unknown_kind = job("job-rf-1", pb::JobKind::Unspecified, dc, &user.upn, None);
+    unknown_kind.kind = 99;
+    let unsupported = jobs::execute(&h.context, unknown_kind).await;
     assert_eq!(failure(&unsupported).code(), pb::FailureCode::UnsupportedJob);
     let mut other_domain = job("job-rf-2", pb::JobKind::SetPassword, dc, &user.upn, Some("Xx1!xxxxxx"));
     other_domain.domain = "elsewhere.test".into();

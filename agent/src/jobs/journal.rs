@@ -1,9 +1,19 @@
 //! The durable journal of finished jobs: a redelivered job (after a lost result or a relay restart)
 //! is answered from here instead of being applied twice.
 //!
-//! JSON lines `{"job_id", "finished_ms", "result"}` with the result protobuf-encoded (base64). Only
-//! final outcomes are recorded (successes and failures that trying again would not change), and
-//! never a secret. Entries older than [`RETENTION`] are dropped when the journal is opened.
+//! JSON lines `{"job_id", "finished_ms", "result", "reissue"}` with the result protobuf-encoded
+//! (base64). Only final outcomes are recorded (successes and failures that trying again would not
+//! change), and never a secret. Entries older than [`RETENTION`] are dropped when the journal is
+//! opened.
+//!
+//! Generated passwords are never replayed from disk. A redelivered generate job is answered with
+//! its recorded result without the password (the requester holds the private key it was sealed
+//! to, and the relay asked for it once already). An initial password is different: the key that
+//! opens it was only in the result the relay never recorded (it redelivers only jobs without a
+//! result), so nobody can ever read the password that was set. Reporting success without a secret
+//! would leave the new hire with no way in; such an entry is marked `reissue` and a redelivery
+//! runs the job again ([`Recorded::Reissue`]): a fresh password replaces the unread one, which is
+//! audited. The relay's attempt limit bounds how often that can happen.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -25,6 +35,19 @@ struct Entry {
     job_id: String,
     finished_ms: i64,
     result: String,
+    /// The result carried a secret only it could deliver: a redelivery runs the job again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    reissue: bool,
+}
+
+/// What the journal knows about a redelivered job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// Answer with this result; do not apply the job again.
+    Answer(pb::JobResult),
+    /// The job set an initial password whose result (and key) never arrived: run it again so a
+    /// fresh password replaces the one nobody can read.
+    Reissue,
 }
 
 /// The journal.
@@ -36,7 +59,7 @@ pub struct Journal {
 
 #[derive(Debug)]
 struct State {
-    results: HashMap<String, pb::JobResult>,
+    results: HashMap<String, Recorded>,
     file: File,
 }
 
@@ -83,8 +106,10 @@ impl Journal {
                 .decode(&entry.result)
                 .ok()
                 .and_then(|bytes| pb::JobResult::decode(bytes.as_slice()).ok());
-            if let Some(result) = decoded {
-                results.insert(entry.job_id.clone(), result);
+            if entry.reissue {
+                results.insert(entry.job_id.clone(), Recorded::Reissue);
+            } else if let Some(result) = decoded {
+                results.insert(entry.job_id.clone(), Recorded::Answer(result));
             }
         }
         // Rewrite without the dropped lines, through a temporary file so a crash keeps the old one.
@@ -108,9 +133,18 @@ impl Journal {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The recorded result of `job_id`, if the job finished before.
-    pub fn result(&self, job_id: &str) -> Option<pb::JobResult> {
+    /// What a redelivery of `job_id` gets, if the job finished before.
+    pub fn lookup(&self, job_id: &str) -> Option<Recorded> {
         self.state().results.get(job_id).cloned()
+    }
+
+    /// The recorded result of `job_id` to answer a redelivery with, if the job finished before and
+    /// is not to be run again.
+    pub fn result(&self, job_id: &str) -> Option<pb::JobResult> {
+        match self.lookup(job_id) {
+            Some(Recorded::Answer(result)) => Some(result),
+            Some(Recorded::Reissue) | None => None,
+        }
     }
 
     /// Records a finished job durably. Retryable failures are not recorded.
@@ -121,8 +155,12 @@ impl Journal {
             }
         }
         let mut stored = result.clone();
+        let mut reissue = false;
         if let Some(pb::job_result::Outcome::Success(success)) = &mut stored.outcome {
-            // A generated password is delivered once, never replayed from disk.
+            // A generated password is delivered once, never replayed from disk, and its key never
+            // touches the disk.
+            reissue = success.secret_encoding() == pb::SecretEncoding::Aes256Gcm || !success.secret_key.is_empty();
+            success.secret_key.clear();
             if !success.sealed_secret.is_empty() {
                 success.sealed_secret.clear();
                 success.secret_encoding = pb::SecretEncoding::None as i32;
@@ -135,13 +173,15 @@ impl Journal {
             job_id: result.job_id.clone(),
             finished_ms: now_ms(),
             result: base64::engine::general_purpose::STANDARD.encode(stored.encode_to_vec()),
+            reissue,
         };
         let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let mut state = self.state();
         state.file.write_all(&line)?;
         state.file.sync_data()?;
-        state.results.insert(result.job_id.clone(), stored);
+        let recorded = if reissue { Recorded::Reissue } else { Recorded::Answer(stored) };
+        state.results.insert(result.job_id.clone(), recorded);
         Ok(())
     }
 
@@ -191,11 +231,43 @@ mod tests {
     fn old_and_torn_lines_are_dropped_on_open() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("journal.jsonl");
-        let old = Entry { job_id: "old".into(), finished_ms: 0, result: String::new() };
+        let old = Entry { job_id: "old".into(), finished_ms: 0, result: String::new(), reissue: false };
         std::fs::write(&path, format!("{}\n{{\"job_id\": \"torn", serde_json::to_string(&old).expect("json")))
             .expect("write");
         let journal = Journal::open(&path).expect("open");
         assert!(journal.result("old").is_none());
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "");
+    }
+
+    #[test]
+    fn an_initial_password_is_reissued_and_its_key_never_reaches_the_disk() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("journal.jsonl");
+        let journal = Journal::open(&path).expect("open");
+        let initial = pb::JobResult {
+            job_id: "j3".into(),
+            outcome: Some(pb::job_result::Outcome::Success(pb::JobSuccess {
+                account_dn: "CN=new hire".into(),
+                verified: true,
+                sealed_secret: b"ciphertext-not-for-disk".to_vec(),
+                secret_encoding: pb::SecretEncoding::Aes256Gcm as i32,
+                secret_key: b"key-not-for-disk-key-not-for-dis".to_vec(),
+                ..Default::default()
+            })),
+        };
+        journal.record(&initial).expect("record");
+        assert_eq!(journal.lookup("j3"), Some(Recorded::Reissue));
+        assert!(journal.result("j3").is_none(), "never answered without its secret");
+        drop(journal);
+        let journal = Journal::open(&path).expect("reopen");
+        assert_eq!(journal.lookup("j3"), Some(Recorded::Reissue), "survives reopening");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let entry: Entry = serde_json::from_str(text.trim()).expect("one entry");
+        assert!(entry.reissue);
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&entry.result).expect("base64");
+        let stored = pb::JobResult::decode(bytes.as_slice()).expect("protobuf");
+        let Some(pb::job_result::Outcome::Success(s)) = stored.outcome else { panic!("success expected") };
+        assert!(s.sealed_secret.is_empty() && s.secret_key.is_empty(), "no ciphertext or key on disk");
+        assert_eq!(s.account_dn, "CN=new hire");
     }
 }

@@ -3,9 +3,16 @@
 //!
 //! A password arrives in the proto message; it is moved into a [`SecretString`] at once and the
 //! message field is left empty.
+//!
+//! Generate and initial-password jobs share one path: the target is admitted, a password is
+//! generated for its effective policy (random by default for generate, friendly for an initial
+//! password), written and read back. A generated password leaves sealed to the requester's key
+//! or over the link; an initial password leaves only encrypted under a fresh AES-256-GCM key
+//! ([`seal`]) that travels next to it in the result, for the one-time link to the new hire.
 
 pub mod journal;
 pub mod precheck;
+pub mod seal;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,10 +22,11 @@ use pwrelay_proto::agent::v1::FailureCode;
 use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::password::{GenerateMode, GenerateOptions};
 use pwrelay_shared::secret::SecretString;
+use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditLog, Event};
 use crate::directory::{AccountTarget, Applied, Directory, DirectoryError, WriteOptions};
-use journal::Journal;
+use journal::{Journal, Recorded};
 use precheck::PasswordPrecheck;
 
 /// What every job needs.
@@ -59,14 +67,27 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
         attempt: job.attempt,
         ..Event::default()
     };
-    if let Some(previous) = context.journal.result(&job.id) {
-        tracing::info!("job already finished; answering from the journal");
-        context.audit.record(&Event { event_id: audit::ids::REPLAYED, event: "job_replayed", ..event });
-        return previous;
+    match context.journal.lookup(&job.id) {
+        Some(Recorded::Answer(previous)) => {
+            tracing::info!("job already finished; answering from the journal");
+            context.audit.record(&Event { event_id: audit::ids::REPLAYED, event: "job_replayed", ..event });
+            return previous;
+        }
+        Some(Recorded::Reissue) => {
+            // The earlier attempt set a password whose key only its lost result carried: nobody can
+            // ever read it, so this attempt replaces it with a fresh one.
+            tracing::info!("initial password redelivered; its earlier result never arrived, issuing a fresh one");
+            context.audit.record(&Event {
+                event_id: audit::ids::INITIAL_PASSWORD_REISSUED,
+                event: "initial_password_reissued",
+                ..event.clone()
+            });
+        }
+        None => {}
     }
     context.audit.record(&Event { event_id: audit::ids::JOB_RECEIVED, event: "job_received", ..event.clone() });
     let outcome = match run(context, kind, &mut job, &event).await {
-        Ok(Done { applied, secret }) => {
+        Ok(Done { applied, secret, secret_key }) => {
             tracing::info!(account = %applied.account.dn, verified = applied.verified, "job done");
             let (sealed_secret, secret_encoding) = secret.unwrap_or((Vec::new(), pb::SecretEncoding::None));
             event.account_dn.clone_from(&applied.account.dn);
@@ -79,6 +100,7 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                 }
                 pb::JobKind::Reconcile => (audit::ids::RECONCILED, "password_reconciled"),
                 pb::JobKind::GeneratePassword => (audit::ids::GENERATED, "password_generated"),
+                pb::JobKind::InitialPassword => (audit::ids::INITIAL_PASSWORD_SET, "initial_password_set"),
                 _ => (audit::ids::PASSWORD_SET, "password_set"),
             };
             context.audit.record(&Event { event_id, event: name, ..event });
@@ -92,6 +114,8 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                 password_matches: applied.password_matches,
                 account_state: Some(applied.account.state()),
                 notes: applied.notes,
+                // The key leaves zeroizing memory only for the result message itself.
+                secret_key: secret_key.map(|key| key.to_vec()).unwrap_or_default(),
             })
         }
         Err(error) => {
@@ -122,15 +146,17 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
     result
 }
 
-/// A job's outcome: what it did, and the secret it returns (generated passwords only).
+/// A job's outcome: what it did, the secret it returns (generated passwords only) and, for an
+/// initial password, the key that opens it.
 struct Done {
     applied: Applied,
     secret: Option<(Vec<u8>, pb::SecretEncoding)>,
+    secret_key: Option<Zeroizing<[u8; seal::KEY_LEN]>>,
 }
 
 impl From<Applied> for Done {
     fn from(applied: Applied) -> Self {
-        Self { applied, secret: None }
+        Self { applied, secret: None, secret_key: None }
     }
 }
 
@@ -212,35 +238,15 @@ async fn run(
                 })?),
                 None => None,
             };
-            let spec = job.generate.unwrap_or_default();
-            let mode = match pb::GenerateMode::try_from(spec.mode).unwrap_or(pb::GenerateMode::Unspecified) {
-                pb::GenerateMode::Friendly => GenerateMode::Friendly,
-                pb::GenerateMode::Passphrase => GenerateMode::Passphrase,
-                pb::GenerateMode::Random | pb::GenerateMode::Unspecified => GenerateMode::Random,
-            };
-            let defaults = GenerateOptions::default();
-            let length = match spec.length {
-                0 => defaults.length,
-                n => usize::try_from(n).unwrap_or(usize::MAX).min(pwrelay_shared::policy::MAX_PASSWORD_CHARS),
-            };
             let write =
                 WriteOptions { must_change: options.must_change, unlock: options.unlock, enforce_history: false };
-            let prepared = directory.prepare_write(&target, write.must_change).await?;
-            let precheck = context
-                .prechecks
-                .get(directory.domain())
-                .ok_or_else(|| DirectoryError::new(FailureCode::UnknownDomain, "no password check for this domain"))?;
-            let generated = precheck.generate(
-                &prepared.policy,
-                &prepared.account,
-                &GenerateOptions { mode, length, ..defaults },
-            )?;
-            let applied = require_verified(directory.write(prepared, &generated, write).await?, write.must_change)?;
+            let (applied, generated) =
+                generate_and_set(context, directory, &target, job.generate, GenerateMode::Random, write).await?;
             // The password is set: from here on a failure to return it must not hide that.
             let secret = match recipient {
-                Some(key) => match key.seal(&mut crypto_box::aead::OsRng, generated.expose_secret().as_bytes()) {
-                    Ok(sealed) => (sealed, pb::SecretEncoding::SealedBox),
-                    Err(_) => {
+                Some(key) => match seal::sealed_box(&key, &generated) {
+                    Some(sealed) => (sealed, pb::SecretEncoding::SealedBox),
+                    None => {
                         return Err(DirectoryError::new(
                             FailureCode::VerificationFailed,
                             format!("the password of {} was set but could not be sealed", applied.account.dn),
@@ -249,7 +255,22 @@ async fn run(
                 },
                 None => (generated.expose_secret().as_bytes().to_vec(), pb::SecretEncoding::Plaintext),
             };
-            Ok(Done { applied, secret: Some(secret) })
+            Ok(Done { applied, secret: Some(secret), secret_key: None })
+        }
+        pb::JobKind::InitialPassword => {
+            let write =
+                WriteOptions { must_change: options.must_change, unlock: options.unlock, enforce_history: false };
+            let (applied, generated) =
+                generate_and_set(context, directory, &target, job.generate, GenerateMode::Friendly, write).await?;
+            // The password is set: from here on a failure to return it must not hide that. A
+            // redelivery of the job sets a fresh one (see the journal).
+            let Some((sealed, key)) = seal::aes_256_gcm(&generated) else {
+                return Err(DirectoryError::new(
+                    FailureCode::VerificationFailed,
+                    format!("the initial password of {} was set but could not be encrypted", applied.account.dn),
+                ));
+            };
+            Ok(Done { applied, secret: Some((sealed, pb::SecretEncoding::Aes256Gcm)), secret_key: Some(key) })
         }
         pb::JobKind::Unlock => {
             let applied = directory.unlock(&target).await?;
@@ -276,6 +297,40 @@ async fn run(
             ),
         )),
     }
+}
+
+/// Generates a password for the target that meets its effective policy and passes the
+/// banned-password evaluation (`spec`, with `default_mode` when it names none), writes it and
+/// requires the read-back to show it applied.
+async fn generate_and_set(
+    context: &JobContext,
+    directory: &Directory,
+    target: &AccountTarget,
+    spec: Option<pb::GenerateOptions>,
+    default_mode: GenerateMode,
+    write: WriteOptions,
+) -> Result<(Applied, SecretString), DirectoryError> {
+    let spec = spec.unwrap_or_default();
+    let mode = match pb::GenerateMode::try_from(spec.mode).unwrap_or(pb::GenerateMode::Unspecified) {
+        pb::GenerateMode::Friendly => GenerateMode::Friendly,
+        pb::GenerateMode::Passphrase => GenerateMode::Passphrase,
+        pb::GenerateMode::Random => GenerateMode::Random,
+        pb::GenerateMode::Unspecified => default_mode,
+    };
+    let defaults = GenerateOptions::default();
+    let length = match spec.length {
+        0 => defaults.length,
+        n => usize::try_from(n).unwrap_or(usize::MAX).min(pwrelay_shared::policy::MAX_PASSWORD_CHARS),
+    };
+    let prepared = directory.prepare_write(target, write.must_change).await?;
+    let precheck = context
+        .prechecks
+        .get(directory.domain())
+        .ok_or_else(|| DirectoryError::new(FailureCode::UnknownDomain, "no password check for this domain"))?;
+    let generated =
+        precheck.generate(&prepared.policy, &prepared.account, &GenerateOptions { mode, length, ..defaults })?;
+    let applied = require_verified(directory.write(prepared, &generated, write).await?, write.must_change)?;
+    Ok((applied, generated))
 }
 
 /// Audits the banned-password evaluation's decision with its Password Protection filter event.
