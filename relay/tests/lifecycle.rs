@@ -41,7 +41,8 @@ async fn start_relay(world: &World, cloud: &FakeCloud, auth: &str) -> Relay {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     // The Graph app's certificate: a self-signed certificate for the fixture RSA key.
     let key = rcgen::KeyPair::from_pem(cloud::SIGNING_KEY_PEM).expect("rsa key");
-    let cert = rcgen::CertificateParams::new(vec!["pwrelay-graph".into()]).expect("params").self_signed(&key).expect("cert");
+    let cert =
+        rcgen::CertificateParams::new(vec!["pwrelay-graph".into()]).expect("params").self_signed(&key).expect("cert");
     std::fs::write(world.path("graph.pem"), cert.pem()).expect("cert");
     std::fs::write(world.path("graph.key"), cloud::SIGNING_KEY_PEM).expect("key");
     let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(cert.der()));
@@ -49,7 +50,11 @@ async fn start_relay(world: &World, cloud: &FakeCloud, auth: &str) -> Relay {
     std::fs::write(world.path("sms.token"), "fake-sms-token\n").expect("sms token");
     std::fs::write(world.path("callout.secret"), HMAC_SECRET).expect("hmac secret");
     let auth_keys = match auth {
-        "entra" => format!("callout_auth = \"entra\"\naudience = \"{}\"\nallowed_app_ids = [\"{}\"]\n", cloud::AUDIENCE, cloud::LOGIC_APP_ID),
+        "entra" => format!(
+            "callout_auth = \"entra\"\naudience = \"{}\"\nallowed_app_ids = [\"{}\"]\n",
+            cloud::AUDIENCE,
+            cloud::LOGIC_APP_ID
+        ),
         _ => "callout_auth = \"hmac\"\nhmac_secret_file = \"callout.secret\"\n".into(),
     };
     let section = format!(
@@ -186,7 +191,10 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
     assert_eq!(sms.len(), 1, "exactly one SMS: {sms:?}");
     assert_eq!(sms[0]["to"], MOBILE);
     let message = sms[0]["message"].as_str().expect("message").to_owned();
-    assert!(!message.contains(&hire.sam) && !message.contains(&hire.upn), "the SMS does not name the account: {message}");
+    assert!(
+        !message.contains(&hire.sam) && !message.contains(&hire.upn),
+        "the SMS does not name the account: {message}"
+    );
     let link = link_in(&message);
     let (page_url, key) = link.split_once('#').expect("the key is in the fragment");
     assert!(page_url.starts_with(&format!("https://localhost:{}/r/", relay.api.port())), "{link}");
@@ -194,7 +202,8 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
     // A link scanner fetching the page consumes nothing.
     let scanned = world.http.get(page_url).send().await.expect("page");
     assert_eq!(scanned.status().as_u16(), 200);
-    let csp = scanned.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let csp =
+        scanned.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "strict CSP: {csp}");
     assert_eq!(scanned.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"));
     assert!(scanned.text().await.expect("html").contains("Reveal password"));
@@ -204,7 +213,10 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
     browser.open(&link).await;
     assert!(browser.page_text().await.contains("Reveal password"));
     let state = request_state(&world, &relay, &result_id).await;
-    assert!(state["link_views"].as_u64() >= Some(2) && state.get("link_claimed_at").is_none(), "viewing consumed nothing: {state}");
+    assert!(
+        state["link_views"].as_u64() >= Some(2) && state.get("link_claimed_at").is_none(),
+        "viewing consumed nothing: {state}"
+    );
     browser.click("#reveal").await;
     let password = browser.wait_text("#password").await;
     assert!(browser.page_text().await.contains("change it at first sign-in"), "the page gives guidance");
@@ -214,17 +226,15 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
     browser.quit().await;
 
     let bind = dc.bind(&hire.dn, &password).await;
-    assert!(!bind.ok() && bind.text.contains("773"), "the revealed password is the account's, with must change: {bind:?}");
+    assert!(
+        !bind.ok() && bind.text.contains("773"),
+        "the revealed password is the account's, with must change: {bind:?}"
+    );
 
     // The link works once.
     let link_id = page_url.rsplit('/').next().expect("id");
-    let again = world
-        .http
-        .post(format!("{page_url}/claim"))
-        .json(&json!({"proof": proof(key)}))
-        .send()
-        .await
-        .expect("claim");
+    let again =
+        world.http.post(format!("{page_url}/claim")).json(&json!({"proof": proof(key)})).send().await.expect("claim");
     assert_eq!(again.status().as_u16(), 410);
     let again: Value = again.json().await.expect("json");
     assert_eq!(again["error"]["code"], "already_used", "{again}");
@@ -272,7 +282,11 @@ async fn signed_callouts_unknown_users_and_expired_links() {
     // Bad and replayed signatures are refused and create nothing.
     let unknown_result = uuid::Uuid::new_v4().to_string();
     let body = callout(&uuid::Uuid::new_v4().to_string(), &unknown_result).to_string();
-    let forged = pwrelay_relay::signature::sign(b"not-the-secret-not-the-secret-not-the-secret", SystemTime::now(), body.as_bytes());
+    let forged = pwrelay_relay::signature::sign(
+        b"not-the-secret-not-the-secret-not-the-secret",
+        SystemTime::now(),
+        body.as_bytes(),
+    );
     let stale = sign(&body, SystemTime::now() - Duration::from_secs(3600));
     for (what, header) in [("forged", forged), ("replayed an hour later", stale)] {
         let (status, answer, _) = post_callout(&world, &relay, body.as_bytes(), &[("pwrelay-signature", header)]).await;
@@ -290,7 +304,10 @@ async fn signed_callouts_unknown_users_and_expired_links() {
     assert!(failed["outcome_reason"].as_str().unwrap_or_default().contains("does not exist"), "{failed}");
     assert!(failed.get("job_id").is_none(), "no job for an unknown user");
     let resumes = cloud.recorded(|r| r.resumes.clone());
-    assert!(resumes.iter().any(|(id, b)| *id == unknown_result && b["data"]["operationStatus"] == "failed"), "{resumes:?}");
+    assert!(
+        resumes.iter().any(|(id, b)| *id == unknown_result && b["data"]["operationStatus"] == "failed"),
+        "{resumes:?}"
+    );
     assert!(cloud.recorded(|r| r.sms.is_empty()), "no link was sent");
 
     // A link that expires unclaimed: the page and the claim say so. The gateway fails once first.
@@ -309,15 +326,13 @@ async fn signed_callouts_unknown_users_and_expired_links() {
     let (page_url, key) = link.split_once('#').expect("fragment");
     let db = rusqlite::Connection::open(world.path("relay.db")).expect("db");
     db.busy_timeout(Duration::from_secs(5)).expect("timeout");
-    db.execute(
-        "UPDATE lifecycle_requests SET link_expires_ms = 1 WHERE task_processing_result_id = ?1",
-        [&result_id],
-    )
-    .expect("expire the link");
+    db.execute("UPDATE lifecycle_requests SET link_expires_ms = 1 WHERE task_processing_result_id = ?1", [&result_id])
+        .expect("expire the link");
     let page = world.http.get(page_url).send().await.expect("page");
     assert_eq!(page.status().as_u16(), 410);
     assert!(page.text().await.expect("html").contains("expired"));
-    let claim = world.http.post(format!("{page_url}/claim")).json(&json!({"proof": proof(key)})).send().await.expect("claim");
+    let claim =
+        world.http.post(format!("{page_url}/claim")).json(&json!({"proof": proof(key)})).send().await.expect("claim");
     assert_eq!(claim.status().as_u16(), 410);
     assert_eq!(claim.json::<Value>().await.expect("json")["error"]["code"], "expired");
     agent.stop().await;

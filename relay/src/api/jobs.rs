@@ -136,10 +136,10 @@ pub(super) async fn show(
             .job(id)
             .await
             .map_err(|e| ApiError::unavailable(&e))?
-            .filter(|job| job.client == client.name)
+            .filter(|job| visible(job, &client))
             .ok_or_else(|| ApiError::not_found(format!("no job {id} for this API client")))?;
         if job.state.is_final() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(job));
+            return with_lifecycle(&state, job).await.map(Json);
         }
         let pause = POLL_INTERVAL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         tokio::select! {
@@ -147,6 +147,20 @@ pub(super) async fn show(
             () = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// A client sees its own jobs, and new-hire jobs when it has the `lifecycle` scope.
+fn visible(job: &Job, client: &crate::store::ApiClient) -> bool {
+    job.client == client.name
+        || (job.client == crate::lifecycle::CLIENT && client.scopes.allows(crate::store::Operation::Lifecycle))
+}
+
+/// Adds a new-hire job's request (delivery and resume state).
+async fn with_lifecycle(state: &ApiState, mut job: Job) -> Result<Job, ApiError> {
+    if let (crate::jobs::JobKind::InitialPassword, Some(lifecycle)) = (job.kind, state.lifecycle.as_ref()) {
+        job.lifecycle = lifecycle.store.request_of_job(job.job_id).await.map_err(|e| ApiError::unavailable(&e))?;
+    }
+    Ok(job)
 }
 
 /// `GET /v1/jobs/{id}/secret`: a generating job's password, exactly once; it is erased from the

@@ -36,7 +36,9 @@ impl Browser {
         let mut ready = false;
         for _ in 0..100 {
             if let Ok(r) = http.get(format!("{base}/status")).send().await {
-                if r.json::<Value>().await.ok().and_then(|v| v.pointer("/value/ready").and_then(Value::as_bool)) == Some(true) {
+                if r.json::<Value>().await.ok().and_then(|v| v.pointer("/value/ready").and_then(Value::as_bool))
+                    == Some(true)
+                {
                     ready = true;
                     break;
                 }
@@ -55,7 +57,8 @@ impl Browser {
                          "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.display())]
             }
         }}});
-        let created: Value = http.post(format!("{base}/session")).json(&caps).send().await.expect("session").json().await.expect("json");
+        let created: Value =
+            http.post(format!("{base}/session")).json(&caps).send().await.expect("session").json().await.expect("json");
         let session = created
             .pointer("/value/sessionId")
             .and_then(Value::as_str)
@@ -81,8 +84,9 @@ impl Browser {
     /// The element matching `css`, waiting up to 10 s for it.
     pub async fn find(&self, css: &str) -> String {
         for _ in 0..100 {
-            let found =
-                self.command(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+            let found = self
+                .command(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css})))
+                .await;
             if let Some(id) = found.get(ELEMENT).and_then(Value::as_str) {
                 return id.to_owned();
             }
@@ -98,7 +102,11 @@ impl Browser {
 
     pub async fn text(&self, css: &str) -> String {
         let id = self.find(css).await;
-        self.command(reqwest::Method::GET, &format!("/element/{id}/text"), None).await.as_str().unwrap_or_default().to_owned()
+        self.command(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Waits up to 15 s for `css` to have non-empty text.

@@ -101,8 +101,9 @@ impl FakeCloud {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let cancel = CancellationToken::new();
         let tracker = tokio_util::task::TaskTracker::new();
-        let incoming = pwrelay_relay::listener::TlsIncoming::spawn(listener, tls, "fake cloud", cancel.child_token(), &tracker)
-            .expect("listen");
+        let incoming =
+            pwrelay_relay::listener::TlsIncoming::spawn(listener, tls, "fake cloud", cancel.child_token(), &tracker)
+                .expect("listen");
         let url = format!("https://localhost:{}", incoming.local_addr().port());
         *state.base.lock().expect("base") = url.clone();
         let stop = cancel.child_token();
@@ -144,11 +145,16 @@ async fn token(
     state.recorded.lock().expect("recorded").token_requests += 1;
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     if tenant != TENANT || field("grant_type") != "client_credentials" || field("client_id") != CLIENT_ID {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_request", "error_description": "AADSTS90002: bad tenant or client"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_request", "error_description": "AADSTS90002: bad tenant or client"})),
+        )
+            .into_response();
     }
     let base = state.base.lock().expect("base").clone();
     if field("scope") != format!("{base}/.default") {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_scope", "error_description": "AADSTS70011"}))).into_response();
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_scope", "error_description": "AADSTS70011"})))
+            .into_response();
     }
     let authenticated = if form.contains_key("client_secret") {
         field("client_secret") == CLIENT_SECRET
@@ -192,7 +198,9 @@ async fn user(State(state): State<Arc<CloudState>>, headers: HeaderMap, Path(id)
     }
     match state.users.lock().expect("users").get(&id) {
         Some(user) => Json(user.clone()).into_response(),
-        None => graph_error(StatusCode::NOT_FOUND, "Request_ResourceNotFound", &format!("Resource '{id}' does not exist")),
+        None => {
+            graph_error(StatusCode::NOT_FOUND, "Request_ResourceNotFound", &format!("Resource '{id}' does not exist"))
+        }
     }
 }
 
