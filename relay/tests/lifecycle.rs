@@ -49,6 +49,12 @@ async fn start_relay(world: &World, cloud: &FakeCloud, auth: &str) -> Relay {
     *cloud.state.certificate_x5t.lock().expect("x5t") = Some(x5t);
     std::fs::write(world.path("sms.token"), "fake-sms-token\n").expect("sms token");
     std::fs::write(world.path("callout.secret"), HMAC_SECRET).expect("hmac secret");
+    std::fs::write(world.path("graph.secret"), format!("{}\n", cloud::CLIENT_SECRET)).expect("graph secret");
+    // Entra-token callouts go with a certificate credential for Graph, signed ones with a secret.
+    let credential = match auth {
+        "entra" => "client_certificate_file = \"graph.pem\"\nclient_key_file = \"graph.key\"\n",
+        _ => "client_secret_file = \"graph.secret\"\n",
+    };
     let auth_keys = match auth {
         "entra" => format!(
             "callout_auth = \"entra\"\naudience = \"{}\"\nallowed_app_ids = [\"{}\"]\n",
@@ -60,12 +66,13 @@ async fn start_relay(world: &World, cloud: &FakeCloud, auth: &str) -> Relay {
     let section = format!(
         "\n[lifecycle]\npublic_url = \"https://localhost:{port}\"\norganization = \"Contoso\"\n\
          [[lifecycle.tenants]]\ntenant_id = \"{tenant}\"\n{auth_keys}client_id = \"{client}\"\n\
-         client_certificate_file = \"graph.pem\"\nclient_key_file = \"graph.key\"\nmail_sender = \"pwrelay@contoso.test\"\n\
+         {credential}mail_sender = \"pwrelay@contoso.test\"\n\
          [lifecycle.delivery]\nfirst_retry_seconds = 1\nmax_attempts = 3\n\
          [lifecycle.sms]\nurl = \"{url}/sms\"\nbearer_token_file = \"sms.token\"\nfrom = \"Contoso\"\n\
          [lifecycle.endpoints]\nlogin = \"{url}\"\ngraph = \"{url}\"\nextra_ca_file = \"{ca}\"\n",
         tenant = cloud::TENANT,
         client = cloud::CLIENT_ID,
+        credential = credential,
         url = cloud.url,
         ca = cloud.ca_file.display(),
     );
@@ -252,6 +259,8 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
     assert!(mail.contains(&hire.upn), "the manager gets the username: {mail}");
     assert!(!mail.contains(&password) && !mail.contains(key), "and neither the password nor the link");
 
+    assert_eq!(cloud.recorded(|r| r.token_requests), 1, "one Graph token served every call (cached)");
+
     // The job is visible with its delivery state; nothing secret reached the logs or the store.
     let job_id = delivered["job_id"].as_str().expect("job id");
     let (status, job) = world.get(&relay, &format!("/v1/jobs/{job_id}")).await;
@@ -335,6 +344,29 @@ async fn signed_callouts_unknown_users_and_expired_links() {
         world.http.post(format!("{page_url}/claim")).json(&json!({"proof": proof(key)})).send().await.expect("claim");
     assert_eq!(claim.status().as_u16(), 410);
     assert_eq!(claim.json::<Value>().await.expect("json")["error"]["code"], "expired");
+
+    // A gateway that keeps failing: the workflow is resumed as failed and the link is dead.
+    cloud.state.sms_failures.store(100, std::sync::atomic::Ordering::SeqCst);
+    let unlucky = world.user("unlucky").await;
+    let subject = synced_user(&world, &cloud, &unlucky).await;
+    let result_id = uuid::Uuid::new_v4().to_string();
+    let body = callout(&subject, &result_id).to_string();
+    let (status, _, _) =
+        post_callout(&world, &relay, body.as_bytes(), &[("pwrelay-signature", sign(&body, SystemTime::now()))]).await;
+    assert_eq!(status, 202);
+    let failed = wait_stage(&world, &relay, &result_id, "done").await;
+    assert_eq!((failed["outcome"].as_str(), failed["delivery"].as_str()), (Some("failed"), Some("failed")), "{failed}");
+    assert!(failed["delivery_detail"].as_str().unwrap_or_default().contains("after 3 attempt(s)"), "{failed}");
+    let resumes = cloud.recorded(|r| r.resumes.clone());
+    assert!(resumes.iter().any(|(id, b)| *id == result_id && b["data"]["operationStatus"] == "failed"), "{resumes:?}");
+    let secrets: i64 = db
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE result_secret IS NOT NULL AND id = ?1",
+            [failed["job_id"].as_str().expect("job")],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(secrets, 0, "the undelivered ciphertext is erased");
     agent.stop().await;
     relay.stop().await;
 }

@@ -466,3 +466,83 @@ impl LifecycleConfig {
         self.tenants.iter().find(|t| t.tenant_id.eq_ignore_ascii_case(tenant_id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, Overrides};
+
+    const BASE: &str = r#"
+domains = ["corp.example"]
+[api]
+cert_file = "a.pem"
+key_file = "a.key"
+[link]
+cert_file = "l.pem"
+key_file = "l.key"
+agent_ca_file = "ca.pem"
+[store]
+path = "relay.db"
+key_file = "store.key"
+[lifecycle]
+public_url = "https://pwrelay.example/"
+[[lifecycle.tenants]]
+tenant_id = "6D8F1B0E-2F4A-4C39-9A6E-0C1D2E3F4A5B"
+callout_auth = "entra"
+audience = "api://pwrelay"
+allowed_app_ids = ["9e8d7c6b-1111-4222-8333-444455556666"]
+client_id = "1a2b3c4d-0000-4000-8000-00000000c0de"
+client_secret_file = "graph.secret"
+mail_sender = "pwrelay@example.com"
+[lifecycle.sms]
+url = "https://sms.example/send"
+"#;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/pwrelay"), &Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_minimal_section_gets_defaults() {
+        let c = parse(BASE).expect("valid").lifecycle.expect("lifecycle");
+        assert_eq!(c.public_url, "https://pwrelay.example");
+        assert_eq!(c.link_ttl.as_secs(), 72 * 3600);
+        assert!(c.must_change);
+        assert_eq!(c.tenants[0].tenant_id, "6d8f1b0e-2f4a-4c39-9a6e-0c1d2e3f4a5b");
+        assert!(c.tenant("6D8F1B0E-2F4A-4C39-9A6E-0C1D2E3F4A5B").is_some());
+        assert!(c.templates.link_sms.contains("{link}"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (BASE.replace("https://pwrelay.example/", "http://pwrelay.example"), "lifecycle.public_url"),
+            (BASE.replace("6D8F1B0E-2F4A-4C39-9A6E-0C1D2E3F4A5B", "contoso"), "lifecycle.tenants[0].tenant_id"),
+            (BASE.replace("audience = \"api://pwrelay\"\n", ""), "lifecycle.tenants[0].audience"),
+            (
+                BASE.replace("allowed_app_ids = [\"9e8d7c6b-1111-4222-8333-444455556666\"]", "allowed_app_ids = []"),
+                "allowed_app_ids",
+            ),
+            (
+                BASE.replace(
+                    "client_secret_file = \"graph.secret\"",
+                    "client_secret_file = \"s\"\nclient_certificate_file = \"c\"",
+                ),
+                "client_secret_file",
+            ),
+            (BASE.replace("mail_sender = \"pwrelay@example.com\"\n", ""), "lifecycle.tenants[0].mail_sender"),
+            (BASE.replace("[lifecycle.sms]\nurl = \"https://sms.example/send\"\n", ""), "lifecycle.sms"),
+            (BASE.replace("https://sms.example/send", "http://sms.example/send"), "lifecycle.sms.url"),
+            (BASE.replace("callout_auth = \"entra\"", "callout_auth = \"hmac\""), "hmac_secret_file"),
+            (
+                BASE.replace("[lifecycle.sms]", "[lifecycle.delivery]\nmax_attempts = 0\n[lifecycle.sms]"),
+                "lifecycle.delivery.max_attempts",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = parse(&text).expect_err(key);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+}
