@@ -22,7 +22,8 @@ pub(crate) enum ClientsCommand {
         /// Limit the client to this AD domain (repeatable; default: every domain).
         #[arg(long = "domain")]
         domains: Vec<String>,
-        /// Limit the client to this operation: rotate, verify, unlock, reconcile (repeatable;
+        /// Limit the client to this operation: rotate, verify, unlock, reconcile, lifecycle (reading
+        /// new-hire requests) (repeatable;
         /// default: all).
         #[arg(long = "operation")]
         operations: Vec<String>,
@@ -104,7 +105,7 @@ fn scopes(domains: &[String], operations: &[String]) -> Result<Scopes, String> {
                 .iter()
                 .map(|o| {
                     Operation::parse(o)
-                        .ok_or_else(|| format!("--operation {o:?}: use rotate, verify, unlock or reconcile"))
+                        .ok_or_else(|| format!("--operation {o:?}: use rotate, verify, unlock, reconcile or lifecycle"))
                 })
                 .collect::<Result<_, _>>()?,
         )
