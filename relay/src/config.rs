@@ -207,7 +207,7 @@ impl Config {
         if file.api.max_body_bytes < 1024 {
             return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
         }
-        let lifecycle = file.lifecycle.map(|l| l.validate(&resolve)).transpose()?;
+        let lifecycle = file.lifecycle.map(|l| l.validate(resolve)).transpose()?;
         let mut log = file.log;
         if let Some(level) = &overrides.log_level {
             log.level.clone_from(level);
