@@ -91,6 +91,7 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                 password_matches: applied.password_matches,
                 account_state: Some(applied.account.state()),
                 notes: applied.notes,
+                secret_key: Vec::new(),
             })
         }
         Err(error) => {
