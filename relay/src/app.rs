@@ -21,6 +21,7 @@ use crate::listener::TlsIncoming;
 use crate::seal::{SealError, Sealer};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ClaimPolicy, Store, StoreError};
+use crate::webhooks::worker::{DeliveryWorker, WorkerError};
 
 /// How long open requests and agent streams get to finish after shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -54,6 +55,9 @@ pub enum AppError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The webhook delivery worker cannot be set up.
+    #[error(transparent)]
+    Webhooks(#[from] WorkerError),
     /// A server failed while running.
     #[error("{part} failed: {message}")]
     Serve {
@@ -72,6 +76,8 @@ pub struct App {
     api_state: Arc<ApiState>,
     link_context: Arc<LinkContext>,
     store: Arc<SqliteStore>,
+    webhooks: DeliveryWorker,
+    events: Arc<JobEvents>,
     time_to_live: Duration,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -118,6 +124,7 @@ impl App {
         let registry = Arc::new(AgentRegistry::default());
         let domains = config.domains.iter().cloned().collect();
         let dyn_store: Arc<dyn Store> = store.clone();
+        let webhooks = DeliveryWorker::new(Arc::clone(&dyn_store), Arc::clone(&sealer), config.webhooks.clone())?;
         let api_state = Arc::new(ApiState {
             store: Arc::clone(&dyn_store),
             sealer: Arc::clone(&sealer),
@@ -129,7 +136,7 @@ impl App {
         let link_context = Arc::new(LinkContext {
             store: dyn_store,
             sealer,
-            events,
+            events: Arc::clone(&events),
             registry,
             relay_domains: domains,
             claim_policy: ClaimPolicy {
@@ -140,7 +147,18 @@ impl App {
             heartbeat: config.link.heartbeat,
         });
         tracing::info!(api = %api.local_addr(), link = %link.local_addr(), store = %store.path().display(), "relay listening");
-        Ok(Self { api, link, api_state, link_context, store, time_to_live: config.jobs.time_to_live, cancel, tracker })
+        Ok(Self {
+            api,
+            link,
+            api_state,
+            link_context,
+            store,
+            webhooks,
+            events,
+            time_to_live: config.jobs.time_to_live,
+            cancel,
+            tracker,
+        })
     }
 
     /// The bound HTTPS API address.
@@ -155,7 +173,7 @@ impl App {
 
     /// Serves until `shutdown` completes (or a server fails), then drains for up to 10 s.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        let Self { api, link, api_state, link_context, store, time_to_live, cancel, tracker } = self;
+        let Self { api, link, api_state, link_context, store, webhooks, events, time_to_live, cancel, tracker } = self;
         let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(4);
 
         let api_cancel = cancel.child_token();
@@ -183,6 +201,8 @@ impl App {
             }
         });
 
+        tracker.spawn(webhooks.run(events.changed(), cancel.child_token()));
+
         let sweep_cancel = cancel.child_token();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -191,7 +211,10 @@ impl App {
                     () = sweep_cancel.cancelled() => break,
                     _ = tick.tick() => match store.expire_overdue(time_to_live).await {
                         Ok(0) => {}
-                        Ok(expired) => tracing::warn!(expired, "jobs expired without an agent finishing them"),
+                        Ok(expired) => {
+                            tracing::warn!(expired, "jobs expired without an agent finishing them");
+                            events.job_changed();
+                        }
                         Err(error) => tracing::error!(%error, "expiring overdue jobs failed"),
                     },
                 }

@@ -6,6 +6,7 @@
 //! - [`store`]: the durable job store (SQLite) behind one narrow trait.
 //! - [`jobs`]: the job model and in-process job signals.
 //! - [`seal`]: encryption of secrets at rest.
+//! - [`webhooks`]: signed notifications of final jobs to each client's receiver, with retries.
 //! - [`listener`]: the TLS accept loop of both listeners.
 //! - [`cli`]: the `pwrelay` command line (serve, pki, clients, password, store-key).
 
@@ -18,6 +19,7 @@ pub mod link;
 pub mod listener;
 pub mod seal;
 pub mod store;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::Config;
