@@ -10,6 +10,7 @@
 //! | `GET /v1/jobs/{id}[?wait=S]` | token | a job's state, optionally waiting up to S seconds for it to finish |
 //! | `DELETE /v1/jobs/{id}` | token | cancel a job no agent has taken yet |
 //! | `GET /v1/jobs/{id}/secret` | token | a generated password, exactly once (then 410) |
+//! | `GET /v1/webhooks/deliveries[?state=&limit=]` | token | the client's webhook and delivery log, newest first |
 //! | `GET /v1/agents` | token | connected agents |
 //! | `GET /healthz` | none | the process is alive |
 //! | `GET /readyz` | none | the job store answers |
@@ -22,6 +23,7 @@ mod jobs;
 mod reconciliations;
 mod rotations;
 mod submit;
+mod webhooks;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -66,6 +68,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/jobs/{id}/secret", get(jobs::secret))
+        .route("/v1/webhooks/deliveries", get(webhooks::deliveries))
         .route("/v1/agents", get(health::agents))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))

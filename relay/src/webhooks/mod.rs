@@ -261,6 +261,15 @@ pub struct DeliveryFilter {
     pub limit: usize,
 }
 
+/// The delivery log as `GET /v1/webhooks/deliveries` and `pwrelay clients webhook deliveries
+/// --json` show it: the webhook (URL and events, never the secret) and the deliveries.
+pub fn log_json(webhook: Option<&StoredWebhook>, deliveries: &[DeliveryRecord]) -> serde_json::Value {
+    serde_json::json!({
+        "webhook": webhook.map(|w| serde_json::json!({ "url": w.url, "events": w.events })),
+        "deliveries": deliveries,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
