@@ -3,7 +3,7 @@
 //!
 //! One connection behind a mutex serves every call on the blocking pool; each call is one
 //! transaction, which makes [`Store::claim`] atomic. The webhook outbox and delivery log are in
-//! [`webhooks`].
+//! `sqlite/webhooks.rs`.
 
 mod webhooks;
 

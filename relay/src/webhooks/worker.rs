@@ -36,10 +36,10 @@ const MAX_ERROR_CHARS: usize = 300;
 pub enum WorkerError {
     /// `webhooks.ca_file` is unusable.
     #[error("webhooks.ca_file: {0}")]
-    Tls(#[from] tls::TlsError),
-    /// No rustls crypto provider is installed for the system trust store verifier.
-    #[error("no TLS crypto provider is installed (call pwrelay_shared::tls::install_default_provider at start-up)")]
-    NoCryptoProvider,
+    CaFile(tls::TlsError),
+    /// The system's trust store is unusable (and `webhooks.ca_file` is not set).
+    #[error("webhooks: the system's trust store cannot be used ({0}); set webhooks.ca_file")]
+    TrustStore(tls::TlsError),
     /// The HTTP client could not be built.
     #[error("webhook HTTP client: {0}")]
     Client(String),
@@ -58,25 +58,20 @@ impl DeliveryWorker {
     /// Builds the HTTP client: the system's trust store (or only `webhooks.ca_file`), the ring
     /// provider, `webhooks.timeout_seconds`, no redirects.
     pub fn new(store: Arc<dyn Store>, sealer: Arc<Sealer>, config: WebhooksConfig) -> Result<Self, WorkerError> {
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .user_agent(concat!("pwrelay/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none());
-        match &config.ca_file {
-            Some(ca_file) => {
-                let anchors = TrustAnchors::from_file(ca_file)?;
-                let mut tls = (*tls::https_client(&anchors)?).clone();
-                tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-                builder = builder.tls_backend_preconfigured(tls);
-            }
-            // reqwest builds a verifier over the system's trust store with the process's provider.
-            None if rustls::crypto::CryptoProvider::get_default().is_none() => {
-                return Err(WorkerError::NoCryptoProvider);
-            }
-            None => {}
-        }
-        let http = builder.build().map_err(|e| WorkerError::Client(e.to_string()))?;
+        let tls = match &config.ca_file {
+            Some(ca_file) => TrustAnchors::from_file(ca_file)
+                .and_then(|anchors| tls::https_client(&anchors))
+                .map_err(WorkerError::CaFile)?,
+            None => tls::public_https_client().map_err(WorkerError::TrustStore)?,
+        };
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let http = builder.tls_backend_preconfigured(tls).build().map_err(|e| WorkerError::Client(e.to_string()))?;
         Ok(Self { store, sealer, http, config: Arc::new(config) })
     }
 
@@ -298,6 +293,19 @@ mod tests {
             ca_file: None,
             dangerous_allow_http: false,
         }
+    }
+
+    #[test]
+    fn receivers_are_verified_against_the_system_trust_store_or_only_the_configured_ca() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.path().join("relay.db")).expect("store"));
+        let sealer =
+            Arc::new(Sealer::from_key(&pwrelay_shared::secret::SecretBytes::new(vec![7; 32])).expect("sealer"));
+        assert!(DeliveryWorker::new(Arc::clone(&store), Arc::clone(&sealer), config()).is_ok());
+        let missing = WebhooksConfig { ca_file: Some(dir.path().join("receiver-ca.pem")), ..config() };
+        let error = DeliveryWorker::new(store, sealer, missing).expect_err("no such CA file").to_string();
+        assert!(error.starts_with("webhooks.ca_file") && error.contains("receiver-ca.pem"), "{error}");
     }
 
     #[test]
