@@ -23,6 +23,7 @@ use crate::listener::{ClientAddr, TlsIncoming};
 use crate::seal::{SealError, Sealer};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ClaimPolicy, Store, StoreError};
+use crate::webhooks::worker::{DeliveryWorker, WorkerError};
 
 /// How long open requests and agent streams get to finish after shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -59,6 +60,9 @@ pub enum AppError {
     /// The new-hire flow's settings or credentials are unusable.
     #[error("{0}")]
     Lifecycle(String),
+    /// The webhook delivery worker cannot be set up.
+    #[error(transparent)]
+    Webhooks(#[from] WorkerError),
     /// A server failed while running.
     #[error("{part} failed: {message}")]
     Serve {
@@ -78,6 +82,8 @@ pub struct App {
     link_context: Arc<LinkContext>,
     store: Arc<SqliteStore>,
     lifecycle: Option<Arc<Lifecycle>>,
+    webhooks: DeliveryWorker,
+    events: Arc<JobEvents>,
     time_to_live: Duration,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -142,6 +148,7 @@ impl App {
             )),
             None => None,
         };
+        let webhooks = DeliveryWorker::new(Arc::clone(&dyn_store), Arc::clone(&sealer), config.webhooks.clone())?;
         let api_state = Arc::new(ApiState {
             store: Arc::clone(&dyn_store),
             sealer: Arc::clone(&sealer),
@@ -154,7 +161,7 @@ impl App {
         let link_context = Arc::new(LinkContext {
             store: dyn_store,
             sealer,
-            events,
+            events: Arc::clone(&events),
             registry,
             relay_domains: domains,
             claim_policy: ClaimPolicy {
@@ -173,6 +180,8 @@ impl App {
             link_context,
             store,
             lifecycle,
+            webhooks,
+            events,
             time_to_live: config.jobs.time_to_live,
             cancel,
             tracker,
@@ -191,7 +200,7 @@ impl App {
 
     /// Serves until `shutdown` completes (or a server fails), then drains for up to 10 s.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        let Self { api, link, api_state, link_context, store, lifecycle, time_to_live, cancel, tracker } = self;
+        let Self { api, link, api_state, link_context, store, lifecycle, webhooks, events, time_to_live, cancel, tracker } = self;
         let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(4);
 
         let api_cancel = cancel.child_token();
@@ -219,6 +228,8 @@ impl App {
             }
         });
 
+        tracker.spawn(webhooks.run(events.changed(), cancel.child_token()));
+
         let sweep_cancel = cancel.child_token();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -227,7 +238,10 @@ impl App {
                     () = sweep_cancel.cancelled() => break,
                     _ = tick.tick() => match store.expire_overdue(time_to_live).await {
                         Ok(0) => {}
-                        Ok(expired) => tracing::warn!(expired, "jobs expired without an agent finishing them"),
+                        Ok(expired) => {
+                            tracing::warn!(expired, "jobs expired without an agent finishing them");
+                            events.job_changed();
+                        }
                         Err(error) => tracing::error!(%error, "expiring overdue jobs failed"),
                     },
                 }

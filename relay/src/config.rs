@@ -26,6 +26,8 @@ struct RelayFile {
     #[serde(default)]
     jobs: JobsFile,
     #[serde(default)]
+    webhooks: WebhooksFile,
+    #[serde(default)]
     log: LogConfig,
     #[serde(default)]
     lifecycle: Option<crate::lifecycle::config::LifecycleFile>,
@@ -78,6 +80,73 @@ impl Default for JobsFile {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhooksFile {
+    #[serde(default = "default_webhook_timeout_seconds")]
+    timeout_seconds: u64,
+    #[serde(default = "default_webhook_max_attempts")]
+    max_attempts: u32,
+    #[serde(default = "default_webhook_max_age_hours")]
+    max_age_hours: u64,
+    #[serde(default = "default_webhook_first_retry_seconds")]
+    first_retry_seconds: u64,
+    #[serde(default = "default_webhook_max_retry_seconds")]
+    max_retry_seconds: u64,
+    #[serde(default = "default_webhook_poll_seconds")]
+    poll_seconds: u64,
+    #[serde(default = "default_webhook_concurrency")]
+    concurrency: usize,
+    #[serde(default = "default_webhook_log_retention_days")]
+    log_retention_days: u64,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    dangerous_allow_http: bool,
+}
+
+impl Default for WebhooksFile {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: default_webhook_timeout_seconds(),
+            max_attempts: default_webhook_max_attempts(),
+            max_age_hours: default_webhook_max_age_hours(),
+            first_retry_seconds: default_webhook_first_retry_seconds(),
+            max_retry_seconds: default_webhook_max_retry_seconds(),
+            poll_seconds: default_webhook_poll_seconds(),
+            concurrency: default_webhook_concurrency(),
+            log_retention_days: default_webhook_log_retention_days(),
+            ca_file: None,
+            dangerous_allow_http: false,
+        }
+    }
+}
+
+fn default_webhook_timeout_seconds() -> u64 {
+    10
+}
+fn default_webhook_max_attempts() -> u32 {
+    12
+}
+fn default_webhook_max_age_hours() -> u64 {
+    24
+}
+fn default_webhook_first_retry_seconds() -> u64 {
+    10
+}
+fn default_webhook_max_retry_seconds() -> u64 {
+    3600
+}
+fn default_webhook_poll_seconds() -> u64 {
+    5
+}
+fn default_webhook_concurrency() -> usize {
+    8
+}
+fn default_webhook_log_retention_days() -> u64 {
+    30
+}
+
 fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8443))
 }
@@ -112,6 +181,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Delivery limits.
     pub jobs: JobsConfig,
+    /// Outbound webhooks.
+    pub webhooks: WebhooksConfig,
     /// Logging.
     pub log: LogConfig,
     /// The new-hire flow (`[lifecycle]`), when configured.
@@ -166,6 +237,32 @@ pub struct JobsConfig {
     pub time_to_live: Duration,
 }
 
+/// `[webhooks]`: how deliveries to the clients' receivers are made and retried.
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    /// Longest wait for a receiver's answer (connect included).
+    pub timeout: Duration,
+    /// Attempts of one delivery before it fails.
+    pub max_attempts: u32,
+    /// Age (since the job became final) after which a delivery is not tried again.
+    pub max_age: Duration,
+    /// Delay before the first retry; each further retry doubles it (with jitter).
+    pub first_retry: Duration,
+    /// The longest delay between two attempts.
+    pub max_retry: Duration,
+    /// How often the store is checked for due deliveries without an in-process wake-up.
+    pub poll: Duration,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// How long finished deliveries stay in the delivery log.
+    pub log_retention: Duration,
+    /// Trust only this CA (PEM) for receivers instead of the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Allow `http://` URLs to hosts other than the loopback interface (bodies and signatures
+    /// then cross the network in clear).
+    pub dangerous_allow_http: bool,
+}
+
 /// Values that override the file (from the command line or environment).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -204,6 +301,23 @@ impl Config {
         if file.jobs.ttl_hours == 0 {
             return Err(ConfigError::invalid("jobs.ttl_hours", "must be at least 1"));
         }
+        let hooks = &file.webhooks;
+        for (key, value) in [
+            ("webhooks.timeout_seconds", hooks.timeout_seconds),
+            ("webhooks.max_attempts", u64::from(hooks.max_attempts)),
+            ("webhooks.max_age_hours", hooks.max_age_hours),
+            ("webhooks.first_retry_seconds", hooks.first_retry_seconds),
+            ("webhooks.poll_seconds", hooks.poll_seconds),
+            ("webhooks.concurrency", u64::try_from(hooks.concurrency).unwrap_or(u64::MAX)),
+            ("webhooks.log_retention_days", hooks.log_retention_days),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if hooks.max_retry_seconds < hooks.first_retry_seconds {
+            return Err(ConfigError::invalid("webhooks.max_retry_seconds", "must be at least first_retry_seconds"));
+        }
         if file.api.max_body_bytes < 1024 {
             return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
         }
@@ -232,6 +346,18 @@ impl Config {
             jobs: JobsConfig {
                 max_attempts: file.jobs.max_attempts,
                 time_to_live: Duration::from_secs(file.jobs.ttl_hours * 3600),
+            },
+            webhooks: WebhooksConfig {
+                timeout: Duration::from_secs(file.webhooks.timeout_seconds),
+                max_attempts: file.webhooks.max_attempts,
+                max_age: Duration::from_secs(file.webhooks.max_age_hours.saturating_mul(3600)),
+                first_retry: Duration::from_secs(file.webhooks.first_retry_seconds),
+                max_retry: Duration::from_secs(file.webhooks.max_retry_seconds),
+                poll: Duration::from_secs(file.webhooks.poll_seconds),
+                concurrency: file.webhooks.concurrency,
+                log_retention: Duration::from_secs(file.webhooks.log_retention_days.saturating_mul(86_400)),
+                ca_file: file.webhooks.ca_file.map(resolve),
+                dangerous_allow_http: file.webhooks.dangerous_allow_http,
             },
             log,
             lifecycle,
@@ -265,6 +391,9 @@ key_file = "store.key"
         assert_eq!(c.api.cert_file, Path::new("/etc/pwrelay/tls/api.pem"));
         assert_eq!(c.store.path, Path::new("/var/lib/pwrelay/relay.db"));
         assert_eq!(c.jobs.max_attempts, 5);
+        assert_eq!(c.webhooks.max_attempts, 12);
+        assert_eq!(c.webhooks.first_retry, Duration::from_secs(10));
+        assert!(c.webhooks.ca_file.is_none() && !c.webhooks.dangerous_allow_http);
         assert_eq!(c.log, LogConfig::default());
     }
 
@@ -295,6 +424,12 @@ key_file = "store.key"
         let lease = MINIMAL.replace("agent_ca_file", "lease_seconds = 1\nagent_ca_file");
         let e = Config::parse(&lease, Path::new("/"), &Overrides::default()).expect_err("bad").to_string();
         assert!(e.starts_with("link.lease_seconds"), "{e}");
+        let hooks = format!("{MINIMAL}[webhooks]\nfirst_retry_seconds = 60\nmax_retry_seconds = 30\n");
+        let e = Config::parse(&hooks, Path::new("/"), &Overrides::default()).expect_err("bad").to_string();
+        assert!(e.starts_with("webhooks.max_retry_seconds"), "{e}");
+        let hooks = format!("{MINIMAL}[webhooks]\nmax_attempts = 0\n");
+        let e = Config::parse(&hooks, Path::new("/"), &Overrides::default()).expect_err("bad").to_string();
+        assert!(e.starts_with("webhooks.max_attempts"), "{e}");
         let missing = MINIMAL.replace("key_file = \"store.key\"", "");
         let e = Config::parse(&missing, Path::new("/"), &Overrides::default()).expect_err("missing").to_string();
         assert!(e.contains("key_file"), "{e}");

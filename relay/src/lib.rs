@@ -10,6 +10,7 @@
 //!   [`outbound`] (the HTTP client for cloud calls).
 //! - [`signature`]: HMAC request signatures with a timestamp.
 //! - [`seal`]: encryption of secrets at rest.
+//! - [`webhooks`]: signed notifications of final jobs to each client's receiver, with retries.
 //! - [`listener`]: the TLS accept loop of both listeners.
 //! - [`cli`]: the `pwrelay` command line (serve, pki, clients, password, store-key).
 
@@ -27,6 +28,7 @@ pub mod outbound;
 pub mod seal;
 pub mod signature;
 pub mod store;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::Config;

@@ -1,46 +1,52 @@
-//! The HTTP client for the relay's outbound calls (Entra token and key endpoints, Graph, the SMS
-//! gateway): HTTPS only, the system's roots plus an optional extra CA, bounded timeouts.
+//! The HTTP client for every call the relay makes (webhooks; Entra token and key endpoints,
+//! Graph and the SMS gateway for new hires): TLS from [`pwrelay_shared::tls`] (the system's trust
+//! store, or only a configured CA), the ring provider, bounded timeouts, no redirects.
 
 use std::path::Path;
 use std::time::Duration;
 
-/// Connect and whole-request timeout of every outbound call.
-pub const TIMEOUT: Duration = Duration::from_secs(20);
+use pwrelay_shared::tls::{self, TrustAnchors};
 
-/// Why the client cannot be built.
+/// Why the client cannot be built. `key` names the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
-    /// The extra CA file is unusable.
-    #[error("{path}: {reason}")]
+    /// The CA file is unusable.
+    #[error("{key}: {source}")]
     Ca {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        reason: String,
+        /// The setting.
+        key: &'static str,
+        /// The cause.
+        source: tls::TlsError,
     },
+    /// The system's trust store is unusable.
+    #[error("the system's trust store cannot be used ({0}); set {1}")]
+    TrustStore(tls::TlsError, &'static str),
     /// reqwest refused the settings.
     #[error("HTTP client: {0}")]
     Client(String),
 }
 
-/// An HTTPS-only client trusting the system roots and, when given, the CA certificates in `extra_ca`.
-pub fn client(extra_ca: Option<&Path>) -> Result<reqwest::Client, OutboundError> {
-    let mut builder = reqwest::Client::builder()
-        .https_only(true)
-        .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT)
+/// A client that verifies servers against `ca_file` alone when given (private endpoints, test
+/// fakes), else against the system's trust store. `ca_key` names the setting in errors.
+pub fn client(
+    ca_file: Option<&Path>,
+    ca_key: &'static str,
+    timeout: Duration,
+) -> Result<reqwest::Client, OutboundError> {
+    let tls = match ca_file {
+        Some(path) => TrustAnchors::from_file(path)
+            .and_then(|anchors| tls::https_client(&anchors))
+            .map_err(|source| OutboundError::Ca { key: ca_key, source })?,
+        None => tls::public_https_client().map_err(|e| OutboundError::TrustStore(e, ca_key))?,
+    };
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("pwrelay/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("pwrelay/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = extra_ca {
-        let ca_err = |reason: String| OutboundError::Ca { path: path.display().to_string(), reason };
-        let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(ca_err("holds no PEM certificate".into()));
-        }
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(|e| OutboundError::Client(e.to_string()))
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| OutboundError::Client(e.to_string()))
 }

@@ -169,3 +169,63 @@ fn client_tokens_can_be_rotated_and_revoked_and_scopes_are_validated() {
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("rotate, verify, unlock or reconcile"));
 }
+
+#[test]
+fn client_webhooks_get_a_secret_shown_once_and_sealed_and_urls_and_events_are_validated() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "domains = [\"corp.example.com\"]\n[api]\ncert_file = \"a\"\nkey_file = \"b\"\n[link]\ncert_file = \"c\"\n\
+         key_file = \"d\"\nagent_ca_file = \"e\"\n[store]\npath = \"relay.db\"\nkey_file = \"store.key\"\n",
+    )
+    .expect("config");
+    let key = dir.path().join("store.key");
+    assert!(pwrelay(&["store-key", "generate", "--out", key.to_str().expect("utf-8")]).status.success());
+    let config = config.to_str().expect("utf-8");
+    assert!(pwrelay(&["clients", "add", "siem", "--config", config]).status.success());
+    let set = |extra: &[&str]| {
+        let mut args = vec!["clients", "webhook", "set", "siem"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--config", config]);
+        pwrelay(&args)
+    };
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    let insecure = set(&["--url", "http://siem.example.com/hooks"]);
+    assert_eq!(insecure.status.code(), Some(64));
+    assert!(stderr(&insecure).contains("https://"), "{}", stderr(&insecure));
+    let bad_event = set(&["--url", "https://siem.example.com/hooks", "--event", "job.queued"]);
+    assert_eq!(bad_event.status.code(), Some(64));
+    assert!(stderr(&bad_event).contains("job.succeeded or job.failed"));
+
+    let first = set(&["--url", "https://siem.example.com/hooks"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let secret = String::from_utf8(first.stdout).expect("utf-8").trim().to_owned();
+    assert!(secret.starts_with("whsec_") && secret.len() > 40, "{secret}");
+    let db = std::fs::read(dir.path().join("relay.db")).expect("database");
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret is stored sealed only");
+
+    let changed = set(&["--url", "http://127.0.0.1:9000/hooks", "--event", "job.failed"]);
+    assert!(changed.status.success(), "http to loopback is allowed: {}", stderr(&changed));
+    assert!(changed.stdout.is_empty(), "a change keeps the secret and prints none");
+    assert!(stderr(&changed).contains("unchanged"));
+    let rotated = set(&["--url", "https://siem.example.com/hooks", "--rotate-secret"]);
+    let new_secret = String::from_utf8(rotated.stdout).expect("utf-8").trim().to_owned();
+    assert!(new_secret.starts_with("whsec_") && new_secret != secret, "--rotate-secret prints a new secret");
+
+    let log = pwrelay(&["clients", "webhook", "deliveries", "siem", "--json", "--config", config]);
+    assert!(log.status.success(), "{}", stderr(&log));
+    let log: serde_json::Value = serde_json::from_slice(&log.stdout).expect("JSON");
+    assert_eq!(log["webhook"]["url"], "https://siem.example.com/hooks");
+    assert_eq!(log["webhook"]["events"], serde_json::json!(["job.succeeded", "job.failed"]));
+    assert_eq!(log["deliveries"], serde_json::json!([]));
+    assert!(!log.to_string().contains("whsec_"), "the log never shows the secret");
+
+    let removed = pwrelay(&["clients", "webhook", "remove", "siem", "--config", config]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    let again = pwrelay(&["clients", "webhook", "remove", "siem", "--config", config]);
+    assert!(!again.status.success() && stderr(&again).contains("has no webhook"));
+    let unknown = pwrelay(&["clients", "webhook", "set", "nobody", "--url", "https://x.test/", "--config", config]);
+    assert!(!unknown.status.success() && stderr(&unknown).contains("no API client"), "{}", stderr(&unknown));
+}

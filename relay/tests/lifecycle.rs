@@ -69,7 +69,7 @@ async fn start_relay(world: &World, cloud: &FakeCloud, auth: &str) -> Relay {
          {credential}mail_sender = \"pwrelay@contoso.test\"\n\
          [lifecycle.delivery]\nfirst_retry_seconds = 1\nmax_attempts = 3\n\
          [lifecycle.sms]\nurl = \"{url}/sms\"\nbearer_token_file = \"sms.token\"\nfrom = \"Contoso\"\n\
-         [lifecycle.endpoints]\nlogin = \"{url}\"\ngraph = \"{url}\"\nextra_ca_file = \"{ca}\"\n",
+         [lifecycle.endpoints]\nlogin = \"{url}\"\ngraph = \"{url}\"\nca_file = \"{ca}\"\n",
         tenant = cloud::TENANT,
         client = cloud::CLIENT_ID,
         credential = credential,

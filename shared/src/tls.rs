@@ -6,6 +6,8 @@
 //!   relay's chain and name.
 //! - [`https_server`]: the relay's public HTTPS API (no client certificates).
 //! - [`ldap_client`]: the agent's LDAPS/StartTLS connections to domain controllers.
+//! - [`https_client`]: HTTPS to a server of a private CA; [`public_https_client`]: HTTPS to
+//!   public servers (the relay's webhook receivers), verified against the system's trust store.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -178,6 +180,17 @@ pub fn link_client(identity: CertifiedKey, relay_ca: &TrustAnchors) -> Result<Ar
 /// An HTTPS client that trusts only `ca` (tests, the CLI client against a private-CA relay).
 pub fn https_client(ca: &TrustAnchors) -> Result<Arc<ClientConfig>, TlsError> {
     let config = client_builder()?.with_root_certificates(ca.0.clone()).with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// An HTTPS client for public servers: certificates are verified against the operating system's
+/// trust store (rustls-platform-verifier); no client certificate.
+pub fn public_https_client() -> Result<Arc<ClientConfig>, TlsError> {
+    use rustls_platform_verifier::BuilderVerifierExt as _;
+    let config = client_builder()?
+        .with_platform_verifier()
+        .map_err(|source| TlsError::Rustls { context: "system trust store", source })?
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 

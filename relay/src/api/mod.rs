@@ -10,6 +10,7 @@
 //! | `GET /v1/jobs/{id}[?wait=S]` | token | a job's state, optionally waiting up to S seconds for it to finish |
 //! | `DELETE /v1/jobs/{id}` | token | cancel a job no agent has taken yet |
 //! | `GET /v1/jobs/{id}/secret` | token | a generated password, exactly once (then 410) |
+//! | `GET /v1/webhooks/deliveries[?state=&limit=]` | token | the client's webhook and delivery log, newest first |
 //! | `GET /v1/agents` | token | connected agents |
 //! | `POST /v1/lifecycle/callouts` | Entra token or HMAC signature | a Lifecycle Workflows callout → 202 |
 //! | `GET /v1/lifecycle/requests/{id}` | token (`lifecycle` scope) | a new-hire request's stage, delivery and resume state |
@@ -30,6 +31,7 @@ mod reconciliations;
 mod reveal;
 mod rotations;
 mod submit;
+mod webhooks;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -76,6 +78,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/jobs/{id}/secret", get(jobs::secret))
+        .route("/v1/webhooks/deliveries", get(webhooks::deliveries))
         .route("/v1/agents", get(health::agents))
         .route("/v1/lifecycle/callouts", post(lifecycle::callout))
         .route("/v1/lifecycle/requests/{id}", get(lifecycle::show))

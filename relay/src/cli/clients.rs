@@ -1,5 +1,5 @@
 //! `pwrelay clients`: API clients, their scopes and their tokens. A token is shown once; the relay
-//! keeps only its SHA-256.
+//! keeps only its SHA-256. Their webhooks are in [`super::webhooks`].
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::secret::SecretString;
 
+use super::webhooks::{self, WebhookCommand};
 use super::{EXIT_CONFIG, EXIT_FAILURE, current_thread_runtime};
 use crate::api::auth;
 use crate::config::{Config, Overrides};
@@ -47,6 +48,9 @@ pub(crate) enum ClientsCommand {
         #[arg(long, env = "PWRELAY_CONFIG", default_value = "/etc/pwrelay/relay.toml")]
         config: PathBuf,
     },
+    /// A client's webhook: where the relay POSTs its finished jobs, signed, and the delivery log.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
 }
 
 pub(crate) fn run(command: ClientsCommand) -> ExitCode {
@@ -54,18 +58,20 @@ pub(crate) fn run(command: ClientsCommand) -> ExitCode {
         ClientsCommand::Add { name, config, .. }
         | ClientsCommand::Rotate { name, config }
         | ClientsCommand::Revoke { name, config } => (name.clone(), config.clone()),
+        ClientsCommand::Webhook(command) => command.client_and_config(),
     };
     if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
         eprintln!("error: the client name must be 1-64 letters, digits, '-', '_' or '.'");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let store_path = match Config::load(&config, &Overrides::default()) {
-        Ok(config) => config.store.path,
+    let config = match Config::load(&config, &Overrides::default()) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("invalid configuration: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let store_path = config.store.path.clone();
     let result = match command {
         ClientsCommand::Add { domains, operations, .. } => match scopes(&domains, &operations) {
             Ok(scopes) => add(&store_path, &name, &scopes),
@@ -76,6 +82,7 @@ pub(crate) fn run(command: ClientsCommand) -> ExitCode {
         },
         ClientsCommand::Rotate { .. } => rotate(&store_path, &name),
         ClientsCommand::Revoke { .. } => revoke(&store_path, &name),
+        ClientsCommand::Webhook(command) => return webhooks::run(command, &name, &config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

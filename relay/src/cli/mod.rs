@@ -5,6 +5,7 @@ mod clients;
 mod password;
 mod pki;
 mod serve;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

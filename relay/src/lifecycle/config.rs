@@ -137,12 +137,12 @@ struct EndpointsFile {
     #[serde(default = "default_graph_url")]
     graph: String,
     #[serde(default)]
-    extra_ca_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 impl Default for EndpointsFile {
     fn default() -> Self {
-        Self { login: default_login_url(), graph: default_graph_url(), extra_ca_file: None }
+        Self { login: default_login_url(), graph: default_graph_url(), ca_file: None }
     }
 }
 
@@ -316,8 +316,9 @@ pub struct LifecycleConfig {
     pub login_url: String,
     /// Graph base (`https://graph.microsoft.com`).
     pub graph_url: String,
-    /// A CA trusted for the cloud endpoints and the SMS gateway in addition to the system roots.
-    pub extra_ca_file: Option<PathBuf>,
+    /// A CA that alone is trusted for the cloud endpoints and the SMS gateway instead of the system's
+    /// trust store (private endpoints).
+    pub ca_file: Option<PathBuf>,
 }
 
 const DEFAULT_LINK_SMS: &str = "Welcome to {organization}, {first_name}. Open this link to get your first password (valid until {expires}): {link}";
@@ -455,7 +456,7 @@ impl LifecycleFile {
             requests_per_client_per_minute: self.reveal.requests_per_client_per_minute.max(1),
             login_url: self.endpoints.login.trim_end_matches('/').to_owned(),
             graph_url: self.endpoints.graph.trim_end_matches('/').to_owned(),
-            extra_ca_file: self.endpoints.extra_ca_file.map(&resolve),
+            ca_file: self.endpoints.ca_file.map(&resolve),
         })
     }
 }

@@ -38,6 +38,9 @@ use authentication::CalloutAuthenticator;
 use config::LifecycleConfig;
 use keys::LinkKeys;
 
+/// Timeout of every call to Entra, Graph and the SMS gateway.
+const OUTBOUND_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The API client name lifecycle jobs are created under.
 pub const CLIENT: &str = "lifecycle";
 
@@ -99,8 +102,8 @@ pub struct Parts {
 impl Lifecycle {
     /// Loads credentials and builds the clients; the error names the setting to fix.
     pub fn new(config: LifecycleConfig, parts: Parts) -> Result<Self, String> {
-        let http = crate::outbound::client(config.extra_ca_file.as_deref())
-            .map_err(|e| format!("lifecycle.endpoints.extra_ca_file: {e}"))?;
+        let http = crate::outbound::client(config.ca_file.as_deref(), "lifecycle.endpoints.ca_file", OUTBOUND_TIMEOUT)
+            .map_err(|e| e.to_string())?;
         let sms = config.sms.as_ref().map(|s| SmsGateway::new(s, http.clone())).transpose()?;
         let link_limiter = RateLimiter::new(config.requests_per_link_per_hour, Duration::from_secs(3600));
         let client_limiter = RateLimiter::new(config.requests_per_client_per_minute, Duration::from_secs(60));

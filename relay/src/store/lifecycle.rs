@@ -220,7 +220,7 @@ pub enum ResumeResult {
     },
 }
 
-/// The schema (added by migration 5 of [`SqliteStore`]).
+/// The schema (added by migration 6 of [`SqliteStore`]).
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS lifecycle_requests (
     task_processing_result_id TEXT PRIMARY KEY,

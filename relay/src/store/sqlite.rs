@@ -2,7 +2,10 @@
 //! is on disk before the API answers 202.
 //!
 //! One connection behind a mutex serves every call on the blocking pool; each call is one
-//! transaction, which makes [`Store::claim`] atomic.
+//! transaction, which makes [`Store::claim`] atomic. The webhook outbox and delivery log are in
+//! `sqlite/webhooks.rs`.
+
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,9 +22,10 @@ use crate::jobs::{
     ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
     NewJob, Outcome, Progress, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
 };
+use crate::webhooks::{AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DueDelivery, StoredWebhook};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -53,6 +57,52 @@ CREATE INDEX IF NOT EXISTS jobs_client_id ON jobs (client, id);
     "
 ALTER TABLE jobs ADD COLUMN parent_id TEXT;
 CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id, state);
+",
+    "
+CREATE TABLE IF NOT EXISTS webhooks (
+    client     TEXT PRIMARY KEY REFERENCES api_clients (name) ON DELETE CASCADE,
+    url        TEXT NOT NULL,
+    events     TEXT NOT NULL,   -- JSON array of event names
+    secret     BLOB NOT NULL,   -- the signing secret, sealed with the store key
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id              TEXT PRIMARY KEY,   -- the event id, stable across attempts
+    client          TEXT NOT NULL,
+    job_id          TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    state           TEXT NOT NULL,      -- pending, delivered, failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created_ms      INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    finished_ms     INTEGER,
+    payload         TEXT,               -- the body, fixed by the first attempt
+    error           TEXT,
+    UNIQUE (job_id, event)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_client ON webhook_deliveries (client, created_ms);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    delivery_id TEXT NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+    attempt     INTEGER NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status      INTEGER,                -- the receiver's HTTP status; NULL without an answer
+    error       TEXT,
+    PRIMARY KEY (delivery_id, attempt)
+);
+-- The outbox: whichever statement makes a job final enqueues its event in the same transaction.
+CREATE TRIGGER IF NOT EXISTS jobs_final_webhook AFTER UPDATE OF state ON jobs
+WHEN NEW.state IN ('succeeded', 'failed') AND OLD.state NOT IN ('succeeded', 'failed')
+BEGIN
+    INSERT OR IGNORE INTO webhook_deliveries (id, client, job_id, event, state, created_ms, next_attempt_ms)
+    SELECT 'evt_' || lower(hex(randomblob(16))), w.client, NEW.id, 'job.' || NEW.state, 'pending',
+           NEW.updated_ms, NEW.updated_ms
+      FROM webhooks w
+     WHERE w.client = NEW.client
+       AND EXISTS (SELECT 1 FROM json_each(w.events) e WHERE e.value = 'job.' || NEW.state);
+END;
 ",
     super::lifecycle::SCHEMA,
 ];
@@ -766,6 +816,49 @@ impl Store for SqliteStore {
             conn.execute_batch("BEGIN IMMEDIATE; SELECT count(*) FROM jobs LIMIT 1; ROLLBACK;").map_err(db_err)
         })
         .await
+    }
+
+    async fn webhook(&self, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| webhooks::webhook(conn, &client)).await
+    }
+
+    async fn set_webhook(&self, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
+        let (client, webhook) = (client.to_owned(), webhook.clone());
+        self.run(move |conn| webhooks::set_webhook(conn, &client, &webhook)).await
+    }
+
+    async fn remove_webhook(&self, client: &str) -> Result<bool, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| webhooks::remove_webhook(conn, &client)).await
+    }
+
+    async fn due_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+        self.run(move |conn| webhooks::due(conn, limit)).await
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.run(|conn| webhooks::next_due(conn)).await
+    }
+
+    async fn record_delivery(
+        &self,
+        event_id: &str,
+        payload: Option<String>,
+        attempt: Option<Attempt>,
+        next: AfterAttempt,
+    ) -> Result<(), StoreError> {
+        let event_id = event_id.to_owned();
+        self.run(move |conn| webhooks::record(conn, &event_id, payload, attempt, next)).await
+    }
+
+    async fn deliveries(&self, client: &str, filter: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| webhooks::log(conn, &client, filter)).await
+    }
+
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<usize, StoreError> {
+        self.run(move |conn| webhooks::prune(conn, older_than)).await
     }
 }
 
