@@ -34,7 +34,7 @@ const MAX_ERROR_CHARS: usize = 300;
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// The HTTP client cannot be built (`webhooks.ca_file`, the system trust store).
-    #[error("webhooks: {0}")]
+    #[error(transparent)]
     Client(#[from] crate::outbound::OutboundError),
 }
 
