@@ -88,6 +88,7 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                 pwd_last_set: applied.account.pwd_last_set,
                 sealed_secret,
                 secret_encoding: secret_encoding as i32,
+                secret_key: Vec::new(),
                 password_matches: applied.password_matches,
                 account_state: Some(applied.account.state()),
                 notes: applied.notes,
