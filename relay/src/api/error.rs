@@ -157,7 +157,7 @@ pub struct ErrorDetails {
     /// For `body_too_large`: the largest body the route accepts, in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit_bytes: Option<usize>,
-    /// For `forbidden`: the scope the client lacks (`rotate@corp.example.com`).
+    /// For `forbidden`: the scope the client lacks (`operation:rotate`, `domain:corp.example.com`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub missing_scope: Option<String>,
     /// For `conflict` on a reused `Idempotency-Key`: the job the key was first used for.
@@ -189,12 +189,13 @@ pub struct ErrorObject {
 pub struct ApiError {
     code: ApiErrorCode,
     message: String,
-    details: ErrorDetails,
+    /// Boxed: errors are rare, and `Result<_, ApiError>` stays small.
+    details: Box<ErrorDetails>,
 }
 
 impl ApiError {
     fn new(code: ApiErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), details: ErrorDetails::default() }
+        Self { code, message: message.into(), details: Box::default() }
     }
 
     /// 400: the body is not valid JSON of the expected shape.
@@ -299,7 +300,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = ErrorBody { error: ErrorObject { code: self.code, message: self.message, details: self.details } };
+        let body = ErrorBody { error: ErrorObject { code: self.code, message: self.message, details: *self.details } };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
@@ -384,7 +385,7 @@ mod tests {
         assert_eq!(challenge.as_ref().and_then(|v| v.to_str().ok()), Some("Bearer"));
         let error = ApiError::invalid_request("x").field("target").prefixed("targets[3]: ");
         let json =
-            serde_json::to_value(ErrorObject { code: error.code, message: error.message, details: error.details })
+            serde_json::to_value(ErrorObject { code: error.code, message: error.message, details: *error.details })
                 .expect("json");
         assert_eq!(
             json,
