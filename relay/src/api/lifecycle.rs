@@ -12,12 +12,11 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
 use super::auth::Authenticated;
-use super::error::ApiError;
+use super::error::{ApiError, CalloutErrors, LifecycleShowErrors};
 use crate::lifecycle::Lifecycle;
 use crate::lifecycle::authentication::CalloutAuthError;
 use crate::lifecycle::callout::Callout;
@@ -31,12 +30,42 @@ fn enabled(state: &ApiState) -> Result<&Arc<Lifecycle>, ApiError> {
         .ok_or_else(|| ApiError::not_found("the new-hire flow is not enabled on this relay; configure [lifecycle]"))
 }
 
-/// `POST /v1/lifecycle/callouts`.
+/// What a callout is answered with.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct CalloutAccepted {
+    /// The callout's `taskProcessingResult.id`, which names the request from now on.
+    #[schema(value_type = String, format = Uuid)]
+    task_processing_result_id: uuid::Uuid,
+    /// Always `accepted`.
+    status: &'static str,
+}
+
+/// Receive a Lifecycle Workflows callout
+///
+/// The custom task extension's callout body, forwarded unchanged by the Logic App, authenticated
+/// with an Entra token of the Logic App's managed identity (`Authorization: Bearer`) or an HMAC
+/// signature (`Pwrelay-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`).
+/// Stored once per `taskProcessingResult.id`; the work happens in the background and ends with a
+/// Graph `resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/lifecycle/callouts",
+    operation_id = "receive_lifecycle_callout",
+    tag = "new hires",
+    request_body(content = Object, content_type = "application/json",
+        description = "`{\"data\": {\"subject\", \"task\", \"taskProcessingResult\", \"workflow\", ...}, \"source\", \"type\"}`"),
+    security(("entra" = []), ("signature" = [])),
+    responses(
+        (status = 202, description = "stored; the work goes on in the background", body = CalloutAccepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this callout was received before"))),
+        CalloutErrors,
+    ),
+)]
 pub(super) async fn callout(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, HeaderMap, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<CalloutAccepted>), ApiError> {
     let lifecycle = enabled(&state)?;
     let bytes = axum::body::to_bytes(body, state.max_body_bytes)
         .await
@@ -89,11 +118,29 @@ pub(super) async fn callout(
             )));
         }
     }
-    Ok((StatusCode::ACCEPTED, response_headers, Json(json!({ "task_processing_result_id": id, "status": "accepted" }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        response_headers,
+        Json(CalloutAccepted { task_processing_result_id: id, status: "accepted" }),
+    ))
 }
 
-/// `GET /v1/lifecycle/requests/{taskProcessingResultId}`: where a new-hire request is. Needs the
-/// `lifecycle` operation scope.
+/// A new-hire request
+///
+/// Where a new-hire request is: its stage, job, delivery and resume state. Needs the `lifecycle`
+/// operation scope.
+#[utoipa::path(
+    get,
+    path = "/v1/lifecycle/requests/{id}",
+    operation_id = "show_lifecycle_request",
+    tag = "new hires",
+    params(("id" = String, Path, description = "the callout's taskProcessingResult.id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the request", body = crate::store::lifecycle::LifecycleRequest),
+        LifecycleShowErrors,
+    ),
+)]
 pub(super) async fn show(
     State(state): State<Arc<ApiState>>,
     Authenticated(client): Authenticated,

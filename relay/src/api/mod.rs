@@ -1,4 +1,5 @@
-//! The HTTPS API: routes, shared state, and the JSON body reader every handler uses.
+//! The HTTPS API: its routes and their OpenAPI document, the shared state, and the JSON body reader
+//! every handler uses.
 //!
 //! | route | auth | what |
 //! |---|---|---|
@@ -12,13 +13,38 @@
 //! | `GET /v1/jobs/{id}/secret` | token | a generated password, exactly once (then 410) |
 //! | `GET /v1/webhooks/deliveries[?state=&limit=]` | token | the client's webhook and delivery log, newest first |
 //! | `GET /v1/agents` | token | connected agents |
+//! | `GET /v1/openapi.json` | none | this API's OpenAPI 3 document (it holds no secret) |
 //! | `POST /v1/lifecycle/callouts` | Entra token or HMAC signature | a Lifecycle Workflows callout → 202 |
 //! | `GET /v1/lifecycle/requests/{id}` | token (`lifecycle` scope) | a new-hire request's stage, delivery and resume state |
 //! | `GET /r/{id}` | none (rate-limited) | the one-time password page; consumes nothing |
 //! | `POST /r/{id}/claim` | proof of the link key | the encrypted password, once |
-//! | `GET /r/assets/{reveal.js,reveal.css}` | none | the page's script and style |
+//! | `GET /r/assets/reveal.js` | none | the page's script |
+//! | `GET /r/assets/reveal.css` | none | the page's style |
 //! | `GET /healthz` | none | the process is alive |
 //! | `GET /readyz` | none | the job store answers |
+//!
+//! Every error is `{"error": {"code", "message", "details"}}` ([`error`]); an unknown route gets
+//! `not_found` and a known route with another method `method_not_allowed`.
+//!
+//! # Adding a route
+//!
+//! A route is one line in [`routes`]: `.routes(routes!(module::handler))`. `routes!` takes the
+//! method and path from the handler's `#[utoipa::path(...)]` annotation, for the router and the
+//! document alike, and does not compile without it, so no route is served undocumented. Handlers
+//! of the same path go in one `routes!` (`routes!(jobs::show, jobs::cancel)`). The annotation has:
+//!
+//! - the method and `path` (axum syntax, `{id}`), a `tag`, and the handler's doc comment (first
+//!   line: the summary; the rest: the description);
+//! - `security(("bearer" = []))` when the route takes a token;
+//! - `request_body = ...` and `params(...)`: a job-creating `POST` has `params(IdempotencyKey)`;
+//!   query structs derive `IntoParams`;
+//! - `responses(...)`: the success response with its body type, and an error set from [`error`]
+//!   (`SubmitErrors`, `ShowErrors`, ... or a new one there).
+//!
+//! Request and response types derive `ToSchema` (enums from `text_enum!` have theirs). Then add
+//! the route's row to the table above: `tests/openapi.rs` checks that this table, the served
+//! document and the routes the relay answers agree. Do not call `OpenApiRouter::route`, which
+//! bypasses the document (clippy refuses it: `relay/clippy.toml`).
 
 pub mod auth;
 mod checks;
@@ -34,20 +60,23 @@ mod submit;
 mod webhooks;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::HeaderMap;
-use axum::routing::{get, post};
+use axum::{Json, Router};
 use pwrelay_shared::domain::DomainName;
 use serde::de::DeserializeOwned;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::jobs::events::JobEvents;
 use crate::link::registry::AgentRegistry;
 use crate::seal::Sealer;
 use crate::store::Store;
-use error::ApiError;
+use error::{ApiError, ApiErrorCode, ErrorBody};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -68,28 +97,114 @@ pub struct ApiState {
     pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
 }
 
-/// The API's routes.
+/// Every route, each with its OpenAPI path item (see "Adding a route" above).
+fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(rotations::create))
+        .routes(routes!(reconciliations::create))
+        .routes(routes!(checks::verify))
+        .routes(routes!(checks::unlock))
+        .routes(routes!(jobs::list))
+        .routes(routes!(jobs::show, jobs::cancel))
+        .routes(routes!(jobs::secret))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(lifecycle::callout))
+        .routes(routes!(lifecycle::show))
+        .routes(routes!(reveal::show))
+        .routes(routes!(reveal::claim))
+        .routes(routes!(reveal::script))
+        .routes(routes!(reveal::style))
+        .routes(routes!(health::agents))
+        .routes(routes!(openapi_document))
+        .routes(routes!(health::alive))
+        .routes(routes!(health::ready))
+}
+
+/// The API's routes, with JSON errors for unknown routes and methods.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/v1/rotations", post(rotations::create))
-        .route("/v1/reconciliations", post(reconciliations::create))
-        .route("/v1/verifications", post(checks::verify))
-        .route("/v1/unlocks", post(checks::unlock))
-        .route("/v1/jobs", get(jobs::list))
-        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
-        .route("/v1/jobs/{id}/secret", get(jobs::secret))
-        .route("/v1/webhooks/deliveries", get(webhooks::deliveries))
-        .route("/v1/agents", get(health::agents))
-        .route("/v1/lifecycle/callouts", post(lifecycle::callout))
-        .route("/v1/lifecycle/requests/{id}", get(lifecycle::show))
-        .route("/r/assets/reveal.js", get(reveal::script))
-        .route("/r/assets/reveal.css", get(reveal::style))
-        .route("/r/{id}", get(reveal::show))
-        .route("/r/{id}/claim", post(reveal::claim))
-        .route("/healthz", get(health::alive))
-        .route("/readyz", get(health::ready))
-        .fallback(|| async { ApiError::not_found("no such route; see the API section of the README") })
+    let (router, _) = routes().split_for_parts();
+    router
+        .fallback(|| async { ApiError::not_found("no such route; see /v1/openapi.json") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
+}
+
+/// The API's OpenAPI 3 document, generated from the routes' annotations and the types they name.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// What the document says beyond the routes: the title, the token scheme, the tags, and the
+/// schemas no route names directly.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "pwrelay relay API",
+        description = "Queue password jobs (rotations, verifications, unlocks, reconciliations) for the on-prem \
+                       agents and follow them. Routes marked with the `bearer` scheme need \
+                       `Authorization: Bearer <token>` (from `pwrelay clients add`). Every error is \
+                       `{\"error\": {\"code\", \"message\", \"details\"}}` (`ErrorBody`); the codes are listed in \
+                       `ApiErrorCode`. An unknown route answers `not_found`, a known route with another method \
+                       `method_not_allowed`."
+    ),
+    modifiers(&BearerToken),
+    components(schemas(ErrorBody, ApiErrorCode, crate::jobs::ErrorCode)),
+    tags(
+        (name = "jobs", description = "Password jobs: create, follow, cancel, read a generated password"),
+        (name = "agents", description = "The connected on-prem agents"),
+        (name = "webhooks", description = "The client's webhook and its delivery log"),
+        (name = "new hires", description = "Lifecycle Workflows callouts, their requests, and the one-time link pages"),
+        (name = "health", description = "Probes, no token"),
+        (name = "meta", description = "This document, no token"),
+    ),
+)]
+struct ApiDoc;
+
+/// Adds the `bearer` security scheme that token routes name.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("An API token from `pwrelay clients add NAME` (`pwr_...`)"))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        let entra = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .description(Some(
+                "An Entra access token of the Logic App's managed identity for the relay's audience \
+                 (`[[lifecycle.tenants]]` with `callout_auth = \"entra\"`)",
+            ))
+            .build();
+        let signature =
+            utoipa::openapi::security::ApiKey::Header(utoipa::openapi::security::ApiKeyValue::with_description(
+                "Pwrelay-Signature",
+                "`t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>` (`callout_auth = \"hmac\"`)",
+            ));
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("entra", SecurityScheme::Http(entra));
+        components.add_security_scheme("signature", SecurityScheme::ApiKey(signature));
+    }
+}
+
+/// This API's OpenAPI document
+///
+/// The OpenAPI 3 document of every route, generated from the code. No token: it holds no secret.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "openapi",
+    tag = "meta",
+    responses((status = 200, description = "the OpenAPI 3 document", body = Object, content_type = "application/json")),
+)]
+async fn openapi_document() -> Json<&'static utoipa::openapi::OpenApi> {
+    static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    Json(DOCUMENT.get_or_init(openapi))
 }
 
 /// A parsed JSON body and the SHA-256 of its bytes (for idempotency keys).
@@ -111,7 +226,8 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body, limit: 
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
     let bytes = zeroize::Zeroizing::new(bytes.to_vec());
     let sha256 = sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), bytes.as_slice())).into();
-    let value = serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(describe_json_error(&e)))?;
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid_json(describe_json_error(&e)).at(e.line(), e.column()))?;
     Ok(Parsed { value, sha256 })
 }
 

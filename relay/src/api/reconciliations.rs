@@ -7,16 +7,15 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use serde::Deserialize;
-use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Authenticated;
-use super::error::ApiError;
-use super::submit::{TargetRequest, authorize, queue_all, served_domain};
+use super::error::{ApiError, SubmitErrors};
+use super::submit::{Accepted, IdempotencyKey, JobAccepted, TargetRequest, authorize, queue_all, served_domain};
 use super::{ApiState, json_body};
 use crate::jobs::{JobId, JobKind, JobOptions, NewJob, Target};
 use crate::store::Operation;
@@ -24,38 +23,72 @@ use crate::store::Operation;
 /// Most accounts one batch may name.
 pub(super) const MAX_BATCH: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+/// A reconciliation as JSON: the accounts to reset to their seed-derived values.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReconciliationRequest {
+    /// The AD DNS domain; one of the relay's `domains`.
+    #[schema(example = "corp.example.com")]
     domain: String,
+    /// The accounts, 1-1000.
+    #[schema(min_items = 1, max_items = 1000)]
     targets: Vec<TargetRequest>,
+    /// Also clear each account's lockout.
     #[serde(default)]
     unlock: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of a CSV upload (ignored for a JSON body).
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct CsvQuery {
+    /// With `Content-Type: text/csv`, required: the AD DNS domain of the accounts.
     domain: Option<String>,
+    /// With `Content-Type: text/csv`: also clear each account's lockout.
     #[serde(default)]
     unlock: bool,
 }
 
-/// `POST /v1/reconciliations` → 202 `{job_id}` of the batch.
+/// Queue a reconciliation
+///
+/// Resets accounts to their seed-derived (PAM-known) values: a JSON body, or a CSV upload
+/// (`Content-Type: text/csv`, `?domain=`) whose header row has a `upn` column; up to 1,000
+/// accounts. The answer is a batch job whose `progress` counts its per-account jobs (each has the
+/// batch's id as `parent_id`).
+#[utoipa::path(
+    post,
+    path = "/v1/reconciliations",
+    operation_id = "create_reconciliation",
+    tag = "jobs",
+    request_body(content(
+        (ReconciliationRequest = "application/json"),
+        (String = "text/csv", example = json!("upn\njane.doe@corp.example.com\njohn.roe@corp.example.com\n")),
+    )),
+    params(CsvQuery, IdempotencyKey),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "the batch and its jobs are on disk and queued", body = JobAccepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the original job of a repeated Idempotency-Key"))),
+        SubmitErrors,
+    ),
+)]
 pub(super) async fn create(
     State(state): State<Arc<ApiState>>,
     Authenticated(client): Authenticated,
     query: Result<Query<CsvQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+) -> Result<Accepted, ApiError> {
     let is_csv = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/csv"));
     let (domain, targets, unlock, sha256) = if is_csv {
         let Query(query) = query.map_err(|e| ApiError::invalid_request(format!("{e}; parameters: domain, unlock")))?;
-        let domain = query.domain.ok_or_else(|| ApiError::invalid_request("a CSV upload needs ?domain=AD_DOMAIN"))?;
+        let domain = query
+            .domain
+            .ok_or_else(|| ApiError::invalid_request("a CSV upload needs ?domain=AD_DOMAIN").field("domain"))?;
         let bytes = axum::body::to_bytes(body, state.max_body_bytes.max(MAX_BATCH * 300))
             .await
             .map_err(|_| ApiError::too_large(state.max_body_bytes.max(MAX_BATCH * 300)))?;
@@ -71,17 +104,19 @@ pub(super) async fn create(
             .targets
             .into_iter()
             .enumerate()
-            .map(|(i, t)| t.validate().map_err(|e| e.prefixed(&format!("targets[{i}]: "))))
+            .map(|(i, t)| t.validate(&format!("targets[{i}]")).map_err(|e| e.prefixed(&format!("targets[{i}]: "))))
             .collect::<Result<Vec<_>, _>>()?;
         (request.domain, targets, request.unlock, parsed.sha256)
     };
     let domain = served_domain(&state, &domain)?;
     authorize(&client, Operation::Reconcile, &domain)?;
     if targets.is_empty() {
-        return Err(ApiError::invalid_request("name at least one account"));
+        return Err(ApiError::invalid_request("name at least one account").field("targets"));
     }
     if targets.len() > MAX_BATCH {
-        return Err(ApiError::invalid_request(format!("at most {MAX_BATCH} accounts per reconciliation")));
+        return Err(
+            ApiError::invalid_request(format!("at most {MAX_BATCH} accounts per reconciliation")).field("targets")
+        );
     }
     let options = JobOptions { unlock, ..JobOptions::default() };
     let batch = NewJob {

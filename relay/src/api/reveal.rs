@@ -15,10 +15,11 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::ApiState;
-use super::error::ApiError;
+use super::error::{ApiError, ApiErrorCode, ClaimErrors};
 use crate::lifecycle::Lifecycle;
 use crate::listener::ClientAddr;
 use crate::store::lifecycle::{LinkClaim, LinkState};
@@ -79,7 +80,25 @@ fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
     page(status, "closed", "", title, &format!("<p>{text}</p>"))
 }
 
-/// `GET /r/{id}`.
+/// The one-time password page
+///
+/// An HTML page with a "Reveal password" button; opening it consumes nothing (link scanners and
+/// chat previews fetch links). 410 for a used or expired link, 404 for an unknown one, 429 when
+/// rate-limited. No token; the key stays in the URL fragment and never reaches the relay.
+#[utoipa::path(
+    get,
+    path = "/r/{id}",
+    operation_id = "link_page",
+    tag = "new hires",
+    params(("id" = String, Path, description = "the link id (22 base64url characters)")),
+    responses(
+        (status = 200, description = "the page, for an active link", body = String, content_type = "text/html"),
+        (status = 404, description = "an unknown link", body = String, content_type = "text/html"),
+        (status = 410, description = "a used or expired link", body = String, content_type = "text/html"),
+        (status = 429, description = "too many requests", body = String, content_type = "text/html"),
+        (status = 503, description = "the store is unavailable", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn show(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
@@ -148,14 +167,35 @@ pub(super) async fn show(
     }
 }
 
-#[derive(Deserialize)]
+/// A claim of a one-time link.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ClaimBody {
-    /// base64url(SHA-256("pwrelay-claim" ‖ key)).
+    /// base64url (no padding) of SHA-256("pwrelay-claim" ‖ the 32-byte key from the link's fragment).
     proof: String,
 }
 
-/// `POST /r/{id}/claim` with `{"proof": "..."}` → `{"ciphertext": base64url}` once.
+/// The encrypted password, handed out once.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ClaimedCiphertext {
+    /// base64url (no padding) of the 12-byte nonce, the AES-256-GCM ciphertext and its tag; the
+    /// page decrypts it with the fragment's key.
+    ciphertext: String,
+}
+
+/// Claim a one-time link
+///
+/// Hands the encrypted password out once and erases it. The proof shows the caller holds the
+/// link's key, so nobody without the whole link can use it up. Rate-limited per link and client.
+#[utoipa::path(
+    post,
+    path = "/r/{id}/claim",
+    operation_id = "claim_link",
+    tag = "new hires",
+    params(("id" = String, Path, description = "the link id (22 base64url characters)")),
+    request_body(content = ClaimBody, content_type = "application/json"),
+    responses((status = 200, description = "the ciphertext, now erased from the relay", body = ClaimedCiphertext), ClaimErrors),
+)]
 pub(super) async fn claim(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
@@ -196,36 +236,58 @@ async fn claim_inner(
             audit("claimed");
             let ciphertext =
                 state.sealer.open_bytes(&job_id.to_string(), &sealed).map_err(|e| ApiError::unavailable(&e))?;
-            let body = serde_json::json!({
-                "ciphertext": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ciphertext.as_slice()),
-            });
+            let body = ClaimedCiphertext {
+                ciphertext: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ciphertext.as_slice()),
+            };
             Ok(Json(body).into_response())
         }
         LinkClaim::WrongProof => {
             audit("wrong_proof");
-            Err(ApiError::forbidden("this link was changed; open the whole link from your message")
-                .with_code("wrong_proof"))
+            Err(ApiError::link(
+                ApiErrorCode::WrongProof,
+                "this link was changed; open the whole link from your message",
+            ))
         }
         LinkClaim::AlreadyUsed => {
             audit("already_used");
-            Err(ApiError::gone("this link was already used; the password was shown once and has been erased")
-                .with_code("already_used"))
+            Err(ApiError::link(
+                ApiErrorCode::AlreadyUsed,
+                "this link was already used; the password was shown once and has been erased",
+            ))
         }
         LinkClaim::Expired => {
             audit("expired");
-            Err(ApiError::gone("this link has expired; ask your manager or the service desk for a new one")
-                .with_code("expired"))
+            Err(ApiError::link(
+                ApiErrorCode::Expired,
+                "this link has expired; ask your manager or the service desk for a new one",
+            ))
         }
         LinkClaim::NotFound => Err(not_valid()),
     }
 }
 
-/// `GET /r/assets/reveal.js`.
+/// The link page's script
+///
+/// Decrypts the password in the browser with WebCrypto; served from this origin only (CSP).
+#[utoipa::path(
+    get,
+    path = "/r/assets/reveal.js",
+    operation_id = "link_page_script",
+    tag = "new hires",
+    responses((status = 200, description = "the script", body = String, content_type = "text/javascript")),
+)]
 pub(super) async fn script() -> Response {
     asset(SCRIPT, "text/javascript; charset=utf-8")
 }
 
-/// `GET /r/assets/reveal.css`.
+/// The link page's style
+#[utoipa::path(
+    get,
+    path = "/r/assets/reveal.css",
+    operation_id = "link_page_style",
+    tag = "new hires",
+    responses((status = 200, description = "the style sheet", body = String, content_type = "text/css")),
+)]
 pub(super) async fn style() -> Response {
     asset(STYLE, "text/css; charset=utf-8")
 }

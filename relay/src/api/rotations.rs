@@ -2,18 +2,19 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use base64::Engine as _;
 use pwrelay_shared::secret::SecretString;
 use serde::Deserialize;
-use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::auth::Authenticated;
-use super::error::ApiError;
-use super::submit::{TargetRequest, authorize, check_password, queue, served_domain};
+use super::error::{ApiError, SubmitErrors};
+use super::submit::{
+    Accepted, IdempotencyKey, JobAccepted, TargetRequest, authorize, check_password, queue, served_domain,
+};
 use super::{ApiState, json_body};
 use crate::jobs::{GenerateMode, GenerateSpec, JobId, JobKind, JobOptions, NewJob};
 use crate::store::Operation;
@@ -21,43 +22,77 @@ use crate::store::Operation;
 /// Longest generated password that may be asked for.
 const MAX_GENERATED_CHARS: u32 = 128;
 
-/// The request body: exactly one of `password` and `generate`.
-#[derive(Debug, Deserialize)]
+/// A rotation: exactly one of `password` and `generate`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RotationRequest {
+    /// The AD DNS domain; one of the relay's `domains`.
+    #[schema(example = "corp.example.com")]
     domain: String,
+    /// The account.
     target: TargetRequest,
+    /// The new password (1-256 characters); stored sealed and erased when the job ends.
+    #[schema(value_type = Option<String>, format = Password, min_length = 1, max_length = 256, write_only)]
     password: Option<SecretString>,
+    /// Instead of `password`: the agent generates a password that meets the account's policy.
     generate: Option<GenerateRequest>,
-    /// Base64 of an X25519 public key: the generated password is returned only sealed to it.
+    /// With `generate`: base64 of a 32-byte X25519 public key; the password is then returned only
+    /// as a libsodium sealed box to it, so the relay never sees it.
+    #[schema(format = Byte)]
     recipient_public_key: Option<String>,
+    /// Require a change at next logon (`pwdLastSet = 0`); otherwise `pwdLastSet = -1`.
     #[serde(default)]
     must_change: bool,
+    /// Also clear a lockout (`lockoutTime = 0`).
     #[serde(default)]
     unlock: bool,
+    /// Ask the DC to apply password history to the reset (policy hints control).
     #[serde(default)]
     enforce_history: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// How the agent generates the password.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GenerateRequest {
+    /// Characters, 8-128 (default 20); raised to the account's policy minimum.
+    #[schema(minimum = 8, maximum = 128, default = 20)]
     length: Option<u32>,
+    /// The kind of password (default `random`).
+    #[schema(value_type = Option<GenerateMode>)]
     mode: Option<String>,
 }
 
-/// `POST /v1/rotations` → `202 {"job_id": ...}` once the job is durably stored.
+/// Queue a rotation
+///
+/// Sets a caller-supplied password, or has the agent generate one (read it once with
+/// `GET /v1/jobs/{id}/secret`). Answers 202 once the job is on disk; follow it with
+/// `GET /v1/jobs/{id}?wait=`.
+#[utoipa::path(
+    post,
+    path = "/v1/rotations",
+    operation_id = "create_rotation",
+    tag = "jobs",
+    request_body = RotationRequest,
+    params(IdempotencyKey),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "the job is on disk and queued", body = JobAccepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the original job of a repeated Idempotency-Key"))),
+        SubmitErrors,
+    ),
+)]
 pub(super) async fn create(
     State(state): State<Arc<ApiState>>,
     Authenticated(client): Authenticated,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+) -> Result<Accepted, ApiError> {
     let parsed = json_body::<RotationRequest>(&headers, body, state.max_body_bytes).await?;
     let request = parsed.value;
     let domain = served_domain(&state, &request.domain)?;
     authorize(&client, Operation::Rotate, &domain)?;
-    let target = request.target.validate()?;
+    let target = request.target.validate("target")?;
     let options = JobOptions {
         must_change: request.must_change,
         unlock: request.unlock,
@@ -67,19 +102,22 @@ pub(super) async fn create(
         (Some(password), None) => {
             check_password("password", password)?;
             if request.recipient_public_key.is_some() {
-                return Err(ApiError::invalid_request("recipient_public_key goes with generate, not with password"));
+                return Err(ApiError::invalid_request("recipient_public_key goes with generate, not with password")
+                    .field("recipient_public_key"));
             }
             (JobKind::SetPassword, None, None)
         }
         (None, Some(spec)) => {
             let length = spec.length.unwrap_or(20);
             if !(8..=MAX_GENERATED_CHARS).contains(&length) {
-                return Err(ApiError::invalid_request(format!("generate.length must be 8-{MAX_GENERATED_CHARS}")));
+                return Err(ApiError::invalid_request(format!("generate.length must be 8-{MAX_GENERATED_CHARS}"))
+                    .field("generate.length"));
             }
             let mode = match spec.mode.as_deref() {
                 None => GenerateMode::Random,
                 Some(text) => GenerateMode::parse(text).ok_or_else(|| {
                     ApiError::invalid_request("generate.mode must be \"random\", \"friendly\" or \"passphrase\"")
+                        .field("generate.mode")
                 })?,
             };
             let key = match &request.recipient_public_key {
@@ -91,12 +129,13 @@ pub(super) async fn create(
                         ApiError::invalid_request(
                             "recipient_public_key must be the base64 of a 32-byte X25519 public key",
                         )
+                        .field("recipient_public_key")
                     })?)
                 }
             };
             (JobKind::GeneratePassword, Some(GenerateSpec { length, mode }), key)
         }
-        _ => return Err(ApiError::invalid_request("send exactly one of password and generate")),
+        _ => return Err(ApiError::invalid_request("send exactly one of password and generate").field("password")),
     };
     let job = NewJob {
         id: JobId::generate(),

@@ -5,8 +5,10 @@ use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
 use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::secret::SecretString;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::error::ApiError;
@@ -18,18 +20,65 @@ pub(super) const MAX_PASSWORD_CHARS: usize = 256;
 /// Upper bound on a target identifier.
 const MAX_TARGET_CHARS: usize = 1024;
 
-/// A job's target as the API takes it: exactly one of the fields.
-#[derive(Debug, Deserialize)]
+/// The request header that makes a job-creating request safe to retry.
+pub(super) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The account a job is about: exactly one of the fields.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1, max_properties = 1)]
 pub(super) struct TargetRequest {
+    /// userPrincipalName: `jane.doe@corp.example.com`.
+    #[schema(max_length = 1024)]
     upn: Option<String>,
+    /// sAMAccountName (the pre-Windows 2000 logon name): `jdoe`.
+    #[schema(max_length = 1024)]
     sam_account_name: Option<String>,
+    /// objectGUID, with or without braces.
+    #[schema(format = "uuid")]
     object_guid: Option<String>,
+    /// Distinguished name: `CN=Jane Doe,OU=Staff,DC=corp,DC=example,DC=com`.
+    #[schema(max_length = 1024)]
     dn: Option<String>,
 }
 
+/// The answer to a job-creating request: the job is on disk and queued.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct JobAccepted {
+    /// The job (for a reconciliation, the batch); read it with `GET /v1/jobs/{id}`.
+    job_id: JobId,
+    /// Whether an agent serving the job's domain is connected right now.
+    agent_connected: bool,
+}
+
+/// What every job-creating route answers: 202, the replay header, the job.
+pub(super) type Accepted = (StatusCode, HeaderMap, Json<JobAccepted>);
+
+/// The `Idempotency-Key` request header, documented on every job-creating route with
+/// `params(IdempotencyKey)`.
+#[derive(Debug)]
+pub(super) enum IdempotencyKey {}
+
+impl IntoParams for IdempotencyKey {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let schema = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(255));
+        vec![
+            ParameterBuilder::new()
+                .name(IDEMPOTENCY_KEY)
+                .parameter_in(ParameterIn::Header)
+                .description(Some(
+                    "1-255 visible ASCII characters. The same key with the same body answers with the original job \
+                     (and `Idempotent-Replayed: true`); the same key with another body gets 409.",
+                ))
+                .schema(Some(schema))
+                .build(),
+        ]
+    }
+}
+
 impl TargetRequest {
-    pub(super) fn validate(self) -> Result<Target, ApiError> {
+    /// The target, or an error naming `at` (the request field this target is) as the field at fault.
+    pub(super) fn validate(self, at: &str) -> Result<Target, ApiError> {
         let mut given = Vec::new();
         if let Some(v) = self.upn {
             given.push(Target::Upn(v));
@@ -40,6 +89,7 @@ impl TargetRequest {
         if let Some(v) = self.object_guid {
             let guid = uuid::Uuid::parse_str(v.trim().trim_matches(['{', '}'])).map_err(|_| {
                 ApiError::invalid_request("target.object_guid must be a GUID like 0f3a9a3e-7e1c-4a49-9b8e-2f4b1c1d2e3f")
+                    .field(format!("{at}.object_guid"))
             })?;
             given.push(Target::ObjectGuid(guid));
         }
@@ -51,21 +101,24 @@ impl TargetRequest {
             Err(_) => {
                 return Err(ApiError::invalid_request(
                     "target must have exactly one of upn, sam_account_name, object_guid, dn",
-                ));
+                )
+                .field(at));
             }
         };
         let value = target.value();
+        let field = format!("{at}.{}", target.kind());
         if value.trim().is_empty() {
-            return Err(ApiError::invalid_request(format!("target.{} is empty", target.kind())));
+            return Err(ApiError::invalid_request(format!("target.{} is empty", target.kind())).field(field));
         }
         if value.chars().count() > MAX_TARGET_CHARS || value.chars().any(char::is_control) {
             return Err(ApiError::invalid_request(format!(
                 "target.{} must be at most {MAX_TARGET_CHARS} characters without control characters",
                 target.kind()
-            )));
+            ))
+            .field(field));
         }
         if matches!(target, Target::Upn(_)) && !value.contains('@') {
-            return Err(ApiError::invalid_request("target.upn must look like user@domain"));
+            return Err(ApiError::invalid_request("target.upn must look like user@domain").field(field));
         }
         Ok(target)
     }
@@ -73,13 +126,15 @@ impl TargetRequest {
 
 /// The request's domain, if this relay serves it.
 pub(super) fn served_domain(state: &ApiState, domain: &str) -> Result<DomainName, ApiError> {
-    let domain = DomainName::parse(domain).map_err(|e| ApiError::invalid_request(format!("domain: {e}")))?;
+    let domain =
+        DomainName::parse(domain).map_err(|e| ApiError::invalid_request(format!("domain: {e}")).field("domain"))?;
     if !state.domains.contains(&domain) {
         let served: Vec<&str> = state.domains.iter().map(DomainName::as_str).collect();
         return Err(ApiError::invalid_request(format!(
             "unknown domain {domain}; this relay serves {} (add it to `domains` in relay.toml)",
             served.join(", ")
-        )));
+        ))
+        .field("domain"));
     }
     Ok(domain)
 }
@@ -87,13 +142,15 @@ pub(super) fn served_domain(state: &ApiState, domain: &str) -> Result<DomainName
 /// Refuses an empty, over-long or control-character password.
 pub(super) fn check_password(field: &str, password: &SecretString) -> Result<(), ApiError> {
     if password.is_empty() {
-        return Err(ApiError::invalid_request(format!("{field} is empty")));
+        return Err(ApiError::invalid_request(format!("{field} is empty")).field(field));
     }
     if password.char_count() > MAX_PASSWORD_CHARS {
-        return Err(ApiError::invalid_request(format!("{field} is longer than {MAX_PASSWORD_CHARS} characters")));
+        return Err(
+            ApiError::invalid_request(format!("{field} is longer than {MAX_PASSWORD_CHARS} characters")).field(field)
+        );
     }
     if password.expose_secret().chars().any(char::is_control) {
-        return Err(ApiError::invalid_request(format!("{field} contains control characters")));
+        return Err(ApiError::invalid_request(format!("{field} contains control characters")).field(field));
     }
     Ok(())
 }
@@ -106,17 +163,19 @@ pub(super) fn authorize(client: &ApiClient, operation: Operation, domain: &Domai
             "API client {} lacks the scope {scope}; an operator can grant it with `pwrelay clients add` (scopes are \
              set when a client is created)",
             client.name
-        ))),
+        ))
+        .missing_scope(scope)),
     }
 }
 
 /// The `Idempotency-Key` header, if sent: 1-255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
     let key =
         value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
-    key.map(|k| Some(k.to_owned()))
-        .ok_or_else(|| ApiError::invalid_request("Idempotency-Key must be 1-255 visible ASCII characters"))
+    key.map(|k| Some(k.to_owned())).ok_or_else(|| {
+        ApiError::invalid_request("Idempotency-Key must be 1-255 visible ASCII characters").field(IDEMPOTENCY_KEY)
+    })
 }
 
 /// Seals `password` (when given) for the job, stores the job and wakes the agents; answers 202.
@@ -129,7 +188,7 @@ pub(super) async fn queue(
     body_sha256: [u8; 32],
     mut job: NewJob,
     password: Option<&SecretString>,
-) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+) -> Result<Accepted, ApiError> {
     if let Some(password) = password {
         job.sealed_secret =
             Some(state.sealer.seal(&job.id.to_string(), password).map_err(|e| ApiError::unavailable(&e))?);
@@ -145,7 +204,7 @@ pub(super) async fn queue_all(
     headers: &HeaderMap,
     body_sha256: [u8; 32],
     jobs: Vec<NewJob>,
-) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+) -> Result<Accepted, ApiError> {
     let key = idempotency_key(headers)?;
     let Some(first) = jobs.first() else { return Err(ApiError::invalid_request("nothing to do")) };
     let (id, kind, domain, count): (JobId, _, _, _) = (first.id, first.kind, first.domain.clone(), jobs.len());
@@ -168,9 +227,11 @@ pub(super) async fn queue_all(
         Insertion::KeyConflict(original) => {
             return Err(ApiError::conflict(format!(
                 "this Idempotency-Key was used for job {original} with a different request; use a new key"
-            )));
+            ))
+            .field(IDEMPOTENCY_KEY)
+            .job(original));
         }
     };
     let agent_connected = state.registry.serves(&domain);
-    Ok((StatusCode::ACCEPTED, reply_headers, Json(json!({ "job_id": id, "agent_connected": agent_connected }))))
+    Ok((StatusCode::ACCEPTED, reply_headers, Json(JobAccepted { job_id: id, agent_connected })))
 }

@@ -9,20 +9,36 @@ use serde::Deserialize;
 
 use super::ApiState;
 use super::auth::Authenticated;
-use super::error::ApiError;
+use super::error::{ApiError, ListErrors};
 use crate::webhooks::{DeliveryFilter, DeliveryState};
+use utoipa::IntoParams;
 
 /// Largest page of the log.
 const MAX_PAGE: usize = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DeliveriesQuery {
+    /// Only deliveries in this state: `pending`, `delivered` or `failed`.
     state: Option<String>,
+    /// At most this many (1-500, default 50).
     limit: Option<usize>,
 }
 
-/// `GET /v1/webhooks/deliveries[?state=&limit=]`: `limit` (1-500, default 50) deliveries.
+/// The client's webhook and delivery log
+///
+/// The calling client's webhook (URL and events, never the secret) and its deliveries, newest
+/// first, each with every attempt (time, HTTP status or error, duration).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/deliveries",
+    operation_id = "list_webhook_deliveries",
+    tag = "webhooks",
+    params(DeliveriesQuery),
+    security(("bearer" = [])),
+    responses((status = 200, description = "`{webhook, deliveries}`", body = Object), ListErrors),
+)]
 pub(super) async fn deliveries(
     State(state): State<Arc<ApiState>>,
     Authenticated(client): Authenticated,

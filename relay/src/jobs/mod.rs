@@ -13,6 +13,9 @@ use std::str::FromStr;
 use pwrelay_proto::agent::v1 as pb;
 use pwrelay_shared::domain::DomainName;
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use uuid::Uuid;
 
 /// A job's id (UUID v7, so ids sort by creation time).
@@ -45,12 +48,26 @@ impl Serialize for JobId {
     }
 }
 
-/// Defines an enum stored and shown as snake_case text.
+impl utoipa::PartialSchema for JobId {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::Custom("uuid".into())))
+            .description(Some("A job's id: a UUID v7, so ids sort by creation time."))
+            .examples([serde_json::json!("0190c5d6-4f1e-7a3b-9c2d-5e6f7a8b9c0d")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for JobId {}
+
+/// Defines an enum stored and shown as snake_case text. Its OpenAPI schema is a string enum whose
+/// description lists every value with its doc comment, so the doc comments are the API reference.
 macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
+    ($(#[doc = $doc:literal])* $name:ident { $($(#[doc = $vdoc:literal])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[doc = $doc])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
+        pub enum $name { $($(#[doc = $vdoc])* $variant),+ }
 
         impl $name {
             /// The stored and displayed form.
@@ -69,6 +86,19 @@ macro_rules! text_enum {
                 s.serialize_str(self.as_str())
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                let description = concat!($($doc, "\n",)* "\n", $("- `", $text, "`:", $($vdoc, " ",)* "\n",)+);
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .description(Some(description.trim_start()))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 
@@ -120,7 +150,7 @@ text_enum! {
 }
 
 /// How the agent generates a password.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, ToSchema)]
 pub struct GenerateSpec {
     /// Characters (at least; raised to the account's policy minimum).
     pub length: u32,
@@ -157,7 +187,7 @@ impl fmt::Debug for ResultSecret {
 }
 
 /// The account's state as the agent read it after the job.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, serde::Deserialize, ToSchema)]
 pub struct AccountState {
     /// Locked out.
     pub locked_out: bool,
@@ -316,6 +346,28 @@ impl Target {
     }
 }
 
+impl utoipa::PartialSchema for Target {
+    fn schema() -> RefOr<Schema> {
+        let property =
+            |description: &str| ObjectBuilder::new().schema_type(Type::String).description(Some(description));
+        ObjectBuilder::new()
+            .description(Some("The account: exactly one of its properties."))
+            .property("upn", property("userPrincipalName, like jane.doe@corp.example.com."))
+            .property("sam_account_name", property("sAMAccountName (pre-Windows 2000 logon name)."))
+            .property(
+                "object_guid",
+                property("objectGUID in its text form.").format(Some(SchemaFormat::Custom("uuid".into()))),
+            )
+            .property("dn", property("Distinguished name."))
+            .min_properties(Some(1))
+            .max_properties(Some(1))
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Target {}
+
 impl Serialize for Target {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -326,7 +378,7 @@ impl Serialize for Target {
 }
 
 /// How to apply a password write.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, ToSchema)]
 pub struct JobOptions {
     /// Require a change at next logon.
     pub must_change: bool,
@@ -337,7 +389,7 @@ pub struct JobOptions {
 }
 
 /// Why a job failed.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, ToSchema)]
 pub struct JobError {
     /// The class of failure.
     pub code: ErrorCode,
@@ -349,7 +401,7 @@ pub struct JobError {
 }
 
 /// What a successful job reported.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Default)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Default, ToSchema)]
 pub struct JobSuccess {
     /// The account the job was about.
     pub account_dn: String,
@@ -383,13 +435,14 @@ pub enum Outcome {
 }
 
 /// A job as a client and the store see it (never with its secret).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Job {
     /// Id.
     pub job_id: JobId,
     /// Kind.
     pub kind: JobKind,
     /// AD domain.
+    #[schema(value_type = String, example = "corp.example.com")]
     pub domain: DomainName,
     /// Target account.
     pub target: Target,
@@ -439,7 +492,7 @@ pub struct Job {
 }
 
 /// Counts of a batch's jobs by state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Progress {
     /// All jobs of the batch.
     pub total: u32,
@@ -454,7 +507,7 @@ pub struct Progress {
 }
 
 /// Where a job's returned secret is.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretStatus {
     /// Not returned yet (the job is not finished).
@@ -532,6 +585,18 @@ impl Serialize for Timestamp {
         s.serialize_str(&self.to_rfc3339())
     }
 }
+
+impl utoipa::PartialSchema for Timestamp {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339, UTC, millisecond precision."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Timestamp {}
 
 #[cfg(test)]
 mod tests {

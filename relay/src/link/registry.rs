@@ -13,15 +13,17 @@ use serde::Serialize;
 use crate::jobs::Timestamp;
 
 /// One connected agent stream.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ConnectedAgent {
     /// The agent name from its certificate.
     pub name: String,
     /// Domains this stream receives jobs for.
+    #[schema(value_type = Vec<String>)]
     pub domains: Vec<DomainName>,
     /// The agent's version, from its hello.
     pub version: String,
-    /// Where it connects from.
+    /// Where it connects from (address:port).
+    #[schema(value_type = Option<String>)]
     pub peer: Option<SocketAddr>,
     /// When the stream opened.
     pub connected_at: Timestamp,

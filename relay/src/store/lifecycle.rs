@@ -17,7 +17,7 @@ use super::sqlite::{SqliteStore, db_err};
 use crate::jobs::{JobId, Timestamp};
 
 /// Where a request is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Accepted; the person's on-premises identity is being read from Graph.
@@ -53,8 +53,8 @@ impl Stage {
     }
 }
 
-/// A request as the worker and the API see it.
-#[derive(Clone, Debug, Serialize)]
+/// A new-hire request as the worker and the API see it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct LifecycleRequest {
     /// `taskProcessingResult.id`.
     pub task_processing_result_id: Uuid,
