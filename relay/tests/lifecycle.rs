@@ -370,3 +370,39 @@ async fn signed_callouts_unknown_users_and_expired_links() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_callout_accepted_before_a_restart_is_carried_out_after_it() {
+    let world = World::new(&[]).await;
+    let cloud = FakeCloud::start(world.dir.path()).await;
+    let relay = start_relay(&world, &cloud, "entra").await;
+    let hire = world.user("restart").await;
+    let subject = synced_user(&world, &cloud, &hire).await;
+    let result_id = uuid::Uuid::new_v4().to_string();
+    let body = callout(&subject, &result_id).to_string();
+    let token = cloud.entra_token(cloud::AUDIENCE, cloud::LOGIC_APP_ID, cloud::TENANT);
+    let bearer = [("authorization", format!("Bearer {token}"))];
+    let (status, _, _) = post_callout(&world, &relay, body.as_bytes(), &bearer).await;
+    assert_eq!(status, 202);
+    // No agent yet: the job waits in the queue while the relay restarts.
+    let waiting = wait_stage(&world, &relay, &result_id, "applying").await;
+    assert!(waiting["job_id"].is_string(), "{waiting}");
+    let port = relay.api.port();
+    relay.stop().await;
+    let overrides = pwrelay_relay::config::Overrides {
+        api_listen: Some(format!("127.0.0.1:{port}").parse().expect("addr")),
+        ..Default::default()
+    };
+    let relay = world.start_relay_with(overrides).await;
+    let (status, _, replayed) = post_callout(&world, &relay, body.as_bytes(), &bearer).await;
+    assert_eq!((status, replayed), (202, true), "the callout is remembered across the restart");
+    let dc = world.dc;
+    let agent = world.start_agent(&relay, "hq", &[&dc.domain], &[&dc.domain]).await;
+    let done = wait_stage(&world, &relay, &result_id, "done").await;
+    assert_eq!((done["outcome"].as_str(), done["delivery"].as_str()), (Some("completed"), Some("sent")), "{done}");
+    assert_eq!(done["job_id"], waiting["job_id"], "the job made before the restart is the one carried out");
+    assert_eq!(cloud.recorded(|r| r.sms.len()), 1, "one link");
+    assert_eq!(dc.attribute(&hire.dn, "pwdLastSet").await.as_deref(), Some("0"));
+    agent.stop().await;
+    relay.stop().await;
+}

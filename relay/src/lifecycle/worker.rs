@@ -173,7 +173,10 @@ async fn resolve(lifecycle: &Lifecycle, request: &LifecycleRequest) -> StepResul
         Ok(Err(reason)) => Err(reason),
         Err(GraphError::NotFound(_)) => Err(format!("user {} does not exist in Entra", request.subject_id)),
         Err(e) if e.is_retryable() && request.created_at.0 + ms(RESOLVE_GIVE_UP) > Timestamp::now().0 => {
-            let at = Timestamp::now().0 + ms(backoff(lifecycle.config.first_retry, request.resume_attempts));
+            // Back off with the request's age: a quarter of it, between first_retry and the cap.
+            let age = Duration::from_millis(u64::try_from(Timestamp::now().0 - request.created_at.0).unwrap_or(0));
+            let wait = (age / 4).clamp(lifecycle.config.first_retry, MAX_BACKOFF);
+            let at = Timestamp::now().0 + ms(wait);
             tracing::warn!(task_processing_result = %id, error = %e, "Graph lookup failed; trying again");
             return lifecycle.store.postpone(id, at, &e.to_string()).await;
         }
