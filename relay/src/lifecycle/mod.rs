@@ -14,6 +14,11 @@
 //! and in the message sent to the person; the store keeps the ciphertext (sealed again with the
 //! store key) and `SHA-256("pwrelay-claim" ‖ key)` to check claims. The username and the link never
 //! share a message. The relay stores no contact details: it asks Graph when it sends.
+//!
+//! The key is handed from the agent session to the worker in memory, so the worker that delivers
+//! must run in the process that received the result: true of the one relay process the embedded
+//! SQLite store allows. A request whose key is gone (a restart between result and delivery) fails
+//! cleanly, and the workflow is told.
 
 pub mod authentication;
 pub mod callout;

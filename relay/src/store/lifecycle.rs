@@ -8,6 +8,7 @@
 //! of the link's fragment can use it up.
 
 use async_trait::async_trait;
+use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use uuid::Uuid;
@@ -373,27 +374,15 @@ impl LifecycleStore for SqliteStore {
     }
 
     async fn set_applying(&self, id: Uuid, job: JobId) -> Result<(), StoreError> {
-        self.update(
-            id,
-            "UPDATE lifecycle_requests SET stage = 'applying', job_id = ?2, updated_ms = ?3
-             WHERE task_processing_result_id = ?1 AND stage = 'resolving'",
-            job.to_string(),
-        )
-        .await
+        let sql = "UPDATE lifecycle_requests SET stage = 'applying', job_id = ?2, updated_ms = ?3
+             WHERE task_processing_result_id = ?1 AND stage = 'resolving'";
+        self.update(id, sql, vec![Value::Text(job.to_string())]).await
     }
 
     async fn postpone(&self, id: Uuid, next_attempt_ms: i64, reason: &str) -> Result<(), StoreError> {
-        let reason = reason.to_owned();
-        self.run(move |conn| {
-            conn.execute(
-                "UPDATE lifecycle_requests SET next_attempt_ms = ?2, outcome_reason = ?3, updated_ms = ?4
-                 WHERE task_processing_result_id = ?1",
-                params![id.to_string(), next_attempt_ms, reason, Timestamp::now().0],
-            )
-            .map(drop)
-            .map_err(db_err)
-        })
-        .await
+        let sql = "UPDATE lifecycle_requests SET next_attempt_ms = ?2, outcome_reason = ?3, updated_ms = ?4
+             WHERE task_processing_result_id = ?1";
+        self.update(id, sql, vec![Value::Integer(next_attempt_ms), Value::Text(reason.to_owned())]).await
     }
 
     async fn open_link(
@@ -403,32 +392,18 @@ impl LifecycleStore for SqliteStore {
         proof_sha256: [u8; 32],
         expires: Timestamp,
     ) -> Result<(), StoreError> {
-        let link_id = link_id.to_owned();
-        self.run(move |conn| {
-            conn.execute(
-                "UPDATE lifecycle_requests SET stage = 'delivering', delivery = 'pending', link_id = ?2,
-                     link_proof = ?3, link_expires_ms = ?4, updated_ms = ?5
-                 WHERE task_processing_result_id = ?1 AND stage = 'applying'",
-                params![id.to_string(), link_id, proof_sha256.as_slice(), expires.0, Timestamp::now().0],
-            )
-            .map(drop)
-            .map_err(db_err)
-        })
-        .await
+        let sql = "UPDATE lifecycle_requests SET stage = 'delivering', delivery = 'pending', link_id = ?2,
+                 link_proof = ?3, link_expires_ms = ?4, updated_ms = ?5
+             WHERE task_processing_result_id = ?1 AND stage = 'applying'";
+        let values =
+            vec![Value::Text(link_id.to_owned()), Value::Blob(proof_sha256.to_vec()), Value::Integer(expires.0)];
+        self.update(id, sql, values).await
     }
 
     async fn set_delivery(&self, id: Uuid, delivery: &str, detail: &str) -> Result<(), StoreError> {
-        let (delivery, detail) = (delivery.to_owned(), detail.to_owned());
-        self.run(move |conn| {
-            conn.execute(
-                "UPDATE lifecycle_requests SET delivery = ?2, delivery_detail = ?3, updated_ms = ?4
-                 WHERE task_processing_result_id = ?1",
-                params![id.to_string(), delivery, detail, Timestamp::now().0],
-            )
-            .map(drop)
-            .map_err(db_err)
-        })
-        .await
+        let sql = "UPDATE lifecycle_requests SET delivery = ?2, delivery_detail = ?3, updated_ms = ?4
+             WHERE task_processing_result_id = ?1";
+        self.update(id, sql, vec![Value::Text(delivery.to_owned()), Value::Text(detail.to_owned())]).await
     }
 
     async fn set_outcome(&self, id: Uuid, completed: bool, reason: &str) -> Result<(), StoreError> {
@@ -559,9 +534,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl SqliteStore {
-    async fn update(&self, id: Uuid, sql: &'static str, value: String) -> Result<(), StoreError> {
+    /// Runs one `UPDATE` of a request: `?1` is its id, then `values`, and last the time now.
+    async fn update(&self, id: Uuid, sql: &'static str, values: Vec<Value>) -> Result<(), StoreError> {
         self.run(move |conn| {
-            conn.execute(sql, params![id.to_string(), value, Timestamp::now().0]).map(drop).map_err(db_err)
+            let mut all = Vec::with_capacity(values.len() + 2);
+            all.push(Value::Text(id.to_string()));
+            all.extend(values);
+            all.push(Value::Integer(Timestamp::now().0));
+            conn.execute(sql, rusqlite::params_from_iter(all)).map(drop).map_err(db_err)
         })
         .await
     }
