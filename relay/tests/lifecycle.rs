@@ -37,7 +37,7 @@ fn callout(subject: &str, result_id: &str) -> Value {
 
 /// Writes the `[lifecycle]` section (Entra-token callouts, a certificate credential for Graph)
 /// and starts the relay on a port fixed in advance, so the links name it.
-async fn start_relay(world: &World, cloud: &FakeCloud, auth: &str) -> Relay {
+async fn start_relay(world: &World, cloud: &FakeCloud, auth: &str, extra: &str) -> Relay {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     // The Graph app's certificate: a self-signed certificate for the fixture RSA key.
     let key = rcgen::KeyPair::from_pem(cloud::SIGNING_KEY_PEM).expect("rsa key");
@@ -79,6 +79,7 @@ async fn start_relay(world: &World, cloud: &FakeCloud, auth: &str) -> Relay {
     let path = world.path("relay.toml");
     let mut text = std::fs::read_to_string(&path).expect("relay.toml");
     text.push_str(&section);
+    text.push_str(extra);
     std::fs::write(&path, text).expect("relay.toml");
     let overrides = pwrelay_relay::config::Overrides {
         api_listen: Some(format!("127.0.0.1:{port}").parse().expect("addr")),
@@ -156,7 +157,7 @@ fn proof(key_b64: &str) -> String {
 async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_workflow_completes() {
     let world = World::new(&[]).await;
     let cloud = FakeCloud::start(world.dir.path()).await;
-    let relay = start_relay(&world, &cloud, "entra").await;
+    let relay = start_relay(&world, &cloud, "entra", "").await;
     let dc = world.dc;
     let agent = world.start_agent(&relay, "hq", &[&dc.domain], &[&dc.domain]).await;
     let hire = world.user("hire").await;
@@ -269,6 +270,16 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
     assert_eq!(job["lifecycle"]["delivery"], "sent", "{job}");
     let logs = support::logs().text();
     assert!(!logs.contains(&password) && !logs.contains(key), "no password or link key in any log line");
+    for event in [
+        "lifecycle.callout_accepted",
+        "lifecycle.job_created",
+        "lifecycle.delivered",
+        "lifecycle.link_viewed",
+        "lifecycle.link_claimed",
+        "lifecycle.resumed",
+    ] {
+        assert!(logs.contains(event), "the audit trail has {event}");
+    }
     agent.stop().await;
     relay.stop().await;
     let db = std::fs::read(world.path("relay.db")).expect("db");
@@ -280,10 +291,10 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn signed_callouts_unknown_users_and_expired_links() {
+async fn signed_callouts_failure_paths_expiry_and_rate_limits() {
     let world = World::new(&[]).await;
     let cloud = FakeCloud::start(world.dir.path()).await;
-    let relay = start_relay(&world, &cloud, "hmac").await;
+    let relay = start_relay(&world, &cloud, "hmac", "[lifecycle.reveal]\nrequests_per_link_per_hour = 4\n").await;
     let dc = world.dc;
     let agent = world.start_agent(&relay, "hq", &[&dc.domain], &[&dc.domain]).await;
     let sign = |body: &str, at: SystemTime| pwrelay_relay::signature::sign(HMAC_SECRET.as_bytes(), at, body.as_bytes());
@@ -344,6 +355,36 @@ async fn signed_callouts_unknown_users_and_expired_links() {
         world.http.post(format!("{page_url}/claim")).json(&json!({"proof": proof(key)})).send().await.expect("claim");
     assert_eq!(claim.status().as_u16(), 410);
     assert_eq!(claim.json::<Value>().await.expect("json")["error"]["code"], "expired");
+    // Two requests so far for this link; the limit is 4 an hour.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(world.http.get(page_url).send().await.expect("page").status().as_u16());
+    }
+    assert_eq!(statuses, [410, 410, 429], "the fifth request for one link within the hour is refused");
+
+    // A cloud-only user (no on-premises identity): failed before any job or message.
+    let cloud_only = uuid::Uuid::new_v4().to_string();
+    cloud
+        .state
+        .users
+        .lock()
+        .expect("users")
+        .insert(cloud_only.clone(), json!({"displayName": "Cloud Only", "mobilePhone": MOBILE, "otherMails": []}));
+    cloud
+        .state
+        .managers
+        .lock()
+        .expect("managers")
+        .insert(cloud_only.clone(), json!({"displayName": "Max Manager", "mail": "max@contoso.test"}));
+    let result_id = uuid::Uuid::new_v4().to_string();
+    let body = callout(&cloud_only, &result_id).to_string();
+    let (status, _, _) =
+        post_callout(&world, &relay, body.as_bytes(), &[("pwrelay-signature", sign(&body, SystemTime::now()))]).await;
+    assert_eq!(status, 202);
+    let failed = wait_stage(&world, &relay, &result_id, "done").await;
+    assert_eq!(failed["outcome"], "failed");
+    assert!(failed["outcome_reason"].as_str().unwrap_or_default().contains("cloud-only"), "{failed}");
+    assert!(failed.get("job_id").is_none(), "no job for a cloud-only user");
 
     // A gateway that keeps failing: the workflow is resumed as failed and the link is dead.
     cloud.state.sms_failures.store(100, std::sync::atomic::Ordering::SeqCst);
@@ -372,10 +413,12 @@ async fn signed_callouts_unknown_users_and_expired_links() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_callout_accepted_before_a_restart_is_carried_out_after_it() {
+async fn a_callout_accepted_before_a_restart_is_carried_out_after_it_with_the_workflow_s_settings() {
     let world = World::new(&[]).await;
     let cloud = FakeCloud::start(world.dir.path()).await;
-    let relay = start_relay(&world, &cloud, "entra").await;
+    let relay =
+        start_relay(&world, &cloud, "entra", &format!("[lifecycle.workflows.\"{WORKFLOW}\"]\nmust_change = false\n"))
+            .await;
     let hire = world.user("restart").await;
     let subject = synced_user(&world, &cloud, &hire).await;
     let result_id = uuid::Uuid::new_v4().to_string();
@@ -401,8 +444,38 @@ async fn a_callout_accepted_before_a_restart_is_carried_out_after_it() {
     let done = wait_stage(&world, &relay, &result_id, "done").await;
     assert_eq!((done["outcome"].as_str(), done["delivery"].as_str()), (Some("completed"), Some("sent")), "{done}");
     assert_eq!(done["job_id"], waiting["job_id"], "the job made before the restart is the one carried out");
-    assert_eq!(cloud.recorded(|r| r.sms.len()), 1, "one link");
-    assert_eq!(dc.attribute(&hire.dn, "pwdLastSet").await.as_deref(), Some("0"));
+    let sms = cloud.recorded(|r| r.sms.clone());
+    assert_eq!(sms.len(), 1, "one link: {sms:?}");
+    // This workflow skips the forced change: the password signs in as it is.
+    let link = link_in(sms[0]["message"].as_str().expect("message"));
+    let (page_url, key) = link.split_once('#').expect("fragment");
+    let claimed: Value = world
+        .http
+        .post(format!("{page_url}/claim"))
+        .json(&json!({"proof": proof(key)}))
+        .send()
+        .await
+        .expect("claim")
+        .json()
+        .await
+        .expect("json");
+    let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claimed["ciphertext"].as_str().expect("ciphertext"))
+        .expect("base64url");
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key).expect("key");
+    let aead = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &key).expect("key"));
+    let (nonce, ciphertext) = sealed.split_at(12);
+    let mut buffer = ciphertext.to_vec();
+    let plain = aead
+        .open_in_place(
+            ring::aead::Nonce::try_assume_unique_for_key(nonce).expect("nonce"),
+            ring::aead::Aad::empty(),
+            &mut buffer,
+        )
+        .expect("the link's key opens the ciphertext");
+    let password = std::str::from_utf8(plain).expect("utf-8").to_owned();
+    assert!(dc.bind(&hire.dn, &password).await.ok(), "no forced change for this workflow: the password signs in");
+    assert_ne!(dc.attribute(&hire.dn, "pwdLastSet").await.as_deref(), Some("0"));
     agent.stop().await;
     relay.stop().await;
 }

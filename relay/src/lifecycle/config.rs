@@ -32,6 +32,15 @@ pub(crate) struct LifecycleFile {
     reveal: RevealFile,
     #[serde(default)]
     endpoints: EndpointsFile,
+    #[serde(default)]
+    workflows: std::collections::BTreeMap<String, WorkflowFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowFile {
+    #[serde(default)]
+    must_change: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,6 +299,8 @@ pub struct LifecycleConfig {
     pub link_ttl: Duration,
     /// Whether the person must change the password at first sign-in.
     pub must_change: bool,
+    /// Per-workflow exceptions to `must_change` (`[lifecycle.workflows."<workflow id>"]`).
+    pub must_change_by_workflow: std::collections::BTreeMap<uuid::Uuid, bool>,
     /// Length of the generated password.
     pub password_length: u32,
     /// Organization name for templates.
@@ -432,11 +443,21 @@ impl LifecycleFile {
             }
             None => None,
         };
+        let mut must_change_by_workflow = std::collections::BTreeMap::new();
+        for (id, workflow) in self.workflows {
+            let key = format!("lifecycle.workflows.\"{id}\"");
+            let id = uuid::Uuid::parse_str(&id)
+                .map_err(|_| ConfigError::invalid(&key, "name the workflow by its id (a GUID)"))?;
+            if let Some(must_change) = workflow.must_change {
+                must_change_by_workflow.insert(id, must_change);
+            }
+        }
         let t = self.templates;
         Ok(LifecycleConfig {
             public_url,
             link_ttl: Duration::from_secs(self.link_ttl_hours * 3600),
             must_change: self.must_change,
+            must_change_by_workflow,
             password_length: self.password_length,
             organization: self.organization,
             tenants,
@@ -462,6 +483,11 @@ impl LifecycleFile {
 }
 
 impl LifecycleConfig {
+    /// Whether a password set for `workflow` must be changed at first sign-in.
+    pub fn must_change(&self, workflow: uuid::Uuid) -> bool {
+        self.must_change_by_workflow.get(&workflow).copied().unwrap_or(self.must_change)
+    }
+
     /// The tenant with this id.
     pub fn tenant(&self, tenant_id: &str) -> Option<&TenantConfig> {
         self.tenants.iter().find(|t| t.tenant_id.eq_ignore_ascii_case(tenant_id))
@@ -513,6 +539,11 @@ url = "https://sms.example/send"
         assert_eq!(c.tenants[0].tenant_id, "6d8f1b0e-2f4a-4c39-9a6e-0c1d2e3f4a5b");
         assert!(c.tenant("6D8F1B0E-2F4A-4C39-9A6E-0C1D2E3F4A5B").is_some());
         assert!(c.templates.link_sms.contains("{link}"));
+        let text =
+            format!("{BASE}[lifecycle.workflows.\"14879e66-9ea9-48d0-804d-8fea672d0341\"]\nmust_change = false\n");
+        let c = parse(&text).expect("valid").lifecycle.expect("lifecycle");
+        let workflow = uuid::Uuid::parse_str("14879e66-9ea9-48d0-804d-8fea672d0341").expect("uuid");
+        assert!(!c.must_change(workflow) && c.must_change(uuid::Uuid::nil()));
     }
 
     #[test]
@@ -539,6 +570,10 @@ url = "https://sms.example/send"
             (
                 BASE.replace("[lifecycle.sms]", "[lifecycle.delivery]\nmax_attempts = 0\n[lifecycle.sms]"),
                 "lifecycle.delivery.max_attempts",
+            ),
+            (
+                format!("{BASE}[lifecycle.workflows.onboarding]\nmust_change = false\n"),
+                "lifecycle.workflows.\"onboarding\"",
             ),
         ];
         for (text, key) in cases {

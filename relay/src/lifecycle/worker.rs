@@ -191,7 +191,11 @@ async fn resolve(lifecycle: &Lifecycle, request: &LifecycleRequest) -> StepResul
         kind: JobKind::InitialPassword,
         domain: identity.domain,
         target: identity.target,
-        options: JobOptions { must_change: lifecycle.config.must_change, unlock: true, enforce_history: false },
+        options: JobOptions {
+            must_change: lifecycle.config.must_change(request.workflow_id),
+            unlock: true,
+            enforce_history: false,
+        },
         client: CLIENT.into(),
         sealed_secret: None,
         generate: Some(GenerateSpec { length: lifecycle.config.password_length, mode: GenerateMode::Friendly }),
