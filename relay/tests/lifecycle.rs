@@ -225,12 +225,15 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
         state["link_views"].as_u64() >= Some(2) && state.get("link_claimed_at").is_none(),
         "viewing consumed nothing: {state}"
     );
+    browser.screenshot("link-page").await;
     browser.click("#reveal").await;
     let password = browser.wait_text("#password").await;
+    browser.screenshot("revealed").await;
     assert!(browser.page_text().await.contains("change it at first sign-in"), "the page gives guidance");
     assert!(password.len() >= 16, "a {}-character password", password.len());
     browser.open(page_url).await;
     assert!(browser.page_text().await.contains("already used"), "a claimed link says so");
+    browser.screenshot("already-used").await;
     browser.quit().await;
 
     let bind = dc.bind(&hire.dn, &password).await;

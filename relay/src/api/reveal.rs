@@ -143,10 +143,17 @@ pub(super) async fn show(
         "one-time link page opened"
     );
     match link {
-        LinkState::Active { expires } => {
+        LinkState::Active { expires, must_change } => {
             let expires =
                 expires.to_rfc3339().get(..16).map(|t| format!("{} UTC", t.replace('T', " "))).unwrap_or_default();
-            page(StatusCode::OK, "active", &id, "Your first password", &ACTIVE.replace("{expires}", &expires))
+            let guidance = if must_change {
+                "You will be asked to change it at first sign-in. This page cannot show it again: keep it until you \
+                 have signed in, then forget it."
+            } else {
+                "This page cannot show it again: keep it somewhere only you can reach, and change it when you can."
+            };
+            let content = ACTIVE.replace("{expires}", &expires).replace("{guidance}", guidance);
+            page(StatusCode::OK, "active", &id, "Your first password", &content)
         }
         LinkState::Claimed => message_page(
             StatusCode::GONE,

@@ -135,6 +135,8 @@ pub enum LinkState {
     Active {
         /// Expiry.
         expires: Timestamp,
+        /// Whether the password must be changed at first sign-in.
+        must_change: bool,
     },
     /// Already claimed.
     Claimed,
@@ -450,16 +452,16 @@ impl LifecycleStore for SqliteStore {
     async fn view_link(&self, link_id: &str) -> Result<LinkState, StoreError> {
         let link_id = link_id.to_owned();
         self.run(move |conn| {
-            let row: Option<(Option<i64>, Option<i64>, bool)> = conn
+            let row: Option<(Option<i64>, Option<i64>, bool, Option<bool>)> = conn
                 .query_row(
-                    "SELECT l.link_expires_ms, l.link_claimed_ms, j.result_secret IS NOT NULL
+                    "SELECT l.link_expires_ms, l.link_claimed_ms, j.result_secret IS NOT NULL, j.must_change
                      FROM lifecycle_requests l LEFT JOIN jobs j ON j.id = l.job_id WHERE l.link_id = ?1",
                     params![link_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()
                 .map_err(db_err)?;
-            let Some((expires, claimed, has_secret)) = row else { return Ok(LinkState::NotFound) };
+            let Some((expires, claimed, has_secret, must_change)) = row else { return Ok(LinkState::NotFound) };
             conn.execute(
                 "UPDATE lifecycle_requests SET link_views = link_views + 1 WHERE link_id = ?1",
                 params![link_id],
@@ -467,7 +469,9 @@ impl LifecycleStore for SqliteStore {
             .map_err(db_err)?;
             Ok(match (expires, claimed) {
                 (_, Some(_)) => LinkState::Claimed,
-                (Some(e), None) if e > Timestamp::now().0 && has_secret => LinkState::Active { expires: Timestamp(e) },
+                (Some(e), None) if e > Timestamp::now().0 && has_secret => {
+                    LinkState::Active { expires: Timestamp(e), must_change: must_change.unwrap_or(true) }
+                }
                 _ => LinkState::Expired,
             })
         })

@@ -121,6 +121,15 @@ impl Browser {
         panic!("{css} stayed empty: {}", self.page_text().await);
     }
 
+    /// Saves a PNG of the page to `$PWRELAY_TEST_SCREENSHOTS/<name>.png` when that variable is set.
+    pub async fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let Some(dir) = std::env::var_os("PWRELAY_TEST_SCREENSHOTS") else { return };
+        let png = self.command(reqwest::Method::GET, "/screenshot", None).await;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap_or_default()).expect("png");
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), bytes).expect("write screenshot");
+    }
+
     pub async fn page_text(&self) -> String {
         self.text("body").await
     }

@@ -77,6 +77,7 @@
       result.hidden = false;
       status.textContent = "";
       button.hidden = true;
+      document.getElementById("intro").hidden = true;
       history.replaceState(null, "", window.location.pathname);
     } catch (e) {
       problem("The password could not be decrypted. The link may have been changed; ask your manager for a new one.");
