@@ -17,6 +17,7 @@ use support::{Relay, World};
 const WORKFLOW: &str = "14879e66-9ea9-48d0-804d-8fea672d0341";
 const TASK: &str = "4806a56b-3e8f-4c4a-8ad5-1e2b3c7d8e9f";
 const MOBILE: &str = "+4915112345678";
+const PRIVATE_MAIL: &str = "jane.private@example.org";
 const HMAC_SECRET: &str = "a-shared-secret-of-at-least-32-characters!";
 
 fn callout(subject: &str, result_id: &str) -> Value {
@@ -99,7 +100,7 @@ async fn synced_user(world: &World, cloud: &FakeCloud, user: &pwrelay_shared::te
             "displayName": "Jane Hire", "givenName": "Jane",
             "onPremisesSamAccountName": user.sam, "onPremisesDomainName": world.dc.domain.to_string(),
             "onPremisesImmutableId": immutable_id, "onPremisesUserPrincipalName": user.upn,
-            "mobilePhone": MOBILE, "otherMails": []
+            "mobilePhone": MOBILE, "otherMails": [PRIVATE_MAIL]
         }),
     );
     cloud
@@ -435,6 +436,11 @@ async fn a_callout_accepted_before_a_restart_is_carried_out_after_it_with_the_wo
     assert!(waiting["job_id"].is_string(), "{waiting}");
     let port = relay.api.port();
     relay.stop().await;
+    // After the restart the link goes by mail to the person's private address instead of SMS.
+    let path = world.path("relay.toml");
+    let text = std::fs::read_to_string(&path).expect("relay.toml");
+    std::fs::write(&path, text.replace("first_retry_seconds = 1", "link_channel = \"email\"\nfirst_retry_seconds = 1"))
+        .expect("relay.toml");
     let overrides = pwrelay_relay::config::Overrides {
         api_listen: Some(format!("127.0.0.1:{port}").parse().expect("addr")),
         ..Default::default()
@@ -447,10 +453,20 @@ async fn a_callout_accepted_before_a_restart_is_carried_out_after_it_with_the_wo
     let done = wait_stage(&world, &relay, &result_id, "done").await;
     assert_eq!((done["outcome"].as_str(), done["delivery"].as_str()), (Some("completed"), Some("sent")), "{done}");
     assert_eq!(done["job_id"], waiting["job_id"], "the job made before the restart is the one carried out");
-    let sms = cloud.recorded(|r| r.sms.clone());
-    assert_eq!(sms.len(), 1, "one link: {sms:?}");
+    assert!(cloud.recorded(|r| r.sms.is_empty()), "no SMS with link_channel = email");
+    let mails = cloud.recorded(|r| r.mails.clone());
+    assert_eq!(mails.len(), 2, "the manager's mail and the person's: {mails:?}");
+    let to =
+        |m: &Value| m["message"]["toRecipients"][0]["emailAddress"]["address"].as_str().unwrap_or_default().to_owned();
+    let (link_mail, manager_mail) =
+        if to(&mails[0].1) == PRIVATE_MAIL { (&mails[0].1, &mails[1].1) } else { (&mails[1].1, &mails[0].1) };
+    assert_eq!(to(link_mail), PRIVATE_MAIL);
+    assert_eq!(to(manager_mail), "max@contoso.test");
+    let link_text = link_mail["message"]["body"]["content"].as_str().expect("body").to_owned();
+    assert!(!link_text.contains(&hire.upn) && !link_text.contains(&hire.sam), "the link's mail names no account");
+    assert!(!manager_mail.to_string().contains("/r/"), "the manager's mail holds no link");
     // This workflow skips the forced change: the password signs in as it is.
-    let link = link_in(sms[0]["message"].as_str().expect("message"));
+    let link = link_in(&link_text);
     let (page_url, key) = link.split_once('#').expect("fragment");
     let claimed: Value = world
         .http
