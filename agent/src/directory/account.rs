@@ -26,7 +26,13 @@ pub(crate) const ATTRIBUTES: &[&str] = &[
     "lockoutTime",
     "msDS-ResultantPSO",
     "objectSid",
+    "primaryGroupID",
 ];
+
+/// What a write or an unlock changes, read back after it: only these, so the read-back is the
+/// cheapest search that still shows the DC's view of the change.
+pub(crate) const READ_BACK_ATTRIBUTES: &[&str] =
+    &["pwdLastSet", "lockoutTime", "userAccountControl", "msDS-User-Account-Control-Computed"];
 
 /// A user account.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,6 +63,9 @@ pub struct Account {
     pub resultant_pso: Option<String>,
     /// The account's RID (last sub-authority of objectSid).
     pub rid: Option<u32>,
+    /// The RID of the account's primary group (primaryGroupID): a membership that no `member`
+    /// attribute, and so no in-chain membership search, shows.
+    pub primary_group_rid: Option<u32>,
 }
 
 impl Account {
@@ -78,7 +87,22 @@ impl Account {
             lockout_time: number("lockoutTime"),
             resultant_pso: text("msDS-ResultantPSO"),
             rid,
+            primary_group_rid: text("primaryGroupID").and_then(|v| v.parse().ok()),
             dn: entry.dn,
+        }
+    }
+
+    /// This account with the values of [`READ_BACK_ATTRIBUTES`] from `entry` (absent ones read as
+    /// 0, as in [`Account::from_entry`]).
+    pub(crate) fn refreshed(&self, entry: &SearchEntry) -> Self {
+        let number =
+            |name: &str| entry.attrs.get(name).and_then(|v| v.first()).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        Self {
+            user_account_control: u32::try_from(number("userAccountControl")).unwrap_or(0),
+            computed_account_control: u32::try_from(number("msDS-User-Account-Control-Computed")).unwrap_or(0),
+            pwd_last_set: number("pwdLastSet"),
+            lockout_time: number("lockoutTime"),
+            ..self.clone()
         }
     }
 

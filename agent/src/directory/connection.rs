@@ -75,9 +75,12 @@ impl Connection {
         }
     }
 
-    /// Reads an account by DN.
-    pub(crate) async fn read(&mut self, dn: &str) -> Result<Account, DirectoryError> {
-        let searched = self.ldap.search(dn, Scope::Base, "(objectClass=user)", account::ATTRIBUTES.to_vec()).await;
+    /// Reads back, from the DC, what a write or unlock changes on `account` (password age, lockout
+    /// and account flags) and returns the account with those values; the rest is as resolved.
+    pub(crate) async fn read_back(&mut self, account: &Account) -> Result<Account, DirectoryError> {
+        let dn = &account.dn;
+        let searched =
+            self.ldap.search(dn, Scope::Base, "(objectClass=user)", account::READ_BACK_ATTRIBUTES.to_vec()).await;
         let (entries, result) = match searched {
             Ok(search) => (search.0, search.1),
             Err(e) => return Err(self.unavailable("account read", e)),
@@ -88,7 +91,7 @@ impl Connection {
         entries
             .into_iter()
             .find(|e| !e.is_ref())
-            .map(|e| Account::from_entry(SearchEntry::construct(e)))
+            .map(|e| account.refreshed(&SearchEntry::construct(e)))
             .ok_or_else(|| DirectoryError::new(FailureCode::AccountNotFound, format!("{dn} cannot be read back")))
     }
 

@@ -81,6 +81,8 @@ pub(crate) async fn check_protection(
         Some("adminCount=1".to_owned())
     } else if account.rid.is_some_and(|rid| PROTECTED_ACCOUNT_RIDS.contains(&rid)) {
         Some("a built-in protected account".to_owned())
+    } else if account.primary_group_rid.is_some_and(|rid| PROTECTED_GROUP_RIDS.contains(&rid)) {
+        Some("a member of a protected group through its primary group (primaryGroupID)".to_owned())
     } else if conn.member_of_any(&account.dn, protected_groups).await? {
         Some("a member of a protected group".to_owned())
     } else {
