@@ -159,6 +159,33 @@ async fn a_user_whose_primary_group_is_domain_admins_is_protected() {
 }
 
 #[tokio::test]
+async fn members_of_protected_groups_are_refused_directly_and_through_nested_groups() {
+    let dc = testkit::dc();
+    let groups = dc.create_ou("prot").await;
+    let outer = dc.create_group(&groups, "outer").await;
+    let inner = dc.create_group(&groups, "inner").await;
+    dc.add_member(&outer, &inner).await;
+    dc.add_member(&format!("CN=Backup Operators,CN=Builtin,{}", dc.base_dn), &outer).await;
+    let nested = dc.create_user("nestprot").await;
+    dc.add_member(&inner, &nested.dn).await;
+    let plain = dc.create_user("plainusr").await;
+    let dir = directory(dc, ScopeConfig::default());
+    let set = |user: &testkit::TestUser| {
+        let dir = &dir;
+        let target = AccountTarget::Upn(user.upn.clone());
+        async move { dir.set_password(&target, &SecretString::from("Protected!Check-61"), WriteOptions::default()).await }
+    };
+    let e = set(&nested).await.expect_err("two levels below Backup Operators");
+    assert_eq!(e.code, FailureCode::ProtectedAccount, "{}", e.message);
+    assert!(e.message.contains("a member of a protected group"), "{}", e.message);
+    assert!(set(&plain).await.expect("not protected").verified);
+    // The protected groups are now cached; a user's own memberships are still read with each job.
+    dc.add_member(&format!("CN=Domain Admins,CN=Users,{}", dc.base_dn), &plain.dn).await;
+    let e = set(&plain).await.expect_err("added to Domain Admins a moment ago");
+    assert_eq!(e.code, FailureCode::ProtectedAccount, "{}", e.message);
+}
+
+#[tokio::test]
 async fn concurrent_jobs_share_a_small_connection_pool() {
     let dc = testkit::dc();
     let dir = Directory::new(DomainConfig { connections: 2, ..support::domain_config(dc) }).expect("directory");

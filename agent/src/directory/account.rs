@@ -27,6 +27,7 @@ pub(crate) const ATTRIBUTES: &[&str] = &[
     "msDS-ResultantPSO",
     "objectSid",
     "primaryGroupID",
+    "memberOf",
 ];
 
 /// What a write or an unlock changes, read back after it: only these, so the read-back is the
@@ -63,9 +64,12 @@ pub struct Account {
     pub resultant_pso: Option<String>,
     /// The account's RID (last sub-authority of objectSid).
     pub rid: Option<u32>,
-    /// The RID of the account's primary group (primaryGroupID): a membership that no `member`
-    /// attribute, and so no in-chain membership search, shows.
-    pub primary_group_rid: Option<u32>,
+    /// The SID of the account's primary group (its domain's SID and primaryGroupID): a membership
+    /// that no `member` attribute, and so neither memberOf nor an in-chain search, shows.
+    pub primary_group_sid: Option<String>,
+    /// The DNs of the groups the account is a direct member of (memberOf), or `None` when the DC
+    /// sent only part of them (a ranged value, beyond 1500) so that they cannot be relied on.
+    pub member_of: Option<Vec<String>>,
 }
 
 impl Account {
@@ -73,7 +77,15 @@ impl Account {
     pub(crate) fn from_entry(entry: SearchEntry) -> Self {
         let text = |name: &str| entry.attrs.get(name).and_then(|v| v.first()).cloned();
         let number = |name: &str| text(name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-        let rid = entry.bin_attrs.get("objectSid").and_then(|v| v.first()).and_then(|sid| sid_rid(sid));
+        let sid = entry.bin_attrs.get("objectSid").and_then(|v| v.first());
+        let rid = sid.and_then(|sid| sid_rid(sid));
+        let primary_group_sid =
+            sid.and_then(|sid| sid_text(sid)).zip(text("primaryGroupID")).and_then(|(own, group)| {
+                let domain = own.rsplit_once('-')?.0;
+                group.parse::<u32>().ok().map(|rid| format!("{domain}-{rid}"))
+            });
+        let ranged = entry.attrs.keys().any(|name| name.to_ascii_lowercase().starts_with("memberof;range="));
+        let member_of = (!ranged).then(|| entry.attrs.get("memberOf").cloned().unwrap_or_default());
         Self {
             sam_account_name: text("sAMAccountName").unwrap_or_default(),
             upn: text("userPrincipalName"),
@@ -87,7 +99,8 @@ impl Account {
             lockout_time: number("lockoutTime"),
             resultant_pso: text("msDS-ResultantPSO"),
             rid,
-            primary_group_rid: text("primaryGroupID").and_then(|v| v.parse().ok()),
+            primary_group_sid,
+            member_of,
             dn: entry.dn,
         }
     }

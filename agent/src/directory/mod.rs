@@ -26,10 +26,9 @@ use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::policy::Policy;
 use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::tls::{self, TrustAnchors};
-use tokio::sync::OnceCell;
 
 pub use account::Account;
-use connection::Connection;
+use connection::{Change, Connection};
 pub use connection::{WriteOptions, unicode_pwd};
 pub use error::DirectoryError;
 pub use target::AccountTarget;
@@ -66,9 +65,15 @@ pub enum PasswordCheck {
 pub struct Directory {
     config: DomainConfig,
     tls: Arc<rustls::ClientConfig>,
-    protected_groups: OnceCell<Vec<String>>,
+    /// The protected groups with the groups nested in them, read at most every
+    /// [`rules::PROTECTED_GROUPS_TTL`].
+    protected_groups: tokio::sync::Mutex<Option<Arc<rules::ProtectedGroups>>>,
     /// The service account's connections, each lent to one job at a time.
     pool: Pool,
+    /// The connection every write goes through, shared by concurrent jobs (ldap3 multiplexes
+    /// operations): a DC applies writes one at a time, and on one connection they queue at the DC
+    /// back to back instead of contending for its database lock from several connections.
+    writer: tokio::sync::Mutex<Option<Connection>>,
     /// Effective password policies read recently, by source DN (domain head or PSO).
     policies: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Policy)>>,
 }
@@ -198,7 +203,8 @@ impl Directory {
             tls: tls::ldap_client(&anchors)?,
             pool: Pool::new(config.connections),
             config,
-            protected_groups: OnceCell::new(),
+            protected_groups: tokio::sync::Mutex::new(None),
+            writer: tokio::sync::Mutex::new(None),
             policies: std::sync::Mutex::default(),
         })
     }
@@ -314,7 +320,9 @@ impl Directory {
                 },
             };
             match bound {
-                Ok(result) if result.rc == 0 => return Ok(Ok(Connection { ldap, url: dc.url.clone() })),
+                Ok(result) if result.rc == 0 => {
+                    return Ok(Ok(Connection { ldap, url: dc.url.clone(), timeout: self.config.timeout }));
+                }
                 Ok(result) if matches!(result.rc, 51 | 52) => failures.push(format!("{}: busy or unavailable", dc.url)),
                 Ok(result) => {
                     let _ = ldap.unbind().await;
@@ -354,6 +362,37 @@ impl Directory {
         self.bind(self.service_login(), "service account bind")
             .await?
             .map_err(|result| self.service_bind_refused(&result))
+    }
+
+    /// Makes `change` through the shared writer connection when it is bound to the DC of the job's
+    /// `lease` (the read-back must see the write), otherwise through the lease itself.
+    async fn change(&self, lease: &mut Lease<'_>, dn: &str, change: &Change<'_>) -> Result<(), DirectoryError> {
+        let Some(mut writer) = self.writer_to(&lease.url).await else {
+            let changed = lease.apply(dn, change).await;
+            return lease.settle(changed);
+        };
+        let changed = writer.apply(dn, change).await;
+        if changed.as_ref().is_err_and(|e| e.retryable) {
+            // Broken: the next write opens a new one.
+            self.writer.lock().await.take();
+        }
+        changed
+    }
+
+    /// The shared writer connection if it is bound to the DC at `url`. It is opened (with failover)
+    /// only when there is none or it has closed, so a writer left on another DC costs no reconnects.
+    async fn writer_to(&self, url: &str) -> Option<Connection> {
+        let mut writer = self.writer.lock().await;
+        let live = writer.as_mut().is_some_and(|conn| !conn.ldap.is_closed());
+        let open = match writer.as_ref() {
+            Some(conn) if live => conn.clone(),
+            _ => {
+                let conn = self.open().await.ok()?;
+                *writer = Some(conn.clone());
+                conn
+            }
+        };
+        (open.url == url).then_some(open)
     }
 
     /// Binds as the service account through the usual failover and returns the DC URL that
@@ -400,12 +439,17 @@ impl Directory {
         };
         let scope = rules::check_scope(&mut conn, &self.config, &account).await;
         conn.settle(scope)?;
-        let protected = match self.protected_groups.get() {
-            Some(groups) => groups.clone(),
-            None => {
-                let groups = rules::protected_groups(&mut conn, &self.config.base_dn).await;
-                let groups = conn.settle(groups)?;
-                self.protected_groups.get_or_init(|| async { groups }).await.clone()
+        let protected = {
+            // Held while reading, so that concurrent jobs wait for one refresh instead of each doing it.
+            let mut cached = self.protected_groups.lock().await;
+            match cached.as_ref().filter(|groups| groups.read_at.elapsed() < rules::PROTECTED_GROUPS_TTL) {
+                Some(groups) => Arc::clone(groups),
+                None => {
+                    let groups = rules::protected_groups(&mut conn, &self.config.base_dn).await;
+                    let groups = Arc::new(conn.settle(groups)?);
+                    *cached = Some(Arc::clone(&groups));
+                    groups
+                }
             }
         };
         let protection = rules::check_protection(&mut conn, &self.config, &protected, &account).await;
@@ -435,12 +479,9 @@ impl Directory {
         options: WriteOptions,
     ) -> Result<Applied, DirectoryError> {
         let PreparedWrite { mut conn, account, notes, .. } = prepared;
-        let result = async {
-            conn.write_password(&account.dn, password, options).await?;
-            conn.read_back(&account).await
-        }
-        .await;
-        let after = conn.settle(result)?;
+        self.change(&mut conn, &account.dn, &Change::Password { password, options }).await?;
+        let after = conn.read_back(&account).await;
+        let after = conn.settle(after)?;
         let url = conn.url.clone();
         // Back to the pool before the optional bind as the account, which uses a connection of its own.
         drop(conn);
@@ -509,12 +550,9 @@ impl Directory {
     /// Clears the target's lockout; changes no password.
     pub async fn unlock(&self, target: &AccountTarget) -> Result<Applied, DirectoryError> {
         let (mut conn, account) = self.admit(target).await?;
-        let result = async {
-            conn.unlock(&account.dn).await?;
-            conn.read_back(&account).await
-        }
-        .await;
-        let after = conn.settle(result)?;
+        self.change(&mut conn, &account.dn, &Change::Unlock).await?;
+        let after = conn.read_back(&account).await;
+        let after = conn.settle(after)?;
         let url = conn.url.clone();
         Ok(Applied {
             verified: !after.locked_out(),
