@@ -329,7 +329,8 @@ pub struct DomainConfig {
     pub bind_password: SecretString,
     /// Connect and operation timeout.
     pub timeout: Duration,
-    /// Most service-account connections open at once; each serves one job at a time.
+    /// Service-account connections for jobs, each serving one job at a time (writes go through one
+    /// more, shared by all jobs).
     pub connections: usize,
     /// After a write without must_change, also bind with the new password.
     pub verify_bind: bool,

@@ -1,10 +1,17 @@
 //! The agent's access to Active Directory over LDAP with TLS.
 //!
-//! [`Directory`] holds one domain's settings. Each job connects to the first DC in the configured
+//! [`Directory`] holds one domain's settings. Connections go to the first DC in the configured
 //! list that answers (LDAPS, or LDAP followed by StartTLS; certificates verified against the
-//! configured CA; plaintext never), binds as the service account, resolves the target to exactly
-//! one user, applies the [`rules`] (scope, protection, state), does the work and reads the account
-//! back.
+//! configured CA; plaintext never) and bind as the service account. Each job borrows one from a
+//! small pool (`connections`), resolves the target to exactly one user with one search (the
+//! attributes every rule needs), applies the [`rules`] (scope, protection, state), makes its write
+//! and reads back what the write changed.
+//!
+//! Writes go through one connection shared by all jobs (when it is bound to the same DC as the
+//! job's own; otherwise through the job's). A DC applies writes one at a time: on one connection
+//! they wait at the DC back to back, while the other jobs' searches and read-backs run next to
+//! them on their own connections. (Measured on Samba: several connections writing at once are
+//! slower than one, as they contend for the database lock; see BENCHMARKS.md.)
 //!
 //! The service account binds with its DN and password (LDAP simple bind), or, with
 //! `bind = "kerberos"` and the `kerberos` feature, with SASL GSSAPI and the process's Kerberos
