@@ -26,7 +26,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -115,7 +115,7 @@ struct Line<'a> {
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Arc<Mutex<File>>,
 }
 
 impl AuditLog {
@@ -129,7 +129,7 @@ impl AuditLog {
             options.mode(0o600);
         }
         let file = options.open(path)?;
-        Ok(Self { path: path.to_owned(), file: Mutex::new(file) })
+        Ok(Self { path: path.to_owned(), file: Arc::new(Mutex::new(file)) })
     }
 
     /// The file.
@@ -137,8 +137,9 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends `event` and syncs it to disk. A failure is logged, never fatal to the job.
-    pub fn record(&self, event: &Event) {
+    /// Appends `event` and syncs it to disk, on a blocking thread (the sync waits for the disk). A
+    /// failure is logged, never fatal to the job.
+    pub async fn record(&self, event: &Event) {
         let time =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         let mut line = match serde_json::to_vec(&Line { time, event }) {
@@ -149,9 +150,15 @@ impl AuditLog {
             }
         };
         line.push(b'\n');
-        // Appends are single writes; a panicked holder leaves whole lines behind.
-        let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(error) = file.write_all(&line).and_then(|()| file.sync_data()) {
+        let file = Arc::clone(&self.file);
+        let written = tokio::task::spawn_blocking(move || {
+            // Appends are single writes; a panicked holder leaves whole lines behind.
+            let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            file.write_all(&line).and_then(|()| file.sync_data())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(error) = written {
             tracing::error!(%error, path = %self.path.display(), "audit event could not be written");
         }
     }
@@ -161,8 +168,8 @@ impl AuditLog {
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_are_appended_as_json_lines() {
+    #[tokio::test]
+    async fn events_are_appended_as_json_lines() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(&path).expect("open");
@@ -171,7 +178,8 @@ mod tests {
             event: "job_received",
             job_id: "j1".into(),
             ..Event::default()
-        });
+        })
+        .await;
         drop(log);
         let log = AuditLog::open(&path).expect("reopen appends");
         log.record(&Event {
@@ -179,7 +187,8 @@ mod tests {
             event: "password_set",
             job_id: "j1".into(),
             ..Event::default()
-        });
+        })
+        .await;
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
         assert_eq!(lines.len(), 2);

@@ -90,6 +90,8 @@ struct DomainFile {
     bind_password_env: Option<String>,
     #[serde(default = "default_ldap_timeout_seconds")]
     timeout_seconds: u64,
+    #[serde(default = "default_connections")]
+    connections: u32,
     #[serde(default)]
     verify_bind: bool,
     #[serde(default)]
@@ -234,6 +236,13 @@ fn default_heartbeat_seconds() -> u64 {
 fn default_health_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9444))
 }
+/// Most service-account connections per domain (`domains[].connections`).
+pub const MAX_CONNECTIONS: u32 = 32;
+
+fn default_connections() -> u32 {
+    4
+}
+
 fn default_ldap_timeout_seconds() -> u64 {
     10
 }
@@ -320,6 +329,9 @@ pub struct DomainConfig {
     pub bind_password: SecretString,
     /// Connect and operation timeout.
     pub timeout: Duration,
+    /// Service-account connections for jobs, each serving one job at a time (writes go through one
+    /// more, shared by all jobs).
+    pub connections: usize,
     /// After a write without must_change, also bind with the new password.
     pub verify_bind: bool,
     /// Which accounts may be changed.
@@ -342,8 +354,7 @@ impl Config {
 
     /// Parses TOML text; relative paths resolve against `base`; `env` looks up variables.
     pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let file: AgentFile =
-            pwrelay_shared::config::parse_toml(text)?;
+        let file: AgentFile = pwrelay_shared::config::parse_toml(text)?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let url = file.relay.url.trim();
@@ -351,8 +362,9 @@ impl Config {
             .strip_prefix("https://")
             .ok_or_else(|| ConfigError::invalid("relay.url", "must start with https:// (the link is always TLS)"))?;
         let authority = rest.trim_end_matches('/');
-        let (host, port) = split_host_port(authority)
-            .ok_or_else(|| ConfigError::invalid("relay.url", "must be https://HOST:PORT, e.g. https://relay.example.com:7443"))?;
+        let (host, port) = split_host_port(authority).ok_or_else(|| {
+            ConfigError::invalid("relay.url", "must be https://HOST:PORT, e.g. https://relay.example.com:7443")
+        })?;
         if file.relay.max_jobs_in_flight == 0 || file.relay.max_jobs_in_flight > 64 {
             return Err(ConfigError::invalid("relay.max_jobs_in_flight", "must be 1-64"));
         }
@@ -376,7 +388,10 @@ impl Config {
                     ));
                 }
                 (Some(_), false) => {
-                    return Err(ConfigError::invalid(key("discovery"), "set either urls or [domains.discovery], not both"));
+                    return Err(ConfigError::invalid(
+                        key("discovery"),
+                        "set either urls or [domains.discovery], not both",
+                    ));
                 }
                 (None, false) => None,
                 (Some(file), true) => {
@@ -392,8 +407,9 @@ impl Config {
                     };
                     let mut discovery = crate::directory::discovery::Discovery::new(transport);
                     if let Some(site) = &file.site {
-                        discovery =
-                            discovery.with_site(site).map_err(|e| ConfigError::invalid(key("discovery.site"), e.to_string()))?;
+                        discovery = discovery
+                            .with_site(site)
+                            .map_err(|e| ConfigError::invalid(key("discovery.site"), e.to_string()))?;
                     }
                     if let Some(nameserver) = file.nameserver {
                         discovery = discovery.with_nameserver(nameserver);
@@ -410,7 +426,9 @@ impl Config {
                 BindMethod::Simple => {
                     let password = simple_bind_password(&d, &resolve, env, &key)?;
                     match d.bind_dn.as_deref().map(str::trim) {
-                        None => return Err(ConfigError::invalid(key("bind_dn"), "the service account's DN is required")),
+                        None => {
+                            return Err(ConfigError::invalid(key("bind_dn"), "the service account's DN is required"));
+                        }
                         Some("") => return Err(ConfigError::invalid(key("bind_dn"), "is empty")),
                         Some(_) => (d.bind_dn.clone().unwrap_or_default(), password),
                     }
@@ -420,6 +438,9 @@ impl Config {
                     (String::new(), SecretString::from(""))
                 }
             };
+            if !(1..=MAX_CONNECTIONS).contains(&d.connections) {
+                return Err(ConfigError::invalid(key("connections"), format!("must be 1-{MAX_CONNECTIONS}")));
+            }
             if d.timeout_seconds == 0 {
                 return Err(ConfigError::invalid(key("timeout_seconds"), "must be at least 1"));
             }
@@ -464,6 +485,7 @@ impl Config {
                 bind_dn,
                 bind_password,
                 timeout: Duration::from_secs(d.timeout_seconds),
+                connections: usize::try_from(d.connections).unwrap_or(1),
                 verify_bind: d.verify_bind,
                 scope: d.scope,
                 protected: d.protected,
@@ -501,17 +523,16 @@ fn simple_bind_password(
     let password = match (&d.bind_password_file, &d.bind_password_env) {
         (Some(file), None) => {
             let path = resolve(file.clone());
-            let text = SecretString::new(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| ConfigError::invalid(key("bind_password_file"), format!("{}: {e}", path.display())))?,
-            );
+            let text =
+                SecretString::new(std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::invalid(key("bind_password_file"), format!("{}: {e}", path.display()))
+                })?);
             let trimmed = text.expose_secret().trim_end_matches(['\r', '\n']);
             SecretString::from(trimmed)
         }
-        (None, Some(var)) => SecretString::new(
-            env(var)
-                .ok_or_else(|| ConfigError::invalid(key("bind_password_env"), format!("environment variable {var} is not set")))?,
-        ),
+        (None, Some(var)) => SecretString::new(env(var).ok_or_else(|| {
+            ConfigError::invalid(key("bind_password_env"), format!("environment variable {var} is not set"))
+        })?),
         _ => {
             return Err(ConfigError::invalid(
                 key("bind_password_file"),
@@ -577,12 +598,20 @@ fn reconcile_config(
     );
     let salt = SecretString::from(text.expose_secret().trim_end_matches(['\r', '\n']));
     if salt.expose_secret().len() < MIN_SALT_BYTES {
-        return Err(ConfigError::invalid(key("reconcile.salt_file"), format!("the salt must be at least {MIN_SALT_BYTES} bytes")));
+        return Err(ConfigError::invalid(
+            key("reconcile.salt_file"),
+            format!("the salt must be at least {MIN_SALT_BYTES} bytes"),
+        ));
     }
     let hash = match file.hash.as_str() {
         "sha512" => HashAlgorithm::Sha512,
         "sha256" => HashAlgorithm::Sha256,
-        other => return Err(ConfigError::invalid(key("reconcile.hash"), format!("{other:?}: use \"sha512\" or \"sha256\""))),
+        other => {
+            return Err(ConfigError::invalid(
+                key("reconcile.hash"),
+                format!("{other:?}: use \"sha512\" or \"sha256\""),
+            ));
+        }
     };
     let case = match file.upn_case.as_str() {
         "lower" => UpnCase::Lower,
@@ -704,6 +733,18 @@ bind_password_env = "BIND_PW"
         let c = Config::parse(&text, Path::new("/etc/pwrelay"), &env).expect("agent.full.toml is valid");
         assert_eq!(c.relay.max_jobs_in_flight, 4);
         assert_eq!(c.domains[0].urls.len(), 2);
+        assert_eq!(c.domains[0].connections, 4);
+    }
+
+    #[test]
+    fn connections_default_to_four_within_one_to_thirty_two() {
+        assert_eq!(Config::parse(MINIMAL, Path::new("/"), &env).expect("valid").domains[0].connections, 4);
+        let with = |n: &str| MINIMAL.replace("bind_dn", &format!("connections = {n}\nbind_dn"));
+        assert_eq!(Config::parse(&with("1"), Path::new("/"), &env).expect("valid").domains[0].connections, 1);
+        for refused in ["0", "33"] {
+            let e = Config::parse(&with(refused), Path::new("/"), &env).expect_err("refused").to_string();
+            assert!(e.starts_with("domains[0].connections:") && e.contains("1-32"), "{e}");
+        }
     }
 
     /// MINIMAL with `bind = "kerberos"` instead of the DN and the password, and DCs by host name.

@@ -133,3 +133,84 @@ async fn unlock_clears_a_real_lockout() {
     assert!(applied.verified && !applied.account.locked_out());
     assert!(dc.bind(&user.dn, user.password.expose_secret()).await.ok(), "the unchanged password binds again");
 }
+
+#[tokio::test]
+async fn a_user_whose_primary_group_is_domain_admins_is_protected() {
+    let dc = testkit::dc();
+    let user = dc.create_user("prim").await;
+    let domain_admins = format!("CN=Domain Admins,CN=Users,{}", dc.base_dn);
+    dc.add_member(&domain_admins, &user.dn).await;
+    dc.set_attribute(&user.dn, "primaryGroupID", "512").await;
+    // A primary group lists no member: no memberOf, so no in-chain membership search, shows it.
+    let member_of = dc.attribute(&user.dn, "memberOf").await.unwrap_or_default();
+    assert!(!member_of.eq_ignore_ascii_case(&domain_admins), "the membership is implicit now: {member_of}");
+    let dir = directory(dc, ScopeConfig::default());
+    let e = dir
+        .set_password(
+            &AccountTarget::Dn(user.dn.clone()),
+            &SecretString::from("Primary!Group-51"),
+            WriteOptions::default(),
+        )
+        .await
+        .expect_err("protected");
+    assert_eq!(e.code, FailureCode::ProtectedAccount, "{}", e.message);
+    assert!(e.message.contains("primaryGroupID"), "{}", e.message);
+    assert!(dc.bind(&user.dn, user.password.expose_secret()).await.ok(), "nothing was written");
+}
+
+#[tokio::test]
+async fn members_of_protected_groups_are_refused_directly_and_through_nested_groups() {
+    let dc = testkit::dc();
+    let groups = dc.create_ou("prot").await;
+    let outer = dc.create_group(&groups, "outer").await;
+    let inner = dc.create_group(&groups, "inner").await;
+    dc.add_member(&outer, &inner).await;
+    dc.add_member(&format!("CN=Backup Operators,CN=Builtin,{}", dc.base_dn), &outer).await;
+    let nested = dc.create_user("nestprot").await;
+    dc.add_member(&inner, &nested.dn).await;
+    let plain = dc.create_user("plainusr").await;
+    let dir = directory(dc, ScopeConfig::default());
+    let set = |user: &testkit::TestUser| {
+        let dir = &dir;
+        let target = AccountTarget::Upn(user.upn.clone());
+        async move { dir.set_password(&target, &SecretString::from("Protected!Check-61"), WriteOptions::default()).await }
+    };
+    let e = set(&nested).await.expect_err("two levels below Backup Operators");
+    assert_eq!(e.code, FailureCode::ProtectedAccount, "{}", e.message);
+    assert!(e.message.contains("a member of a protected group"), "{}", e.message);
+    assert!(set(&plain).await.expect("not protected").verified);
+    // The protected groups are now cached; a user's own memberships are still read with each job.
+    dc.add_member(&format!("CN=Domain Admins,CN=Users,{}", dc.base_dn), &plain.dn).await;
+    let e = set(&plain).await.expect_err("added to Domain Admins a moment ago");
+    assert_eq!(e.code, FailureCode::ProtectedAccount, "{}", e.message);
+}
+
+#[tokio::test]
+async fn concurrent_jobs_share_a_small_connection_pool() {
+    let dc = testkit::dc();
+    let dir = Directory::new(DomainConfig { connections: 2, ..support::domain_config(dc) }).expect("directory");
+    let mut users = Vec::new();
+    for _ in 0..8 {
+        users.push(dc.create_user("pool").await);
+    }
+    // Eight jobs at once over two connections: each waits for a free one, none deadlocks.
+    let dir = std::sync::Arc::new(dir);
+    let mut jobs = tokio::task::JoinSet::new();
+    for (i, user) in users.iter().cloned().enumerate() {
+        let dir = std::sync::Arc::clone(&dir);
+        jobs.spawn(async move {
+            let password = SecretString::from(format!("Pooled!Pass-{i}7"));
+            let applied = dir
+                .set_password(&AccountTarget::Upn(user.upn.clone()), &password, WriteOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("{}: {}", user.dn, e.message));
+            (applied, password, user)
+        });
+    }
+    let done = tokio::time::timeout(std::time::Duration::from_secs(60), jobs.join_all()).await.expect("no deadlock");
+    assert_eq!(done.len(), 8);
+    for (applied, password, user) in done {
+        assert!(applied.verified && applied.account.dn == user.dn);
+        assert!(dc.bind(&user.dn, password.expose_secret()).await.ok());
+    }
+}

@@ -26,7 +26,14 @@ pub(crate) const ATTRIBUTES: &[&str] = &[
     "lockoutTime",
     "msDS-ResultantPSO",
     "objectSid",
+    "primaryGroupID",
+    "memberOf",
 ];
+
+/// What a write or an unlock changes, read back after it: only these, so the read-back is the
+/// cheapest search that still shows the DC's view of the change.
+pub(crate) const READ_BACK_ATTRIBUTES: &[&str] =
+    &["pwdLastSet", "lockoutTime", "userAccountControl", "msDS-User-Account-Control-Computed"];
 
 /// A user account.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,6 +64,12 @@ pub struct Account {
     pub resultant_pso: Option<String>,
     /// The account's RID (last sub-authority of objectSid).
     pub rid: Option<u32>,
+    /// The SID of the account's primary group (its domain's SID and primaryGroupID): a membership
+    /// that no `member` attribute, and so neither memberOf nor an in-chain search, shows.
+    pub primary_group_sid: Option<String>,
+    /// The DNs of the groups the account is a direct member of (memberOf), or `None` when the DC
+    /// sent only part of them (a ranged value, beyond 1500) so that they cannot be relied on.
+    pub member_of: Option<Vec<String>>,
 }
 
 impl Account {
@@ -64,7 +77,15 @@ impl Account {
     pub(crate) fn from_entry(entry: SearchEntry) -> Self {
         let text = |name: &str| entry.attrs.get(name).and_then(|v| v.first()).cloned();
         let number = |name: &str| text(name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-        let rid = entry.bin_attrs.get("objectSid").and_then(|v| v.first()).and_then(|sid| sid_rid(sid));
+        let sid = entry.bin_attrs.get("objectSid").and_then(|v| v.first());
+        let rid = sid.and_then(|sid| sid_rid(sid));
+        let primary_group_sid =
+            sid.and_then(|sid| sid_text(sid)).zip(text("primaryGroupID")).and_then(|(own, group)| {
+                let domain = own.rsplit_once('-')?.0;
+                group.parse::<u32>().ok().map(|rid| format!("{domain}-{rid}"))
+            });
+        let ranged = entry.attrs.keys().any(|name| name.to_ascii_lowercase().starts_with("memberof;range="));
+        let member_of = (!ranged).then(|| entry.attrs.get("memberOf").cloned().unwrap_or_default());
         Self {
             sam_account_name: text("sAMAccountName").unwrap_or_default(),
             upn: text("userPrincipalName"),
@@ -78,7 +99,23 @@ impl Account {
             lockout_time: number("lockoutTime"),
             resultant_pso: text("msDS-ResultantPSO"),
             rid,
+            primary_group_sid,
+            member_of,
             dn: entry.dn,
+        }
+    }
+
+    /// This account with the values of [`READ_BACK_ATTRIBUTES`] from `entry` (absent ones read as
+    /// 0, as in [`Account::from_entry`]).
+    pub(crate) fn refreshed(&self, entry: &SearchEntry) -> Self {
+        let number =
+            |name: &str| entry.attrs.get(name).and_then(|v| v.first()).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        Self {
+            user_account_control: u32::try_from(number("userAccountControl")).unwrap_or(0),
+            computed_account_control: u32::try_from(number("msDS-User-Account-Control-Computed")).unwrap_or(0),
+            pwd_last_set: number("pwdLastSet"),
+            lockout_time: number("lockoutTime"),
+            ..self.clone()
         }
     }
 

@@ -19,13 +19,15 @@ const POLICY_HINTS_VALUE: [u8; 5] = [0x30, 0x03, 0x02, 0x01, 0x01];
 /// LDAP result: unavailableCriticalExtension.
 const UNAVAILABLE_CRITICAL_EXTENSION: u32 = 12;
 /// LDAP_MATCHING_RULE_IN_CHAIN: nested group membership.
-const IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
+pub(crate) const IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
 
 /// A bound connection.
 #[derive(Clone)]
 pub(crate) struct Connection {
     pub(crate) ldap: ldap3::Ldap,
     pub(crate) url: String,
+    /// The limit of every operation (ldap3's timeout applies to the next operation only).
+    pub(crate) timeout: std::time::Duration,
 }
 
 /// What to write with the password.
@@ -39,6 +41,19 @@ pub struct WriteOptions {
     pub enforce_history: bool,
 }
 
+/// A write to an account.
+pub(crate) enum Change<'a> {
+    /// A password reset, see [`Connection::write_password`].
+    Password {
+        /// The new password.
+        password: &'a SecretString,
+        /// What else to write.
+        options: WriteOptions,
+    },
+    /// `lockoutTime` 0.
+    Unlock,
+}
+
 impl Connection {
     fn unavailable(&self, what: &str, error: ldap3::LdapError) -> DirectoryError {
         DirectoryError::unavailable(format!("{what} on {}: {error}", self.url))
@@ -49,7 +64,8 @@ impl Connection {
         let (base, scope, filter) = target.search(base_dn)?;
         let not_found =
             || DirectoryError::new(FailureCode::AccountNotFound, format!("no user account {target} under {base_dn}"));
-        let searched = self.ldap.search(&base, scope, &filter, account::ATTRIBUTES.to_vec()).await;
+        let searched =
+            self.ldap.with_timeout(self.timeout).search(&base, scope, &filter, account::ATTRIBUTES.to_vec()).await;
         let (entries, result) = match searched {
             Ok(search) => (search.0, search.1),
             Err(e) => return Err(self.unavailable("account search", e)),
@@ -75,9 +91,15 @@ impl Connection {
         }
     }
 
-    /// Reads an account by DN.
-    pub(crate) async fn read(&mut self, dn: &str) -> Result<Account, DirectoryError> {
-        let searched = self.ldap.search(dn, Scope::Base, "(objectClass=user)", account::ATTRIBUTES.to_vec()).await;
+    /// Reads back, from the DC, what a write or unlock changes on `account` (password age, lockout
+    /// and account flags) and returns the account with those values; the rest is as resolved.
+    pub(crate) async fn read_back(&mut self, account: &Account) -> Result<Account, DirectoryError> {
+        let dn = &account.dn;
+        let searched = self
+            .ldap
+            .with_timeout(self.timeout)
+            .search(dn, Scope::Base, "(objectClass=user)", account::READ_BACK_ATTRIBUTES.to_vec())
+            .await;
         let (entries, result) = match searched {
             Ok(search) => (search.0, search.1),
             Err(e) => return Err(self.unavailable("account read", e)),
@@ -88,7 +110,7 @@ impl Connection {
         entries
             .into_iter()
             .find(|e| !e.is_ref())
-            .map(|e| Account::from_entry(SearchEntry::construct(e)))
+            .map(|e| account.refreshed(&SearchEntry::construct(e)))
             .ok_or_else(|| DirectoryError::new(FailureCode::AccountNotFound, format!("{dn} cannot be read back")))
     }
 
@@ -99,7 +121,8 @@ impl Connection {
         dn: &str,
         attributes: &[&str],
     ) -> Result<std::collections::HashMap<String, String>, DirectoryError> {
-        let searched = self.ldap.search(dn, Scope::Base, "(objectClass=*)", attributes.to_vec()).await;
+        let searched =
+            self.ldap.with_timeout(self.timeout).search(dn, Scope::Base, "(objectClass=*)", attributes.to_vec()).await;
         let (entries, result) = match searched {
             Ok(search) => (search.0, search.1),
             Err(e) => return Err(self.unavailable("attribute read", e)),
@@ -123,7 +146,7 @@ impl Connection {
         let clauses: String =
             groups.iter().map(|g| format!("(memberOf:{IN_CHAIN}:={})", ldap3::ldap_escape(g.as_str()))).collect();
         let filter = format!("(|{clauses})");
-        let searched = self.ldap.search(dn, Scope::Base, &filter, vec!["1.1"]).await;
+        let searched = self.ldap.with_timeout(self.timeout).search(dn, Scope::Base, &filter, vec!["1.1"]).await;
         match searched {
             Ok(search) if search.1.rc == 0 => Ok(search.0.iter().any(|e| !e.is_ref())),
             Ok(search) => Err(DirectoryError::from_result("group membership check", search.1.rc, &search.1.text)),
@@ -131,22 +154,39 @@ impl Connection {
         }
     }
 
-    /// The DNs of the objects whose objectSid is one of `sids` (text form).
-    pub(crate) async fn dns_by_sid(&mut self, base_dn: &str, sids: &[String]) -> Result<Vec<String>, DirectoryError> {
-        let clauses: String = sids.iter().map(|s| format!("(objectSid={s})")).collect();
-        let searched = self.ldap.search(base_dn, Scope::Subtree, &format!("(|{clauses})"), vec!["1.1"]).await;
+    /// The DN and SID (text form) of every object under `base_dn` that `filter` matches.
+    pub(crate) async fn dns_and_sids(
+        &mut self,
+        base_dn: &str,
+        filter: &str,
+        what: &str,
+    ) -> Result<Vec<(String, Option<String>)>, DirectoryError> {
+        let searched =
+            self.ldap.with_timeout(self.timeout).search(base_dn, Scope::Subtree, filter, vec!["objectSid"]).await;
         match searched {
-            Ok(search) if search.1.rc == 0 => {
-                Ok(search.0.into_iter().filter(|e| !e.is_ref()).map(|e| SearchEntry::construct(e).dn).collect())
-            }
-            Ok(search) => Err(DirectoryError::from_result("protected group lookup", search.1.rc, &search.1.text)),
-            Err(e) => Err(self.unavailable("protected group lookup", e)),
+            Ok(search) if search.1.rc == 0 => Ok(search
+                .0
+                .into_iter()
+                .filter(|e| !e.is_ref())
+                .map(SearchEntry::construct)
+                .map(|e| {
+                    let sid =
+                        e.bin_attrs.get("objectSid").and_then(|v| v.first()).and_then(|sid| account::sid_text(sid));
+                    (e.dn, sid)
+                })
+                .collect()),
+            Ok(search) => Err(DirectoryError::from_result(what, search.1.rc, &search.1.text)),
+            Err(e) => Err(self.unavailable(what, e)),
         }
     }
 
     /// The domain's SID, from the objectSid of the naming context head.
     pub(crate) async fn domain_sid(&mut self, base_dn: &str) -> Result<String, DirectoryError> {
-        let searched = self.ldap.search(base_dn, Scope::Base, "(objectClass=*)", vec!["objectSid"]).await;
+        let searched = self
+            .ldap
+            .with_timeout(self.timeout)
+            .search(base_dn, Scope::Base, "(objectClass=*)", vec!["objectSid"])
+            .await;
         let entries = match searched {
             Ok(search) if search.1.rc == 0 => search.0,
             Ok(search) => return Err(DirectoryError::from_result("domain SID lookup", search.1.rc, &search.1.text)),
@@ -207,6 +247,14 @@ impl Connection {
         }
     }
 
+    /// Makes `change` to the account at `dn`.
+    pub(crate) async fn apply(&mut self, dn: &str, change: &Change<'_>) -> Result<(), DirectoryError> {
+        match change {
+            Change::Password { password, options } => self.write_password(dn, password, *options).await,
+            Change::Unlock => self.unlock(dn).await,
+        }
+    }
+
     /// Clears a lockout (`lockoutTime` 0).
     pub(crate) async fn unlock(&mut self, dn: &str) -> Result<(), DirectoryError> {
         self.modify("unlock", dn, vec![replace("lockoutTime", AttrValue::text("0"))], None).await
@@ -226,7 +274,8 @@ impl Connection {
                 val: Some(POLICY_HINTS_VALUE.to_vec()),
             }),
             None => &mut self.ldap,
-        };
+        }
+        .with_timeout(self.timeout);
         match ldap.modify(dn, mods).await {
             Ok(result) if result.rc == 0 => Ok(()),
             Ok(result) => Err(DirectoryError::from_result(action, result.rc, &result.text)),

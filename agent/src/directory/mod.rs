@@ -1,10 +1,17 @@
 //! The agent's access to Active Directory over LDAP with TLS.
 //!
-//! [`Directory`] holds one domain's settings. Each job connects to the first DC in the configured
+//! [`Directory`] holds one domain's settings. Connections go to the first DC in the configured
 //! list that answers (LDAPS, or LDAP followed by StartTLS; certificates verified against the
-//! configured CA; plaintext never), binds as the service account, resolves the target to exactly
-//! one user, applies the [`rules`] (scope, protection, state), does the work and reads the account
-//! back.
+//! configured CA; plaintext never) and bind as the service account. Each job borrows one from a
+//! small pool (`connections`), resolves the target to exactly one user with one search (the
+//! attributes every rule needs), applies the [`rules`] (scope, protection, state), makes its write
+//! and reads back what the write changed.
+//!
+//! Writes go through one connection shared by all jobs (when it is bound to the same DC as the
+//! job's own; otherwise through the job's). A DC applies writes one at a time: on one connection
+//! they wait at the DC back to back, while the other jobs' searches and read-backs run next to
+//! them on their own connections. (Measured on Samba: several connections writing at once are
+//! slower than one, as they contend for the database lock; see BENCHMARKS.md.)
 //!
 //! The service account binds with its DN and password (LDAP simple bind), or, with
 //! `bind = "kerberos"` and the `kerberos` feature, with SASL GSSAPI and the process's Kerberos
@@ -26,10 +33,9 @@ use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::policy::Policy;
 use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::tls::{self, TrustAnchors};
-use tokio::sync::OnceCell;
 
 pub use account::Account;
-use connection::Connection;
+use connection::{Change, Connection};
 pub use connection::{WriteOptions, unicode_pwd};
 pub use error::DirectoryError;
 pub use target::AccountTarget;
@@ -66,12 +72,86 @@ pub enum PasswordCheck {
 pub struct Directory {
     config: DomainConfig,
     tls: Arc<rustls::ClientConfig>,
-    protected_groups: OnceCell<Vec<String>>,
-    /// The service account's connection, shared by concurrent jobs (ldap3 multiplexes operations)
-    /// and replaced when it breaks.
-    pooled: tokio::sync::Mutex<Option<Connection>>,
+    /// The protected groups with the groups nested in them, read at most every
+    /// [`rules::PROTECTED_GROUPS_TTL`].
+    protected_groups: tokio::sync::Mutex<Option<Arc<rules::ProtectedGroups>>>,
+    /// The service account's connections, each lent to one job at a time.
+    pool: Pool,
+    /// The connection every write goes through, shared by concurrent jobs (ldap3 multiplexes
+    /// operations): a DC applies writes one at a time, and on one connection they queue at the DC
+    /// back to back instead of contending for its database lock from several connections.
+    writer: tokio::sync::Mutex<Option<Connection>>,
     /// Effective password policies read recently, by source DN (domain head or PSO).
     policies: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Policy)>>,
+}
+
+/// The service account's bound connections to one domain: at most `connections` open, each lent
+/// to one job at a time ([`Lease`]). A DC applies writes one after another, but it serves searches
+/// on other connections meanwhile, so one job's account search, rule checks and read-back run next
+/// to another job's write instead of queueing behind it on a shared connection.
+struct Pool {
+    idle: std::sync::Mutex<Vec<Connection>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Pool {
+    fn new(connections: usize) -> Self {
+        Self { idle: std::sync::Mutex::default(), permits: tokio::sync::Semaphore::new(connections.max(1)) }
+    }
+
+    /// The most recently returned connection that is still open.
+    fn take_idle(&self) -> Option<Connection> {
+        // Only pushes and pops under the lock: a panicked holder leaves the list consistent.
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while let Some(mut conn) = idle.pop() {
+            if !conn.ldap.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+}
+
+/// A pooled connection lent to one job. Dropping it gives it back, unless an operation on it
+/// failed at the connection level ([`Lease::settle`]): then it is closed and the next job opens a
+/// new one.
+struct Lease<'a> {
+    conn: Connection,
+    pool: &'a Pool,
+    retired: bool,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Lease<'_> {
+    /// Passes `result` on; a connection-level failure retires the connection.
+    fn settle<T>(&mut self, result: Result<T, DirectoryError>) -> Result<T, DirectoryError> {
+        if result.as_ref().is_err_and(|e| e.retryable) {
+            self.retired = true;
+        }
+        result
+    }
+}
+
+impl std::ops::Deref for Lease<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if !self.retired && !self.conn.ldap.is_closed() {
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            idle.push(self.conn.clone());
+        }
+    }
 }
 
 /// How a connection authenticates.
@@ -89,8 +169,8 @@ const POLICY_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// An account admitted for a password write: resolved, in scope, not protected, no conflicting
 /// options; with the password policy that applies to it.
-pub struct PreparedWrite {
-    conn: Connection,
+pub struct PreparedWrite<'a> {
+    conn: Lease<'a>,
     /// The account as read before the write.
     pub account: Account,
     /// The effective policy (the account's PSO when readable, else the domain's).
@@ -99,7 +179,7 @@ pub struct PreparedWrite {
     pub notes: Vec<String>,
 }
 
-impl std::fmt::Debug for PreparedWrite {
+impl std::fmt::Debug for PreparedWrite<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedWrite").field("account", &self.account.dn).finish_non_exhaustive()
     }
@@ -128,9 +208,10 @@ impl Directory {
         let anchors = TrustAnchors::from_file(&config.ca_file)?;
         Ok(Self {
             tls: tls::ldap_client(&anchors)?,
+            pool: Pool::new(config.connections),
             config,
-            protected_groups: OnceCell::new(),
-            pooled: tokio::sync::Mutex::new(None),
+            protected_groups: tokio::sync::Mutex::new(None),
+            writer: tokio::sync::Mutex::new(None),
             policies: std::sync::Mutex::default(),
         })
     }
@@ -246,7 +327,9 @@ impl Directory {
                 },
             };
             match bound {
-                Ok(result) if result.rc == 0 => return Ok(Ok(Connection { ldap, url: dc.url.clone() })),
+                Ok(result) if result.rc == 0 => {
+                    return Ok(Ok(Connection { ldap, url: dc.url.clone(), timeout: self.config.timeout }));
+                }
                 Ok(result) if matches!(result.rc, 51 | 52) => failures.push(format!("{}: busy or unavailable", dc.url)),
                 Ok(result) => {
                     let _ = ldap.unbind().await;
@@ -265,34 +348,64 @@ impl Directory {
         )))
     }
 
-    /// The pooled service-account connection, opened (with failover) when there is none or it
-    /// has closed.
-    async fn connect(&self) -> Result<Connection, DirectoryError> {
-        let mut pooled = self.pooled.lock().await;
-        if let Some(conn) = pooled.as_mut() {
-            if !conn.ldap.is_closed() {
-                return Ok(conn.clone());
-            }
-        }
-        let conn = self
-            .bind(self.service_login(), "service account bind")
-            .await?
-            .map_err(|result| self.service_bind_refused(&result))?;
-        *pooled = Some(conn.clone());
-        Ok(conn)
+    /// A service-account connection for one job: an idle pooled one, or a new one (with failover)
+    /// when none is idle. Waits while `connections` are lent out.
+    async fn connect(&self) -> Result<Lease<'_>, DirectoryError> {
+        let permit = self
+            .pool
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| DirectoryError::unavailable("the agent is stopping; no new directory work".to_owned()))?;
+        let conn = match self.pool.take_idle() {
+            Some(conn) => conn,
+            None => self.open().await?,
+        };
+        Ok(Lease { conn, pool: &self.pool, retired: false, _permit: permit })
     }
 
-    /// Drops the pooled connection (after a connection-level failure) so the next job reconnects.
-    async fn discard(&self) {
-        if let Some(mut conn) = self.pooled.lock().await.take() {
-            let _ = conn.ldap.unbind().await;
+    /// Opens and binds a new service-account connection.
+    async fn open(&self) -> Result<Connection, DirectoryError> {
+        self.bind(self.service_login(), "service account bind")
+            .await?
+            .map_err(|result| self.service_bind_refused(&result))
+    }
+
+    /// Makes `change` through the shared writer connection when it is bound to the DC of the job's
+    /// `lease` (the read-back must see the write), otherwise through the lease itself.
+    async fn change(&self, lease: &mut Lease<'_>, dn: &str, change: &Change<'_>) -> Result<(), DirectoryError> {
+        let Some(mut writer) = self.writer_to(&lease.url).await else {
+            let changed = lease.apply(dn, change).await;
+            return lease.settle(changed);
+        };
+        let changed = writer.apply(dn, change).await;
+        if changed.as_ref().is_err_and(|e| e.retryable) {
+            // Broken: the next write opens a new one.
+            self.writer.lock().await.take();
         }
+        changed
+    }
+
+    /// The shared writer connection if it is bound to the DC at `url`. It is opened (with failover)
+    /// only when there is none or it has closed, so a writer left on another DC costs no reconnects.
+    async fn writer_to(&self, url: &str) -> Option<Connection> {
+        let mut writer = self.writer.lock().await;
+        let live = writer.as_mut().is_some_and(|conn| !conn.ldap.is_closed());
+        let open = match writer.as_ref() {
+            Some(conn) if live => conn.clone(),
+            _ => {
+                let conn = self.open().await.ok()?;
+                *writer = Some(conn.clone());
+                conn
+            }
+        };
+        (open.url == url).then_some(open)
     }
 
     /// Binds as the service account through the usual failover and returns the DC URL that
     /// answered.
     pub async fn check_bind(&self) -> Result<String, DirectoryError> {
-        Ok(self.connect().await?.url)
+        Ok(self.connect().await?.url.clone())
     }
 
     /// Binds to every configured DC on its own (not pooled) and reports each (readiness detail).
@@ -318,26 +431,36 @@ impl Directory {
     }
 
     /// Connects, resolves the target and applies scope and protection rules.
-    async fn admit(&self, target: &AccountTarget) -> Result<(Connection, Account), DirectoryError> {
+    async fn admit(&self, target: &AccountTarget) -> Result<(Lease<'_>, Account), DirectoryError> {
         let mut conn = self.connect().await?;
         let account = match conn.resolve(target, &self.config.base_dn).await {
             // A pooled connection the DC closed while idle: reconnect once.
             Err(e) if e.retryable => {
-                self.discard().await;
-                conn = self.connect().await?;
-                conn.resolve(target, &self.config.base_dn).await?
+                conn.retired = true;
+                conn.conn = self.open().await?;
+                conn.retired = false;
+                let resolved = conn.resolve(target, &self.config.base_dn).await;
+                conn.settle(resolved)?
             }
             other => other?,
         };
-        rules::check_scope(&mut conn, &self.config, &account).await?;
-        let protected = match self.protected_groups.get() {
-            Some(groups) => groups.clone(),
-            None => {
-                let groups = rules::protected_groups(&mut conn, &self.config.base_dn).await?;
-                self.protected_groups.get_or_init(|| async { groups }).await.clone()
+        let scope = rules::check_scope(&mut conn, &self.config, &account).await;
+        conn.settle(scope)?;
+        let protected = {
+            // Held while reading, so that concurrent jobs wait for one refresh instead of each doing it.
+            let mut cached = self.protected_groups.lock().await;
+            match cached.as_ref().filter(|groups| groups.read_at.elapsed() < rules::PROTECTED_GROUPS_TTL) {
+                Some(groups) => Arc::clone(groups),
+                None => {
+                    let groups = rules::protected_groups(&mut conn, &self.config.base_dn).await;
+                    let groups = Arc::new(conn.settle(groups)?);
+                    *cached = Some(Arc::clone(&groups));
+                    groups
+                }
             }
         };
-        rules::check_protection(&mut conn, &self.config, &protected, &account).await?;
+        let protection = rules::check_protection(&mut conn, &self.config, &protected, &account).await;
+        conn.settle(protection)?;
         Ok((conn, account))
     }
 
@@ -346,11 +469,11 @@ impl Directory {
         &self,
         target: &AccountTarget,
         must_change: bool,
-    ) -> Result<PreparedWrite, DirectoryError> {
+    ) -> Result<PreparedWrite<'_>, DirectoryError> {
         let (mut conn, account) = self.admit(target).await?;
         let notes = rules::check_state(&account, must_change)?;
         let policy = self.effective_policy(&mut conn, &account).await;
-        let policy = self.settle(policy).await?;
+        let policy = conn.settle(policy)?;
         Ok(PreparedWrite { conn, account, policy, notes })
     }
 
@@ -358,18 +481,17 @@ impl Directory {
     /// afterwards, and with `verify_bind` configured the new password is tried with a bind.
     pub async fn write(
         &self,
-        prepared: PreparedWrite,
+        prepared: PreparedWrite<'_>,
         password: &SecretString,
         options: WriteOptions,
     ) -> Result<Applied, DirectoryError> {
         let PreparedWrite { mut conn, account, notes, .. } = prepared;
-        let result = async {
-            conn.write_password(&account.dn, password, options).await?;
-            conn.read(&account.dn).await
-        }
-        .await;
-        let after = self.settle(result).await?;
-        let url = conn.url;
+        self.change(&mut conn, &account.dn, &Change::Password { password, options }).await?;
+        let after = conn.read_back(&account).await;
+        let after = conn.settle(after)?;
+        let url = conn.url.clone();
+        // Back to the pool before the optional bind as the account, which uses a connection of its own.
+        drop(conn);
         let mut verified = if options.must_change { after.pwd_last_set == 0 } else { after.pwd_last_set > 0 };
         if options.unlock {
             verified &= !after.locked_out();
@@ -435,13 +557,10 @@ impl Directory {
     /// Clears the target's lockout; changes no password.
     pub async fn unlock(&self, target: &AccountTarget) -> Result<Applied, DirectoryError> {
         let (mut conn, account) = self.admit(target).await?;
-        let result = async {
-            conn.unlock(&account.dn).await?;
-            conn.read(&account.dn).await
-        }
-        .await;
-        let after = self.settle(result).await?;
-        let url = conn.url;
+        self.change(&mut conn, &account.dn, &Change::Unlock).await?;
+        let after = conn.read_back(&account).await;
+        let after = conn.settle(after)?;
+        let url = conn.url.clone();
         Ok(Applied {
             verified: !after.locked_out(),
             account: after,
@@ -456,7 +575,8 @@ impl Directory {
     /// (badPwdCount), like any other.
     pub async fn verify(&self, target: &AccountTarget, password: &SecretString) -> Result<Applied, DirectoryError> {
         let (conn, account) = self.admit(target).await?;
-        let url = conn.url;
+        let url = conn.url.clone();
+        drop(conn);
         let check = self.check_password(&account.dn, password).await?;
         if check == PasswordCheck::LockedOut {
             return Err(DirectoryError::new(
@@ -469,14 +589,6 @@ impl Directory {
             notes.push("the password matches, and the user must change it at next logon".to_owned());
         }
         Ok(Applied { password_matches: check == PasswordCheck::Matches, verified: true, account, dc_url: url, notes })
-    }
-
-    /// Passes `result` on; a connection-level failure also retires the pooled connection.
-    async fn settle<T>(&self, result: Result<T, DirectoryError>) -> Result<T, DirectoryError> {
-        if result.as_ref().is_err_and(|e| e.retryable) {
-            self.discard().await;
-        }
-        result
     }
 
     /// Binds as `dn` with `password` and classifies the answer by AD's `data` sub-code.

@@ -5,7 +5,9 @@
 
 use pwrelay_proto::agent::v1::FailureCode;
 
-use super::connection::Connection;
+use std::collections::HashSet;
+
+use super::connection::{Connection, IN_CHAIN};
 use super::{Account, DirectoryError};
 use crate::config::DomainConfig;
 
@@ -19,15 +21,55 @@ const PROTECTED_GROUP_RIDS: &[u32] = &[512, 516, 518, 519, 521, 526, 527];
 /// Protected accounts by RID: Administrator, krbtgt.
 const PROTECTED_ACCOUNT_RIDS: &[u32] = &[500, 502];
 
-/// The distinguished names of the domain's protected groups.
-pub(crate) async fn protected_groups(conn: &mut Connection, base_dn: &str) -> Result<Vec<String>, DirectoryError> {
+/// How long the set of protected groups (with the groups nested in them) is reused before it is
+/// read again. A user's own group memberships are read fresh with every job; only a group newly
+/// nested into a protected group can go unnoticed for this long (AD itself takes up to an hour to
+/// stamp `adminCount` on the accounts of protected groups).
+pub(crate) const PROTECTED_GROUPS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The domain's protected groups and every group nested in them, at any depth.
+#[derive(Debug, Clone)]
+pub(crate) struct ProtectedGroups {
+    /// The protected groups themselves (for the exact in-chain check).
+    top: Vec<String>,
+    /// Lower-case DNs of the protected groups and of the groups nested in them.
+    dns: HashSet<String>,
+    /// SIDs (text form) of the same groups, for primaryGroupID.
+    sids: HashSet<String>,
+    /// When they were read.
+    pub(crate) read_at: std::time::Instant,
+}
+
+/// Reads the domain's protected groups (by well-known SID or RID) and the groups nested in them:
+/// two searches, repeated every [`PROTECTED_GROUPS_TTL`].
+pub(crate) async fn protected_groups(conn: &mut Connection, base_dn: &str) -> Result<ProtectedGroups, DirectoryError> {
     let domain_sid = conn.domain_sid(base_dn).await?;
-    let sids: Vec<String> = PROTECTED_BUILTIN_SIDS
+    let clauses: String = PROTECTED_BUILTIN_SIDS
         .iter()
         .map(|s| (*s).to_owned())
         .chain(PROTECTED_GROUP_RIDS.iter().map(|rid| format!("{domain_sid}-{rid}")))
+        .map(|sid| format!("(objectSid={sid})"))
         .collect();
-    conn.dns_by_sid(base_dn, &sids).await
+    let top = conn.dns_and_sids(base_dn, &format!("(|{clauses})"), "protected group lookup").await?;
+    let nested = if top.is_empty() {
+        Vec::new()
+    } else {
+        let clauses: String =
+            top.iter().map(|(dn, _)| format!("(memberOf:{IN_CHAIN}:={})", ldap3::ldap_escape(dn.as_str()))).collect();
+        let filter = format!("(&(objectClass=group)(|{clauses}))");
+        conn.dns_and_sids(base_dn, &filter, "nested protected group lookup").await?
+    };
+    let mut groups = ProtectedGroups {
+        top: top.iter().map(|(dn, _)| dn.clone()).collect(),
+        dns: HashSet::new(),
+        sids: HashSet::new(),
+        read_at: std::time::Instant::now(),
+    };
+    for (dn, sid) in top.into_iter().chain(nested) {
+        groups.dns.insert(dn.to_ascii_lowercase());
+        groups.sids.extend(sid);
+    }
+    Ok(groups)
 }
 
 fn under(dn: &str, ou: &str) -> bool {
@@ -71,17 +113,27 @@ pub(crate) async fn check_scope(
 }
 
 /// Refuses protected accounts unless `domains[i].protected.allow` names them or a group they are in.
+///
+/// Group membership is decided from the account's own memberOf and primaryGroupID, read with the
+/// account, against `protected` (the protected groups and every group nested in them). When the
+/// DC sent memberOf only in part, the DC is asked directly (an in-chain search).
 pub(crate) async fn check_protection(
     conn: &mut Connection,
     config: &DomainConfig,
-    protected_groups: &[String],
+    protected: &ProtectedGroups,
     account: &Account,
 ) -> Result<(), DirectoryError> {
+    let member = match &account.member_of {
+        Some(groups) => groups.iter().any(|dn| protected.dns.contains(&dn.to_ascii_lowercase())),
+        None => conn.member_of_any(&account.dn, &protected.top).await?,
+    };
     let reason = if account.admin_count {
         Some("adminCount=1".to_owned())
     } else if account.rid.is_some_and(|rid| PROTECTED_ACCOUNT_RIDS.contains(&rid)) {
         Some("a built-in protected account".to_owned())
-    } else if conn.member_of_any(&account.dn, protected_groups).await? {
+    } else if account.primary_group_sid.as_ref().is_some_and(|sid| protected.sids.contains(sid)) {
+        Some("a member of a protected group through its primary group (primaryGroupID)".to_owned())
+    } else if member {
         Some("a member of a protected group".to_owned())
     } else {
         None

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -54,13 +54,18 @@ pub enum Recorded {
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Debug)]
 struct State {
     results: HashMap<String, Recorded>,
     file: File,
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // Each update is one insert plus one append: a panicked holder leaves both consistent.
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn now_ms() -> i64 {
@@ -125,12 +130,11 @@ impl Journal {
         }
         std::fs::rename(&temporary, path)?;
         let file = open_append(path, false)?;
-        Ok(Self { path: path.to_owned(), state: Mutex::new(State { results, file }) })
+        Ok(Self { path: path.to_owned(), state: Arc::new(Mutex::new(State { results, file })) })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // Each update is one insert plus one append: a panicked holder leaves both consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     /// What a redelivery of `job_id` gets, if the job finished before.
@@ -147,8 +151,9 @@ impl Journal {
         }
     }
 
-    /// Records a finished job durably. Retryable failures are not recorded.
-    pub fn record(&self, result: &pb::JobResult) -> std::io::Result<()> {
+    /// Records a finished job durably (the sync to disk on a blocking thread). Retryable failures
+    /// are not recorded.
+    pub async fn record(&self, result: &pb::JobResult) -> std::io::Result<()> {
         if let Some(pb::job_result::Outcome::Failure(failure)) = &result.outcome {
             if failure.retryable {
                 return Ok(());
@@ -177,12 +182,17 @@ impl Journal {
         };
         let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let mut state = self.state();
-        state.file.write_all(&line)?;
-        state.file.sync_data()?;
         let recorded = if reissue { Recorded::Reissue } else { Recorded::Answer(stored) };
-        state.results.insert(result.job_id.clone(), recorded);
-        Ok(())
+        let (state, job_id) = (Arc::clone(&self.state), result.job_id.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut state = lock(&state);
+            state.file.write_all(&line)?;
+            state.file.sync_data()?;
+            state.results.insert(job_id, recorded);
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// The file.
@@ -207,17 +217,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn finished_jobs_survive_reopening_without_their_secret() {
+    #[tokio::test]
+    async fn finished_jobs_survive_reopening_without_their_secret() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("journal.jsonl");
         let journal = Journal::open(&path).expect("open");
-        journal.record(&success("j1")).expect("record");
+        journal.record(&success("j1")).await.expect("record");
         let retryable = pb::JobResult {
             job_id: "j2".into(),
             outcome: Some(pb::job_result::Outcome::Failure(pb::JobFailure { retryable: true, ..Default::default() })),
         };
-        journal.record(&retryable).expect("record");
+        journal.record(&retryable).await.expect("record");
         drop(journal);
         let journal = Journal::open(&path).expect("reopen");
         let replayed = journal.result("j1").expect("remembered");
@@ -239,8 +249,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "");
     }
 
-    #[test]
-    fn an_initial_password_is_reissued_and_its_key_never_reaches_the_disk() {
+    #[tokio::test]
+    async fn an_initial_password_is_reissued_and_its_key_never_reaches_the_disk() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("journal.jsonl");
         let journal = Journal::open(&path).expect("open");
@@ -255,7 +265,7 @@ mod tests {
                 ..Default::default()
             })),
         };
-        journal.record(&initial).expect("record");
+        journal.record(&initial).await.expect("record");
         assert_eq!(journal.lookup("j3"), Some(Recorded::Reissue));
         assert!(journal.result("j3").is_none(), "never answered without its secret");
         drop(journal);

@@ -70,22 +70,25 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
     match context.journal.lookup(&job.id) {
         Some(Recorded::Answer(previous)) => {
             tracing::info!("job already finished; answering from the journal");
-            context.audit.record(&Event { event_id: audit::ids::REPLAYED, event: "job_replayed", ..event });
+            context.audit.record(&Event { event_id: audit::ids::REPLAYED, event: "job_replayed", ..event }).await;
             return previous;
         }
         Some(Recorded::Reissue) => {
             // The earlier attempt set a password whose key only its lost result carried: nobody can
             // ever read it, so this attempt replaces it with a fresh one.
             tracing::info!("initial password redelivered; its earlier result never arrived, issuing a fresh one");
-            context.audit.record(&Event {
-                event_id: audit::ids::INITIAL_PASSWORD_REISSUED,
-                event: "initial_password_reissued",
-                ..event.clone()
-            });
+            context
+                .audit
+                .record(&Event {
+                    event_id: audit::ids::INITIAL_PASSWORD_REISSUED,
+                    event: "initial_password_reissued",
+                    ..event.clone()
+                })
+                .await;
         }
         None => {}
     }
-    context.audit.record(&Event { event_id: audit::ids::JOB_RECEIVED, event: "job_received", ..event.clone() });
+    context.audit.record(&Event { event_id: audit::ids::JOB_RECEIVED, event: "job_received", ..event.clone() }).await;
     let outcome = match run(context, kind, &mut job, &event).await {
         Ok(Done { applied, secret, secret_key }) => {
             tracing::info!(account = %applied.account.dn, verified = applied.verified, "job done");
@@ -103,7 +106,7 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                 pb::JobKind::InitialPassword => (audit::ids::INITIAL_PASSWORD_SET, "initial_password_set"),
                 _ => (audit::ids::PASSWORD_SET, "password_set"),
             };
-            context.audit.record(&Event { event_id, event: name, ..event });
+            context.audit.record(&Event { event_id, event: name, ..event }).await;
             pb::job_result::Outcome::Success(pb::JobSuccess {
                 account_dn: applied.account.dn.clone(),
                 verified: applied.verified,
@@ -134,12 +137,12 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
             };
             event.code = error.code.as_str_name().trim_start_matches("FAILURE_CODE_").to_ascii_lowercase();
             event.message.clone_from(&error.message);
-            context.audit.record(&Event { event_id, event: name, ..event });
+            context.audit.record(&Event { event_id, event: name, ..event }).await;
             pb::job_result::Outcome::Failure(error.to_proto())
         }
     };
     let result = pb::JobResult { job_id: job.id.clone(), outcome: Some(outcome) };
-    if let Err(error) = context.journal.record(&result) {
+    if let Err(error) = context.journal.record(&result).await {
         tracing::error!(%error, path = %context.journal.path().display(), "job could not be journaled; a redelivery would apply it again");
     }
     result
@@ -198,11 +201,11 @@ async fn run(
                 .map(|p| p.check(&prepared.policy, &prepared.account, &password));
             match precheck {
                 Some(Ok(outcome)) => {
-                    record_precheck(context, event, &prepared.account.dn, outcome.events, None);
+                    record_precheck(context, event, &prepared.account.dn, outcome.events, None).await;
                     prepared.notes.extend(outcome.notes);
                 }
                 Some(Err((error, events))) => {
-                    record_precheck(context, event, &prepared.account.dn, events, Some(&error));
+                    record_precheck(context, event, &prepared.account.dn, events, Some(&error)).await;
                     return Err(error);
                 }
                 None => {}
@@ -333,7 +336,7 @@ async fn generate_and_set(
 }
 
 /// Audits the banned-password evaluation's decision with its Password Protection filter event.
-fn record_precheck(
+async fn record_precheck(
     context: &JobContext,
     event: &Event,
     account_dn: &str,
@@ -346,14 +349,17 @@ fn record_precheck(
         Some(_) => (ids.filter, "password_protection_refused"),
         None => (ids.filter, "password_protection_passed"),
     };
-    context.audit.record(&Event {
-        event_id,
-        event: name,
-        account_dn: account_dn.to_owned(),
-        reason_event_id: ids.reason,
-        message: refusal.map(|e| e.message.clone()).unwrap_or_default(),
-        ..event.clone()
-    });
+    context
+        .audit
+        .record(&Event {
+            event_id,
+            event: name,
+            account_dn: account_dn.to_owned(),
+            reason_event_id: ids.reason,
+            message: refusal.map(|e| e.message.clone()).unwrap_or_default(),
+            ..event.clone()
+        })
+        .await;
 }
 
 fn require_verified(applied: Applied, must_change: bool) -> Result<Applied, DirectoryError> {

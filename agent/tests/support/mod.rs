@@ -23,6 +23,7 @@ pub fn domain_config(dc: &TestDc) -> DomainConfig {
         bind_dn: dc.admin_dn.clone(),
         bind_password: dc.admin_password.clone(),
         timeout: Duration::from_secs(5),
+        connections: 4,
         verify_bind: false,
         scope: Default::default(),
         protected: Default::default(),

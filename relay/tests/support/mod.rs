@@ -47,11 +47,17 @@ impl Write for LogBuffer {
 
 /// Installs the capturing subscriber (debug level for every crate) once per process.
 pub fn logs() -> LogBuffer {
+    logs_at("debug")
+}
+
+/// Installs the capturing subscriber with `filter` (an env-filter directive), unless one is
+/// installed already; benchmarks use the services' default level, "info".
+pub fn logs_at(filter: &str) -> LogBuffer {
     static LOGS: OnceLock<LogBuffer> = OnceLock::new();
     LOGS.get_or_init(|| {
         let buffer = LogBuffer::default();
         let writer = buffer.clone();
-        tracing_subscriber::fmt().with_env_filter("debug").with_ansi(false).with_writer(move || writer.clone()).init();
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(move || writer.clone()).init();
         pwrelay_shared::tls::install_default_provider();
         buffer
     })
