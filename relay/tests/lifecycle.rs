@@ -82,6 +82,7 @@ async fn start_relay(world: &World, cloud: &FakeCloud, auth: &str, extra: &str) 
     text.push_str(&section);
     text.push_str(extra);
     std::fs::write(&path, text).expect("relay.toml");
+    add_helpdesk(world).await;
     let overrides = pwrelay_relay::config::Overrides {
         api_listen: Some(format!("127.0.0.1:{port}").parse().expect("addr")),
         ..Default::default()
@@ -127,8 +128,35 @@ async fn post_callout(world: &World, relay: &Relay, body: &[u8], headers: &[(&st
     (status, response.json().await.unwrap_or(Value::Null), replayed)
 }
 
+/// An API client whose scopes name `lifecycle` (an unrestricted client does not see new hires).
+async fn add_helpdesk(world: &World) {
+    use pwrelay_relay::store::Store as _;
+    let store = pwrelay_relay::store::sqlite::SqliteStore::open(&world.path("relay.db")).expect("store");
+    let (token, hash) = pwrelay_relay::api::auth::new_token().expect("token");
+    let scopes = pwrelay_relay::store::Scopes {
+        domains: None,
+        operations: Some([pwrelay_relay::store::Operation::Lifecycle].into()),
+    };
+    store.add_client("helpdesk", hash, &scopes).await.expect("client");
+    std::fs::write(world.path("helpdesk.token"), token.expose_secret()).expect("token file");
+}
+
+/// GETs `path` as the helpdesk client.
+async fn helpdesk_get(world: &World, relay: &Relay, path: &str) -> (u16, Value) {
+    let token = std::fs::read_to_string(world.path("helpdesk.token")).expect("token file");
+    let response = world
+        .http
+        .get(format!("https://localhost:{}{path}", relay.api.port()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("answered");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 async fn request_state(world: &World, relay: &Relay, id: &str) -> Value {
-    world.get(relay, &format!("/v1/lifecycle/requests/{id}")).await.1
+    helpdesk_get(world, relay, &format!("/v1/lifecycle/requests/{id}")).await.1
 }
 
 async fn wait_stage(world: &World, relay: &Relay, id: &str, stage: &str) -> Value {
@@ -180,7 +208,7 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
     }
     let (status, _, _) = post_callout(&world, &relay, body.as_bytes(), &[]).await;
     assert_eq!(status, 401, "no credentials");
-    let (status, _) = world.get(&relay, &format!("/v1/lifecycle/requests/{result_id}")).await;
+    let (status, _) = helpdesk_get(&world, &relay, &format!("/v1/lifecycle/requests/{result_id}")).await;
     assert_eq!(status, 404, "refused callouts leave no request");
 
     let (status, accepted, replayed) = post_callout(&world, &relay, body.as_bytes(), &bearer).await;
@@ -268,10 +296,15 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
 
     // The job is visible with its delivery state; nothing secret reached the logs or the store.
     let job_id = delivered["job_id"].as_str().expect("job id");
-    let (status, job) = world.get(&relay, &format!("/v1/jobs/{job_id}")).await;
+    let (status, job) = helpdesk_get(&world, &relay, &format!("/v1/jobs/{job_id}")).await;
     assert_eq!(status, 200, "{job}");
     assert_eq!(job["kind"], "initial_password");
     assert_eq!(job["lifecycle"]["delivery"], "sent", "{job}");
+    let (status, _) = world.get(&relay, &format!("/v1/jobs/{job_id}")).await;
+    assert_eq!(status, 404, "an unrestricted PAM client does not see new-hire jobs");
+    let (status, refused) = world.get(&relay, &format!("/v1/lifecycle/requests/{result_id}")).await;
+    assert_eq!(status, 403, "nor their requests: {refused}");
+    assert_eq!(refused["error"]["details"]["missing_scope"], "operation:lifecycle");
     let logs = support::logs().text();
     assert!(!logs.contains(&password) && !logs.contains(key), "no password or link key in any log line");
     for event in [
@@ -316,7 +349,7 @@ async fn signed_callouts_failure_paths_expiry_and_rate_limits() {
         let (status, answer, _) = post_callout(&world, &relay, body.as_bytes(), &[("pwrelay-signature", header)]).await;
         assert_eq!(status, 401, "{what}: {answer}");
     }
-    let (status, _) = world.get(&relay, &format!("/v1/lifecycle/requests/{unknown_result}")).await;
+    let (status, _) = helpdesk_get(&world, &relay, &format!("/v1/lifecycle/requests/{unknown_result}")).await;
     assert_eq!(status, 404, "no request from refused callouts");
 
     // An unknown user: the workflow is resumed as failed and no link is sent.

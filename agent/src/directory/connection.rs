@@ -26,6 +26,9 @@ pub(crate) const IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
 pub(crate) struct Connection {
     pub(crate) ldap: ldap3::Ldap,
     pub(crate) url: String,
+    /// The DC this connection is bound to (its rootDSE `dsServiceName`), when it could be read.
+    /// A URL may name several DCs (a load-balanced name); this names one.
+    pub(crate) server: Option<String>,
     /// The limit of every operation (ldap3's timeout applies to the next operation only).
     pub(crate) timeout: std::time::Duration,
 }
@@ -52,6 +55,20 @@ pub(crate) enum Change<'a> {
     },
     /// `lockoutTime` 0.
     Unlock,
+}
+
+/// Reads which DC answers on `ldap`: the rootDSE's `dsServiceName` (the DC's NTDS Settings
+/// object, unique per DC).
+pub(crate) async fn server_identity(ldap: &mut ldap3::Ldap, timeout: std::time::Duration) -> Option<String> {
+    let (entries, _) = ldap
+        .with_timeout(timeout)
+        .search("", Scope::Base, "(objectClass=*)", vec!["dsServiceName"])
+        .await
+        .ok()?
+        .success()
+        .ok()?;
+    let entry = SearchEntry::construct(entries.into_iter().next()?);
+    entry.attrs.get("dsServiceName")?.first().cloned()
 }
 
 impl Connection {

@@ -328,7 +328,8 @@ impl Directory {
             };
             match bound {
                 Ok(result) if result.rc == 0 => {
-                    return Ok(Ok(Connection { ldap, url: dc.url.clone(), timeout: self.config.timeout }));
+                    let server = connection::server_identity(&mut ldap, self.config.timeout).await;
+                    return Ok(Ok(Connection { ldap, url: dc.url.clone(), server, timeout: self.config.timeout }));
                 }
                 Ok(result) if matches!(result.rc, 51 | 52) => failures.push(format!("{}: busy or unavailable", dc.url)),
                 Ok(result) => {
@@ -371,10 +372,10 @@ impl Directory {
             .map_err(|result| self.service_bind_refused(&result))
     }
 
-    /// Makes `change` through the shared writer connection when it is bound to the DC of the job's
-    /// `lease` (the read-back must see the write), otherwise through the lease itself.
+    /// Makes `change` through the shared writer connection when it is bound to the same DC as the
+    /// job's `lease` (the read-back must see the write), otherwise through the lease itself.
     async fn change(&self, lease: &mut Lease<'_>, dn: &str, change: &Change<'_>) -> Result<(), DirectoryError> {
-        let Some(mut writer) = self.writer_to(&lease.url).await else {
+        let Some(mut writer) = self.writer_to(lease.server.as_deref()).await else {
             let changed = lease.apply(dn, change).await;
             return lease.settle(changed);
         };
@@ -386,9 +387,12 @@ impl Directory {
         changed
     }
 
-    /// The shared writer connection if it is bound to the DC at `url`. It is opened (with failover)
-    /// only when there is none or it has closed, so a writer left on another DC costs no reconnects.
-    async fn writer_to(&self, url: &str) -> Option<Connection> {
+    /// The shared writer connection if it is bound to the DC `server` (by its identity, not its
+    /// URL, which may name several DCs). It is opened (with failover) only when there is none or it
+    /// has closed, so a writer left on another DC costs no reconnects. An unknown identity on
+    /// either side means no sharing.
+    async fn writer_to(&self, server: Option<&str>) -> Option<Connection> {
+        let server = server?;
         let mut writer = self.writer.lock().await;
         let live = writer.as_mut().is_some_and(|conn| !conn.ldap.is_closed());
         let open = match writer.as_ref() {
@@ -399,7 +403,7 @@ impl Directory {
                 conn
             }
         };
-        (open.url == url).then_some(open)
+        (open.server.as_deref() == Some(server)).then_some(open)
     }
 
     /// Binds as the service account through the usual failover and returns the DC URL that

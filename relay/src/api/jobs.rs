@@ -213,10 +213,10 @@ pub(super) async fn show(
     }
 }
 
-/// A client sees its own jobs, and new-hire jobs when it has the `lifecycle` scope.
+/// A client sees its own jobs, and new-hire jobs when its scopes name `lifecycle`.
 fn visible(job: &Job, client: &crate::store::ApiClient) -> bool {
     job.client == client.name
-        || (job.client == crate::lifecycle::CLIENT && client.scopes.allows(crate::store::Operation::Lifecycle))
+        || (job.client == crate::lifecycle::CLIENT && client.scopes.names(crate::store::Operation::Lifecycle))
 }
 
 /// Adds a new-hire job's request (delivery and resume state).

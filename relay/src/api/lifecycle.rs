@@ -82,7 +82,7 @@ pub(super) async fn callout(
             }
             other => {
                 tracing::warn!(error = %other, "callout refused");
-                ApiError::unauthenticated(other.to_string())
+                ApiError::unauthenticated(other.public_message())
             }
         })?;
     let is_json = header("content-type")
@@ -147,8 +147,12 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<crate::store::lifecycle::LifecycleRequest>, ApiError> {
     let lifecycle = enabled(&state)?;
-    if !client.scopes.allows(Operation::Lifecycle) {
-        return Err(ApiError::forbidden("this API client lacks the scope operation:lifecycle"));
+    if !client.scopes.names(Operation::Lifecycle) {
+        return Err(ApiError::forbidden(
+            "this API client lacks the scope operation:lifecycle (it must be granted explicitly: \
+             `pwrelay clients add NAME --operation lifecycle`)",
+        )
+        .missing_scope("operation:lifecycle"));
     }
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| ApiError::invalid_request("the id must be the callout's taskProcessingResult.id (a GUID)"))?;

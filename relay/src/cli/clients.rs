@@ -64,6 +64,10 @@ pub(crate) fn run(command: ClientsCommand) -> ExitCode {
         eprintln!("error: the client name must be 1-64 letters, digits, '-', '_' or '.'");
         return ExitCode::from(EXIT_CONFIG);
     }
+    if name == crate::lifecycle::CLIENT {
+        eprintln!("error: the client name {name:?} is reserved for new-hire jobs; choose another");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let config = match Config::load(&config, &Overrides::default()) {
         Ok(config) => config,
         Err(e) => {

@@ -163,6 +163,10 @@ impl TokenSource {
                 .await
                 .map(|e| format!("{}: {}", e.error, e.error_description.lines().next().unwrap_or_default()))
                 .unwrap_or_default();
+            if status.as_u16() == 429 || status.is_server_error() {
+                // Throttled or down: worth trying again, unlike a refused credential.
+                return Err(GraphError::Status { call: "token", status: status.as_u16(), message: detail });
+            }
             return Err(GraphError::Token(format!("{url} answered {status} {detail}")));
         }
         let body: TokenResponse =

@@ -90,6 +90,18 @@ struct Claims {
     appid: Option<String>,
 }
 
+impl CalloutAuthError {
+    /// The text for the caller: without which tenants and apps are configured.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::UnknownTenant(_) | Self::AppNotAllowed(_) => {
+                "the bearer token's tenant or app is not allowed to send callouts to this relay".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl CalloutAuthenticator {
     /// Reads the HMAC secrets of the configured tenants.
     pub fn new(config: &LifecycleConfig, http: reqwest::Client) -> Result<Self, String> {

@@ -362,8 +362,11 @@ impl LifecycleFile {
         let mut tenants = Vec::with_capacity(self.tenants.len());
         for (i, t) in self.tenants.into_iter().enumerate() {
             let key = |k: &str| format!("lifecycle.tenants[{i}].{k}");
-            if uuid::Uuid::parse_str(&t.tenant_id).is_err() {
+            let Ok(tenant_id) = uuid::Uuid::parse_str(&t.tenant_id).map(|id| id.to_string()) else {
                 return Err(ConfigError::invalid(key("tenant_id"), "must be the tenant's id (a GUID)"));
+            };
+            if tenants.iter().any(|known: &TenantConfig| known.tenant_id == tenant_id) {
+                return Err(ConfigError::invalid(key("tenant_id"), "this tenant is listed twice"));
             }
             if t.client_id.trim().is_empty() {
                 return Err(ConfigError::invalid(key("client_id"), "name the app registration the relay uses"));
@@ -401,7 +404,7 @@ impl LifecycleFile {
                 }
             };
             tenants.push(TenantConfig {
-                tenant_id: t.tenant_id.to_ascii_lowercase(),
+                tenant_id,
                 callout_auth,
                 client_id: t.client_id,
                 credential,

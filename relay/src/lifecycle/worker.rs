@@ -28,6 +28,8 @@ const TICK: Duration = Duration::from_secs(2);
 const RESUME_ATTEMPTS: u32 = 12;
 /// Longest wait between two tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(900);
+/// Tries to record a delivery's result before leaving it to the next start.
+const RECORD_ATTEMPTS: u32 = 5;
 /// A request whose Graph lookup keeps failing fails after this long.
 const RESOLVE_GIVE_UP: Duration = Duration::from_secs(3600);
 
@@ -260,25 +262,37 @@ async fn applied(
     let link_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(link_id);
     let proof: [u8; 32] = Sha256::new().chain_update(PROOF_CONTEXT).chain_update(key.expose_secret()).finalize().into();
     let expires = Timestamp(Timestamp::now().0 + ms(lifecycle.config.link_ttl));
-    lifecycle.store.open_link(id, &link_id, proof, expires).await?;
+    if let Err(error) = lifecycle.store.open_link(id, &link_id, proof, expires).await {
+        // Nothing was sent: keep the key for the next try.
+        lifecycle.keys.put(job_id, key);
+        delivering.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        return Err(error);
+    }
     let lifecycle = Arc::clone(lifecycle);
     let request = request.clone();
     let delivering = Arc::clone(delivering);
     let cancel = cancel.clone();
     tracker.spawn(async move {
         let result = deliver(&lifecycle, &request, &link_id, key, expires, &cancel).await;
-        let stored = match result {
-            Ok(detail) => {
-                let _ = lifecycle.store.set_delivery(id, "sent", &detail).await;
-                lifecycle.store.set_outcome(id, true, "").await
+        // The messages are out (or failed for good): recording that must not be lost to a busy store.
+        for attempt in 1..=RECORD_ATTEMPTS {
+            let stored = match &result {
+                Ok(detail) => match lifecycle.store.set_delivery(id, "sent", detail).await {
+                    Ok(()) => lifecycle.store.set_outcome(id, true, "").await,
+                    Err(e) => Err(e),
+                },
+                Err(reason) => match lifecycle.store.set_delivery(id, "failed", reason).await {
+                    Ok(()) => fail(&lifecycle, &request, reason).await,
+                    Err(e) => Err(e),
+                },
+            };
+            match stored {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::error!(task_processing_result = %id, %error, attempt, "recording the delivery failed");
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                }
             }
-            Err(reason) => {
-                let _ = lifecycle.store.set_delivery(id, "failed", &reason).await;
-                fail(&lifecycle, &request, &reason).await
-            }
-        };
-        if let Err(error) = stored {
-            tracing::error!(task_processing_result = %id, %error, "recording the delivery failed");
         }
         delivering.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         lifecycle.wake();

@@ -243,8 +243,13 @@ impl Session {
             return Ok(());
         };
         active.in_flight.remove(&id);
+        let mut link_key = None;
         let outcome = match result.outcome {
-            Some(pb::job_result::Outcome::Success(s)) => self.success(id, s),
+            Some(pb::job_result::Outcome::Success(s)) => {
+                let (outcome, key) = self.success(id, s);
+                link_key = key;
+                outcome
+            }
             Some(pb::job_result::Outcome::Failure(f)) => Outcome::Failed {
                 error: JobError {
                     code: ErrorCode::from_proto(f.code()),
@@ -268,7 +273,18 @@ impl Session {
             Outcome::Failed { .. } => "failed",
         };
         match self.context.store.complete(id, &active.holder, outcome).await {
-            Ok(Completion::Finished) => tracing::info!(job_id = %id, state, "job finished"),
+            Ok(Completion::Finished) => {
+                tracing::info!(job_id = %id, state, "job finished");
+                // Only the result that finished the job may give its link a key.
+                if let Some(key) = link_key {
+                    self.context.link_keys.put(id, key);
+                }
+            }
+            Ok(Completion::Superseded) => tracing::error!(
+                job_id = %id,
+                "an initial password was set again after its first result: its link can no longer reveal it; \
+                 run the workflow task again"
+            ),
             Ok(Completion::Requeued) => {
                 tracing::info!(job_id = %id, "job failed with a retryable error; queued again");
                 self.context.events.job_queued();
@@ -319,7 +335,8 @@ impl Session {
 
     /// A success as the store keeps it. A returned plaintext password is sealed with the store key
     /// at once; a sealed box is kept as the agent made it.
-    fn success(&self, id: JobId, mut s: pb::JobSuccess) -> Outcome {
+    fn success(&self, id: JobId, mut s: pb::JobSuccess) -> (Outcome, Option<SecretBytes>) {
+        let mut link_key = None;
         let encoding = s.secret_encoding();
         let is_verify = s.password_matches || self.kind_of(id) == Some(JobKind::Verify);
         let mut bytes = std::mem::take(&mut s.sealed_secret);
@@ -330,10 +347,9 @@ impl Session {
             pb::SecretEncoding::Aes256Gcm if !bytes.is_empty() && s.secret_key.len() == 32 => {
                 // The ciphertext is kept (sealed once more with the store key); the key goes to the
                 // delivery in memory and never reaches the store.
-                let key = SecretBytes::new(std::mem::take(&mut s.secret_key));
                 match self.context.sealer.seal_bytes(&id.to_string(), &bytes) {
                     Ok(sealed) => {
-                        self.context.link_keys.put(id, key);
+                        link_key = Some(SecretBytes::new(std::mem::take(&mut s.secret_key)));
                         Some(ResultSecret { encoding: SecretEncoding::Aes256Gcm, bytes: sealed })
                     }
                     Err(_) => {
@@ -362,7 +378,7 @@ impl Session {
             disabled: a.disabled,
             password_never_expires: a.password_never_expires,
         });
-        Outcome::Succeeded(
+        let outcome = Outcome::Succeeded(
             JobSuccess {
                 account_dn: s.account_dn,
                 verified: s.verified,
@@ -372,7 +388,8 @@ impl Session {
                 notes: s.notes,
             },
             returned,
-        )
+        );
+        (outcome, link_key)
     }
 
     fn kind_of(&self, id: JobId) -> Option<JobKind> {

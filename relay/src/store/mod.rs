@@ -58,6 +58,9 @@ pub enum Completion {
     Requeued,
     /// The job was already final or unknown; the report changed nothing.
     Ignored,
+    /// A second success of an `initial_password` job: the agent set another password after the
+    /// first result, so the stored ciphertext was erased (its link can no longer reveal anything).
+    Superseded,
 }
 
 /// What happened to a request for a job's returned secret.
@@ -132,9 +135,10 @@ impl Operation {
 }
 
 impl Scopes {
-    /// Whether the client may do `operation` at all (in some domain).
-    pub fn allows(&self, operation: Operation) -> bool {
-        self.operations.as_ref().is_none_or(|ops| ops.contains(&operation))
+    /// Whether the client's scopes name `operation` explicitly. Operations that expose other
+    /// people's data (`lifecycle`) are never part of the unrestricted default.
+    pub fn names(&self, operation: Operation) -> bool {
+        self.operations.as_ref().is_some_and(|ops| ops.contains(&operation))
     }
 
     /// The scope `operation` in `domain` lacks, if any, named for an error message.

@@ -597,16 +597,25 @@ impl Store for SqliteStore {
         let holder = holder.to_owned();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-            let current: Option<(String, Option<String>, u32)> = tx
+            let current: Option<(String, Option<String>, u32, String)> = tx
                 .query_row(
-                    "SELECT state, lease_holder, attempts FROM jobs WHERE id = ?1",
+                    "SELECT state, lease_holder, attempts, kind FROM jobs WHERE id = ?1",
                     params![id.to_string()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()
                 .map_err(db_err)?;
-            let Some((state, lease_holder, attempts)) = current else { return Ok(Completion::Ignored) };
+            let Some((state, lease_holder, attempts, kind)) = current else { return Ok(Completion::Ignored) };
             if JobState::parse(&state).is_none_or(JobState::is_final) {
+                // A second success of an initial password means the agent set another password
+                // after the first result (a lease lapsed in between): the stored ciphertext no
+                // longer matches the account, so no link may reveal it.
+                if kind == JobKind::InitialPassword.as_str() && matches!(outcome, Outcome::Succeeded(..)) {
+                    tx.execute("UPDATE jobs SET result_secret = NULL WHERE id = ?1", params![id.to_string()])
+                        .map_err(db_err)?;
+                    tx.commit().map_err(db_err)?;
+                    return Ok(Completion::Superseded);
+                }
                 return Ok(Completion::Ignored);
             }
             let now = Timestamp::now().0;
