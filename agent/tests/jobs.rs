@@ -117,6 +117,22 @@ async fn an_initial_password_is_friendly_set_and_returned_encrypted_under_a_fres
 }
 
 #[tokio::test]
+async fn an_initial_password_is_refused_for_an_account_that_has_signed_in() {
+    let dc = testkit::dc();
+    let h = harness(dc);
+    let used = dc.create_user("ipu").await;
+    assert!(dc.bind(&used.dn, used.password.expose_secret()).await.ok(), "the account signs in once");
+    let result = jobs::execute(&h.context, initial_password_job("job-ip-used", dc, &used.upn, true)).await;
+    let failure = match result.outcome {
+        Some(pb::job_result::Outcome::Failure(f)) => f,
+        other => panic!("refused: {other:?}"),
+    };
+    assert_eq!(failure.code(), pb::FailureCode::AccountStateConflict, "{}", failure.message);
+    assert!(failure.message.contains("signed in before"), "{}", failure.message);
+    assert!(dc.bind(&used.dn, used.password.expose_secret()).await.ok(), "nothing was written");
+}
+
+#[tokio::test]
 async fn a_redelivered_initial_password_job_issues_a_fresh_password_instead_of_an_empty_success() {
     let dc = testkit::dc();
     let h = harness(dc);

@@ -28,6 +28,9 @@ pub(crate) const ATTRIBUTES: &[&str] = &[
     "objectSid",
     "primaryGroupID",
     "memberOf",
+    "lastLogonTimestamp",
+    "lastLogon",
+    "logonCount",
 ];
 
 /// What a write or an unlock changes, read back after it: only these, so the read-back is the
@@ -40,6 +43,9 @@ pub(crate) const READ_BACK_ATTRIBUTES: &[&str] =
 pub struct Account {
     /// Distinguished name.
     pub dn: String,
+    /// Whether the account has ever signed in (`lastLogonTimestamp`, `lastLogon` or `logonCount`
+    /// set, as far as the DC that answered knows).
+    pub signed_in: bool,
     /// sAMAccountName.
     pub sam_account_name: String,
     /// userPrincipalName.
@@ -101,6 +107,7 @@ impl Account {
             rid,
             primary_group_sid,
             member_of,
+            signed_in: number("lastLogonTimestamp") > 0 || number("lastLogon") > 0 || number("logonCount") > 0,
             dn: entry.dn,
         }
     }

@@ -243,7 +243,7 @@ async fn run(
             let write =
                 WriteOptions { must_change: options.must_change, unlock: options.unlock, enforce_history: false };
             let (applied, generated) =
-                generate_and_set(context, directory, &target, job.generate, GenerateMode::Random, write).await?;
+                generate_and_set(context, directory, &target, job.generate, GenerateMode::Random, write, false).await?;
             // The password is set: from here on a failure to return it must not hide that.
             let secret = match recipient {
                 Some(key) => match seal::sealed_box(&key, &generated) {
@@ -262,8 +262,11 @@ async fn run(
         pb::JobKind::InitialPassword => {
             let write =
                 WriteOptions { must_change: options.must_change, unlock: options.unlock, enforce_history: false };
+            // An initial password is for an account nobody has used yet: a workflow run for anyone
+            // else must not become a way to take over their account.
             let (applied, generated) =
-                generate_and_set(context, directory, &target, job.generate, GenerateMode::Friendly, write).await?;
+                generate_and_set(context, directory, &target, job.generate, GenerateMode::Friendly, write, true)
+                    .await?;
             // The password is set: from here on a failure to return it must not hide that. A
             // redelivery of the job sets a fresh one (see the journal).
             let Some((sealed, key)) = seal::aes_256_gcm(&generated) else {
@@ -311,6 +314,7 @@ async fn generate_and_set(
     spec: Option<pb::GenerateOptions>,
     default_mode: GenerateMode,
     write: WriteOptions,
+    first_sign_in_only: bool,
 ) -> Result<(Applied, SecretString), DirectoryError> {
     let spec = spec.unwrap_or_default();
     let mode = match pb::GenerateMode::try_from(spec.mode).unwrap_or(pb::GenerateMode::Unspecified) {
@@ -325,6 +329,16 @@ async fn generate_and_set(
         n => usize::try_from(n).unwrap_or(usize::MAX).min(pwrelay_shared::policy::MAX_PASSWORD_CHARS),
     };
     let prepared = directory.prepare_write(target, write.must_change).await?;
+    if first_sign_in_only && prepared.account.signed_in {
+        return Err(DirectoryError::new(
+            FailureCode::AccountStateConflict,
+            format!(
+                "{} has signed in before: an initial password is only set on accounts nobody has used yet; reset \
+                 a used account with a rotation",
+                prepared.account.dn
+            ),
+        ));
+    }
     let precheck = context
         .prechecks
         .get(directory.domain())
