@@ -8,7 +8,6 @@
 //! caller's app id (`azp`, or `appid` in v1 tokens) on the allow-list.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::jwk::JwkSet;
@@ -55,7 +54,8 @@ struct HmacTenant {
 }
 
 struct CachedKeys {
-    keys: JwkSet,
+    /// `None` when the fetch failed.
+    keys: Option<JwkSet>,
     fetched: Instant,
 }
 
@@ -65,7 +65,7 @@ pub struct CalloutAuthenticator {
     login_url: String,
     entra: HashMap<String, (String, Vec<String>)>,
     hmac: Vec<HmacTenant>,
-    keys: Mutex<HashMap<String, CachedKeys>>,
+    keys: tokio::sync::Mutex<HashMap<String, CachedKeys>>,
 }
 
 impl std::fmt::Debug for CalloutAuthenticator {
@@ -127,7 +127,13 @@ impl CalloutAuthenticator {
                 }
             }
         }
-        Ok(Self { http, login_url: config.login_url.clone(), entra, hmac, keys: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            http,
+            login_url: config.login_url.clone(),
+            entra,
+            hmac,
+            keys: tokio::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     /// The tenant a callout comes from, if its credentials hold.
@@ -191,23 +197,27 @@ impl CalloutAuthenticator {
     }
 
     async fn key(&self, tenant: &str, kid: &str) -> Result<DecodingKey, CalloutAuthError> {
-        let cached = {
-            let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-            keys.get(tenant).map(|c| (c.keys.find(kid).cloned(), c.fetched.elapsed()))
-        };
+        let unknown = || CalloutAuthError::Token(format!("key {kid} is not among the tenant's signing keys"));
+        // One fetch at a time: callouts that miss together wait for the same answer, and a failed
+        // fetch is not repeated within JWKS_MIN_REFRESH.
+        let mut keys = self.keys.lock().await;
+        let cached = keys.get(tenant).map(|c| (c.keys.as_ref().map(|k| k.find(kid).cloned()), c.fetched.elapsed()));
         let jwk = match cached {
-            Some((Some(jwk), age)) if age < JWKS_MAX_AGE => jwk,
+            Some((Some(Some(jwk)), age)) if age < JWKS_MAX_AGE => jwk,
+            Some((Some(None), age)) if age < JWKS_MIN_REFRESH => return Err(unknown()),
             Some((None, age)) if age < JWKS_MIN_REFRESH => {
-                return Err(CalloutAuthError::Token(format!("key {kid} is not among the tenant's signing keys")));
+                return Err(CalloutAuthError::KeysUnavailable("the last fetch failed moments ago".into()));
             }
             _ => {
-                let fetched = self.fetch(tenant).await?;
-                let jwk = fetched.find(kid).cloned();
-                self.keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(tenant.to_owned(), CachedKeys { keys: fetched, fetched: Instant::now() });
-                jwk.ok_or_else(|| CalloutAuthError::Token(format!("key {kid} is not among the tenant's signing keys")))?
+                let fetched = self.fetch(tenant).await;
+                let jwk = fetched.as_ref().ok().and_then(|k| k.find(kid).cloned());
+                let (cached, result) = match fetched {
+                    Ok(set) => (Some(set), Ok(())),
+                    Err(e) => (None, Err(e)),
+                };
+                keys.insert(tenant.to_owned(), CachedKeys { keys: cached, fetched: Instant::now() });
+                result?;
+                jwk.ok_or_else(unknown)?
             }
         };
         DecodingKey::from_jwk(&jwk).map_err(|e| CalloutAuthError::Token(e.to_string()))
