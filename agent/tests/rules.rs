@@ -186,6 +186,28 @@ async fn members_of_protected_groups_are_refused_directly_and_through_nested_gro
 }
 
 #[tokio::test]
+async fn a_group_nested_into_a_protected_group_a_moment_ago_protects_its_members() {
+    let dc = testkit::dc();
+    let groups = dc.create_ou("prot2").await;
+    let late = dc.create_group(&groups, "late").await;
+    let member = dc.create_user("lateprot").await;
+    dc.add_member(&late, &member.dn).await;
+    let plain = dc.create_user("plainusr2").await;
+    let dir = directory(dc, ScopeConfig::default());
+    let set = |user: &testkit::TestUser| {
+        let dir = &dir;
+        let target = AccountTarget::Upn(user.upn.clone());
+        async move { dir.set_password(&target, &SecretString::from("Protected!Check-62"), WriteOptions::default()).await }
+    };
+    // The first job reads the protected groups and keeps them for a minute ...
+    assert!(set(&plain).await.expect("not protected").verified);
+    // ... then a group the account is in becomes a member of a protected group.
+    dc.add_member(&format!("CN=Server Operators,CN=Builtin,{}", dc.base_dn), &late).await;
+    let e = set(&member).await.expect_err("its token groups now hold Server Operators");
+    assert_eq!(e.code, FailureCode::ProtectedAccount, "{}", e.message);
+}
+
+#[tokio::test]
 async fn concurrent_jobs_share_a_small_connection_pool() {
     let dc = testkit::dc();
     let dir = Directory::new(DomainConfig { connections: 2, ..support::domain_config(dc) }).expect("directory");

@@ -171,6 +171,24 @@ impl Connection {
         }
     }
 
+    /// The SIDs (text form) of every security group the account is in, transitively and with its
+    /// primary group, as the DC computes them now (`tokenGroups`); `None` when the DC does not let
+    /// the service account read them.
+    pub(crate) async fn token_groups(&mut self, dn: &str) -> Result<Option<Vec<String>>, DirectoryError> {
+        let searched =
+            self.ldap.with_timeout(self.timeout).search(dn, Scope::Base, "(objectClass=*)", vec!["tokenGroups"]).await;
+        match searched {
+            Ok(search) if search.1.rc == 0 => Ok(search
+                .0
+                .into_iter()
+                .map(SearchEntry::construct)
+                .find_map(|e| e.bin_attrs.get("tokenGroups").cloned())
+                .map(|sids| sids.iter().filter_map(|sid| super::account::sid_text(sid)).collect())),
+            Ok(search) => Err(DirectoryError::from_result("token groups read", search.1.rc, &search.1.text)),
+            Err(e) => Err(self.unavailable("token groups read", e)),
+        }
+    }
+
     /// The DN and SID (text form) of every object under `base_dn` that `filter` matches.
     pub(crate) async fn dns_and_sids(
         &mut self,

@@ -114,19 +114,37 @@ pub(crate) async fn check_scope(
 
 /// Refuses protected accounts unless `domains[i].protected.allow` names them or a group they are in.
 ///
-/// Group membership is decided from the account's own memberOf and primaryGroupID, read with the
-/// account, against `protected` (the protected groups and every group nested in them). When the
-/// DC sent memberOf only in part, the DC is asked directly (an in-chain search).
+/// Group membership is decided from the account's `tokenGroups` (every security group it is in,
+/// transitively, computed by the DC when asked), and from its own memberOf and primaryGroupID, read
+/// with the account, against `protected` (the protected groups and every group nested in them, for
+/// DCs that do not let the service account read tokenGroups). When the DC sent memberOf only in
+/// part, the DC is asked directly (an in-chain search).
 pub(crate) async fn check_protection(
     conn: &mut Connection,
     config: &DomainConfig,
     protected: &ProtectedGroups,
     account: &Account,
 ) -> Result<(), DirectoryError> {
-    let member = match &account.member_of {
-        Some(groups) => groups.iter().any(|dn| protected.dns.contains(&dn.to_ascii_lowercase())),
-        None => conn.member_of_any(&account.dn, &protected.top).await?,
-    };
+    // The DC's own transitive answer, computed now (no cache can be stale): the protected
+    // groups by well-known SID, and by RID in the account's domain.
+    let domain_sid =
+        account.primary_group_sid.as_deref().and_then(|sid| sid.rsplit_once('-')).map(|(domain, _)| domain);
+    let in_token = conn.token_groups(&account.dn).await?.is_some_and(|sids| {
+        sids.iter().any(|sid| {
+            PROTECTED_BUILTIN_SIDS.contains(&sid.as_str())
+                || domain_sid.is_some_and(|domain| {
+                    sid.strip_prefix(domain)
+                        .and_then(|rest| rest.strip_prefix('-'))
+                        .and_then(|rid| rid.parse::<u32>().ok())
+                        .is_some_and(|rid| PROTECTED_GROUP_RIDS.contains(&rid))
+                })
+        })
+    });
+    let member = in_token
+        || match &account.member_of {
+            Some(groups) => groups.iter().any(|dn| protected.dns.contains(&dn.to_ascii_lowercase())),
+            None => conn.member_of_any(&account.dn, &protected.top).await?,
+        };
     let reason = if account.admin_count {
         Some("adminCount=1".to_owned())
     } else if account.rid.is_some_and(|rid| PROTECTED_ACCOUNT_RIDS.contains(&rid)) {
