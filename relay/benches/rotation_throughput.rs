@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope};
+use pwrelay_agent::directory::{ACCOUNT_ATTRIBUTES, READ_BACK_ATTRIBUTES};
 use pwrelay_shared::testkit::{TestDc, TestUser};
 use pwrelay_shared::tls::{self, TrustAnchors};
 use serde_json::json;
@@ -39,28 +40,6 @@ use support::World;
 /// Jobs the agent runs at once: relay.max_jobs_in_flight and domains[].connections, both at their
 /// defaults (4). The raw side's "same concurrency" figure uses as many connections.
 const AGENT_CONCURRENCY: usize = 4;
-
-/// The attributes the agent reads with the account (agent/src/directory/account.rs).
-const ACCOUNT_ATTRIBUTES: &[&str] = &[
-    "sAMAccountName",
-    "userPrincipalName",
-    "displayName",
-    "givenName",
-    "sn",
-    "userAccountControl",
-    "msDS-User-Account-Control-Computed",
-    "adminCount",
-    "pwdLastSet",
-    "lockoutTime",
-    "msDS-ResultantPSO",
-    "objectSid",
-    "primaryGroupID",
-    "memberOf",
-];
-
-/// What the agent reads back after a write.
-const READ_BACK_ATTRIBUTES: &[&str] =
-    &["pwdLastSet", "lockoutTime", "userAccountControl", "msDS-User-Account-Control-Computed"];
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -194,6 +173,13 @@ async fn raw_with_reads(
                     .success()
                     .expect("found");
                 assert_eq!(found.len(), 1);
+                // The protected-account check's live read of the account's groups.
+                reader
+                    .search(dn, Scope::Base, "(objectClass=*)", vec!["tokenGroups"])
+                    .await
+                    .expect("token groups")
+                    .success()
+                    .expect("token groups read");
                 writer.modify(dn, reset(&format!("Bench!{tag}-{i}x"))).await.and_then(|r| r.success()).expect("reset");
                 reader
                     .search(dn, Scope::Base, "(objectClass=user)", READ_BACK_ATTRIBUTES.to_vec())

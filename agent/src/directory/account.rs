@@ -13,7 +13,7 @@ const COMPUTED_LOCKOUT: u32 = 0x10;
 const COMPUTED_PASSWORD_EXPIRED: u32 = 0x80_0000;
 
 /// The attributes read for every account.
-pub(crate) const ATTRIBUTES: &[&str] = &[
+pub const ATTRIBUTES: &[&str] = &[
     "sAMAccountName",
     "userPrincipalName",
     "displayName",
@@ -35,7 +35,7 @@ pub(crate) const ATTRIBUTES: &[&str] = &[
 
 /// What a write or an unlock changes, read back after it: only these, so the read-back is the
 /// cheapest search that still shows the DC's view of the change.
-pub(crate) const READ_BACK_ATTRIBUTES: &[&str] =
+pub const READ_BACK_ATTRIBUTES: &[&str] =
     &["pwdLastSet", "lockoutTime", "userAccountControl", "msDS-User-Account-Control-Computed"];
 
 /// A user account.

@@ -35,6 +35,9 @@ use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::tls::{self, TrustAnchors};
 
 pub use account::Account;
+/// The attributes read with an account, and those read back after a write (for benchmarks that
+/// mirror the agent's directory work).
+pub use account::{ATTRIBUTES as ACCOUNT_ATTRIBUTES, READ_BACK_ATTRIBUTES};
 use connection::{Change, Connection};
 pub use connection::{WriteOptions, unicode_pwd};
 pub use error::DirectoryError;
