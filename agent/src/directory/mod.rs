@@ -331,8 +331,12 @@ impl Directory {
             };
             match bound {
                 Ok(result) if result.rc == 0 => {
-                    let server = connection::server_identity(&mut ldap, self.config.timeout).await;
-                    return Ok(Ok(Connection { ldap, url: dc.url.clone(), server, timeout: self.config.timeout }));
+                    return Ok(Ok(Connection {
+                        ldap,
+                        url: dc.url.clone(),
+                        server: None,
+                        timeout: self.config.timeout,
+                    }));
                 }
                 Ok(result) if matches!(result.rc, 51 | 52) => failures.push(format!("{}: busy or unavailable", dc.url)),
                 Ok(result) => {
@@ -369,10 +373,16 @@ impl Directory {
     }
 
     /// Opens and binds a new service-account connection.
+    ///
+    /// Only these connections learn which DC they reach (for sharing the writer); the binds as an
+    /// account or for health checks do not need to.
     async fn open(&self) -> Result<Connection, DirectoryError> {
-        self.bind(self.service_login(), "service account bind")
+        let mut conn = self
+            .bind(self.service_login(), "service account bind")
             .await?
-            .map_err(|result| self.service_bind_refused(&result))
+            .map_err(|result| self.service_bind_refused(&result))?;
+        conn.server = connection::server_identity(&mut conn.ldap, self.config.timeout).await;
+        Ok(conn)
     }
 
     /// Makes `change` through the shared writer connection when it is bound to the same DC as the
