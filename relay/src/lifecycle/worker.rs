@@ -24,6 +24,8 @@ use crate::store::lifecycle::{LifecycleRequest, ResumeResult, Stage};
 
 /// How often the worker looks even without a signal.
 const TICK: Duration = Duration::from_secs(2);
+/// How often the ciphertexts of expired, unclaimed links are erased.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Graph `resume` calls before giving up (about 2 h with the back-off).
 const RESUME_ATTEMPTS: u32 = 12;
 /// Longest wait between two tries.
@@ -37,6 +39,7 @@ pub(super) async fn run(lifecycle: Arc<Lifecycle>, cancel: CancellationToken, tr
     let delivering = Arc::new(Mutex::new(HashSet::new()));
     let mut changed = lifecycle.events.changed();
     let mut after_start = true;
+    let mut swept_at: Option<std::time::Instant> = None;
     loop {
         match lifecycle.store.due_requests(after_start, 50).await {
             Ok(due) => {
@@ -47,9 +50,20 @@ pub(super) async fn run(lifecycle: Arc<Lifecycle>, cancel: CancellationToken, tr
             }
             Err(error) => tracing::error!(%error, "reading lifecycle requests failed"),
         }
-        let expired = lifecycle.store.expire_links().await;
-        if let Ok(n @ 1..) = expired {
-            tracing::info!(target: "pwrelay::audit", event = "lifecycle.links_expired", count = n, "unclaimed links expired; their ciphertexts are erased");
+        // Expired links are refused by their time already; erasing their ciphertexts can wait for
+        // the next sweep instead of taking the store's write lock on every job change.
+        if swept_at.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL) {
+            swept_at = Some(std::time::Instant::now());
+            match lifecycle.store.expire_links().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    target: "pwrelay::audit",
+                    event = "lifecycle.links_expired",
+                    count = n,
+                    "unclaimed links expired; their ciphertexts are erased"
+                ),
+                Err(error) => tracing::error!(%error, "erasing the ciphertexts of expired links failed"),
+            }
         }
         tokio::select! {
             () = cancel.cancelled() => return,
