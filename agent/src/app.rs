@@ -106,6 +106,7 @@ impl App {
             tls: link_tls,
             max_jobs_in_flight: config.relay.max_jobs_in_flight,
             heartbeat: config.relay.heartbeat,
+            shutdown_grace: config.relay.shutdown_grace,
             jobs,
             health: Arc::clone(&health),
         };

@@ -18,6 +18,8 @@
 //! | 4118 | password generated and set (returned sealed or over the link, never logged) |
 //! | 4119 | initial password generated and set (returned encrypted under a fresh key, never logged) |
 //! | 4120 | initial password redelivered after a lost result: a fresh one replaces the unread one |
+//! | 4121 | generated password (plaintext mode) redelivered after a lost result: a fresh one replaces it |
+//! | 4122 | job given back unstarted: too little time left on its lease for a write, or the agent is stopping |
 //!
 //! The banned-password pre-check's outcomes carry the Entra Password Protection ids: the filter
 //! event (10015 pass, 10017 refused, 10025 audit-mode) as `event_id` and the policy reason
@@ -62,6 +64,11 @@ pub mod ids {
     pub const INITIAL_PASSWORD_SET: u32 = 4119;
     /// Initial password redelivered: its earlier result never arrived, a fresh one is issued.
     pub const INITIAL_PASSWORD_REISSUED: u32 = 4120;
+    /// Generated password (plaintext mode) redelivered: its earlier result never arrived, so
+    /// nobody holds it; a fresh one is generated and set in its place.
+    pub const GENERATED_PASSWORD_REISSUED: u32 = 4121;
+    /// A job was given back without touching the directory (too little lease left, or stopping).
+    pub const NOT_STARTED: u32 = 4122;
 }
 
 /// One audit event.

@@ -59,6 +59,8 @@ struct RelayFile {
     max_jobs_in_flight: u32,
     #[serde(default = "default_heartbeat_seconds")]
     heartbeat_seconds: u64,
+    #[serde(default = "default_shutdown_grace_seconds")]
+    shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,6 +235,9 @@ fn default_max_jobs_in_flight() -> u32 {
 fn default_heartbeat_seconds() -> u64 {
     15
 }
+fn default_shutdown_grace_seconds() -> u64 {
+    30
+}
 fn default_health_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9444))
 }
@@ -281,6 +286,8 @@ pub struct RelayConfig {
     pub max_jobs_in_flight: u32,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// How long running jobs get to finish and report after SIGTERM.
+    pub shutdown_grace: Duration,
 }
 
 /// `[health]`.
@@ -503,6 +510,7 @@ impl Config {
                 key_file: resolve(file.relay.key_file),
                 max_jobs_in_flight: file.relay.max_jobs_in_flight,
                 heartbeat: Duration::from_secs(file.relay.heartbeat_seconds),
+                shutdown_grace: Duration::from_secs(file.relay.shutdown_grace_seconds),
             },
             health: HealthConfig { listen: file.health.listen },
             domains,

@@ -134,7 +134,11 @@ async fn the_delegated_account_unlocks_without_a_reset() {
     let user = dc.create_user_in(&d.ou, "dlgo").await;
     dc.lock_out(&user).await;
 
-    let applied = d.dir.unlock(&AccountTarget::Upn(user.upn.clone())).await.expect("lockoutTime=0 is delegated");
+    let applied = d
+        .dir
+        .unlock(&AccountTarget::Upn(user.upn.clone()), &pwrelay_agent::directory::Unleased)
+        .await
+        .expect("lockoutTime=0 is delegated");
     assert!(applied.verified && !applied.account.locked_out(), "{:?}", applied.account);
     assert_eq!(dc.computed_account_control(&user.dn).await & UF_LOCKOUT, 0);
     assert!(dc.bind(&user.dn, user.password.expose_secret()).await.ok(), "the unchanged password binds again");

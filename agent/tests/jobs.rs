@@ -237,8 +237,10 @@ async fn refusals_are_typed_and_audited() {
     assert_eq!(failure(&jobs::execute(&h.context, other_domain).await).code(), pb::FailureCode::UnknownDomain);
     let mut late = job("job-rf-3", pb::JobKind::SetPassword, dc, &user.upn, Some("Late!Passw0rd-1"));
     late.lease_deadline_unix_ms = 0;
+    late.lease_duration_ms = 0;
     let late = jobs::execute(&h.context, late).await;
     assert!(failure(&late).retryable, "a job whose lease ended is retryable");
+    assert_eq!(failure(&late).code(), pb::FailureCode::NotStarted);
     assert!(h.context.journal.result("job-rf-3").is_none(), "retryable failures are not journaled");
     let empty = jobs::execute(&h.context, job("job-rf-4", pb::JobKind::SetPassword, dc, &user.upn, None)).await;
     assert_eq!(failure(&empty).code(), pb::FailureCode::InvalidJob);
@@ -278,4 +280,65 @@ async fn enforce_history_sends_the_policy_hints_control_and_explains_a_dc_withou
         jobs::execute(&h.context, job("job-hist-4", pb::JobKind::SetPassword, dc, &user.upn, Some("History!One-1")))
             .await;
     assert!(success(&plain).verified, "without the control an administrative reset ignores history");
+}
+
+#[tokio::test]
+async fn a_lease_too_short_for_the_write_gives_the_job_back_before_writing() {
+    let dc = testkit::dc();
+    let h = harness(dc);
+    let user = dc.create_user("short").await;
+    // A 3 s lease cannot hold a write that may take the domain's 10 s timeout (plus the margin):
+    // the account is resolved and checked, then given back without the write.
+    let mut short = job("job-short-1", pb::JobKind::SetPassword, dc, &user.upn, Some("Short!Lease-Pw1"));
+    short.lease_duration_ms = 3_000;
+    let result = jobs::execute(&h.context, short).await;
+    assert_eq!(failure(&result).code(), pb::FailureCode::NotStarted, "{result:?}");
+    assert!(failure(&result).retryable);
+    assert_eq!(result.attempt, 1, "the result names the attempt it answers");
+    assert!(dc.bind(&user.dn, user.password.expose_secret()).await.ok(), "nothing was written");
+    assert!(!dc.bind(&user.dn, "Short!Lease-Pw1").await.ok());
+    let audit = std::fs::read_to_string(h.dir.path().join("audit.jsonl")).expect("audit");
+    assert!(audit.contains("\"event_id\":4122"), "given back and audited: {audit}");
+}
+
+#[tokio::test]
+async fn a_generated_password_sealed_to_the_requester_is_replayed_after_a_lost_result() {
+    let dc = testkit::dc();
+    let h = harness(dc);
+    let user = dc.create_user("sealedreplay").await;
+    let secret = crypto_box::SecretKey::generate(&mut crypto_box::aead::OsRng);
+    let mut generate = job("job-sealed-1", pb::JobKind::GeneratePassword, dc, &user.upn, None);
+    generate.secret = Some(pb::SecretMaterial {
+        material: Some(pb::secret_material::Material::RecipientPublicKey(secret.public_key().as_bytes().to_vec())),
+    });
+    let first = jobs::execute(&h.context, generate.clone()).await;
+    let sealed = success(&first).sealed_secret.clone();
+    // The result was lost: the relay delivers the job again, under the next attempt.
+    generate.attempt = 2;
+    let again = jobs::execute(&h.context, generate).await;
+    assert_eq!(again.attempt, 2);
+    assert_eq!(success(&again).sealed_secret, sealed, "the same sealed box, not a second application");
+    let password = secret.unseal(&success(&again).sealed_secret).expect("opens with the requester's key");
+    let password = String::from_utf8(password).expect("utf-8");
+    assert!(dc.bind(&user.dn, &password).await.ok(), "the replayed password is the account's");
+}
+
+#[tokio::test]
+async fn a_plaintext_generated_password_is_issued_afresh_after_a_lost_result() {
+    let dc = testkit::dc();
+    let h = harness(dc);
+    let user = dc.create_user("plainreissue").await;
+    let mut generate = job("job-plain-1", pb::JobKind::GeneratePassword, dc, &user.upn, None);
+    let first = jobs::execute(&h.context, generate.clone()).await;
+    let first_password = String::from_utf8(success(&first).sealed_secret.clone()).expect("utf-8");
+    generate.attempt = 2;
+    let again = jobs::execute(&h.context, generate).await;
+    let second_password = String::from_utf8(success(&again).sealed_secret.clone()).expect("utf-8");
+    assert!(!second_password.is_empty(), "a redelivery never succeeds without the password");
+    assert_ne!(first_password, second_password);
+    assert!(dc.bind(&user.dn, &second_password).await.ok(), "the fresh password is the account's");
+    let audit = std::fs::read_to_string(h.dir.path().join("audit.jsonl")).expect("audit");
+    assert!(audit.contains("\"event_id\":4121"), "the re-issue is audited: {audit}");
+    let journal = std::fs::read_to_string(h.dir.path().join("journal.jsonl")).expect("journal");
+    assert!(!journal.contains(&first_password) && !journal.contains(&second_password), "never on disk");
 }

@@ -177,10 +177,13 @@ async fn generated_passwords_are_set_and_returned_sealed_to_the_recipient_only()
     let audit = std::fs::read_to_string(h.dir.path().join("audit.jsonl")).expect("audit");
     assert!(!audit.contains(&password), "the generated password is not audited");
 
+    // A redelivery is answered from the journal with the same sealed box (only the requester can
+    // open it), not applied again.
     let replay = jobs::execute(&h.context, sealed_job).await;
     let again = success(&replay);
-    assert!(again.sealed_secret.is_empty(), "a redelivery never returns the password again");
-    assert_eq!(again.secret_encoding(), pb::SecretEncoding::None);
+    assert_eq!(again.sealed_secret, s.sealed_secret, "the redelivery returns the same sealed box");
+    assert_eq!(again.secret_encoding(), pb::SecretEncoding::SealedBox);
+    assert!(dc.bind(&user.dn, &password).await.ok(), "and did not set another password");
 
     let plain = jobs::execute(&h.context, job("gen-2", pb::JobKind::GeneratePassword, dc, &user.dn, None)).await;
     let p = success(&plain);

@@ -56,7 +56,10 @@ async fn scope_admits_users_under_an_allowed_ou_or_in_a_nested_allowed_group() {
     assert!(refused.message.contains(&pilot), "the rule is named: {}", refused.message);
     assert!(dc.bind(&outside.dn, outside.password.expose_secret()).await.ok(), "nothing was changed");
 
-    let unlock = dir.unlock(&AccountTarget::Upn(outside.upn.clone())).await.expect_err("unlock is scoped too");
+    let unlock = dir
+        .unlock(&AccountTarget::Upn(outside.upn.clone()), &pwrelay_agent::directory::Unleased)
+        .await
+        .expect_err("unlock is scoped too");
     assert_eq!(unlock.code, FailureCode::OutOfScope);
     let verify = dir
         .verify(&AccountTarget::Upn(outside.upn.clone()), &outside.password)
@@ -129,7 +132,8 @@ async fn unlock_clears_a_real_lockout() {
     let dir = directory(dc, ScopeConfig::default());
     let before = dir.verify(&AccountTarget::Dn(user.dn.clone()), &user.password).await.expect_err("locked out");
     assert_eq!(before.code, FailureCode::AccountStateConflict, "{}", before.message);
-    let applied = dir.unlock(&AccountTarget::Dn(user.dn.clone())).await.expect("unlocked");
+    let applied =
+        dir.unlock(&AccountTarget::Dn(user.dn.clone()), &pwrelay_agent::directory::Unleased).await.expect("unlocked");
     assert!(applied.verified && !applied.account.locked_out());
     assert!(dc.bind(&user.dn, user.password.expose_secret()).await.ok(), "the unchanged password binds again");
 }

@@ -84,7 +84,7 @@ pub struct App {
     lifecycle: Option<Arc<Lifecycle>>,
     webhooks: DeliveryWorker,
     events: Arc<JobEvents>,
-    time_to_live: Duration,
+    claim_policy: ClaimPolicy,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -126,6 +126,12 @@ impl App {
         let link = TlsIncoming::spawn(link_listener, link_tls, "link", cancel.child_token(), &tracker)
             .map_err(bind_err("link.listen", config.link.listen))?;
 
+        let claim_policy = ClaimPolicy {
+            lease: config.link.lease,
+            write_timeout: config.link.write_timeout,
+            max_attempts: config.jobs.max_attempts,
+            time_to_live: config.jobs.time_to_live,
+        };
         let events = Arc::new(JobEvents::default());
         let registry = Arc::new(AgentRegistry::default());
         let domains = config.domains.iter().cloned().collect();
@@ -164,11 +170,7 @@ impl App {
             events: Arc::clone(&events),
             registry,
             relay_domains: domains,
-            claim_policy: ClaimPolicy {
-                lease: config.link.lease,
-                max_attempts: config.jobs.max_attempts,
-                time_to_live: config.jobs.time_to_live,
-            },
+            claim_policy,
             heartbeat: config.link.heartbeat,
             link_keys,
         });
@@ -182,7 +184,7 @@ impl App {
             lifecycle,
             webhooks,
             events,
-            time_to_live: config.jobs.time_to_live,
+            claim_policy,
             cancel,
             tracker,
         })
@@ -200,7 +202,19 @@ impl App {
 
     /// Serves until `shutdown` completes (or a server fails), then drains for up to 10 s.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        let Self { api, link, api_state, link_context, store, lifecycle, webhooks, events, time_to_live, cancel, tracker } = self;
+        let Self {
+            api,
+            link,
+            api_state,
+            link_context,
+            store,
+            lifecycle,
+            webhooks,
+            events,
+            claim_policy,
+            cancel,
+            tracker,
+        } = self;
         let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(4);
 
         let api_cancel = cancel.child_token();
@@ -236,7 +250,7 @@ impl App {
             loop {
                 tokio::select! {
                     () = sweep_cancel.cancelled() => break,
-                    _ = tick.tick() => match store.expire_overdue(time_to_live).await {
+                    _ = tick.tick() => match store.expire_overdue(claim_policy).await {
                         Ok(0) => {}
                         Ok(expired) => {
                             tracing::warn!(expired, "jobs expired without an agent finishing them");

@@ -56,6 +56,8 @@ struct LinkFile {
     lease_seconds: u64,
     #[serde(default = "default_heartbeat_seconds")]
     heartbeat_seconds: u64,
+    #[serde(default = "default_write_timeout_seconds")]
+    write_timeout_seconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +164,9 @@ fn default_lease_seconds() -> u64 {
 fn default_heartbeat_seconds() -> u64 {
     15
 }
+fn default_write_timeout_seconds() -> u64 {
+    15
+}
 fn default_max_attempts() -> u32 {
     5
 }
@@ -213,10 +218,14 @@ pub struct LinkConfig {
     pub key_file: PathBuf,
     /// The CA that issues agent certificates.
     pub agent_ca_file: PathBuf,
-    /// How long an agent holds a job before it may be redelivered.
+    /// How long a lease lasts from when it is granted or renewed (agents renew theirs with every
+    /// heartbeat).
     pub lease: Duration,
     /// How often agents send heartbeats; three missed ones close the stream.
     pub heartbeat: Duration,
+    /// The longest an agent's LDAP write may take: agents cap their writes to it, and a lapsed
+    /// lease is taken over only once this has passed on top of it.
+    pub write_timeout: Duration,
 }
 
 /// `[store]`.
@@ -295,6 +304,21 @@ impl Config {
         if file.link.heartbeat_seconds == 0 {
             return Err(ConfigError::invalid("link.heartbeat_seconds", "must be at least 1"));
         }
+        if file.link.write_timeout_seconds == 0 {
+            return Err(ConfigError::invalid("link.write_timeout_seconds", "must be at least 1"));
+        }
+        // An agent starts a write only with more than the write timeout (plus 2 s) left on its
+        // lease, and renews the lease with every heartbeat.
+        let needed = file.link.heartbeat_seconds.saturating_add(file.link.write_timeout_seconds).saturating_add(2);
+        if file.link.lease_seconds < needed {
+            return Err(ConfigError::invalid(
+                "link.lease_seconds",
+                format!(
+                    "must be at least link.heartbeat_seconds + link.write_timeout_seconds + 2 = {needed}, or agents \
+                     could never start a write"
+                ),
+            ));
+        }
         if file.jobs.max_attempts == 0 {
             return Err(ConfigError::invalid("jobs.max_attempts", "must be at least 1"));
         }
@@ -341,6 +365,7 @@ impl Config {
                 agent_ca_file: resolve(file.link.agent_ca_file),
                 lease: Duration::from_secs(file.link.lease_seconds),
                 heartbeat: Duration::from_secs(file.link.heartbeat_seconds),
+                write_timeout: Duration::from_secs(file.link.write_timeout_seconds),
             },
             store: StoreConfig { path: resolve(file.store.path), key_file: resolve(file.store.key_file) },
             jobs: JobsConfig {

@@ -60,6 +60,24 @@ pub struct Applied {
     pub notes: Vec<String>,
 }
 
+/// What decides whether a write may start now, and how long it may take: the job's lease
+/// (`jobs::lease::JobLease`). Asked right before each LDAP write, after everything else is done.
+pub trait WriteGate: Send + Sync {
+    /// Admits a write whose own timeout is `timeout`: the timeout to use (possibly shorter), or the
+    /// error to fail the job with, nothing written.
+    fn admit_write(&self, timeout: std::time::Duration) -> Result<std::time::Duration, DirectoryError>;
+}
+
+/// For directory work outside a leased job (benchmarks, tools): every write is admitted as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Unleased;
+
+impl WriteGate for Unleased {
+    fn admit_write(&self, timeout: std::time::Duration) -> Result<std::time::Duration, DirectoryError> {
+        Ok(timeout)
+    }
+}
+
 /// How a bind with a user's password ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PasswordCheck {
@@ -386,12 +404,24 @@ impl Directory {
     }
 
     /// Makes `change` through the shared writer connection when it is bound to the same DC as the
-    /// job's `lease` (the read-back must see the write), otherwise through the lease itself.
-    async fn change(&self, lease: &mut Lease<'_>, dn: &str, change: &Change<'_>) -> Result<(), DirectoryError> {
+    /// job's `lease` (the read-back must see the write), otherwise through the lease itself; only
+    /// if `gate` admits it at that moment, and within the time it allows.
+    async fn change(
+        &self,
+        lease: &mut Lease<'_>,
+        dn: &str,
+        change: &Change<'_>,
+        gate: &dyn WriteGate,
+    ) -> Result<(), DirectoryError> {
         let Some(mut writer) = self.writer_to(lease.server.as_deref()).await else {
+            let timeout = gate.admit_write(lease.timeout)?;
+            let own = std::mem::replace(&mut lease.conn.timeout, timeout);
             let changed = lease.apply(dn, change).await;
+            lease.conn.timeout = own;
             return lease.settle(changed);
         };
+        // The writer is a handle of its own: its timeout is this write's alone.
+        writer.timeout = gate.admit_write(writer.timeout)?;
         let changed = writer.apply(dn, change).await;
         if changed.as_ref().is_err_and(|e| e.retryable) {
             // Broken: the next write opens a new one.
@@ -501,9 +531,10 @@ impl Directory {
         prepared: PreparedWrite<'_>,
         password: &SecretString,
         options: WriteOptions,
+        gate: &dyn WriteGate,
     ) -> Result<Applied, DirectoryError> {
         let PreparedWrite { mut conn, account, notes, .. } = prepared;
-        self.change(&mut conn, &account.dn, &Change::Password { password, options }).await?;
+        self.change(&mut conn, &account.dn, &Change::Password { password, options }, gate).await?;
         let after = conn.read_back(&account).await;
         let after = conn.settle(after)?;
         let url = conn.url.clone();
@@ -527,7 +558,7 @@ impl Directory {
         options: WriteOptions,
     ) -> Result<Applied, DirectoryError> {
         let prepared = self.prepare_write(target, options.must_change).await?;
-        self.write(prepared, password, options).await
+        self.write(prepared, password, options, &Unleased).await
     }
 
     /// The account's effective password policy: its resultant PSO when the service account can
@@ -572,9 +603,9 @@ impl Directory {
     }
 
     /// Clears the target's lockout; changes no password.
-    pub async fn unlock(&self, target: &AccountTarget) -> Result<Applied, DirectoryError> {
+    pub async fn unlock(&self, target: &AccountTarget, gate: &dyn WriteGate) -> Result<Applied, DirectoryError> {
         let (mut conn, account) = self.admit(target).await?;
-        self.change(&mut conn, &account.dn, &Change::Unlock).await?;
+        self.change(&mut conn, &account.dn, &Change::Unlock, gate).await?;
         let after = conn.read_back(&account).await;
         let after = conn.settle(after)?;
         let url = conn.url.clone();

@@ -3,17 +3,19 @@
 //!
 //! JSON lines `{"job_id", "finished_ms", "result", "reissue"}` with the result protobuf-encoded
 //! (base64). Only final outcomes are recorded (successes and failures that trying again would not
-//! change), and never a secret. Entries older than [`RETENTION`] are dropped when the journal is
-//! opened.
+//! change), and never a secret anyone but the requester can read. Entries older than [`RETENTION`]
+//! are dropped when the journal is opened.
 //!
-//! Generated passwords are never replayed from disk. A redelivered generate job is answered with
-//! its recorded result without the password (the requester holds the private key it was sealed
-//! to, and the relay asked for it once already). An initial password is different: the key that
-//! opens it was only in the result the relay never recorded (it redelivers only jobs without a
-//! result), so nobody can ever read the password that was set. Reporting success without a secret
-//! would leave the new hire with no way in; such an entry is marked `reissue` and a redelivery
-//! runs the job again ([`Recorded::Reissue`]): a fresh password replaces the unread one, which is
-//! audited. The relay's attempt limit bounds how often that can happen.
+//! A generated password sealed to the requester's public key is ciphertext only the requester can
+//! open: it is journaled and replayed with the result, so a redelivery after a lost result still
+//! hands the requester the password that was set. A password that left in plaintext over the link,
+//! or an initial password whose opening key only the lost result carried, is never written to disk:
+//! nobody can ever read the password that was set. Reporting success without it would leave an
+//! account with a password nobody holds; such an entry is marked `reissue` and a redelivery runs
+//! the job again ([`Recorded::Reissue`]): a fresh password replaces the unread one, which is
+//! audited. The relay's attempt limit bounds how often that can happen. (While the agent runs, an
+//! unacknowledged result is kept in memory and sent again on the next stream, so this is only
+//! needed after the agent itself restarted.)
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -162,16 +164,14 @@ impl Journal {
         let mut stored = result.clone();
         let mut reissue = false;
         if let Some(pb::job_result::Outcome::Success(success)) = &mut stored.outcome {
-            // A generated password is delivered once, never replayed from disk, and its key never
-            // touches the disk.
-            reissue = success.secret_encoding() == pb::SecretEncoding::Aes256Gcm || !success.secret_key.is_empty();
-            success.secret_key.clear();
-            if !success.sealed_secret.is_empty() {
-                success.sealed_secret.clear();
+            // Only a sealed box (readable by the requester alone) reaches the disk; a plaintext
+            // password or an initial password's key never does, and their jobs are issued afresh.
+            let sealed_box = success.secret_encoding() == pb::SecretEncoding::SealedBox;
+            reissue = !success.secret_key.is_empty() || (!success.sealed_secret.is_empty() && !sealed_box);
+            zeroize::Zeroize::zeroize(&mut success.secret_key);
+            if !sealed_box {
+                zeroize::Zeroize::zeroize(&mut success.sealed_secret);
                 success.secret_encoding = pb::SecretEncoding::None as i32;
-                success
-                    .notes
-                    .push("this job was already answered once; its generated password is not sent again".into());
             }
         }
         let entry = Entry {
@@ -212,27 +212,43 @@ mod tests {
                 account_dn: "CN=a".into(),
                 verified: true,
                 sealed_secret: b"not-for-disk".to_vec(),
+                secret_encoding: pb::SecretEncoding::Plaintext as i32,
                 ..Default::default()
             })),
+            attempt: 1,
         }
     }
 
     #[tokio::test]
-    async fn finished_jobs_survive_reopening_without_their_secret() {
+    async fn finished_jobs_survive_reopening_and_a_plaintext_password_never_reaches_the_disk() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("journal.jsonl");
         let journal = Journal::open(&path).expect("open");
         journal.record(&success("j1")).await.expect("record");
+        let sealed = pb::JobResult {
+            job_id: "j0".into(),
+            outcome: Some(pb::job_result::Outcome::Success(pb::JobSuccess {
+                account_dn: "CN=a".into(),
+                sealed_secret: b"sealed-box-bytes".to_vec(),
+                secret_encoding: pb::SecretEncoding::SealedBox as i32,
+                ..Default::default()
+            })),
+            attempt: 1,
+        };
+        journal.record(&sealed).await.expect("record");
         let retryable = pb::JobResult {
             job_id: "j2".into(),
             outcome: Some(pb::job_result::Outcome::Failure(pb::JobFailure { retryable: true, ..Default::default() })),
+            attempt: 1,
         };
         journal.record(&retryable).await.expect("record");
         drop(journal);
         let journal = Journal::open(&path).expect("reopen");
-        let replayed = journal.result("j1").expect("remembered");
+        assert_eq!(journal.lookup("j1"), Some(Recorded::Reissue), "nobody can read it: issue a fresh one");
+        let replayed = journal.result("j0").expect("remembered");
         let Some(pb::job_result::Outcome::Success(s)) = replayed.outcome else { panic!("success expected") };
-        assert!(s.sealed_secret.is_empty());
+        assert_eq!(s.sealed_secret, b"sealed-box-bytes", "a sealed box is replayed to its requester");
+        assert_eq!(s.secret_encoding(), pb::SecretEncoding::SealedBox);
         assert!(journal.result("j2").is_none(), "retryable failures are not final");
         assert!(!std::fs::read_to_string(&path).expect("read").contains("not-for-disk"));
     }
@@ -264,6 +280,7 @@ mod tests {
                 secret_key: b"key-not-for-disk-key-not-for-dis".to_vec(),
                 ..Default::default()
             })),
+            attempt: 1,
         };
         journal.record(&initial).await.expect("record");
         assert_eq!(journal.lookup("j3"), Some(Recorded::Reissue));

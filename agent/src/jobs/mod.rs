@@ -11,6 +11,7 @@
 //! ([`seal`]) that travels next to it in the result, for the one-time link to the new hire.
 
 pub mod journal;
+pub mod lease;
 pub mod precheck;
 pub mod seal;
 
@@ -25,8 +26,9 @@ use pwrelay_shared::secret::SecretString;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditLog, Event};
-use crate::directory::{AccountTarget, Applied, Directory, DirectoryError, WriteOptions};
+use crate::directory::{AccountTarget, Applied, Directory, DirectoryError, WriteGate, WriteOptions};
 use journal::{Journal, Recorded};
+use lease::JobLease;
 use precheck::PasswordPrecheck;
 
 /// What every job needs.
@@ -55,9 +57,25 @@ impl JobContext {
 /// Shared job context.
 pub type Jobs = Arc<JobContext>;
 
-/// Carries out `job` and returns its result.
+/// Carries out `job` under the lease it arrived with and returns its result.
+pub async fn execute(context: &JobContext, job: pb::Job) -> pb::JobResult {
+    let lease = JobLease::granted(job.attempt, lease_duration(&job), None);
+    execute_leased(context, job, &lease).await
+}
+
+/// The lease a job arrived with: its duration, or (from a relay that sends none) the time until
+/// its deadline on the relay's clock.
+pub fn lease_duration(job: &pb::Job) -> std::time::Duration {
+    match job.lease_duration_ms {
+        0 => std::time::Duration::from_millis(u64::try_from(job.lease_deadline_unix_ms - now_unix_ms()).unwrap_or(0)),
+        ms => std::time::Duration::from_millis(ms),
+    }
+}
+
+/// Carries out `job` and returns its result, naming the attempt `lease` holds when it ends. Every
+/// directory write asks `lease` first ([`lease::JobLease::admit_write`]).
 #[tracing::instrument(skip_all, fields(job_id = %job.id, domain = %job.domain, attempt = job.attempt))]
-pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
+pub async fn execute_leased(context: &JobContext, mut job: pb::Job, lease: &JobLease) -> pb::JobResult {
     let kind = pb::JobKind::try_from(job.kind).unwrap_or(pb::JobKind::Unspecified);
     let mut event = Event {
         job_id: job.id.clone(),
@@ -68,28 +86,30 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
         ..Event::default()
     };
     match context.journal.lookup(&job.id) {
-        Some(Recorded::Answer(previous)) => {
+        Some(Recorded::Answer(mut previous)) => {
             tracing::info!("job already finished; answering from the journal");
             context.audit.record(&Event { event_id: audit::ids::REPLAYED, event: "job_replayed", ..event }).await;
+            // The same application, reported under the attempt that asks now.
+            previous.attempt = lease.attempt();
             return previous;
         }
         Some(Recorded::Reissue) => {
-            // The earlier attempt set a password whose key only its lost result carried: nobody can
-            // ever read it, so this attempt replaces it with a fresh one.
-            tracing::info!("initial password redelivered; its earlier result never arrived, issuing a fresh one");
-            context
-                .audit
-                .record(&Event {
-                    event_id: audit::ids::INITIAL_PASSWORD_REISSUED,
-                    event: "initial_password_reissued",
-                    ..event.clone()
-                })
-                .await;
+            // The earlier attempt set a password that only its lost result carried (in plaintext
+            // over the link, or with the key that opens it): nobody can ever read it, so this
+            // attempt replaces it with a fresh one.
+            let (event_id, name) = match kind {
+                pb::JobKind::GeneratePassword => {
+                    (audit::ids::GENERATED_PASSWORD_REISSUED, "generated_password_reissued")
+                }
+                _ => (audit::ids::INITIAL_PASSWORD_REISSUED, "initial_password_reissued"),
+            };
+            tracing::info!("generated password redelivered; its earlier result never arrived, issuing a fresh one");
+            context.audit.record(&Event { event_id, event: name, ..event.clone() }).await;
         }
         None => {}
     }
     context.audit.record(&Event { event_id: audit::ids::JOB_RECEIVED, event: "job_received", ..event.clone() }).await;
-    let outcome = match run(context, kind, &mut job, &event).await {
+    let outcome = match run(context, kind, &mut job, &event, lease).await {
         Ok(Done { applied, secret, secret_key }) => {
             tracing::info!(account = %applied.account.dn, verified = applied.verified, "job done");
             let (sealed_secret, secret_encoding) = secret.unwrap_or((Vec::new(), pb::SecretEncoding::None));
@@ -133,6 +153,7 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
                 FailureCode::InvalidJob | FailureCode::UnsupportedJob | FailureCode::UnknownDomain => {
                     (audit::ids::INVALID_JOB, "refused_invalid_job")
                 }
+                FailureCode::NotStarted => (audit::ids::NOT_STARTED, "job_not_started"),
                 _ => (audit::ids::JOB_FAILED, "job_failed"),
             };
             event.code = error.code.as_str_name().trim_start_matches("FAILURE_CODE_").to_ascii_lowercase();
@@ -141,7 +162,7 @@ pub async fn execute(context: &JobContext, mut job: pb::Job) -> pb::JobResult {
             pb::job_result::Outcome::Failure(error.to_proto())
         }
     };
-    let result = pb::JobResult { job_id: job.id.clone(), outcome: Some(outcome) };
+    let result = pb::JobResult { job_id: job.id.clone(), outcome: Some(outcome), attempt: lease.attempt() };
     if let Err(error) = context.journal.record(&result).await {
         tracing::error!(%error, path = %context.journal.path().display(), "job could not be journaled; a redelivery would apply it again");
     }
@@ -167,6 +188,7 @@ async fn run(
     kind: pb::JobKind,
     job: &mut pb::Job,
     event: &Event,
+    lease: &JobLease,
 ) -> Result<Done, DirectoryError> {
     let (password, recipient) = match job.secret.take().and_then(|s| s.material) {
         Some(pb::secret_material::Material::Password(mut text)) => (SecretString::take_from(&mut text), None),
@@ -176,11 +198,8 @@ async fn run(
     let directory = DomainName::parse(&job.domain).ok().and_then(|d| context.directories.get(&d)).ok_or_else(|| {
         DirectoryError::new(FailureCode::UnknownDomain, format!("this agent does not serve {}", job.domain))
     })?;
-    if job.lease_deadline_unix_ms <= now_unix_ms() {
-        return Err(DirectoryError {
-            retryable: true,
-            ..DirectoryError::new(FailureCode::DirectoryUnavailable, "the job's lease ended before it could start")
-        });
+    if !lease.is_held() {
+        return Err(lease::not_started("the job's lease ended before it could start; nothing was done".into()));
     }
     let target = AccountTarget::from_proto(job.target.take().and_then(|t| t.by))?;
     let options = job.options.unwrap_or_default();
@@ -210,7 +229,7 @@ async fn run(
                 }
                 None => {}
             }
-            let applied = directory.write(prepared, &password, write).await?;
+            let applied = directory.write(prepared, &password, write, lease).await?;
             require_verified(applied, options.must_change).map(Done::from)
         }
         pb::JobKind::Reconcile => {
@@ -230,7 +249,7 @@ async fn run(
             let derived = pwrelay_shared::derive::derive(&upn, &reconcile.salt, &reconcile.params)
                 .map_err(|e| DirectoryError::new(FailureCode::InvalidJob, format!("derivation failed: {e}")))?;
             let write = WriteOptions { must_change: false, unlock: options.unlock, enforce_history: false };
-            let applied = directory.write(prepared, &derived, write).await?;
+            let applied = directory.write(prepared, &derived, write, lease).await?;
             require_verified(applied, false).map(Done::from)
         }
         pb::JobKind::GeneratePassword => {
@@ -243,7 +262,8 @@ async fn run(
             let write =
                 WriteOptions { must_change: options.must_change, unlock: options.unlock, enforce_history: false };
             let (applied, generated) =
-                generate_and_set(context, directory, &target, job.generate, GenerateMode::Random, write, false).await?;
+                generate_and_set(context, directory, &target, job.generate, GenerateMode::Random, write, false, lease)
+                    .await?;
             // The password is set: from here on a failure to return it must not hide that.
             let secret = match recipient {
                 Some(key) => match seal::sealed_box(&key, &generated) {
@@ -265,7 +285,7 @@ async fn run(
             // An initial password is for an account nobody has used yet: a workflow run for anyone
             // else must not become a way to take over their account.
             let (applied, generated) =
-                generate_and_set(context, directory, &target, job.generate, GenerateMode::Friendly, write, true)
+                generate_and_set(context, directory, &target, job.generate, GenerateMode::Friendly, write, true, lease)
                     .await?;
             // The password is set: from here on a failure to return it must not hide that. A
             // redelivery of the job sets a fresh one (see the journal).
@@ -278,7 +298,7 @@ async fn run(
             Ok(Done { applied, secret: Some((sealed, pb::SecretEncoding::Aes256Gcm)), secret_key: Some(key) })
         }
         pb::JobKind::Unlock => {
-            let applied = directory.unlock(&target).await?;
+            let applied = directory.unlock(&target, lease).await?;
             if !applied.verified {
                 return Err(DirectoryError::new(
                     FailureCode::VerificationFailed,
@@ -307,6 +327,7 @@ async fn run(
 /// Generates a password for the target that meets its effective policy and passes the
 /// banned-password evaluation (`spec`, with `default_mode` when it names none), writes it and
 /// requires the read-back to show it applied.
+#[expect(clippy::too_many_arguments, reason = "one call site per generating kind, each naming every input")]
 async fn generate_and_set(
     context: &JobContext,
     directory: &Directory,
@@ -315,6 +336,7 @@ async fn generate_and_set(
     default_mode: GenerateMode,
     write: WriteOptions,
     first_sign_in_only: bool,
+    gate: &dyn WriteGate,
 ) -> Result<(Applied, SecretString), DirectoryError> {
     let spec = spec.unwrap_or_default();
     let mode = match pb::GenerateMode::try_from(spec.mode).unwrap_or(pb::GenerateMode::Unspecified) {
@@ -345,7 +367,7 @@ async fn generate_and_set(
         .ok_or_else(|| DirectoryError::new(FailureCode::UnknownDomain, "no password check for this domain"))?;
     let generated =
         precheck.generate(&prepared.policy, &prepared.account, &GenerateOptions { mode, length, ..defaults })?;
-    let applied = require_verified(directory.write(prepared, &generated, write).await?, write.must_change)?;
+    let applied = require_verified(directory.write(prepared, &generated, write, gate).await?, write.must_change)?;
     Ok((applied, generated))
 }
 

@@ -1,11 +1,21 @@
 //! The agent's link to the relay: dial out over mutual TLS, open the `AgentLink` stream, carry out
-//! the jobs that arrive, send results and heartbeats; on any failure reconnect with back-off.
+//! the jobs that arrive, renew their leases with every heartbeat and send their results until the
+//! relay acknowledges them; on any failure reconnect with back-off.
 //!
 //! The relay's certificate must chain to the configured CA *and* carry `relay.server_name`.
+//!
+//! Jobs and their unacknowledged results outlive a stream. The relay leases jobs to the agent's
+//! name and this process's instance id, so a job keeps running while the link is down, and the
+//! next stream renews its lease and sends its result. A job id that is running is never started a
+//! second time (a redelivery under a newer attempt carries the one run on under that attempt). On
+//! shutdown the agent starts no new job (it gives each back unstarted), and lets the running ones
+//! finish and be acknowledged for up to `relay.shutdown_grace_seconds`, renewing their leases
+//! meanwhile.
 
 pub mod backoff;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,21 +24,23 @@ use pwrelay_proto::agent::v1 as pb;
 use pwrelay_proto::agent::v1::agent_link_client::AgentLinkClient;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Endpoint, Uri};
 
 use crate::health::HealthState;
+use crate::jobs::lease::{self, JobLease};
 use crate::jobs::{self, Jobs};
 use backoff::Backoff;
 
 /// How long to wait for the relay's welcome.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long running jobs get to finish and report when the agent stops.
-const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How many recent heartbeats are remembered for counting renewals from when they were sent.
+const HEARTBEATS_REMEMBERED: usize = 16;
 /// A session that lasted this long resets the back-off.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 
@@ -79,22 +91,110 @@ pub struct LinkClient {
     pub max_jobs_in_flight: u32,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// How long running jobs get to finish and be acknowledged after shutdown starts.
+    pub shutdown_grace: Duration,
     /// The served domains, journal and audit log.
     pub jobs: Jobs,
     /// Health state to update.
     pub health: Arc<HealthState>,
 }
 
+/// What outlives one stream: the running jobs with their leases, and the results the relay has
+/// not acknowledged yet.
+#[derive(Debug)]
+struct LinkState {
+    /// This process's instance id (Hello.instance_id).
+    instance_id: String,
+    /// Running jobs by id, each with its lease.
+    running: Mutex<HashMap<String, Arc<JobLease>>>,
+    /// Finished jobs whose result the relay has not acknowledged, by id.
+    pending: Mutex<HashMap<String, pb::JobResult>>,
+    /// Woken when a job finishes.
+    finished: Notify,
+    /// Shutdown started: no new job starts.
+    draining: AtomicBool,
+    /// The relay's bound on an LDAP write (Welcome.write_timeout_ms).
+    write_timeout: Mutex<Option<Duration>>,
+}
+
+impl LinkState {
+    fn new() -> Self {
+        Self {
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            running: Mutex::default(),
+            pending: Mutex::default(),
+            finished: Notify::new(),
+            draining: AtomicBool::new(false),
+            write_timeout: Mutex::default(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        // One lock at a time: no lock is ever held while taking another.
+        let running = lock(&self.running).is_empty();
+        running && lock(&self.pending).is_empty()
+    }
+
+    /// The job attempts whose leases a heartbeat renews: running jobs, and finished ones whose
+    /// result is not acknowledged (their attempt is unresolved until the relay records it).
+    fn held(&self) -> Vec<pb::JobAttempt> {
+        let mut held: Vec<pb::JobAttempt> = lock(&self.running)
+            .iter()
+            .map(|(id, lease)| pb::JobAttempt { job_id: id.clone(), attempt: lease.attempt() })
+            .collect();
+        held.extend(
+            lock(&self.pending).values().map(|r| pb::JobAttempt { job_id: r.job_id.clone(), attempt: r.attempt }),
+        );
+        held
+    }
+}
+
+/// Removes a job from the running set when its task ends, however it ends.
+struct Running {
+    state: Arc<LinkState>,
+    id: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        lock(&self.state.running).remove(&self.id);
+        self.state.finished.notify_one();
+    }
+}
+
+/// Erases a result's secret bytes (a generated password, an initial password's key).
+fn forget(mut result: pb::JobResult) {
+    if let Some(pb::job_result::Outcome::Success(success)) = &mut result.outcome {
+        zeroize::Zeroize::zeroize(&mut success.sealed_secret);
+        zeroize::Zeroize::zeroize(&mut success.secret_key);
+    }
+}
+
+/// One stream's bookkeeping.
+struct Stream {
+    outbound: mpsc::Sender<pb::AgentMessage>,
+    /// Results sent on this stream (job, attempt), so each is sent once per stream.
+    sent: HashSet<(String, u32)>,
+    /// When recent heartbeats were sent, by sequence.
+    heartbeats: VecDeque<(u64, Instant)>,
+    sequence: u64,
+}
+
 impl LinkClient {
-    /// Keeps the link up until `cancel` fires.
+    /// Keeps the link up until `cancel` fires and the running jobs have finished and been
+    /// acknowledged (or `shutdown_grace` has passed).
     pub async fn run(self, cancel: CancellationToken) {
+        let state = Arc::new(LinkState::new());
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(drain_on_shutdown(Arc::clone(&state), cancel, stop.clone(), self.shutdown_grace));
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             let started = tokio::time::Instant::now();
-            let result = self.session(&cancel).await;
+            let result = self.session(&state, &tasks, &stop).await;
             self.health.set_relay_connected(false);
             match result {
-                Ok(SessionEnd::Shutdown) => return,
+                Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::RelayClosed) => tracing::info!("the relay closed the agent link; reconnecting"),
                 Err(error) => tracing::warn!(%error, "agent link down"),
             }
@@ -107,9 +207,20 @@ impl LinkClient {
                 "reconnecting after back-off"
             );
             tokio::select! {
-                () = cancel.cancelled() => return,
+                () = stop.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
             }
+        }
+        tasks.close();
+        let running = lock(&state.running).len();
+        let unacknowledged = lock(&state.pending).len();
+        if running + unacknowledged > 0 {
+            tracing::warn!(
+                running,
+                unacknowledged,
+                "stopping with jobs not reported; the relay redelivers them after their lease, and the journal \
+                 answers those that finished"
+            );
         }
     }
 
@@ -145,9 +256,14 @@ impl LinkClient {
         Ok(AgentLinkClient::new(channel))
     }
 
-    async fn session(&self, cancel: &CancellationToken) -> Result<SessionEnd, LinkError> {
+    async fn session(
+        &self,
+        state: &Arc<LinkState>,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Result<SessionEnd, LinkError> {
         let mut client = tokio::select! {
-            () = cancel.cancelled() => return Ok(SessionEnd::Shutdown),
+            () = stop.cancelled() => return Ok(SessionEnd::Shutdown),
             client = self.connect() => client?,
         };
         let (outbound, rx) = mpsc::channel::<pb::AgentMessage>(64);
@@ -155,6 +271,7 @@ impl LinkClient {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             domains: self.jobs.directories.keys().map(|d| d.to_string()).collect(),
             max_jobs_in_flight: self.max_jobs_in_flight,
+            instance_id: state.instance_id.clone(),
         };
         send(&outbound, pb::agent_message::Body::Hello(hello)).await?;
         let mut inbound = client
@@ -172,12 +289,27 @@ impl LinkClient {
             agent = %welcome.agent_name,
             domains = ?welcome.authorized_domains,
             relay_version = %welcome.relay_version,
+            lease_ms = welcome.lease_duration_ms,
+            write_timeout_ms = welcome.write_timeout_ms,
             "connected to the relay"
         );
+        let write_timeout = Some(Duration::from_millis(welcome.write_timeout_ms)).filter(|d| !d.is_zero());
+        if let Some(bound) = write_timeout {
+            for directory in self.jobs.directories.values() {
+                if directory.config().timeout > bound {
+                    tracing::warn!(
+                        domain = %directory.domain(),
+                        timeout_ms = u64::try_from(directory.config().timeout.as_millis()).unwrap_or(u64::MAX),
+                        relay_write_timeout_ms = welcome.write_timeout_ms,
+                        "domains.timeout_seconds is longer than the relay's link.write_timeout_seconds; writes are \
+                         cut to the relay's bound"
+                    );
+                }
+            }
+        }
+        *lock(&state.write_timeout) = write_timeout;
         self.health.set_relay_connected(true);
 
-        let in_progress: Arc<Mutex<HashSet<String>>> = Arc::default();
-        let mut running = JoinSet::new();
         // Never slower than the relay expects: it closes streams silent for three of its intervals.
         let interval = match welcome.heartbeat_interval_seconds {
             0 => self.heartbeat,
@@ -185,27 +317,25 @@ impl LinkClient {
         };
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sequence = 0u64;
-        let end = loop {
+        let mut stream = Stream { outbound, sent: HashSet::new(), heartbeats: VecDeque::new(), sequence: 0 };
+        // Results the previous stream could not deliver go first.
+        flush(state, &mut stream).await?;
+        loop {
             tokio::select! {
-                () = cancel.cancelled() => break Ok(SessionEnd::Shutdown),
+                () = stop.cancelled() => return Ok(SessionEnd::Shutdown),
+                () = state.finished.notified() => flush(state, &mut stream).await?,
                 message = inbound.message() => match message {
                     Ok(Some(pb::RelayMessage { body: Some(body) })) => match body {
-                        pb::relay_message::Body::Job(job) => {
-                            let (context, outbound, in_progress) = (Arc::clone(&self.jobs), outbound.clone(), Arc::clone(&in_progress));
-                            lock(&in_progress).insert(job.id.clone());
-                            running.spawn(async move {
-                                let id = job.id.clone();
-                                let result = jobs::execute(&context, job).await;
-                                lock(&in_progress).remove(&id);
-                                if send(&outbound, pb::agent_message::Body::Result(result)).await.is_err() {
-                                    tracing::warn!(job_id = %id, "the link closed before the result was sent; the relay will redeliver the job");
+                        pb::relay_message::Body::Job(job) => self.accept(state, tasks, &mut stream, job).await?,
+                        pb::relay_message::Body::Ping(ping) => self.heartbeat(state, &mut stream, ping.nonce).await?,
+                        pb::relay_message::Body::Leases(update) => renewed(state, &stream, &update),
+                        pb::relay_message::Body::Ack(ack) => {
+                            let mut pending = lock(&state.pending);
+                            if pending.get(&ack.job_id).is_some_and(|r| r.attempt == ack.attempt) {
+                                if let Some(result) = pending.remove(&ack.job_id) {
+                                    forget(result);
                                 }
-                            });
-                        }
-                        pb::relay_message::Body::Ping(ping) => {
-                            sequence += 1;
-                            send(&outbound, pb::agent_message::Body::Heartbeat(self.heartbeat_message(sequence, ping.nonce, &in_progress))).await?;
+                            }
                         }
                         pb::relay_message::Body::Cancel(cancel) => {
                             tracing::info!(job_id = %cancel.job_id, "the relay cancelled a job; jobs start at once, so it runs to completion");
@@ -213,35 +343,79 @@ impl LinkClient {
                         pb::relay_message::Body::Welcome(_) => tracing::warn!("the relay sent a second welcome; ignoring it"),
                     },
                     Ok(Some(pb::RelayMessage { body: None })) => tracing::warn!("the relay sent an empty message; ignoring it"),
-                    Ok(None) => break Ok(SessionEnd::RelayClosed),
-                    Err(status) => break Err(LinkError::Stream(status.message().to_owned())),
+                    Ok(None) => return Ok(SessionEnd::RelayClosed),
+                    Err(status) => return Err(LinkError::Stream(status.message().to_owned())),
                 },
-                _ = heartbeat.tick() => {
-                    sequence += 1;
-                    send(&outbound, pb::agent_message::Body::Heartbeat(self.heartbeat_message(sequence, 0, &in_progress))).await?;
-                }
-                Some(finished) = running.join_next() => {
-                    if let Err(e) = finished {
-                        tracing::error!(error = %e, "a job task failed");
-                    }
-                }
-            }
-        };
-        if !running.is_empty() {
-            tracing::info!(jobs = running.len(), "waiting for running jobs to report");
-            let drained =
-                tokio::time::timeout(DRAIN_GRACE, async { while running.join_next().await.is_some() {} }).await;
-            if drained.is_err() {
-                tracing::warn!("jobs still running after {DRAIN_GRACE:?}; the relay will redeliver them");
+                _ = heartbeat.tick() => self.heartbeat(state, &mut stream, 0).await?,
             }
         }
-        end
     }
 
-    fn heartbeat_message(&self, sequence: u64, ping_nonce: u64, in_progress: &Mutex<HashSet<String>>) -> pb::Heartbeat {
-        pb::Heartbeat {
-            sequence,
-            jobs_in_progress: lock(in_progress).iter().cloned().collect(),
+    /// A job from the relay: started, unless it is running or finished already, or the agent is
+    /// stopping.
+    async fn accept(
+        &self,
+        state: &Arc<LinkState>,
+        tasks: &TaskTracker,
+        stream: &mut Stream,
+        job: pb::Job,
+    ) -> Result<(), LinkError> {
+        let duration = jobs::lease_duration(&job);
+        if let Some(lease) = lock(&state.running).get(&job.id) {
+            // One run per job: a redelivery (a lapsed lease given back to this agent) carries the
+            // running one on under its newer attempt.
+            tracing::info!(job_id = %job.id, attempt = job.attempt, "job already running here; not started twice");
+            lease.regrant(job.attempt, duration);
+            return Ok(());
+        }
+        let answered = {
+            let mut pending = lock(&state.pending);
+            match pending.get_mut(&job.id) {
+                Some(result) => {
+                    // Finished, result not yet recorded: the same application answers the new attempt.
+                    result.attempt = result.attempt.max(job.attempt);
+                    true
+                }
+                None => false,
+            }
+        };
+        if answered {
+            tracing::info!(job_id = %job.id, attempt = job.attempt, "job already done here; sending its result again");
+            return flush(state, stream).await;
+        }
+        if state.draining.load(Ordering::SeqCst) {
+            tracing::info!(job_id = %job.id, "stopping: job given back unstarted");
+            let failure = lease::not_started("the agent is stopping; nothing was done, the job is given back".into());
+            let result = pb::JobResult {
+                job_id: job.id,
+                outcome: Some(pb::job_result::Outcome::Failure(failure.to_proto())),
+                attempt: job.attempt,
+            };
+            return send(&stream.outbound, pb::agent_message::Body::Result(result)).await;
+        }
+        let lease = Arc::new(JobLease::granted(job.attempt, duration, *lock(&state.write_timeout)));
+        lock(&state.running).insert(job.id.clone(), Arc::clone(&lease));
+        let (context, state) = (Arc::clone(&self.jobs), Arc::clone(state));
+        tasks.spawn(async move {
+            let running = Running { state: Arc::clone(&state), id: job.id.clone() };
+            let result = jobs::execute_leased(&context, job, &lease).await;
+            // Kept until the relay acknowledges it, across streams; then the task is no longer running.
+            lock(&state.pending).insert(result.job_id.clone(), result);
+            drop(running);
+        });
+        Ok(())
+    }
+
+    async fn heartbeat(&self, state: &LinkState, stream: &mut Stream, ping_nonce: u64) -> Result<(), LinkError> {
+        stream.sequence += 1;
+        if stream.heartbeats.len() == HEARTBEATS_REMEMBERED {
+            stream.heartbeats.pop_front();
+        }
+        stream.heartbeats.push_back((stream.sequence, Instant::now()));
+        let in_progress: Vec<String> = lock(&state.running).keys().cloned().collect();
+        let message = pb::Heartbeat {
+            sequence: stream.sequence,
+            jobs_in_progress: in_progress,
             directories: self
                 .health
                 .directories()
@@ -253,8 +427,63 @@ impl LinkClient {
                 })
                 .collect(),
             ping_nonce,
+            running: state.held(),
+        };
+        send(&stream.outbound, pb::agent_message::Body::Heartbeat(message)).await
+    }
+}
+
+/// Sends every unacknowledged result not yet sent on this stream.
+async fn flush(state: &LinkState, stream: &mut Stream) -> Result<(), LinkError> {
+    let unsent: Vec<pb::JobResult> = lock(&state.pending)
+        .values()
+        .filter(|r| !stream.sent.contains(&(r.job_id.clone(), r.attempt)))
+        .cloned()
+        .collect();
+    for result in unsent {
+        stream.sent.insert((result.job_id.clone(), result.attempt));
+        send(&stream.outbound, pb::agent_message::Body::Result(result)).await?;
+    }
+    Ok(())
+}
+
+/// Applies the relay's answer to a heartbeat's running jobs.
+fn renewed(state: &LinkState, stream: &Stream, update: &pb::LeaseUpdate) {
+    let duration = Duration::from_millis(update.lease_duration_ms);
+    let sent_at =
+        stream.heartbeats.iter().find(|(sequence, _)| *sequence == update.heartbeat_sequence).map(|(_, at)| *at);
+    let running = lock(&state.running);
+    if let Some(sent_at) = sent_at {
+        for attempt in &update.renewed {
+            if let Some(lease) = running.get(&attempt.job_id) {
+                lease.renew(attempt.attempt, sent_at, duration);
+            }
         }
     }
+    for attempt in &update.lost {
+        if let Some(lease) = running.get(&attempt.job_id) {
+            tracing::warn!(job_id = %attempt.job_id, attempt = attempt.attempt, "the relay no longer gives this agent the job; no write will start for it");
+            lease.lose(attempt.attempt);
+        }
+    }
+}
+
+/// On shutdown: stop taking jobs, then end the link once nothing runs or waits for an
+/// acknowledgement, or once `grace` has passed.
+async fn drain_on_shutdown(state: Arc<LinkState>, cancel: CancellationToken, stop: CancellationToken, grace: Duration) {
+    cancel.cancelled().await;
+    state.draining.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + grace;
+    if !state.is_idle() {
+        tracing::info!(grace_s = grace.as_secs(), "stopping: waiting for running jobs to finish and be acknowledged");
+    }
+    while !state.is_idle() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !state.is_idle() {
+        tracing::warn!("jobs still running or unacknowledged after relay.shutdown_grace_seconds; stopping anyway");
+    }
+    stop.cancel();
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -51,11 +51,13 @@ pub enum ApiErrorCode {
     AlreadyUsed,
     /// 410: the one-time link expired unused.
     Expired,
+    /// 410: a generating job succeeded, but its password never reached the relay.
+    SecretLost,
 }
 
 impl ApiErrorCode {
     /// Every code, in status order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::InvalidJson,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -71,6 +73,7 @@ impl ApiErrorCode {
         Self::WrongProof,
         Self::AlreadyUsed,
         Self::Expired,
+        Self::SecretLost,
     ];
 
     /// The code as it appears in `error.code`.
@@ -91,6 +94,7 @@ impl ApiErrorCode {
             Self::WrongProof => "wrong_proof",
             Self::AlreadyUsed => "already_used",
             Self::Expired => "expired",
+            Self::SecretLost => "secret_lost",
         }
     }
 
@@ -110,7 +114,7 @@ impl ApiErrorCode {
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::WrongProof => StatusCode::FORBIDDEN,
-            Self::AlreadyUsed | Self::Expired => StatusCode::GONE,
+            Self::AlreadyUsed | Self::Expired | Self::SecretLost => StatusCode::GONE,
         }
     }
 
@@ -127,6 +131,10 @@ impl ApiErrorCode {
                  the original job); cancelling a job an agent holds or that has ended"
             }
             Self::Gone => "the job's password was already read once and has been erased",
+            Self::SecretLost => {
+                "the job set a password, but it never reached the relay, so nobody holds it: request another \
+                 rotation of the account (final; the job will never return a password)"
+            }
             Self::BodyTooLarge => "the body exceeds api.max_body_bytes (details.limit_bytes)",
             Self::UnsupportedMediaType => "the body is not application/json (or text/csv where a route takes it)",
             Self::InvalidRequest => {
@@ -263,6 +271,11 @@ impl ApiError {
         Self::new(ApiErrorCode::Gone, message)
     }
 
+    /// 410: a generating job's password never reached the relay.
+    pub fn secret_lost(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorCode::SecretLost, message)
+    }
+
     /// 413: the body exceeds `limit` bytes.
     pub fn too_large(limit: usize) -> Self {
         let mut error = Self::new(ApiErrorCode::BodyTooLarge, format!("the request body exceeds {limit} bytes"));
@@ -396,7 +409,7 @@ error_responses! {
     /// What cancelling a job can answer besides 200.
     CancelErrors = [Unauthenticated, NotFound, Conflict, InvalidRequest, Unavailable];
     /// What reading a job's password can answer besides 200.
-    SecretErrors = [Unauthenticated, NotFound, Conflict, Gone, InvalidRequest, Unavailable];
+    SecretErrors = [Unauthenticated, NotFound, Conflict, Gone, SecretLost, InvalidRequest, Unavailable];
     /// What any other route that needs a token can answer besides 200.
     TokenErrors = [Unauthenticated, Unavailable];
     /// What a Lifecycle Workflows callout can answer besides 202.

@@ -281,6 +281,12 @@ pub(super) async fn secret(
         SecretTake::AlreadyTaken => {
             return Err(ApiError::gone("this job's password was already read once and has been erased"));
         }
+        SecretTake::Lost => {
+            return Err(ApiError::secret_lost(
+                "the job set a password, but it never reached the relay, so nobody holds it; request another \
+                 rotation of this account",
+            ));
+        }
         SecretTake::NotReady => return Err(ApiError::conflict("the job has not finished; wait for it with ?wait=")),
         SecretTake::NoSecret => return Err(ApiError::not_found(format!("job {id} returns no password"))),
         SecretTake::NotFound => return Err(ApiError::not_found(format!("no job {id} for this API client"))),

@@ -258,6 +258,9 @@ text_enum! {
         DeliveryExhausted = "delivery_exhausted",
         /// The job waited longer than its time to live.
         Expired = "expired",
+        /// The agent gave the job back without touching the directory (too little time left on its
+        /// lease, or it was stopping); only ever the last error of a job that ran out of attempts.
+        NotStarted = "not_started",
         /// Some jobs of a batch failed; see its children.
         PartialFailure = "partial_failure",
         /// An agent reported a failure this relay does not know.
@@ -285,6 +288,7 @@ impl ErrorCode {
             F::Cancelled => Self::Cancelled,
             F::AccountStateConflict => Self::AccountStateConflict,
             F::PasswordRejected => Self::PasswordRejected,
+            F::NotStarted => Self::NotStarted,
             F::Unspecified => Self::Unknown,
         }
     }
@@ -320,6 +324,20 @@ impl Target {
             Self::Upn(v) | Self::SamAccountName(v) | Self::Dn(v) => v.clone(),
             Self::ObjectGuid(g) => g.hyphenated().to_string(),
         }
+    }
+
+    /// The key that serialises jobs on one account: the domain and the target as given, with
+    /// case and the spaces around a DN's separators ignored (AD compares all of these
+    /// case-insensitively). Two forms of one account (a UPN and its sAMAccountName) have different
+    /// keys.
+    pub fn account_key(&self, domain: &DomainName) -> String {
+        let value = match self {
+            Self::Dn(dn) => {
+                dn.split(',').map(|rdn| rdn.trim().replace(" =", "=").replace("= ", "=")).collect::<Vec<_>>().join(",")
+            }
+            _ => self.value(),
+        };
+        format!("{domain}/{}:{}", self.kind(), value.to_lowercase())
     }
 
     /// Rebuilds a target from its stored kind and value.
@@ -552,8 +570,10 @@ pub struct LeasedJob {
     pub sealed_secret: Option<Vec<u8>>,
     /// The requester's public key, for generating jobs.
     pub recipient_key: Option<Vec<u8>>,
-    /// Lease end, Unix milliseconds.
+    /// Lease end, Unix milliseconds (the relay's clock; informative for the agent).
     pub lease_deadline_unix_ms: i64,
+    /// How long the lease lasts from now.
+    pub lease_duration: std::time::Duration,
 }
 
 /// A point in time, milliseconds since the Unix epoch; shown as RFC 3339.

@@ -256,7 +256,9 @@ async fn applied(
             .unwrap_or_else(|| "the initial password job failed".into());
         return fail(lifecycle, request, &reason).await;
     }
-    let Some(key) = lifecycle.keys.take(job_id) else {
+    // The key of the attempt that finished the job (the session put it there before recording it).
+    let attempt = lifecycle.jobs.job(job_id).await?.map_or(0, |job| job.attempts);
+    let Some(key) = lifecycle.keys.take(job_id, attempt) else {
         return fail(
             lifecycle,
             request,
@@ -278,7 +280,7 @@ async fn applied(
     let expires = Timestamp(Timestamp::now().0 + ms(lifecycle.config.link_ttl));
     if let Err(error) = lifecycle.store.open_link(id, &link_id, proof, expires).await {
         // Nothing was sent: keep the key for the next try.
-        lifecycle.keys.put(job_id, key);
+        lifecycle.keys.put(job_id, attempt, key);
         delivering.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         return Err(error);
     }

@@ -1,6 +1,10 @@
 //! One agent stream: hello and authorization, then claiming jobs for the agent, delivering them,
-//! and recording its results, until the stream ends; then the agent's unfinished jobs go back to
-//! the queue.
+//! renewing the leases of the jobs it runs and recording its results, until the stream ends.
+//!
+//! Jobs are leased to the agent's *holder*: its certificate name and the instance id of its
+//! process. A stream that ends takes no lease away: the same process renews its leases and resends
+//! its unacknowledged results on its next stream, and the jobs of an agent that does not come back
+//! are taken over once their lease and the write timeout have passed (see [`crate::store`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -19,10 +23,13 @@ use tracing::Instrument as _;
 use super::LinkContext;
 use super::registry::{ConnectedAgent, Registration};
 use crate::jobs::{
-    AccountState, ErrorCode, GenerateMode, JobError, JobId, JobKind, JobSuccess, LeasedJob, Outcome, ResultSecret,
+    AccountState, ErrorCode, GenerateMode, JobError, JobId, JobSuccess, LeasedJob, Outcome, ResultSecret,
     SecretEncoding, Timestamp,
 };
 use crate::store::Completion;
+
+/// The audit event of a result that changed nothing because it is not from the current attempt.
+const STALE_RESULT_EVENT: &str = "link.stale_result";
 use pwrelay_shared::secret::{SecretBytes, SecretString};
 
 /// How long an agent has to send its hello.
@@ -33,6 +40,8 @@ const CLAIM_INTERVAL: Duration = Duration::from_secs(1);
 const MISSED_HEARTBEATS: u32 = 3;
 /// Upper bound on what an agent may ask for.
 const MAX_JOBS_IN_FLIGHT: u32 = 64;
+/// Upper bound on the running jobs one heartbeat may renew.
+const MAX_RENEWALS: usize = 4 * MAX_JOBS_IN_FLIGHT as usize;
 
 type Outbound = mpsc::Sender<Result<pb::RelayMessage, Status>>;
 
@@ -41,8 +50,6 @@ pub(super) struct Session {
     identity: AgentIdentity,
     peer: Option<SocketAddr>,
     outbound: Outbound,
-    /// Kinds of the jobs delivered on this stream (a verification's result reads differently).
-    kinds: std::sync::Mutex<std::collections::HashMap<JobId, JobKind>>,
 }
 
 /// Why a session ended.
@@ -60,6 +67,8 @@ struct Active {
     holder: String,
     domains: Vec<DomainName>,
     max_in_flight: usize,
+    /// Jobs leased to the holder that have not reported: dispatched on this stream, or named as
+    /// running in a heartbeat (leased on an earlier stream of the same process).
     in_flight: HashSet<JobId>,
     registration: Registration,
 }
@@ -71,7 +80,7 @@ impl Session {
         peer: Option<SocketAddr>,
         outbound: Outbound,
     ) -> Self {
-        Self { context, identity, peer, outbound, kinds: std::sync::Mutex::default() }
+        Self { context, identity, peer, outbound }
     }
 
     pub(super) async fn run(self, inbound: Streaming<pb::AgentMessage>, cancel: CancellationToken) {
@@ -103,6 +112,8 @@ impl Session {
             authorized_domains: active.domains.iter().map(|d| d.to_string()).collect(),
             heartbeat_interval_seconds: u32::try_from(self.context.heartbeat.as_secs()).unwrap_or(u32::MAX),
             agent_name: self.identity.name.to_string(),
+            lease_duration_ms: duration_ms(self.context.claim_policy.lease),
+            write_timeout_ms: duration_ms(self.context.claim_policy.write_timeout),
         };
         if self.send(pb::relay_message::Body::Welcome(welcome)).await.is_err() {
             return;
@@ -120,15 +131,10 @@ impl Session {
             End::OutboundClosed => tracing::info!("agent stream closed"),
             End::Store(error) => tracing::error!(%error, "job store failed; closing agent stream"),
         }
-        match self.context.store.release(&active.holder).await {
-            Ok(0) => {}
-            Ok(released) => {
-                tracing::info!(released, "unfinished jobs of the agent returned to the queue");
-                self.context.events.job_queued();
-            }
-            Err(error) => {
-                tracing::error!(%error, "could not release the agent's jobs; they return when their lease lapses")
-            }
+        if !active.in_flight.is_empty() {
+            // The agent may still be running them: they stay its own until it renews them on its
+            // next stream, reports them, or their lease and the write timeout pass.
+            tracing::info!(jobs = active.in_flight.len(), "the agent's unfinished jobs stay leased to it");
         }
         drop(active.registration);
     }
@@ -163,7 +169,11 @@ impl Session {
             )));
         }
         let max_in_flight = hello.max_jobs_in_flight.clamp(1, MAX_JOBS_IN_FLIGHT) as usize;
-        let holder = format!("{}#{}", self.identity.name, uuid::Uuid::new_v4());
+        // The same process keeps its holder across streams; anything else gets one of its own.
+        let instance = Some(hello.instance_id.as_str())
+            .filter(|id| (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let holder = format!("{}#{instance}", self.identity.name);
         let now = Timestamp::now();
         let registration = self.context.registry.register(
             holder.clone(),
@@ -227,7 +237,7 @@ impl Session {
         use pb::agent_message::Body;
         match message.body {
             Some(Body::Result(result)) => self.record(active, result).await?,
-            Some(Body::Heartbeat(_)) => {}
+            Some(Body::Heartbeat(heartbeat)) => self.renew(active, heartbeat).await?,
             Some(Body::Hello(_)) => tracing::warn!("agent sent a second hello; ignoring it"),
             None => tracing::warn!("agent sent an empty message; ignoring it"),
         }
@@ -235,14 +245,51 @@ impl Session {
         Ok(())
     }
 
+    /// Renews the leases of the jobs a heartbeat names as running and tells the agent which it
+    /// still holds.
+    async fn renew(&self, active: &mut Active, heartbeat: pb::Heartbeat) -> Result<(), End> {
+        if heartbeat.running.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<(JobId, u32)> = heartbeat
+            .running
+            .iter()
+            .take(MAX_RENEWALS)
+            .filter_map(|r| Some((r.job_id.parse::<JobId>().ok()?, r.attempt)))
+            .collect();
+        let lease = self.context.claim_policy.lease;
+        let renewed = self
+            .context
+            .store
+            .renew(&active.holder, named.clone(), lease)
+            .await
+            .map_err(|e| End::Store(e.to_string()))?;
+        let lost: Vec<_> = named.iter().filter(|n| !renewed.contains(n)).copied().collect();
+        for (id, _) in &renewed {
+            active.in_flight.insert(*id);
+        }
+        for (id, attempt) in &lost {
+            active.in_flight.remove(id);
+            tracing::warn!(job_id = %id, attempt, "the agent runs a job whose lease it no longer holds; told to abandon it");
+        }
+        let attempts = |list: &[(JobId, u32)]| {
+            list.iter().map(|(id, attempt)| pb::JobAttempt { job_id: id.to_string(), attempt: *attempt }).collect()
+        };
+        let update = pb::LeaseUpdate {
+            heartbeat_sequence: heartbeat.sequence,
+            renewed: attempts(&renewed),
+            lost: attempts(&lost),
+            lease_duration_ms: duration_ms(lease),
+        };
+        self.send(pb::relay_message::Body::Leases(update)).await
+    }
+
     async fn record(&self, active: &mut Active, result: pb::JobResult) -> Result<(), End> {
-        let Some(id) = result.job_id.parse::<JobId>().ok().filter(|id| active.in_flight.contains(id)) else {
-            // Only jobs leased on this stream may be answered on it: an agent cannot report on
-            // another domain's jobs. A lost result makes the lease lapse and the job redelivered.
-            tracing::warn!(job_id = %result.job_id.chars().take(40).collect::<String>(), "result for a job not leased on this stream; ignoring it");
+        let Ok(id) = result.job_id.parse::<JobId>() else {
+            tracing::warn!(job_id = %printable(&result.job_id), "result for a job id that is not one; ignoring it");
             return Ok(());
         };
-        active.in_flight.remove(&id);
+        let attempt = result.attempt;
         let mut link_key = None;
         let outcome = match result.outcome {
             Some(pb::job_result::Outcome::Success(s)) => {
@@ -267,33 +314,45 @@ impl Session {
                 retryable: false,
             },
         };
-        self.kinds.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&id);
         let state = match &outcome {
             Outcome::Succeeded(..) => "succeeded",
             Outcome::Failed { .. } => "failed",
         };
-        match self.context.store.complete(id, &active.holder, outcome).await {
+        // A link key is in place before the job can be seen as final, and taken back unless this
+        // result is the one that finished it.
+        let placed = link_key.map(|key| self.context.link_keys.put(id, attempt, key)).is_some();
+        // Fenced by holder and attempt: only the current attempt of this agent changes the job.
+        let completion = self.context.store.complete(id, &active.holder, attempt, outcome).await;
+        if placed && !matches!(completion, Ok(Completion::Finished | Completion::Duplicate)) {
+            drop(self.context.link_keys.take(id, attempt));
+        }
+        match completion {
             Ok(Completion::Finished) => {
-                tracing::info!(job_id = %id, state, "job finished");
-                // Only the result that finished the job may give its link a key.
-                if let Some(key) = link_key {
-                    self.context.link_keys.put(id, key);
-                }
+                active.in_flight.remove(&id);
+                tracing::info!(job_id = %id, attempt, state, "job finished");
             }
-            Ok(Completion::Superseded) => tracing::error!(
-                job_id = %id,
-                "an initial password was set again after its first result: its link can no longer reveal it; \
-                 run the workflow task again"
-            ),
             Ok(Completion::Requeued) => {
-                tracing::info!(job_id = %id, "job failed with a retryable error; queued again");
+                active.in_flight.remove(&id);
+                tracing::info!(job_id = %id, attempt, "job failed with a retryable error or was given back; queued again");
                 self.context.events.job_queued();
             }
-            Ok(Completion::Ignored) => tracing::info!(job_id = %id, "result for a job that is already final; ignored"),
+            Ok(Completion::Duplicate) => tracing::info!(job_id = %id, attempt, "result sent again; already recorded"),
+            Ok(Completion::Stale) => {
+                active.in_flight.remove(&id);
+                tracing::warn!(
+                    target: "pwrelay::audit",
+                    event = STALE_RESULT_EVENT,
+                    job_id = %id,
+                    attempt,
+                    state,
+                    "result of an attempt that no longer holds the job; it changed nothing"
+                );
+            }
+            Ok(Completion::Unknown) => tracing::warn!(job_id = %id, "result for an unknown job; ignored"),
             Err(e) => return Err(End::Store(e.to_string())),
         }
         self.context.events.job_changed();
-        Ok(())
+        self.send(pb::relay_message::Body::Ack(pb::ResultAck { job_id: id.to_string(), attempt })).await
     }
 
     async fn dispatch(&self, active: &mut Active) -> Result<(), End> {
@@ -317,12 +376,12 @@ impl Session {
                     self.send(pb::relay_message::Body::Job(job)).await?;
                     self.context.events.job_changed();
                 }
-                Err(error) => {
+                Err((attempt, error)) => {
                     tracing::error!(job_id = %id, error = %error.message, "job cannot be delivered");
                     let outcome = Outcome::Failed { error, retryable: false };
                     self.context
                         .store
-                        .complete(id, &active.holder, outcome)
+                        .complete(id, &active.holder, attempt, outcome)
                         .await
                         .map_err(|e| End::Store(e.to_string()))?;
                     self.context.events.job_changed();
@@ -338,7 +397,6 @@ impl Session {
     fn success(&self, id: JobId, mut s: pb::JobSuccess) -> (Outcome, Option<SecretBytes>) {
         let mut link_key = None;
         let encoding = s.secret_encoding();
-        let is_verify = s.password_matches || self.kind_of(id) == Some(JobKind::Verify);
         let mut bytes = std::mem::take(&mut s.sealed_secret);
         let returned = match encoding {
             pb::SecretEncoding::SealedBox if !bytes.is_empty() => {
@@ -383,7 +441,8 @@ impl Session {
                 account_dn: s.account_dn,
                 verified: s.verified,
                 pwd_last_set: s.pwd_last_set,
-                password_matches: is_verify.then_some(s.password_matches),
+                // Kept only for verifications (the store knows the job's kind).
+                password_matches: Some(s.password_matches),
                 account_state: state,
                 notes: s.notes,
             },
@@ -392,18 +451,16 @@ impl Session {
         (outcome, link_key)
     }
 
-    fn kind_of(&self, id: JobId) -> Option<JobKind> {
-        self.kinds.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&id).copied()
-    }
-
-    fn to_proto(&self, lease: LeasedJob) -> Result<pb::Job, JobError> {
+    /// The job as the agent gets it, or the attempt and the error that fails it.
+    fn to_proto(&self, lease: LeasedJob) -> Result<pb::Job, (u32, JobError)> {
         let job = lease.job;
         let secret = match &lease.sealed_secret {
             Some(sealed) => {
-                let password = self.context.sealer.open(&job.job_id.to_string(), sealed).map_err(|e| JobError {
-                    code: ErrorCode::InvalidJob,
-                    message: e.to_string(),
-                    directory_code: None,
+                let password = self.context.sealer.open(&job.job_id.to_string(), sealed).map_err(|e| {
+                    (
+                        job.attempts,
+                        JobError { code: ErrorCode::InvalidJob, message: e.to_string(), directory_code: None },
+                    )
                 })?;
                 // The proto message owns a plain String; it lives only until the frame is encoded.
                 Some(pb::SecretMaterial {
@@ -417,7 +474,6 @@ impl Session {
                 material: Some(pb::secret_material::Material::RecipientPublicKey(key)),
             })
         });
-        self.kinds.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(job.job_id, job.kind);
         Ok(pb::Job {
             id: job.job_id.to_string(),
             kind: job.kind.to_proto() as i32,
@@ -430,6 +486,7 @@ impl Session {
                 enforce_history: job.options.enforce_history,
             }),
             lease_deadline_unix_ms: lease.lease_deadline_unix_ms,
+            lease_duration_ms: duration_ms(lease.lease_duration),
             attempt: job.attempts,
             generate: job.generate.map(|g| pb::GenerateOptions {
                 length: g.length,
@@ -445,6 +502,15 @@ impl Session {
     async fn send(&self, body: pb::relay_message::Body) -> Result<(), End> {
         self.outbound.send(Ok(pb::RelayMessage { body: Some(body) })).await.map_err(|_| End::OutboundClosed)
     }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An id from the network as it may appear in a log line: printable and short.
+fn printable(text: &str) -> String {
+    text.chars().take(40).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 fn list<'a>(domains: impl IntoIterator<Item = &'a DomainName>) -> String {

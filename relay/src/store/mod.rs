@@ -1,10 +1,22 @@
 //! The durable job store, behind one narrow interface.
 //!
 //! Every state change of a job is one call here, and each call is atomic. [`Store::claim`] is the
-//! only way a job reaches an agent: it atomically leases up to `limit` claimable jobs (queued, or
-//! dispatched with a lapsed lease) of the given domains to one holder. In SQL that is a single
-//! `UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING ...`; PostgreSQL adds
-//! `FOR UPDATE SKIP LOCKED` to the inner select so several relay replicas can share one database.
+//! only way a job reaches an agent: it atomically leases up to `limit` claimable jobs of the given
+//! domains to one holder and increments each job's attempt, the fencing token. In SQL that is a
+//! single `UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING ...`.
+//!
+//! The lease invariants, which every backend keeps in its statements (never read, check, then
+//! write):
+//! - **Fencing.** A result ([`Store::complete`]) or a renewal ([`Store::renew`]) changes a job only
+//!   when the job is dispatched to that holder under that attempt: holder and attempt are in the
+//!   `WHERE`. Anything else is stale and changes nothing.
+//! - **One writer per account.** A job is claimable only when no older job of the same account
+//!   (`account_key`: domain plus the target as given, normalised) is unfinished, and no attempt on
+//!   the account is unresolved: a dispatched job is unresolved until it reports, or until its
+//!   lease plus the write timeout has passed. So jobs for one account run in the order they were
+//!   accepted, and an attempt that may still be writing is never overlapped by another.
+//! - A lapsed lease is not taken away until the write timeout has passed on top of it; until then
+//!   its holder may still renew it or report.
 //!
 //! [`sqlite::SqliteStore`] is the embedded implementation.
 
@@ -41,8 +53,11 @@ pub enum StoreError {
 /// Limits applied while claiming.
 #[derive(Clone, Copy, Debug)]
 pub struct ClaimPolicy {
-    /// How long a lease lasts.
+    /// How long a lease lasts from when it is granted or renewed.
     pub lease: Duration,
+    /// The longest an agent's LDAP write may take: a lapsed lease is taken over, and its account
+    /// handed to another attempt, only once this has passed on top of it.
+    pub write_timeout: Duration,
     /// After this many leases a job fails with `delivery_exhausted` instead of being leased again.
     pub max_attempts: u32,
     /// Jobs older than this fail with `expired` instead of being leased.
@@ -54,13 +69,17 @@ pub struct ClaimPolicy {
 pub enum Completion {
     /// The job is now final.
     Finished,
-    /// A retryable failure: the job is queued again after a back-off.
+    /// A retryable failure: the job is queued again (after a back-off, unless the agent never
+    /// started it).
     Requeued,
-    /// The job was already final or unknown; the report changed nothing.
-    Ignored,
-    /// A second success of an `initial_password` job: the agent set another password after the
-    /// first result, so the stored ciphertext was erased (its link can no longer reveal anything).
-    Superseded,
+    /// This very result was recorded before (the agent sent it again after a lost
+    /// acknowledgement); nothing changed.
+    Duplicate,
+    /// The result is not from the current attempt of the current holder (another attempt took the
+    /// job over, or it is final through another attempt): it changed nothing.
+    Stale,
+    /// No such job.
+    Unknown,
 }
 
 /// What happened to a request for a job's returned secret.
@@ -70,6 +89,9 @@ pub enum SecretTake {
     Taken(ResultSecret),
     /// It was read before and is gone.
     AlreadyTaken,
+    /// The job succeeded but its password never reached the relay (an agent that recorded the
+    /// result without it); the account has a password nobody holds: rotate it again.
+    Lost,
     /// The job has not finished yet.
     NotReady,
     /// This job returns no secret (not a generating job, or it failed).
@@ -229,11 +251,20 @@ pub trait Store: Send + Sync + 'static {
         policy: ClaimPolicy,
     ) -> Result<Vec<LeasedJob>, StoreError>;
 
-    /// Records the outcome a holder reported. A final outcome erases the secret.
-    async fn complete(&self, id: JobId, holder: &str, outcome: Outcome) -> Result<Completion, StoreError>;
+    /// Records the outcome `holder` reported for `attempt`, fenced: only while the job is
+    /// dispatched to that holder under that attempt. A final outcome erases the secret.
+    async fn complete(&self, id: JobId, holder: &str, attempt: u32, outcome: Outcome)
+    -> Result<Completion, StoreError>;
 
-    /// Returns every job leased to `holder` to the queue (the agent's stream ended).
-    async fn release(&self, holder: &str) -> Result<u64, StoreError>;
+    /// Extends the leases of `running` (job and attempt) by `lease` from now, each only while
+    /// dispatched to `holder` under that attempt (a lapsed lease included, as long as nobody took
+    /// it over). Returns the ones renewed.
+    async fn renew(
+        &self,
+        holder: &str,
+        running: Vec<(JobId, u32)>,
+        lease: Duration,
+    ) -> Result<Vec<(JobId, u32)>, StoreError>;
 
     /// Registers an API client by the SHA-256 of its token.
     async fn add_client(&self, name: &str, token_sha256: [u8; 32], scopes: &Scopes) -> Result<(), StoreError>;
@@ -247,9 +278,10 @@ pub trait Store: Send + Sync + 'static {
     /// The client whose token hashes to `token_sha256`.
     async fn client_by_token(&self, token_sha256: [u8; 32]) -> Result<Option<ApiClient>, StoreError>;
 
-    /// Fails jobs that waited longer than `time_to_live` (whatever their domain), erasing their
-    /// secrets. Returns how many.
-    async fn expire_overdue(&self, time_to_live: Duration) -> Result<usize, StoreError>;
+    /// Fails jobs older than the policy's time to live (whatever their domain), erasing their
+    /// secrets: queued ones, and dispatched ones whose lease and write timeout have passed (an
+    /// agent may still be writing the others). Returns how many.
+    async fn expire_overdue(&self, policy: ClaimPolicy) -> Result<usize, StoreError>;
 
     /// Hands out a generating job's secret exactly once and erases it.
     async fn take_secret(&self, id: JobId, client: &str) -> Result<SecretTake, StoreError>;

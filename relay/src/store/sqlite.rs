@@ -25,7 +25,7 @@ use crate::jobs::{
 use crate::webhooks::{AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DueDelivery, StoredWebhook};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -105,6 +105,12 @@ BEGIN
 END;
 ",
     super::lifecycle::SCHEMA,
+    "
+ALTER TABLE jobs ADD COLUMN account_key TEXT;   -- domain/target_kind:value, lower case; NULL for batches
+UPDATE jobs SET account_key = domain || '/' || target_kind || ':' || lower(target_value)
+ WHERE kind != 'reconcile_batch';
+CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms);
+",
 ];
 
 const SCHEMA: &str = "
@@ -413,8 +419,8 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT INTO jobs (id, kind, domain, target_kind, target_value, must_change, unlock, client, state,
                                    secret, created_ms, updated_ms, enforce_history, generate_length, generate_mode,
-                                   recipient_key, parent_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15)",
+                                   recipient_key, parent_id, account_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     job.id.to_string(),
                     job.kind.as_str(),
@@ -431,6 +437,7 @@ impl Store for SqliteStore {
                     job.generate.map(|g| g.mode.as_str()),
                     job.recipient_key,
                     job.parent_id.map(|p| p.to_string()),
+                    (job.kind != JobKind::ReconcileBatch).then(|| job.target.account_key(&job.domain)),
                 ],
             )
             .map_err(db_err)?;
@@ -543,10 +550,14 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
             let now = Timestamp::now().0;
+            let grace = ms(policy.write_timeout);
             let placeholders = vec!["?"; domains.len()].join(", ");
-            let claimable = format!(
-                "domain IN ({placeholders}) AND not_before_ms <= {now} AND kind != 'reconcile_batch'
-                 AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms < {now}))"
+            // Queued and due, or dispatched with a lease that lapsed longer ago than the longest
+            // write: its holder can no longer be writing.
+            let available = format!(
+                "domain IN ({placeholders}) AND kind != 'reconcile_batch'
+                 AND ((state = 'queued' AND not_before_ms <= {now})
+                      OR (state = 'dispatched' AND lease_expires_ms + {grace} < {now}))"
             );
             tx.execute(
                 &format!(
@@ -554,18 +565,28 @@ impl Store for SqliteStore {
                          error_message = 'no agent completed the job in ' || attempts || ' deliveries (jobs.max_attempts)'
                                          || coalesce('; last error: ' || error_message, ''),
                          secret = NULL, lease_holder = NULL, finished_ms = {now}, updated_ms = {now}
-                     WHERE {claimable} AND attempts >= {}",
+                     WHERE {available} AND attempts >= {}",
                     policy.max_attempts
                 ),
                 params_from_iter(domains.iter()),
             )
             .map_err(db_err)?;
+            // One writer per account: nothing older of the account is unfinished, and no attempt on
+            // it is unresolved (dispatched, and neither reported nor lapsed past the write timeout).
+            let account_free = format!(
+                "NOT EXISTS (SELECT 1 FROM jobs o
+                              WHERE o.account_key = jobs.account_key AND o.id != jobs.id
+                                AND ((o.state IN ('queued', 'dispatched')
+                                      AND (o.created_ms < jobs.created_ms
+                                           OR (o.created_ms = jobs.created_ms AND o.id < jobs.id)))
+                                     OR (o.state = 'dispatched' AND o.lease_expires_ms + {grace} >= {now})))"
+            );
             let lease_until = now + ms(policy.lease);
             let mut stmt = tx
                 .prepare(&format!(
                     "UPDATE jobs SET state = 'dispatched', lease_holder = ?, agent = ?, lease_expires_ms = {lease_until},
                          attempts = attempts + 1, dispatched_ms = {now}, updated_ms = {now}
-                     WHERE id IN (SELECT id FROM jobs WHERE {claimable} AND created_ms >= {}
+                     WHERE id IN (SELECT id FROM jobs WHERE {available} AND {account_free} AND created_ms >= {}
                                   ORDER BY created_ms, id LIMIT {limit})
                      RETURNING {JOB_COLUMNS}",
                     now - ms(policy.time_to_live)
@@ -581,6 +602,7 @@ impl Store for SqliteStore {
                     sealed_secret: stored.sealed_secret,
                     recipient_key: stored.recipient_key,
                     lease_deadline_unix_ms: stored.lease_expires_ms.unwrap_or(lease_until),
+                    lease_duration: policy.lease,
                 });
             }
             drop(rows);
@@ -593,33 +615,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn complete(&self, id: JobId, holder: &str, outcome: Outcome) -> Result<Completion, StoreError> {
+    async fn complete(
+        &self,
+        id: JobId,
+        holder: &str,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<Completion, StoreError> {
         let holder = holder.to_owned();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-            let current: Option<(String, Option<String>, u32, String)> = tx
-                .query_row(
-                    "SELECT state, lease_holder, attempts, kind FROM jobs WHERE id = ?1",
-                    params![id.to_string()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()
-                .map_err(db_err)?;
-            let Some((state, lease_holder, attempts, kind)) = current else { return Ok(Completion::Ignored) };
-            if JobState::parse(&state).is_none_or(JobState::is_final) {
-                // A second success of an initial password means the agent set another password
-                // after the first result (a lease lapsed in between): the stored ciphertext no
-                // longer matches the account, so no link may reveal it.
-                if kind == JobKind::InitialPassword.as_str() && matches!(outcome, Outcome::Succeeded(..)) {
-                    tx.execute("UPDATE jobs SET result_secret = NULL WHERE id = ?1", params![id.to_string()])
-                        .map_err(db_err)?;
-                    tx.commit().map_err(db_err)?;
-                    return Ok(Completion::Superseded);
-                }
-                return Ok(Completion::Ignored);
-            }
             let now = Timestamp::now().0;
-            let completion = match outcome {
+            // The fence: every statement below changes the job only while it is dispatched to this
+            // holder under this attempt.
+            const FENCE: &str = "id = ?1 AND state = 'dispatched' AND lease_holder = ?2 AND attempts = ?3";
+            let id_text = id.to_string();
+            let (changed, completion) = match outcome {
                 Outcome::Succeeded(s, returned) => {
                     let account_state = s
                         .account_state
@@ -631,61 +642,103 @@ impl Store for SqliteStore {
                         Some(r) => (Some(r.encoding.as_str()), Some(r.bytes)),
                         None => (None, None),
                     };
-                    tx.execute(
-                        "UPDATE jobs SET state = 'succeeded', account_dn = ?2, verified = ?3, pwd_last_set = ?4,
-                             password_matches = ?6, account_state = ?7, notes = ?8,
-                             result_secret_encoding = ?9, result_secret = ?10,
-                             error_code = NULL, error_message = NULL, directory_code = NULL,
-                             secret = NULL, lease_holder = NULL, finished_ms = ?5, updated_ms = ?5
-                         WHERE id = ?1",
-                        params![
-                            id.to_string(),
-                            s.account_dn,
-                            s.verified,
-                            s.pwd_last_set,
-                            now,
-                            s.password_matches,
-                            account_state,
-                            notes,
-                            secret_encoding,
-                            secret_bytes
-                        ],
-                    )
-                    .map_err(db_err)?;
-                    Completion::Finished
+                    let changed = tx
+                        .execute(
+                            &format!(
+                                "UPDATE jobs SET state = 'succeeded', account_dn = ?4, verified = ?5, pwd_last_set = ?6,
+                                     password_matches = CASE WHEN kind = 'verify' THEN ?7 END,
+                                     account_state = ?8, notes = ?9,
+                                     result_secret_encoding = ?10, result_secret = ?11,
+                                     error_code = NULL, error_message = NULL, directory_code = NULL,
+                                     secret = NULL, finished_ms = ?12, updated_ms = ?12
+                                 WHERE {FENCE}"
+                            ),
+                            params![
+                                id_text,
+                                holder,
+                                attempt,
+                                s.account_dn,
+                                s.verified,
+                                s.pwd_last_set,
+                                s.password_matches,
+                                account_state,
+                                notes,
+                                secret_encoding,
+                                secret_bytes,
+                                now
+                            ],
+                        )
+                        .map_err(db_err)?;
+                    (changed, Completion::Finished)
                 }
                 Outcome::Failed { error, retryable: true } => {
-                    if lease_holder.as_deref() != Some(holder.as_str()) {
-                        // Another agent holds the job now; its own report decides.
-                        return Ok(Completion::Ignored);
-                    }
-                    tx.execute(
-                        "UPDATE jobs SET state = 'queued', error_code = ?2, error_message = ?3, directory_code = ?4,
-                             lease_holder = NULL, lease_expires_ms = NULL, not_before_ms = ?5, updated_ms = ?6
-                         WHERE id = ?1",
-                        params![
-                            id.to_string(),
-                            error.code.as_str(),
-                            error.message,
-                            error.directory_code,
-                            now + ms(retry_delay(attempts)),
-                            now
-                        ],
-                    )
-                    .map_err(db_err)?;
-                    Completion::Requeued
+                    // A job the agent never started goes back at once; one that failed waits.
+                    let delay = if error.code == ErrorCode::NotStarted { 0 } else { ms(retry_delay(attempt)) };
+                    let changed = tx
+                        .execute(
+                            &format!(
+                                "UPDATE jobs SET state = 'queued', error_code = ?4, error_message = ?5, directory_code = ?6,
+                                     lease_holder = NULL, lease_expires_ms = NULL, not_before_ms = ?7, updated_ms = ?8
+                                 WHERE {FENCE}"
+                            ),
+                            params![
+                                id_text,
+                                holder,
+                                attempt,
+                                error.code.as_str(),
+                                error.message,
+                                error.directory_code,
+                                now + delay,
+                                now
+                            ],
+                        )
+                        .map_err(db_err)?;
+                    (changed, Completion::Requeued)
                 }
                 Outcome::Failed { error, retryable: false } => {
-                    tx.execute(
-                        "UPDATE jobs SET state = 'failed', error_code = ?2, error_message = ?3, directory_code = ?4,
-                             secret = NULL, lease_holder = NULL, finished_ms = ?5, updated_ms = ?5
-                         WHERE id = ?1",
-                        params![id.to_string(), error.code.as_str(), error.message, error.directory_code, now],
-                    )
-                    .map_err(db_err)?;
-                    Completion::Finished
+                    let changed = tx
+                        .execute(
+                            &format!(
+                                "UPDATE jobs SET state = 'failed', error_code = ?4, error_message = ?5, directory_code = ?6,
+                                     secret = NULL, finished_ms = ?7, updated_ms = ?7
+                                 WHERE {FENCE}"
+                            ),
+                            params![
+                                id_text,
+                                holder,
+                                attempt,
+                                error.code.as_str(),
+                                error.message,
+                                error.directory_code,
+                                now
+                            ],
+                        )
+                        .map_err(db_err)?;
+                    (changed, Completion::Finished)
                 }
             };
+            if changed == 0 {
+                // Nothing was written: say why, for the log and the audit trail.
+                let found: Option<(String, Option<String>, u32)> = tx
+                    .query_row(
+                        "SELECT state, lease_holder, attempts FROM jobs WHERE id = ?1",
+                        params![id.to_string()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                return Ok(match found {
+                    None => Completion::Unknown,
+                    Some((state, lease_holder, attempts))
+                        if JobState::parse(&state).is_some_and(JobState::is_final)
+                            && attempts == attempt
+                            && lease_holder.as_deref() == Some(holder.as_str()) =>
+                    {
+                        Completion::Duplicate
+                    }
+                    Some(_) => Completion::Stale,
+                });
+            }
             settle_batches(&tx, now)?;
             tx.commit().map_err(db_err)?;
             Ok(completion)
@@ -693,17 +746,35 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release(&self, holder: &str) -> Result<u64, StoreError> {
+    async fn renew(
+        &self,
+        holder: &str,
+        running: Vec<(JobId, u32)>,
+        lease: Duration,
+    ) -> Result<Vec<(JobId, u32)>, StoreError> {
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
         let holder = holder.to_owned();
         self.run(move |conn| {
-            let n = conn
-                .execute(
-                    "UPDATE jobs SET state = 'queued', lease_holder = NULL, lease_expires_ms = NULL, updated_ms = ?2
-                     WHERE lease_holder = ?1 AND state = 'dispatched'",
-                    params![holder, Timestamp::now().0],
-                )
-                .map_err(db_err)?;
-            Ok(n as u64)
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let until = Timestamp::now().0 + ms(lease);
+            let mut renewed = Vec::new();
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE jobs SET lease_expires_ms = ?4
+                         WHERE id = ?1 AND state = 'dispatched' AND lease_holder = ?2 AND attempts = ?3",
+                    )
+                    .map_err(db_err)?;
+                for (id, attempt) in running {
+                    if stmt.execute(params![id.to_string(), holder, attempt, until]).map_err(db_err)? == 1 {
+                        renewed.push((id, attempt));
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(renewed)
         })
         .await
     }
@@ -768,15 +839,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn expire_overdue(&self, time_to_live: Duration) -> Result<usize, StoreError> {
+    async fn expire_overdue(&self, policy: ClaimPolicy) -> Result<usize, StoreError> {
         self.run(move |conn| {
             let now = Timestamp::now().0;
             conn.execute(
                 "UPDATE jobs SET state = 'failed', error_code = 'expired',
                      error_message = 'no agent completed the job within its time to live (jobs.ttl_hours)',
                      directory_code = NULL, secret = NULL, lease_holder = NULL, finished_ms = ?1, updated_ms = ?1
-                 WHERE state IN ('queued', 'dispatched') AND created_ms < ?2 AND kind != 'reconcile_batch'",
-                params![now, now - ms(time_to_live)],
+                 WHERE created_ms < ?2 AND kind != 'reconcile_batch'
+                   AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms + ?3 < ?1))",
+                params![now, now - ms(policy.time_to_live), ms(policy.write_timeout)],
             )
             .map_err(db_err)
             .and_then(|expired| settle_batches(conn, now).map(|()| expired))
@@ -812,6 +884,7 @@ impl Store for SqliteStore {
                 }
                 (_, _, Some(_)) => SecretTake::AlreadyTaken,
                 _ if state == JobState::Failed.as_str() => SecretTake::NoSecret,
+                _ if state == JobState::Succeeded.as_str() => SecretTake::Lost,
                 _ => SecretTake::NotReady,
             };
             tx.commit().map_err(db_err)?;
@@ -876,7 +949,12 @@ mod tests {
     use super::*;
 
     fn policy() -> ClaimPolicy {
-        ClaimPolicy { lease: Duration::from_secs(60), max_attempts: 3, time_to_live: Duration::from_secs(3600) }
+        ClaimPolicy {
+            lease: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(15),
+            max_attempts: 3,
+            time_to_live: Duration::from_secs(3600),
+        }
     }
 
     fn new_job(domain: &str) -> NewJob {
@@ -918,30 +996,129 @@ mod tests {
         assert!(store.claim(&[d("a.test")], "h2", "agent-a2", 10, policy()).await.expect("claim").is_empty());
     }
 
+    fn ok() -> Outcome {
+        Outcome::Succeeded(
+            JobSuccess { account_dn: "CN=a".into(), verified: true, pwd_last_set: 1, ..JobSuccess::default() },
+            None,
+        )
+    }
+
+    fn user_job(domain: &str, upn: &str) -> NewJob {
+        NewJob { id: JobId::generate(), target: Target::Upn(upn.into()), ..new_job(domain) }
+    }
+
     #[tokio::test]
-    async fn release_and_lapsed_leases_make_jobs_claimable_again() {
+    async fn lapsed_leases_are_taken_over_only_after_the_write_timeout() {
         let (_dir, store) = store();
-        let policy = || ClaimPolicy { max_attempts: 4, ..policy() };
+        let short = ClaimPolicy {
+            lease: Duration::ZERO,
+            write_timeout: Duration::from_millis(200),
+            max_attempts: 3,
+            ..policy()
+        };
+        let job = new_job("a.test");
+        let id = job.id;
+        store.insert_job(job).await.expect("insert");
+        assert_eq!(store.claim(&[d("a.test")], "h1", "x", 1, short).await.expect("claim").len(), 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            store.claim(&[d("a.test")], "h2", "y", 1, short).await.expect("claim").is_empty(),
+            "the first holder may still be writing"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let taken = store.claim(&[d("a.test")], "h2", "y", 1, short).await.expect("claim");
+        assert_eq!(taken.len(), 1, "a lease lapsed past the write timeout is taken over");
+        assert_eq!((taken[0].job.job_id, taken[0].job.attempts), (id, 2));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        store.claim(&[d("a.test")], "h3", "z", 1, short).await.expect("claim");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // attempts are now 3 = max_attempts: the next claim fails the job instead of leasing it
+        assert!(store.claim(&[d("a.test")], "h4", "v", 1, short).await.expect("claim").is_empty());
+        let job = store.job(id).await.expect("read").expect("exists");
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.error.map(|e| e.code), Some(ErrorCode::DeliveryExhausted));
+    }
+
+    #[tokio::test]
+    async fn results_are_fenced_by_holder_and_attempt() {
+        let (_dir, store) = store();
+        let short = ClaimPolicy { lease: Duration::ZERO, write_timeout: Duration::ZERO, ..policy() };
+        let job = new_job("a.test");
+        let id = job.id;
+        store.insert_job(job).await.expect("insert");
+        store.claim(&[d("a.test")], "h1", "x", 1, short).await.expect("claim");
+        assert_eq!(store.complete(id, "h2", 1, ok()).await.expect("complete"), Completion::Stale, "not the holder");
+        assert_eq!(store.complete(id, "h1", 2, ok()).await.expect("complete"), Completion::Stale, "not the attempt");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        store.claim(&[d("a.test")], "h2", "y", 1, short).await.expect("take over");
+        // The first attempt reports late: it changes nothing, not even a retryable requeue.
+        assert_eq!(store.complete(id, "h1", 1, ok()).await.expect("complete"), Completion::Stale);
+        let retry = Outcome::Failed {
+            error: JobError { code: ErrorCode::DirectoryUnavailable, message: "no DC".into(), directory_code: None },
+            retryable: true,
+        };
+        assert_eq!(store.complete(id, "h1", 1, retry).await.expect("complete"), Completion::Stale);
+        assert_eq!(store.job(id).await.expect("read").expect("exists").state, JobState::Dispatched);
+        assert_eq!(store.complete(id, "h2", 2, ok()).await.expect("complete"), Completion::Finished);
+        assert_eq!(store.complete(id, "h2", 2, ok()).await.expect("again"), Completion::Duplicate);
+        assert_eq!(store.complete(id, "h1", 1, ok()).await.expect("late"), Completion::Stale);
+        assert_eq!(store.complete(JobId::generate(), "h1", 1, ok()).await.expect("unknown"), Completion::Unknown);
+    }
+
+    #[tokio::test]
+    async fn renewals_are_fenced_and_keep_the_lease() {
+        let (_dir, store) = store();
+        let short = ClaimPolicy { lease: Duration::ZERO, write_timeout: Duration::ZERO, ..policy() };
+        let (a, b) = (user_job("a.test", "a@a.test"), user_job("a.test", "b@a.test"));
+        let (a_id, b_id) = (a.id, b.id);
+        store.insert_job(a).await.expect("insert");
+        store.insert_job(b).await.expect("insert");
+        assert_eq!(store.claim(&[d("a.test")], "h1", "x", 2, short).await.expect("claim").len(), 2);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // a is renewed (even though it lapsed: nobody took it over); b is not named and lapses.
+        let renewed = store.renew("h1", vec![(a_id, 1), (b_id, 7)], Duration::from_secs(60)).await.expect("renew");
+        assert_eq!(renewed, vec![(a_id, 1)], "only the current attempt renews");
+        assert_eq!(store.renew("h2", vec![(a_id, 1)], Duration::from_secs(60)).await.expect("renew"), vec![]);
+        let taken = store.claim(&[d("a.test")], "h2", "y", 2, short).await.expect("claim");
+        assert_eq!(taken.iter().map(|l| l.job.job_id).collect::<Vec<_>>(), vec![b_id], "a's lease holds");
+        assert_eq!(store.renew("h1", vec![(b_id, 1)], Duration::from_secs(60)).await.expect("renew"), vec![]);
+    }
+
+    #[tokio::test]
+    async fn one_account_has_one_attempt_at_a_time_in_acceptance_order() {
+        let (_dir, store) = store();
+        let policy = ClaimPolicy { lease: Duration::ZERO, write_timeout: Duration::from_millis(200), ..policy() };
+        let first = user_job("a.test", "Jane@A.test");
+        let second = user_job("a.test", "jane@a.test");
+        let other = user_job("a.test", "joe@a.test");
+        let (first_id, second_id, other_id) = (first.id, second.id, other.id);
+        for job in [first, second, other] {
+            store.insert_job(job).await.expect("insert");
+        }
+        let leased = store.claim(&[d("a.test")], "h1", "x", 10, policy).await.expect("claim");
+        assert_eq!(leased.iter().map(|l| l.job.job_id).collect::<Vec<_>>(), vec![first_id, other_id]);
+        // The first attempt's lease lapsed, but it may still be writing: the account stays held.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(store.claim(&[d("a.test")], "h2", "y", 10, policy).await.expect("claim").is_empty());
+        assert_eq!(store.complete(first_id, "h1", 1, ok()).await.expect("complete"), Completion::Finished);
+        let next = store.claim(&[d("a.test")], "h2", "y", 10, policy).await.expect("claim");
+        assert_eq!(next.iter().map(|l| l.job.job_id).collect::<Vec<_>>(), vec![second_id]);
+    }
+
+    #[tokio::test]
+    async fn a_job_the_agent_never_started_is_claimable_at_once() {
+        let (_dir, store) = store();
         let job = new_job("a.test");
         let id = job.id;
         store.insert_job(job).await.expect("insert");
         store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
-        assert_eq!(store.release("h1").await.expect("release"), 1);
+        let not_started = Outcome::Failed {
+            error: JobError { code: ErrorCode::NotStarted, message: "stopping".into(), directory_code: None },
+            retryable: true,
+        };
+        assert_eq!(store.complete(id, "h1", 1, not_started).await.expect("complete"), Completion::Requeued);
         let again = store.claim(&[d("a.test")], "h2", "y", 1, policy()).await.expect("claim");
-        assert_eq!(again[0].job.attempts, 2);
-        let short = ClaimPolicy { lease: Duration::ZERO, ..policy() };
-        store.release("h2").await.expect("release");
-        store.claim(&[d("a.test")], "h3", "z", 1, short).await.expect("claim");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let lapsed = store.claim(&[d("a.test")], "h4", "w", 1, policy()).await.expect("claim");
-        assert_eq!(lapsed.len(), 1, "a lapsed lease is claimable");
-        assert_eq!(lapsed[0].job.job_id, id);
-        // attempts are now 4 = max_attempts: the next claim fails the job instead of leasing it
-        store.release("h4").await.expect("release");
-        assert!(store.claim(&[d("a.test")], "h5", "v", 1, policy()).await.expect("claim").is_empty());
-        let job = store.job(id).await.expect("read").expect("exists");
-        assert_eq!(job.state, JobState::Failed);
-        assert_eq!(job.error.map(|e| e.code), Some(ErrorCode::DeliveryExhausted));
+        assert_eq!(again.iter().map(|l| (l.job.job_id, l.job.attempts)).collect::<Vec<_>>(), vec![(id, 2)]);
     }
 
     #[tokio::test]
@@ -955,8 +1132,8 @@ mod tests {
             JobSuccess { account_dn: "CN=a".into(), verified: true, pwd_last_set: 0, ..JobSuccess::default() },
             None,
         );
-        assert_eq!(store.complete(id, "h1", ok.clone()).await.expect("complete"), Completion::Finished);
-        assert_eq!(store.complete(id, "h1", ok).await.expect("complete"), Completion::Ignored);
+        assert_eq!(store.complete(id, "h1", 1, ok.clone()).await.expect("complete"), Completion::Finished);
+        assert_eq!(store.complete(id, "h1", 1, ok).await.expect("complete"), Completion::Duplicate);
         let job = store.job(id).await.expect("read").expect("exists");
         assert_eq!(job.state, JobState::Succeeded);
         assert_eq!(job.result.map(|r| r.account_dn), Some("CN=a".into()));
@@ -977,7 +1154,7 @@ mod tests {
             error: JobError { code: ErrorCode::DirectoryUnavailable, message: "no DC".into(), directory_code: None },
             retryable: true,
         };
-        assert_eq!(store.complete(id, "h1", failure).await.expect("complete"), Completion::Requeued);
+        assert_eq!(store.complete(id, "h1", 1, failure).await.expect("complete"), Completion::Requeued);
         let job = store.job(id).await.expect("read").expect("exists");
         assert_eq!(job.state, JobState::Queued);
         assert!(store.claim(&[d("a.test")], "h2", "x", 1, policy()).await.expect("claim").is_empty(), "backing off");
@@ -1039,12 +1216,18 @@ mod tests {
     #[tokio::test]
     async fn overdue_jobs_expire() {
         let (_dir, store) = store();
+        let held = user_job("a.test", "held@a.test");
+        let held_id = held.id;
+        store.insert_job(held).await.expect("insert");
+        store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
         let job = new_job("a.test");
         let id = job.id;
         store.insert_job(job).await.expect("insert");
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(store.expire_overdue(Duration::ZERO).await.expect("expire"), 1);
+        let overdue = ClaimPolicy { time_to_live: Duration::ZERO, ..policy() };
+        assert_eq!(store.expire_overdue(overdue).await.expect("expire"), 1, "not the job an agent holds");
         let job = store.job(id).await.expect("read").expect("exists");
         assert_eq!(job.error.map(|e| e.code), Some(ErrorCode::Expired));
+        assert_eq!(store.job(held_id).await.expect("read").expect("exists").state, JobState::Dispatched);
     }
 }

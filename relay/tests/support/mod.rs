@@ -57,7 +57,16 @@ pub fn logs_at(filter: &str) -> LogBuffer {
     LOGS.get_or_init(|| {
         let buffer = LogBuffer::default();
         let writer = buffer.clone();
-        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(move || writer.clone()).init();
+        if std::env::var_os("PWRELAY_TEST_LOG_STDERR").is_some() {
+            // For reading a test's logs as it runs (the assertions on captured logs then fail).
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).init();
+        } else {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .init();
+        }
         pwrelay_shared::tls::install_default_provider();
         buffer
     })

@@ -272,7 +272,12 @@ mod tests {
     }
 
     fn policy() -> ClaimPolicy {
-        ClaimPolicy { lease: Duration::from_secs(60), max_attempts: 3, time_to_live: Duration::from_secs(3600) }
+        ClaimPolicy {
+            lease: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(15),
+            max_attempts: 3,
+            time_to_live: Duration::from_secs(3600),
+        }
     }
 
     fn succeeded() -> Outcome {
@@ -295,8 +300,8 @@ mod tests {
         }
         assert!(store.due_deliveries(10).await.expect("due").is_empty(), "nothing is final yet");
         store.claim(&[DomainName::parse("a.test").expect("d")], "h", "agent", 1, policy()).await.expect("claim");
-        assert_eq!(store.complete(done_id, "h", succeeded()).await.expect("complete"), Completion::Finished);
-        assert_eq!(store.complete(done_id, "h", succeeded()).await.expect("again"), Completion::Ignored);
+        assert_eq!(store.complete(done_id, "h", 1, succeeded()).await.expect("complete"), Completion::Finished);
+        assert_eq!(store.complete(done_id, "h", 1, succeeded()).await.expect("again"), Completion::Duplicate);
         store.cancel(cancelled_id, "pam").await.expect("cancel");
         let due = store.due_deliveries(10).await.expect("due");
         let mut events: Vec<_> = due.iter().map(|d| (d.job_id, d.event)).collect();
@@ -327,7 +332,10 @@ mod tests {
         let jobs: Vec<NewJob> = std::iter::once(batch).chain(children).collect();
         store.insert_jobs_once(jobs, None).await.expect("insert");
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(store.expire_overdue(Duration::ZERO).await.expect("expire"), 2);
+        assert_eq!(
+            store.expire_overdue(ClaimPolicy { time_to_live: Duration::ZERO, ..policy() }).await.expect("expire"),
+            2
+        );
         let due = store.due_deliveries(10).await.expect("due");
         assert_eq!(due.len(), 3, "both members and the settled batch: {due:?}");
         assert!(due.iter().any(|d| d.job_id == batch_id && d.event == WebhookEvent::JobFailed));
