@@ -58,6 +58,7 @@ pub struct App {
     link: LinkClient,
     health: Arc<HealthState>,
     health_listener: TcpListener,
+    bind_check_interval: Duration,
     domains: usize,
 }
 
@@ -110,7 +111,7 @@ impl App {
             jobs,
             health: Arc::clone(&health),
         };
-        Ok(Self { link, health, health_listener, domains })
+        Ok(Self { link, health, health_listener, bind_check_interval: config.health.bind_check_interval, domains })
     }
 
     /// The bound health address.
@@ -121,12 +122,17 @@ impl App {
 
     /// Runs until `shutdown` completes, then lets running jobs report and stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let Self { link, health, health_listener, domains } = self;
+        let Self { link, health, health_listener, bind_check_interval, domains } = self;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracing::info!(relay = %format!("{}:{}", link.host, link.port), health = %health_listener.local_addr()?, "agent starting");
 
-        tracker.spawn(health::check_directories(Arc::clone(&link.jobs), Arc::clone(&health), cancel.child_token()));
+        tracker.spawn(health::check_directories(
+            Arc::clone(&link.jobs),
+            Arc::clone(&health),
+            bind_check_interval,
+            cancel.child_token(),
+        ));
         let health_cancel = cancel.child_token();
         let router = health::router(Arc::clone(&health), domains);
         tracker.spawn(async move {

@@ -68,11 +68,13 @@ struct RelayFile {
 struct HealthFile {
     #[serde(default = "default_health_listen")]
     listen: SocketAddr,
+    #[serde(default = "default_bind_check_interval_seconds")]
+    bind_check_interval_seconds: u64,
 }
 
 impl Default for HealthFile {
     fn default() -> Self {
-        Self { listen: default_health_listen() }
+        Self { listen: default_health_listen(), bind_check_interval_seconds: default_bind_check_interval_seconds() }
     }
 }
 
@@ -94,6 +96,10 @@ struct DomainFile {
     timeout_seconds: u64,
     #[serde(default = "default_connections")]
     connections: u32,
+    #[serde(default = "default_refused_bind_retry_seconds")]
+    refused_bind_retry_seconds: u64,
+    #[serde(default = "default_refused_bind_retry_max_seconds")]
+    refused_bind_retry_max_seconds: u64,
     #[serde(default)]
     verify_bind: bool,
     #[serde(default)]
@@ -241,6 +247,24 @@ fn default_shutdown_grace_seconds() -> u64 {
 fn default_health_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9444))
 }
+
+/// Longest `health.bind_check_interval_seconds`.
+pub const MAX_BIND_CHECK_INTERVAL_SECONDS: u64 = 3600;
+
+fn default_bind_check_interval_seconds() -> u64 {
+    30
+}
+
+/// Longest `domains[].refused_bind_retry_max_seconds` (a week).
+pub const MAX_REFUSED_BIND_RETRY_SECONDS: u64 = 7 * 86_400;
+
+fn default_refused_bind_retry_seconds() -> u64 {
+    900
+}
+
+fn default_refused_bind_retry_max_seconds() -> u64 {
+    4 * 3600
+}
 /// Most service-account connections per domain (`domains[].connections`).
 pub const MAX_CONNECTIONS: u32 = 32;
 
@@ -295,6 +319,8 @@ pub struct RelayConfig {
 pub struct HealthConfig {
     /// Listen address of `/healthz` and `/readyz` (default 127.0.0.1:9444).
     pub listen: SocketAddr,
+    /// How often each DC's bind is checked (`bind_check_interval_seconds`, default 30 s).
+    pub bind_check_interval: Duration,
 }
 
 /// How a DC URL is secured.
@@ -334,6 +360,15 @@ pub struct DomainConfig {
     pub bind_dn: String,
     /// The service account's password (empty with [`BindMethod::Kerberos`]).
     pub bind_password: SecretString,
+    /// The file `bind_password` was read from (`bind_password_file`), read again while the DCs
+    /// refuse the password; `None` with `bind_password_env` or Kerberos.
+    pub bind_password_file: Option<PathBuf>,
+    /// After a DC refuses the service account's password, how long it is not used again unless
+    /// `bind_password_file` changes (`refused_bind_retry_seconds`, default 15 minutes).
+    pub refused_bind_retry: Duration,
+    /// The longest such wait: it doubles with every further refusal of the same password
+    /// (`refused_bind_retry_max_seconds`, default 4 hours).
+    pub refused_bind_retry_max: Duration,
     /// Connect and operation timeout.
     pub timeout: Duration,
     /// Service-account connections for jobs, each serving one job at a time (writes go through one
@@ -364,6 +399,12 @@ impl Config {
         let file: AgentFile = pwrelay_shared::config::parse_toml(text)?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
+        if !(1..=MAX_BIND_CHECK_INTERVAL_SECONDS).contains(&file.health.bind_check_interval_seconds) {
+            return Err(ConfigError::invalid(
+                "health.bind_check_interval_seconds",
+                format!("must be 1-{MAX_BIND_CHECK_INTERVAL_SECONDS}"),
+            ));
+        }
         let url = file.relay.url.trim();
         let rest = url
             .strip_prefix("https://")
@@ -451,6 +492,28 @@ impl Config {
             if d.timeout_seconds == 0 {
                 return Err(ConfigError::invalid(key("timeout_seconds"), "must be at least 1"));
             }
+            if !(1..=MAX_REFUSED_BIND_RETRY_SECONDS).contains(&d.refused_bind_retry_seconds) {
+                return Err(ConfigError::invalid(
+                    key("refused_bind_retry_seconds"),
+                    format!("must be 1-{MAX_REFUSED_BIND_RETRY_SECONDS}"),
+                ));
+            }
+            if !(d.refused_bind_retry_seconds..=MAX_REFUSED_BIND_RETRY_SECONDS)
+                .contains(&d.refused_bind_retry_max_seconds)
+            {
+                return Err(ConfigError::invalid(
+                    key("refused_bind_retry_max_seconds"),
+                    format!(
+                        "must be at least refused_bind_retry_seconds ({}) and at most {MAX_REFUSED_BIND_RETRY_SECONDS}",
+                        d.refused_bind_retry_seconds
+                    ),
+                ));
+            }
+            // Read again while the DCs refuse the password (see directory::service_credential).
+            let bind_password_file = match d.bind {
+                BindMethod::Simple => d.bind_password_file.clone().map(&resolve),
+                BindMethod::Kerberos => None,
+            };
             let base_dn = d.base_dn.unwrap_or_else(|| d.name.default_base_dn());
             let dn_list = |list: &[String], field: &str| -> Result<(), ConfigError> {
                 match list.iter().find(|dn| !dn.contains('=')) {
@@ -491,6 +554,9 @@ impl Config {
                 bind: d.bind,
                 bind_dn,
                 bind_password,
+                bind_password_file,
+                refused_bind_retry: Duration::from_secs(d.refused_bind_retry_seconds),
+                refused_bind_retry_max: Duration::from_secs(d.refused_bind_retry_max_seconds),
                 timeout: Duration::from_secs(d.timeout_seconds),
                 connections: usize::try_from(d.connections).unwrap_or(1),
                 verify_bind: d.verify_bind,
@@ -512,7 +578,10 @@ impl Config {
                 heartbeat: Duration::from_secs(file.relay.heartbeat_seconds),
                 shutdown_grace: Duration::from_secs(file.relay.shutdown_grace_seconds),
             },
-            health: HealthConfig { listen: file.health.listen },
+            health: HealthConfig {
+                listen: file.health.listen,
+                bind_check_interval: Duration::from_secs(file.health.bind_check_interval_seconds),
+            },
             domains,
             state_dir: resolve(file.state.dir),
             log: file.log,
@@ -714,6 +783,32 @@ bind_password_env = "BIND_PW"
         assert_eq!(d.urls[1].transport, LdapTransport::StartTls);
         assert_eq!(d.bind_password.expose_secret(), "s3cret!");
         assert_eq!(d.ca_file, Path::new("/etc/pwrelay/dc-ca.pem"));
+        assert_eq!(c.health.bind_check_interval, Duration::from_secs(30));
+        assert_eq!(
+            (d.refused_bind_retry, d.refused_bind_retry_max),
+            (Duration::from_secs(900), Duration::from_secs(14_400))
+        );
+        assert_eq!(d.bind_password_file, None, "the password came from the environment");
+    }
+
+    #[test]
+    fn bind_check_and_refused_bind_settings_are_validated_naming_the_key() {
+        let refused = |text: String| Config::parse(&text, Path::new("/"), &env).expect_err("refused").to_string();
+        let e = refused(MINIMAL.replace("[[domains]]", "[health]\nbind_check_interval_seconds = 0\n\n[[domains]]"));
+        assert!(e.starts_with("health.bind_check_interval_seconds"), "{e}");
+        let e = refused(format!("{MINIMAL}refused_bind_retry_seconds = 0\n"));
+        assert!(e.starts_with("domains[0].refused_bind_retry_seconds"), "{e}");
+        let e = refused(format!("{MINIMAL}refused_bind_retry_seconds = 600\nrefused_bind_retry_max_seconds = 60\n"));
+        assert!(e.starts_with("domains[0].refused_bind_retry_max_seconds") && e.contains("600"), "{e}");
+        let text = MINIMAL.replace("[[domains]]", "[health]\nbind_check_interval_seconds = 5\n\n[[domains]]");
+        let c = Config::parse(
+            &format!("{text}refused_bind_retry_seconds = 60\nrefused_bind_retry_max_seconds = 600\n"),
+            Path::new("/"),
+            &env,
+        )
+        .expect("valid");
+        assert_eq!(c.health.bind_check_interval, Duration::from_secs(5));
+        assert_eq!(c.domains[0].refused_bind_retry_max, Duration::from_secs(600));
     }
 
     #[test]

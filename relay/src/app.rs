@@ -23,6 +23,7 @@ use crate::listener::{ClientAddr, TlsIncoming};
 use crate::seal::{SealError, Sealer};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ClaimPolicy, Store, StoreError};
+use crate::supervisor::Supervisor;
 use crate::webhooks::worker::{DeliveryWorker, WorkerError};
 
 /// How long open requests and agent streams get to finish after shutdown starts.
@@ -242,27 +243,16 @@ impl App {
             }
         });
 
-        tracker.spawn(webhooks.run(events.changed(), cancel.child_token()));
-
-        let sweep_cancel = cancel.child_token();
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            loop {
-                tokio::select! {
-                    () = sweep_cancel.cancelled() => break,
-                    _ = tick.tick() => match store.expire_overdue(claim_policy).await {
-                        Ok(0) => {}
-                        Ok(expired) => {
-                            tracing::warn!(expired, "jobs expired without an agent finishing them");
-                            events.job_changed();
-                        }
-                        Err(error) => tracing::error!(%error, "expiring overdue jobs failed"),
-                    },
-                }
-            }
+        // Background workers run supervised: one that panics or returns is logged and restarted.
+        let workers = Supervisor::new(cancel.child_token(), tracker.clone());
+        let webhook_events = Arc::clone(&events);
+        workers.spawn("webhook delivery", move |cancel| webhooks.clone().run(webhook_events.changed(), cancel));
+        workers.spawn("overdue job sweeper", move |cancel| {
+            expire_overdue_jobs(Arc::clone(&store), Arc::clone(&events), claim_policy, cancel)
         });
         if let Some(lifecycle) = lifecycle {
-            tracker.spawn(lifecycle.run(cancel.child_token(), tracker.clone()));
+            let lifecycle_tracker = tracker.clone();
+            workers.spawn("lifecycle", move |cancel| Arc::clone(&lifecycle).run(cancel, lifecycle_tracker.clone()));
         }
         drop(failed_tx);
 
@@ -277,5 +267,28 @@ impl App {
         }
         tracing::info!("relay stopped");
         result
+    }
+}
+
+/// Expires overdue jobs every [`SWEEP_INTERVAL`] until `cancel`.
+async fn expire_overdue_jobs(
+    store: Arc<SqliteStore>,
+    events: Arc<JobEvents>,
+    policy: ClaimPolicy,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => match store.expire_overdue(policy).await {
+                Ok(0) => {}
+                Ok(expired) => {
+                    tracing::warn!(expired, "jobs expired without an agent finishing them");
+                    events.job_changed();
+                }
+                Err(error) => tracing::error!(%error, "expiring overdue jobs failed"),
+            },
+        }
     }
 }

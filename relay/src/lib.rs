@@ -28,6 +28,7 @@ pub mod outbound;
 pub mod seal;
 pub mod signature;
 pub mod store;
+pub mod supervisor;
 pub mod webhooks;
 
 pub use app::App;

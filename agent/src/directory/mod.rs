@@ -23,6 +23,7 @@ mod connection;
 pub mod discovery;
 pub mod error;
 mod rules;
+pub mod service_credential;
 pub mod target;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub use account::{ATTRIBUTES as ACCOUNT_ATTRIBUTES, READ_BACK_ATTRIBUTES};
 use connection::{Change, Connection};
 pub use connection::{WriteOptions, unicode_pwd};
 pub use error::DirectoryError;
+pub use service_credential::CredentialRefusal;
+use service_credential::ServiceCredential;
 pub use target::AccountTarget;
 
 use crate::config::{BindMethod, DomainConfig, LdapTransport};
@@ -104,6 +107,9 @@ pub struct Directory {
     writer: tokio::sync::Mutex<Option<Connection>>,
     /// Effective password policies read recently, by source DN (domain head or PSO).
     policies: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Policy)>>,
+    /// The service account's password and whether a DC refused it (`bind = "simple"` only):
+    /// every service-account bind, the health check's and the jobs', asks it first.
+    credential: Option<ServiceCredential>,
 }
 
 /// The service account's bound connections to one domain: at most `connections` open, each lent
@@ -175,6 +181,14 @@ impl Drop for Lease<'_> {
     }
 }
 
+/// A DC's refusal of a bind.
+struct BindRefusal {
+    /// The DC that answered.
+    dc: String,
+    /// Its answer.
+    result: ldap3::LdapResult,
+}
+
 /// How a connection authenticates.
 #[derive(Clone, Copy)]
 enum Login<'a> {
@@ -227,9 +241,18 @@ impl Directory {
     /// Loads the DC CA and prepares the TLS settings.
     pub fn new(config: DomainConfig) -> Result<Self, tls::TlsError> {
         let anchors = TrustAnchors::from_file(&config.ca_file)?;
+        let credential = (config.bind == BindMethod::Simple).then(|| {
+            ServiceCredential::new(
+                config.bind_password.clone(),
+                config.bind_password_file.clone(),
+                config.refused_bind_retry,
+                config.refused_bind_retry_max,
+            )
+        });
         Ok(Self {
             tls: tls::ldap_client(&anchors)?,
             pool: Pool::new(config.connections),
+            credential,
             config,
             protected_groups: tokio::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(None),
@@ -249,23 +272,60 @@ impl Directory {
 
     /// Opens an LDAP connection to the first DC that answers and logs in. A bind refusal that is
     /// not about reachability ends the search: every DC of a domain gives the same answer.
-    async fn bind(
-        &self,
-        login: Login<'_>,
-        what: &str,
-    ) -> Result<Result<Connection, ldap3::LdapResult>, DirectoryError> {
+    async fn bind(&self, login: Login<'_>, what: &str) -> Result<Result<Connection, BindRefusal>, DirectoryError> {
         let urls = self.dc_urls().await?;
         self.bind_to(&urls, login, what).await
     }
 
-    /// How the service account logs in, as configured (`bind`).
-    fn service_login(&self) -> Login<'_> {
+    /// How the service account logs in, as configured (`bind`), with the password of `attempt`.
+    fn service_login<'a>(&'a self, attempt: Option<&'a service_credential::Attempt<'_>>) -> Login<'a> {
         match self.config.bind {
-            BindMethod::Simple => {
-                Login::Simple { dn: &self.config.bind_dn, password: self.config.bind_password.expose_secret() }
-            }
+            BindMethod::Simple => Login::Simple {
+                dn: &self.config.bind_dn,
+                password: attempt.map(service_credential::Attempt::password).unwrap_or_default(),
+            },
             BindMethod::Kerberos => Login::Kerberos,
         }
+    }
+
+    /// Leave for one service-account bind: refused while the DCs' last answer to the password
+    /// stands (see [`service_credential`]). `None` for Kerberos binds, which have no password.
+    async fn service_attempt(&self) -> Result<Option<service_credential::Attempt<'_>>, DirectoryError> {
+        let Some(credential) = &self.credential else { return Ok(None) };
+        credential.attempt().await.map(Some).map_err(|refusal| {
+            DirectoryError::new(FailureCode::AccessDenied, refusal.message(tokio::time::Instant::now()))
+        })
+    }
+
+    /// Records a service-account bind's answer with the credential and passes it on: a refused
+    /// password (a wrong one, or a locked-out account) is not tried again for a while.
+    fn settle_service_bind(
+        &self,
+        attempt: Option<service_credential::Attempt<'_>>,
+        bound: Result<Connection, BindRefusal>,
+    ) -> Result<Connection, DirectoryError> {
+        match bound {
+            Ok(conn) => {
+                if let Some(attempt) = attempt {
+                    attempt.accepted();
+                }
+                Ok(conn)
+            }
+            Err(refusal) => {
+                let result = &refusal.result;
+                let wrong = result.rc == 49 && classify_bind(&result.text) != PasswordCheck::Matches;
+                if let (Some(attempt), true) = (attempt, wrong) {
+                    let answer = format!("{} (LDAP result {})", result.text.trim_end_matches('\0').trim(), result.rc);
+                    attempt.refused(&refusal.dc, &answer);
+                }
+                Err(self.service_bind_refused(result))
+            }
+        }
+    }
+
+    /// The service account's refused password, while it is not being used.
+    pub fn credential_refusal(&self) -> Option<CredentialRefusal> {
+        self.credential.as_ref().and_then(ServiceCredential::refusal)
     }
 
     /// The error of a refused service-account bind.
@@ -309,7 +369,7 @@ impl Directory {
         urls: &[crate::config::DcUrl],
         login: Login<'_>,
         what: &str,
-    ) -> Result<Result<Connection, ldap3::LdapResult>, DirectoryError> {
+    ) -> Result<Result<Connection, BindRefusal>, DirectoryError> {
         let mut failures = Vec::new();
         for dc in urls {
             if matches!(login, Login::Kerberos) && dc.host_is_ip_address() {
@@ -359,7 +419,7 @@ impl Directory {
                 Ok(result) if matches!(result.rc, 51 | 52) => failures.push(format!("{}: busy or unavailable", dc.url)),
                 Ok(result) => {
                     let _ = ldap.unbind().await;
-                    return Ok(Err(result));
+                    return Ok(Err(BindRefusal { dc: dc.url.clone(), result }));
                 }
                 Err(e) => {
                     tracing::warn!(dc = %dc.url, error = %e, "{what} failed on this domain controller; trying the next one");
@@ -395,10 +455,9 @@ impl Directory {
     /// Only these connections learn which DC they reach (for sharing the writer); the binds as an
     /// account or for health checks do not need to.
     async fn open(&self) -> Result<Connection, DirectoryError> {
-        let mut conn = self
-            .bind(self.service_login(), "service account bind")
-            .await?
-            .map_err(|result| self.service_bind_refused(&result))?;
+        let attempt = self.service_attempt().await?;
+        let bound = self.bind(self.service_login(attempt.as_ref()), "service account bind").await?;
+        let mut conn = self.settle_service_bind(attempt, bound)?;
         conn.server = connection::server_identity(&mut conn.ldap, self.config.timeout).await;
         Ok(conn)
     }
@@ -463,13 +522,24 @@ impl Directory {
         };
         let mut health = Vec::new();
         for dc in &urls {
-            let bound = self.bind_to(std::slice::from_ref(dc), self.service_login(), "health bind").await;
-            let (ok, detail) = match bound {
-                Ok(Ok(mut conn)) => {
-                    let _ = conn.ldap.unbind().await;
-                    (true, String::new())
+            // A refused password is not tried on the next DC either: each would count a failed logon.
+            let attempt = match self.service_attempt().await {
+                Ok(attempt) => attempt,
+                Err(e) => {
+                    health.push(DcHealth { url: dc.url.clone(), ok: false, detail: e.message });
+                    continue;
                 }
-                Ok(Err(result)) => (false, self.service_bind_refused(&result).message),
+            };
+            let bound =
+                self.bind_to(std::slice::from_ref(dc), self.service_login(attempt.as_ref()), "health bind").await;
+            let (ok, detail) = match bound {
+                Ok(bound) => match self.settle_service_bind(attempt, bound) {
+                    Ok(mut conn) => {
+                        let _ = conn.ldap.unbind().await;
+                        (true, String::new())
+                    }
+                    Err(e) => (false, e.message),
+                },
                 Err(e) => (false, e.message),
             };
             health.push(DcHealth { url: dc.url.clone(), ok, detail });
@@ -650,8 +720,10 @@ impl Directory {
                 let _ = conn.ldap.unbind().await;
                 Ok(PasswordCheck::Matches)
             }
-            Err(result) if result.rc == 49 => Ok(classify_bind(&result.text)),
-            Err(result) => Err(DirectoryError::from_result("password check bind", result.rc, &result.text)),
+            Err(BindRefusal { result, .. }) if result.rc == 49 => Ok(classify_bind(&result.text)),
+            Err(BindRefusal { result, .. }) => {
+                Err(DirectoryError::from_result("password check bind", result.rc, &result.text))
+            }
         }
     }
 }

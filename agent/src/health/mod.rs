@@ -1,6 +1,11 @@
 //! Local health endpoints for operations, on 127.0.0.1 by default:
 //! `GET /healthz` (the process answers) and `GET /readyz` (the relay link is up and a bind to a DC
 //! of every served domain works).
+//!
+//! The bind check runs every `health.bind_check_interval_seconds`. It never binds with a password
+//! a DC refused (see [`crate::directory::service_credential`]): a wrong `bind_password` is tried
+//! once, not once per interval and DC, so the check cannot lock its own service account out.
+//! `/readyz` then says so, and when the next try is.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +21,8 @@ use pwrelay_shared::domain::DomainName;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::directory::DcHealth;
+use crate::directory::{CredentialRefusal, DcHealth};
 use crate::jobs::Jobs;
-
-/// How often each domain's DC bind is checked.
-pub const BIND_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The last bind check of one domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub struct DirectoryStatus {
     pub detail: String,
     /// Each DC's answer.
     pub dcs: Vec<DcHealth>,
+    /// The service account's password was refused and is not being used.
+    pub credentials_refused: Option<CredentialRefusal>,
 }
 
 /// What the agent knows about its own health.
@@ -73,9 +77,11 @@ impl HealthState {
     }
 }
 
-/// Checks every domain's bind now and then every [`BIND_CHECK_INTERVAL`] until `cancel`.
-pub async fn check_directories(jobs: Jobs, health: Arc<HealthState>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(BIND_CHECK_INTERVAL);
+/// Checks every domain's bind now and then every `interval` (`health.bind_check_interval_seconds`)
+/// until `cancel`.
+pub async fn check_directories(jobs: Jobs, health: Arc<HealthState>, interval: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -87,12 +93,15 @@ pub async fn check_directories(jobs: Jobs, health: Arc<HealthState>, cancel: Can
                 tracing::warn!(%domain, dc = %dc.url, error = %dc.detail, "domain controller bind check failed");
             }
             let bind_ok = dcs.iter().any(|dc| dc.ok);
-            let detail = if bind_ok {
+            let credentials_refused = directory.credential_refusal().filter(|_| !bind_ok);
+            let detail = if let Some(refusal) = &credentials_refused {
+                refusal.message(tokio::time::Instant::now())
+            } else if bind_ok {
                 dcs.iter().filter(|dc| dc.ok).map(|dc| dc.url.as_str()).collect::<Vec<_>>().join(", ")
             } else {
                 dcs.iter().map(|dc| format!("{}: {}", dc.url, dc.detail)).collect::<Vec<_>>().join("; ")
             };
-            let status = DirectoryStatus { bind_ok, detail, dcs };
+            let status = DirectoryStatus { bind_ok, detail, dcs, credentials_refused };
             health.set_directory(domain.clone(), status);
         }
     }
@@ -113,6 +122,7 @@ pub fn router(health: Arc<HealthState>, domains: usize) -> Router {
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
+    let now = tokio::time::Instant::now();
     let directories: serde_json::Map<String, Value> = shared
         .health
         .directories()
@@ -120,7 +130,18 @@ async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
         .map(|(domain, s)| {
             let dcs: Vec<Value> =
                 s.dcs.iter().map(|dc| json!({ "url": dc.url, "ok": dc.ok, "error": dc.detail })).collect();
-            (domain.to_string(), json!({ "bind_ok": s.bind_ok, "detail": s.detail, "dcs": dcs }))
+            let mut status = json!({ "bind_ok": s.bind_ok, "detail": s.detail, "dcs": dcs });
+            if let Some(refusal) = &s.credentials_refused {
+                // Said again with the time left now, not at the last check.
+                status["detail"] = json!(refusal.message(now));
+                status["credentials_refused"] = json!({
+                    "dc": refusal.dc,
+                    "answer": refusal.answer,
+                    "retry_in_seconds": refusal.retry_in_seconds(now),
+                    "until_changed": refusal.source_key,
+                });
+            }
+            (domain.to_string(), status)
         })
         .collect();
     let ready = shared.health.ready(shared.domains);

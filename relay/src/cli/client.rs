@@ -289,7 +289,9 @@ impl Api {
 
     /// Long-polls a job until it ends or `limit` passes, calling `progress` on every answer.
     async fn wait(&self, id: &str, limit: Duration, mut progress: impl FnMut(&Value)) -> Result<Value, Failure> {
-        let deadline = tokio::time::Instant::now() + limit;
+        // `limit` comes from the command line: a huge value waits "forever", it does not overflow.
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(limit).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs().min(30);
             let job = self.get(&format!("/v1/jobs/{id}?wait={left}")).await?;

@@ -79,6 +79,9 @@ pub struct Lifecycle {
     /// Link page requests per client address.
     pub client_limiter: crate::api::rate_limit::RateLimiter,
     wake: tokio::sync::Notify,
+    /// Set once the worker has gone through the requests left by an earlier process: a restarted
+    /// worker (see [`crate::supervisor`]) must not fail this process's own deliveries as leftovers.
+    leftovers_handled: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -126,6 +129,7 @@ impl Lifecycle {
             link_limiter,
             client_limiter,
             wake: tokio::sync::Notify::new(),
+            leftovers_handled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

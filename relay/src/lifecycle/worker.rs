@@ -2,6 +2,7 @@
 //! delivery, which retries with back-off, runs as its own task so it holds nobody up.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +39,8 @@ const RESOLVE_GIVE_UP: Duration = Duration::from_secs(3600);
 pub(super) async fn run(lifecycle: Arc<Lifecycle>, cancel: CancellationToken, tracker: TaskTracker) {
     let delivering = Arc::new(Mutex::new(HashSet::new()));
     let mut changed = lifecycle.events.changed();
-    let mut after_start = true;
+    // Only the first pass in this process sees the deliveries an earlier process left unfinished.
+    let mut after_start = !lifecycle.leftovers_handled.load(Ordering::Relaxed);
     let mut swept_at: Option<std::time::Instant> = None;
     loop {
         match lifecycle.store.due_requests(after_start, 50).await {
@@ -47,6 +49,7 @@ pub(super) async fn run(lifecycle: Arc<Lifecycle>, cancel: CancellationToken, tr
                     step(&lifecycle, request, after_start, &delivering, &cancel, &tracker).await;
                 }
                 after_start = false;
+                lifecycle.leftovers_handled.store(true, Ordering::Relaxed);
             }
             Err(error) => tracing::error!(%error, "reading lifecycle requests failed"),
         }

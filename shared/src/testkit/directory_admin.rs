@@ -303,6 +303,24 @@ impl TestDc {
 }
 
 impl TestDc {
+    /// Gives `user` (a user created for one test, never the administrator) a lockout threshold of
+    /// `threshold` failed logons in 30 minutes with a PSO that applies to it alone, as
+    /// [`TestDc::lock_out`] does. Samba counts failed logons (`badPwdCount`) only under a lockout
+    /// threshold.
+    pub async fn apply_lockout_threshold(&self, user: &TestUser, threshold: u32) {
+        assert_ne!(user.dn, self.admin_dn, "never the shared administrator");
+        self.add_pso(&user.dn, LOCKOUT_PSO_PRECEDENCE, 7, true, 0, threshold).await;
+    }
+
+    /// The failed logons the DC counts for `dn` (`badPwdCount`, 0 when unset), read as the
+    /// administrator.
+    pub async fn bad_password_count(&self, dn: &str) -> u32 {
+        let value = self.attribute(dn, "badPwdCount").await;
+        value.as_deref().map_or(Some(0), |v| v.parse().ok()).unwrap_or_else(|| panic!("badPwdCount of {dn}: {value:?}"))
+    }
+}
+
+impl TestDc {
     /// Runs `deploy/ad/grant-rights-samba.sh` with `args`, panicking with its output on failure.
     /// As root it works on the DC's `sam.ldb`, as the DC itself does; otherwise it goes over
     /// `ldap://` as the administrator, whose password travels in the `PASSWD` environment variable
