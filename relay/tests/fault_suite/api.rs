@@ -27,7 +27,13 @@ pub(crate) enum Reply {
 }
 
 impl Api {
+    /// The deployment's PAM client.
     pub(crate) fn new(deployment: &Deployment) -> Self {
+        Self::with_token(deployment, &deployment.token)
+    }
+
+    /// Another API client of the deployment's relay.
+    pub(crate) fn with_token(deployment: &Deployment, token: &str) -> Self {
         let anchors = TrustAnchors::from_file(&deployment.ca_file).expect("the relay's CA loads");
         let config = (*tls::https_client(&anchors).expect("an HTTPS client configuration")).clone();
         let http = reqwest::Client::builder()
@@ -36,7 +42,7 @@ impl Api {
             .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .expect("an HTTP client");
-        Self { http, base: format!("https://127.0.0.1:{}", deployment.api_port), token: deployment.token.clone() }
+        Self { http, base: format!("https://127.0.0.1:{}", deployment.api_port), token: token.to_owned() }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, limit: Duration) -> Reply {
@@ -55,6 +61,16 @@ impl Api {
     /// One POST of `body` to `path` with `Idempotency-Key: key`.
     pub(crate) async fn post_once(&self, path: &str, key: &str, body: &Value, limit: Duration) -> Reply {
         let request = self.http.post(format!("{}{path}", self.base)).header("Idempotency-Key", key).json(body);
+        self.send(request, limit).await
+    }
+
+    /// One POST of the JSON text `body` to `path` with `headers`.
+    pub(crate) async fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)], limit: Duration) -> Reply {
+        let mut request =
+            self.http.post(format!("{}{path}", self.base)).header("content-type", "application/json").body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         self.send(request, limit).await
     }
 

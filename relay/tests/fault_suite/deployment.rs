@@ -42,6 +42,21 @@ impl Binaries {
         if let Some(target) = relay.parent().and_then(Path::parent) {
             build.env("CARGO_TARGET_DIR", target);
         }
+        // Without the variables cargo sets for this test process: build scripts that watch them
+        // (ring's does) would otherwise see a changed environment and rebuild, for this build and
+        // again for the next ordinary one.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_by_cargo = name == "OUT_DIR"
+                || name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_CRATE_")
+                || name.starts_with("CARGO_BIN_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || ["CARGO", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"].contains(&&*name);
+            if set_by_cargo {
+                build.env_remove(&*name);
+            }
+        }
         build.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")));
         println!("building pwrelay-agent (no-op when up to date): {build:?}");
         let built = build.status();

@@ -201,7 +201,7 @@ pub(crate) async fn check(
             }
         }
         if let (Some(i), Some(kind)) = (last, last_kind)
-            && kind.generated()
+            && kind.returns_password()
         {
             let job = &account.jobs[i];
             match (&job.secret, expected_matches) {
@@ -218,13 +218,13 @@ pub(crate) async fn check(
     }
     report.figure("accounts whose password is not their last succeeded job's", wrong_password);
     report.figure("accounts whose password is an older job's (a write landed after a later one)", older_landed);
-    report.figure("last generated passwords not retrievable or not binding", last_secret_bad);
+    report.figure("last generated passwords (generate, initial) not retrievable or not binding", last_secret_bad);
 
     // Every generated secret exactly once.
     let mut not_once = Vec::new();
     let mut lost_in_transit = 0usize;
     for (account, job) in &jobs {
-        if !(job.kind.generated() && job.succeeded()) {
+        if !(job.kind.returns_password() && job.succeeded()) {
             continue;
         }
         let id = job.id.as_deref().unwrap_or("?");
@@ -235,7 +235,7 @@ pub(crate) async fn check(
             SecretOutcome::LostInTransit => lost_in_transit += 1,
         }
     }
-    report.figure("generated passwords not retrievable exactly once", not_once);
+    report.figure("generated passwords (generate, initial) not retrievable exactly once", not_once);
 
     // Jobs applied twice, from the agents' audit logs.
     let (audited, unreadable) = audited_writes(audit_logs);

@@ -17,6 +17,9 @@
 //! namespace and `DC_DIR`, or the DC of `deploy/dev/test.sh` after the other tests).
 
 mod api;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../support/cloud.rs"]
+mod cloud;
 mod deployment;
 mod directory;
 mod faults;
@@ -42,6 +45,13 @@ use figures::ScannedFiles;
 use params::Params;
 use workload::{Progress, Schedule, Shared};
 
+/// A progress line with the time since the run started.
+macro_rules! step {
+    ($started:expr, $($arg:tt)*) => {
+        println!("==> [{:>5.0}s] {}", $started.elapsed().as_secs_f64(), format!($($arg)*))
+    };
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "it stops and pauses the DC and kills processes, so deploy/dev/test.sh runs it on its own after the other tests"]
 async fn jobs_survive_process_kills_pauses_and_dc_outages() {
@@ -64,7 +74,7 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
     let run_started = Instant::now();
     let bins = tokio::task::spawn_blocking(Binaries::locate).await.expect("the agent binary is located");
 
-    println!("==> creating the OU, the agents' delegated service account and {} test accounts", params.accounts);
+    step!(run_started, "creating the OU, the agents' delegated service account and {} test accounts", params.accounts);
     let dc = testkit::dc();
     let ou = dc.create_ou("fault").await;
     let service = dc.create_service_account(&ou).await;
@@ -75,14 +85,14 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
     }
 
     let dir = tempfile::Builder::new().prefix("pwrelay-fault-").tempdir().expect("a temporary directory");
-    println!("==> setting up PKI, store key, API client and configurations with the relay's CLI in {}", dir.path().display());
+    step!(run_started, "setting up PKI, store key, API client and configurations with the relay's CLI in {}", dir.path().display());
     let mut deployment = Deployment::create(dir.path(), &bins, &params, dc, &ou, &service);
     let hires = if params.new_hires > 0 {
-        Some(new_hires::NewHires::prepare(&deployment, &params).await)
+        Some(new_hires::NewHires::prepare(&deployment, &bins, &params, dc, &ou).await)
     } else {
         None
     };
-    println!("==> starting the relay and {} agents", deployment.agents.len());
+    step!(run_started, "starting the relay and {} agents", deployment.agents.len());
     deployment.relay.start();
     let api = Api::new(&deployment);
     assert!(wait_until(Duration::from_secs(30), || api.healthy()).await, "the relay answers /healthz; see its log");
@@ -103,7 +113,7 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
     let phase_end = phase_started + params.fault_phase;
     let hard_deadline = phase_end + params.drain;
     let per_account = params.jobs / params.accounts;
-    let mean_think = params.fault_phase.mul_f64(0.8 / per_account.max(1) as f64);
+    let mean_think = params.fault_phase.mul_f64(0.7 / per_account.max(1) as f64);
     let progress = Arc::new(Progress::default());
     let shared = Arc::new(Shared {
         api: api.clone(),
@@ -113,8 +123,9 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
         progress: Arc::clone(&progress),
         schedule: Schedule { phase_end, hard_deadline, mean_think },
     });
-    println!(
-        "==> fault phase: {} jobs over {} accounts (one at a time per account, ~{:.1}s apart), faults every ~{:.1}s for {}s",
+    step!(
+        run_started,
+        "fault phase: {} jobs over {} accounts (one at a time per account, at most ~{:.1}s apart), faults every ~{:.1}s for {}s",
         params.jobs,
         params.accounts,
         mean_think.as_secs_f64(),
@@ -144,7 +155,7 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
     let mut injector = Injector::new(params.seed, params.lease, params.mean_fault_gap, phase_started);
     injector.run(&mut deployment, &mut dc_control, &progress, phase_end).await;
 
-    println!("==> fault phase over after {} faults; healing: the DC running, every process resumed or restarted", injector.total());
+    step!(run_started, "fault phase over after {} faults; healing: the DC running, every process resumed or restarted", injector.total());
     heal(&mut deployment, &mut dc_control).await;
     let healthy = wait_until(Duration::from_secs(30), || api.healthy()).await;
     assert!(healthy, "the relay answers /healthz again after the faults; see its log");
@@ -154,7 +165,7 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
             println!("!! {} is not ready 30 s after the faults ended", agent.service.name);
         }
     }
-    println!("==> waiting (at most {}s) for the remaining jobs to end", params.drain.as_secs());
+    step!(run_started, "waiting (at most {}s) for the remaining jobs to end", params.drain.as_secs());
     let mut accounts = Vec::new();
     let join_limit = hard_deadline + Duration::from_secs(120);
     while let Some(joined) = tokio::time::timeout_at(join_limit, workers.join_next())
@@ -179,7 +190,7 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
         }
     }
 
-    println!("==> checking the directory, the audit logs and every file");
+    step!(run_started, "checking the directory, the audit logs and every file");
     let running = ScannedFiles {
         logs: deployment.log_files(),
         store: deployment.store_files(),

@@ -53,7 +53,7 @@ impl Params {
             drain: Duration::from_secs(number("FAULT_DRAIN_SECONDS", 90)),
             lease: Duration::from_secs(number("FAULT_LEASE_SECONDS", 6)),
             mean_fault_gap: Duration::from_secs_f64(number("FAULT_MEAN_GAP_SECONDS", 3.0)),
-            new_hires: number("FAULT_NEW_HIRES", 0),
+            new_hires: number("FAULT_NEW_HIRES", 6),
             keep_dir: std::env::var_os("FAULT_KEEP_DIR").is_some(),
         };
         assert!(params.accounts > 0 && params.jobs >= params.accounts, "FAULT_JOBS must be at least FAULT_ACCOUNTS (> 0)");

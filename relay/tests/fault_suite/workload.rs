@@ -43,6 +43,11 @@ impl Kind {
     pub(crate) fn generated(self) -> bool {
         matches!(self, Self::GenerateSealed | Self::GeneratePlain)
     }
+
+    /// Whether the relay hands the password out (at `/secret`, or through the one-time link).
+    pub(crate) fn returns_password(self) -> bool {
+        self != Self::Set
+    }
 }
 
 /// What became of a generated password at `GET /v1/jobs/{id}/secret`.
@@ -119,7 +124,7 @@ pub(crate) struct Schedule {
     pub(crate) phase_end: Instant,
     /// No job is submitted or waited for after it.
     pub(crate) hard_deadline: Instant,
-    /// Mean pause before each job during the fault phase.
+    /// The longest mean pause before a job during the fault phase.
     pub(crate) mean_think: Duration,
 }
 
@@ -153,8 +158,11 @@ pub(crate) async fn run_account(shared: Arc<Shared>, index: usize, user: TestUse
             break;
         }
         if now < schedule.phase_end {
-            let think = schedule.mean_think.mul_f64(rng.random_range(0.0..2.0));
-            tokio::time::sleep(think.min(schedule.phase_end - now)).await;
+            // Spread what is left of this account's jobs over what is left of the phase (faults
+            // make jobs slow), so that jobs keep running while faults are injected.
+            let left = schedule.phase_end - now;
+            let share = left.mul_f64(0.7 / (planned - n) as f64).min(schedule.mean_think);
+            tokio::time::sleep(share.mul_f64(rng.random_range(0.0..2.0)).min(left)).await;
         }
         let kind = match rng.random_range(0..10) {
             0..4 => Kind::Set,
