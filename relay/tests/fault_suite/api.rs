@@ -46,7 +46,11 @@ impl Api {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, limit: Duration) -> Reply {
-        match request.bearer_auth(&self.token).timeout(limit).send().await {
+        self.send_as_is(request.bearer_auth(&self.token), limit).await
+    }
+
+    async fn send_as_is(&self, request: reqwest::RequestBuilder, limit: Duration) -> Reply {
+        match request.timeout(limit).send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 match response.bytes().await {
@@ -64,14 +68,15 @@ impl Api {
         self.send(request, limit).await
     }
 
-    /// One POST of the JSON text `body` to `path` with `headers`.
+    /// One POST of the JSON text `body` to `path` with `headers` and without the API token (a
+    /// callout, a link claim).
     pub(crate) async fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)], limit: Duration) -> Reply {
         let mut request =
             self.http.post(format!("{}{path}", self.base)).header("content-type", "application/json").body(body.to_vec());
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        self.send(request, limit).await
+        self.send_as_is(request, limit).await
     }
 
     /// One GET of `path`.

@@ -138,6 +138,12 @@ pub(crate) async fn check(
         .map(|(a, j)| format!("job {} ({}) of {}: {}", j.id.as_deref().unwrap_or("?"), j.kind.label(), a.user.sam, j.note.as_deref().unwrap_or("")))
         .collect();
     report.figure("jobs not final", open);
+    let refused: Vec<String> = jobs
+        .iter()
+        .filter(|(_, j)| j.id.is_none() && j.state.is_none())
+        .map(|(a, j)| format!("{} for {}: {}", j.kind.label(), a.user.sam, j.note.as_deref().unwrap_or("")))
+        .collect();
+    report.figure("requests the relay never accepted or never made a job of", refused);
 
     // The directory: each account's password against its last succeeded job's.
     let mut wrong_password = Vec::new();
