@@ -71,8 +71,11 @@ impl Api {
     /// One POST of the JSON text `body` to `path` with `headers` and without the API token (a
     /// callout, a link claim).
     pub(crate) async fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)], limit: Duration) -> Reply {
-        let mut request =
-            self.http.post(format!("{}{path}", self.base)).header("content-type", "application/json").body(body.to_vec());
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -86,7 +89,13 @@ impl Api {
 
     /// Submits a job until the relay answers (retrying with the same idempotency key) or
     /// `deadline` passes. The job id, or why there is none.
-    pub(crate) async fn submit(&self, path: &str, key: &str, body: &Value, deadline: Instant) -> Result<String, String> {
+    pub(crate) async fn submit(
+        &self,
+        path: &str,
+        key: &str,
+        body: &Value,
+        deadline: Instant,
+    ) -> Result<String, String> {
         loop {
             match self.post_once(path, key, body, Duration::from_secs(15)).await {
                 Reply::Answered(202, reply) => {
@@ -135,9 +144,5 @@ impl Api {
 /// Whether an agent's `/readyz` answers 200 (relay link up, DC bind works).
 pub(crate) async fn agent_ready(health_port: u16) -> bool {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("an HTTP client");
-    client
-        .get(format!("http://127.0.0.1:{health_port}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().as_u16() == 200)
+    client.get(format!("http://127.0.0.1:{health_port}/readyz")).send().await.is_ok_and(|r| r.status().as_u16() == 200)
 }

@@ -52,7 +52,8 @@ impl Binaries {
                 || name.starts_with("CARGO_CRATE_")
                 || name.starts_with("CARGO_BIN_")
                 || name.starts_with("CARGO_MANIFEST_")
-                || ["CARGO", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"].contains(&&*name);
+                || ["CARGO", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"]
+                    .contains(&&*name);
             if set_by_cargo {
                 build.env_remove(&*name);
             }
@@ -146,7 +147,10 @@ impl Deployment {
     ) -> Self {
         let path = |p: &str| dir.join(p).display().to_string();
         let domain = dc.domain.as_str();
-        pwrelay(bins, &["pki", "init", "--dir", &path("pki"), "--relay-name", "localhost", "--relay-name", "127.0.0.1"]);
+        pwrelay(
+            bins,
+            &["pki", "init", "--dir", &path("pki"), "--relay-name", "localhost", "--relay-name", "127.0.0.1"],
+        );
         pwrelay(bins, &["store-key", "generate", "--out", &path("store.key")]);
         let (api_port, link_port) = (free_port(), free_port());
         let relay_toml = dir.join("relay.toml");
@@ -181,7 +185,18 @@ impl Deployment {
             let agent_name = format!("fault-{name}");
             pwrelay(
                 bins,
-                &["pki", "issue-agent", "--ca-dir", &path("pki"), "--name", &agent_name, "--domain", domain, "--out", &out],
+                &[
+                    "pki",
+                    "issue-agent",
+                    "--ca-dir",
+                    &path("pki"),
+                    "--name",
+                    &agent_name,
+                    "--domain",
+                    domain,
+                    "--out",
+                    &out,
+                ],
             );
             write_private(&agent_dir.join("bind.secret"), service.password.expose_secret());
             let health_port = free_port();
@@ -206,21 +221,14 @@ impl Deployment {
             );
             agents.push(Agent { dir: agent_dir, health_port, service });
         }
-        Self {
-            dir: dir.to_owned(),
-            api_port,
-
-            ca_file: dir.join("pki/ca.pem"),
-            token,
-            relay,
-            agents,
-            relay_toml,
-        }
+        Self { dir: dir.to_owned(), api_port, ca_file: dir.join("pki/ca.pem"), token, relay, agents, relay_toml }
     }
 
     /// Every log file.
     pub(crate) fn log_files(&self) -> Vec<PathBuf> {
-        std::iter::once(self.relay.log().to_owned()).chain(self.agents.iter().map(|a| a.service.log().to_owned())).collect()
+        std::iter::once(self.relay.log().to_owned())
+            .chain(self.agents.iter().map(|a| a.service.log().to_owned()))
+            .collect()
     }
 
     /// The relay's store files (the database, its WAL and shared-memory files).

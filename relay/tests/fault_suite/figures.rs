@@ -48,7 +48,8 @@ impl Report {
     }
 
     pub(crate) fn print(&self, title: &str) {
-        let width = self.figures.iter().map(|f| f.name.len()).chain(self.notes.iter().map(|n| n.0.len())).max().unwrap_or(0);
+        let width =
+            self.figures.iter().map(|f| f.name.len()).chain(self.notes.iter().map(|n| n.0.len())).max().unwrap_or(0);
         println!("\n{title}\n");
         println!("| {:<width$} | {:>7} |", "figure (must be 0)", "value");
         println!("|-{:-<width$}-|-{:->7}-|", "", "");
@@ -135,7 +136,15 @@ pub(crate) async fn check(
     let open: Vec<String> = jobs
         .iter()
         .filter(|(_, j)| j.id.is_some() && !j.is_final())
-        .map(|(a, j)| format!("job {} ({}) of {}: {}", j.id.as_deref().unwrap_or("?"), j.kind.label(), a.user.sam, j.note.as_deref().unwrap_or("")))
+        .map(|(a, j)| {
+            format!(
+                "job {} ({}) of {}: {}",
+                j.id.as_deref().unwrap_or("?"),
+                j.kind.label(),
+                a.user.sam,
+                j.note.as_deref().unwrap_or("")
+            )
+        })
         .collect();
     report.figure("jobs not final", open);
     let refused: Vec<String> = jobs
@@ -173,12 +182,34 @@ pub(crate) async fn check(
                 .iter()
                 .enumerate()
                 .rev()
-                .filter_map(|(n, j)| j.password.as_ref().map(|p| (format!("job {} #{n} ({})", j.id.as_deref().unwrap_or("?"), j.state.as_deref().unwrap_or("not final")), p.clone())))
-                .chain(last.is_some().then(|| ("the account's initial password".to_owned(), account.user.password.expose_secret().to_owned())));
+                .filter_map(|(n, j)| {
+                    j.password.as_ref().map(|p| {
+                        (
+                            format!(
+                                "job {} #{n} ({})",
+                                j.id.as_deref().unwrap_or("?"),
+                                j.state.as_deref().unwrap_or("not final")
+                            ),
+                            p.clone(),
+                        )
+                    })
+                })
+                .chain(last.is_some().then(|| {
+                    ("the account's initial password".to_owned(), account.user.password.expose_secret().to_owned())
+                }));
             // Jobs after the last succeeded one (failed or open) that chose their password.
-            let later = account.jobs[last.map_or(0, |i| i + 1)..]
-                .iter()
-                .filter_map(|j| j.password.as_ref().map(|p| (format!("later job {} ({})", j.id.as_deref().unwrap_or("?"), j.state.as_deref().unwrap_or("not final")), p.clone())));
+            let later = account.jobs[last.map_or(0, |i| i + 1)..].iter().filter_map(|j| {
+                j.password.as_ref().map(|p| {
+                    (
+                        format!(
+                            "later job {} ({})",
+                            j.id.as_deref().unwrap_or("?"),
+                            j.state.as_deref().unwrap_or("not final")
+                        ),
+                        p.clone(),
+                    )
+                })
+            });
             for (what, password) in later.chain(history) {
                 if bind_settled(dc, &account.user.dn, &password).await == Bind::Matches {
                     older = Some(what);
@@ -191,17 +222,29 @@ pub(crate) async fn check(
             (Some(_), true, _) => {}
             (Some(_), false, found) => {
                 let also = found.as_deref().map_or("no known password binds".to_owned(), |w| format!("binds with {w}"));
-                wrong_password.push(format!("{}: not the password of its last succeeded job {last_id}; {also}", account.user.sam));
+                wrong_password.push(format!(
+                    "{}: not the password of its last succeeded job {last_id}; {also}",
+                    account.user.sam
+                ));
                 if let Some(what) = found.as_deref().filter(|w| !w.starts_with("later")) {
-                    older_landed.push(format!("{}: binds with {what}, not with its last succeeded job {last_id}", account.user.sam));
+                    older_landed.push(format!(
+                        "{}: binds with {what}, not with its last succeeded job {last_id}",
+                        account.user.sam
+                    ));
                 }
             }
             (None, _, found) => {
                 // The last succeeded job's password is unknown: it was never handed out.
                 if let Some(what) = found {
-                    wrong_password.push(format!("{}: binds with {what}, not with its last succeeded job {last_id}", account.user.sam));
+                    wrong_password.push(format!(
+                        "{}: binds with {what}, not with its last succeeded job {last_id}",
+                        account.user.sam
+                    ));
                     if !what.starts_with("later") {
-                        older_landed.push(format!("{}: binds with {what}, not with its last succeeded job {last_id}", account.user.sam));
+                        older_landed.push(format!(
+                            "{}: binds with {what}, not with its last succeeded job {last_id}",
+                            account.user.sam
+                        ));
                     }
                 }
             }
@@ -213,10 +256,18 @@ pub(crate) async fn check(
             match (&job.secret, expected_matches) {
                 (SecretOutcome::LostInTransit, _) => unverifiable += 1,
                 (SecretOutcome::Missing(why), _) => {
-                    last_secret_bad.push(format!("{}: job {last_id} ({}): not retrievable: {why}", account.user.sam, kind.label()));
+                    last_secret_bad.push(format!(
+                        "{}: job {last_id} ({}): not retrievable: {why}",
+                        account.user.sam,
+                        kind.label()
+                    ));
                 }
                 (_, false) => {
-                    last_secret_bad.push(format!("{}: job {last_id} ({}): the handed-out password does not bind", account.user.sam, kind.label()));
+                    last_secret_bad.push(format!(
+                        "{}: job {last_id} ({}): the handed-out password does not bind",
+                        account.user.sam,
+                        kind.label()
+                    ));
                 }
                 _ => {}
             }
@@ -298,7 +349,16 @@ pub(crate) async fn check(
 /// The files of `dir` that the scan reads, for a directory-level summary.
 pub(crate) fn describe_files(files: &ScannedFiles) -> String {
     let names = |list: &[PathBuf]| {
-        list.iter().filter(|p| p.exists()).filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect::<Vec<_>>().join(", ")
+        list.iter()
+            .filter(|p| p.exists())
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    format!("logs [{}], store [{}], agents' state [{}]", names(&files.logs), names(&files.store), names(&files.agent_state))
+    format!(
+        "logs [{}], store [{}], agents' state [{}]",
+        names(&files.logs),
+        names(&files.store),
+        names(&files.agent_state)
+    )
 }

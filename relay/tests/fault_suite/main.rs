@@ -85,7 +85,11 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
     }
 
     let dir = tempfile::Builder::new().prefix("pwrelay-fault-").tempdir().expect("a temporary directory");
-    step!(run_started, "setting up PKI, store key, API client and configurations with the relay's CLI in {}", dir.path().display());
+    step!(
+        run_started,
+        "setting up PKI, store key, API client and configurations with the relay's CLI in {}",
+        dir.path().display()
+    );
     let mut deployment = Deployment::create(dir.path(), &bins, &params, dc, &ou, &service);
     let hires = if params.new_hires > 0 {
         Some(new_hires::NewHires::prepare(&deployment, &bins, &params, dc, &ou).await)
@@ -155,7 +159,11 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
     let mut injector = Injector::new(params.seed, params.lease, params.mean_fault_gap, phase_started);
     injector.run(&mut deployment, &mut dc_control, &progress, phase_end).await;
 
-    step!(run_started, "fault phase over after {} faults; healing: the DC running, every process resumed or restarted", injector.total());
+    step!(
+        run_started,
+        "fault phase over after {} faults; healing: the DC running, every process resumed or restarted",
+        injector.total()
+    );
     heal(&mut deployment, &mut dc_control).await;
     let healthy = wait_until(Duration::from_secs(30), || api.healthy()).await;
     assert!(healthy, "the relay answers /healthz again after the faults; see its log");
@@ -204,14 +212,17 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
         agent_state: deployment.agent_state_files(),
     };
     println!("    files read: {}", figures::describe_files(&stopped));
-    let mut report =
-        figures::check(dc, &accounts, &deployment.audit_logs(), &[running_copy, stopped]).await;
+    let mut report = figures::check(dc, &accounts, &deployment.audit_logs(), &[running_copy, stopped]).await;
     let exits: Vec<String> = deployment
         .services()
         .filter(|s| s.unexpected_exits > 0)
         .map(|s| format!("{} exited by itself {} time(s); see {}", s.name, s.unexpected_exits, s.log().display()))
         .collect();
-    report.figures.push(figures::Figure { name: "processes that exited by themselves", value: exits.len(), examples: exits });
+    report.figures.push(figures::Figure {
+        name: "processes that exited by themselves",
+        value: exits.len(),
+        examples: exits,
+    });
     for (kind, n) in &injector.counts {
         report.notes.push((format!("faults: {kind}"), n.to_string()));
     }

@@ -84,7 +84,11 @@ impl NewHires {
             .arg(&deployment.relay_toml)
             .output()
             .expect("pwrelay clients add runs");
-        assert!(output.status.success(), "pwrelay clients add fault-helpdesk: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "pwrelay clients add fault-helpdesk: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let token = String::from_utf8(output.stdout).expect("the token is UTF-8").trim().to_owned();
         let helpdesk = Api::with_token(deployment, &token);
         let mut hires = Vec::new();
@@ -124,7 +128,8 @@ impl NewHires {
             let shared = Arc::clone(&shared);
             tasks.spawn(async move {
                 // Evenly over the first 80 % of the phase.
-                let start = Instant::now() + (schedule.phase_end - Instant::now()).mul_f64(0.8 * index as f64 / count as f64);
+                let start =
+                    Instant::now() + (schedule.phase_end - Instant::now()).mul_f64(0.8 * index as f64 / count as f64);
                 tokio::time::sleep_until(start).await;
                 (index, this.onboard(&shared, index).await)
             });
@@ -157,7 +162,12 @@ impl NewHires {
             let signature = pwrelay_relay::signature::sign(HMAC_SECRET.as_bytes(), SystemTime::now(), body.as_bytes());
             let reply = shared
                 .api
-                .post_raw("/v1/lifecycle/callouts", body.as_bytes(), &[("pwrelay-signature", &signature)], Duration::from_secs(15))
+                .post_raw(
+                    "/v1/lifecycle/callouts",
+                    body.as_bytes(),
+                    &[("pwrelay-signature", &signature)],
+                    Duration::from_secs(15),
+                )
                 .await;
             match reply {
                 Reply::Answered(202, _) => break,
@@ -216,7 +226,8 @@ impl NewHires {
                 .collect()
         });
         let Some(link) = sms.last().and_then(|m| link_in(m)) else {
-            record.secret = SecretOutcome::Missing(format!("request {result_id} is done but no SMS reached {}", hire.mobile));
+            record.secret =
+                SecretOutcome::Missing(format!("request {result_id} is done but no SMS reached {}", hire.mobile));
             return run(record);
         };
         let (page, key) = link.split_once('#').unwrap_or((link.as_str(), ""));
@@ -229,7 +240,13 @@ impl NewHires {
     }
 
     /// Claims the link once and opens the ciphertext; then checks that a second claim is refused.
-    async fn claim(&self, shared: &Shared, page: &str, key: &str, deadline: Instant) -> (SecretOutcome, Option<String>) {
+    async fn claim(
+        &self,
+        shared: &Shared,
+        page: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> (SecretOutcome, Option<String>) {
         let Some(key_bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key).ok() else {
             return (SecretOutcome::Missing("the link's fragment is no key".into()), None);
         };
@@ -244,7 +261,10 @@ impl NewHires {
                 Reply::Answered(410, _) if maybe_taken => return (SecretOutcome::LostInTransit, None),
                 Reply::Answered(503, _) => {}
                 Reply::Answered(status, answer) => {
-                    return (SecretOutcome::Missing(format!("the claim answered {status}: {}", answer["error"]["code"])), None);
+                    return (
+                        SecretOutcome::Missing(format!("the claim answered {status}: {}", answer["error"]["code"])),
+                        None,
+                    );
                 }
                 Reply::Unanswered(why) => {
                     if !why.contains("onnect") {

@@ -56,7 +56,10 @@ impl Params {
             new_hires: number("FAULT_NEW_HIRES", 6),
             keep_dir: std::env::var_os("FAULT_KEEP_DIR").is_some(),
         };
-        assert!(params.accounts > 0 && params.jobs >= params.accounts, "FAULT_JOBS must be at least FAULT_ACCOUNTS (> 0)");
+        assert!(
+            params.accounts > 0 && params.jobs >= params.accounts,
+            "FAULT_JOBS must be at least FAULT_ACCOUNTS (> 0)"
+        );
         assert!(params.lease >= Duration::from_secs(5), "FAULT_LEASE_SECONDS must be at least 5 (the relay's minimum)");
         params
     }

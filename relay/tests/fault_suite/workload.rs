@@ -173,7 +173,10 @@ pub(crate) async fn run_account(shared: Arc<Shared>, index: usize, user: TestUse
         let (body, password) = match kind {
             Kind::Set => {
                 let password = chosen_password(&mut rng);
-                (json!({ "domain": shared.domain, "target": { "upn": user.upn }, "password": password }), Some(password))
+                (
+                    json!({ "domain": shared.domain, "target": { "upn": user.upn }, "password": password }),
+                    Some(password),
+                )
             }
             Kind::GenerateSealed => {
                 let public = base64::engine::general_purpose::STANDARD.encode(shared.recipient.public_key().as_bytes());
@@ -183,9 +186,10 @@ pub(crate) async fn run_account(shared: Arc<Shared>, index: usize, user: TestUse
                     None,
                 )
             }
-            Kind::GeneratePlain | Kind::Initial => {
-                (json!({ "domain": shared.domain, "target": { "upn": user.upn }, "generate": { "length": 20, "mode": mode } }), None)
-            }
+            Kind::GeneratePlain | Kind::Initial => (
+                json!({ "domain": shared.domain, "target": { "upn": user.upn }, "generate": { "length": 20, "mode": mode } }),
+                None,
+            ),
         };
         let key = format!("fault-{}-{index}-{n}", shared.seed);
         let mut record = JobRecord {
