@@ -137,6 +137,25 @@ impl Injector {
                 self.count(if target == Target::Relay { "SIGKILL relay + restart" } else { "SIGKILL agent + restart" });
                 (target, Undo::Start, down)
             }
+            // SIGSTOP of an agent the moment it has started a job (its audit log shows the job
+            // received and nothing after), for longer than the lease: the job goes to the other
+            // agent meanwhile.
+            44..57 => {
+                let pause = self.lease.mul_f64(self.rng.random_range(1.5..3.0));
+                let audit = deployment.agents[agent].state_dir().join("audit.jsonl");
+                let caught = wait_for_open_job(&audit, Duration::from_secs(3)).await;
+                self.log(
+                    progress,
+                    &format!(
+                        "fault {n}: SIGSTOP {label} for {:.1}s, {}",
+                        pause.as_secs_f64(),
+                        if caught { "as it started a job" } else { "(no job started within 3 s)" }
+                    ),
+                );
+                self.service(deployment, target).pause();
+                self.count(if caught { "SIGSTOP agent mid-job > lease" } else { "SIGSTOP agent > lease" });
+                (target, Undo::Resume, pause)
+            }
             // SIGSTOP, SIGCONT after the pause.
             30..70 => {
                 let pause = self.pause_length();
@@ -203,6 +222,33 @@ enum Undo {
     Resume,
     /// Start the killed process again (or `samba-dc.sh restart`).
     Start,
+}
+
+/// Waits (at most `limit`) until the audit log at `path` gains a `job_received` event whose job
+/// has no later event yet: the agent is carrying that job out. Whether one came.
+async fn wait_for_open_job(path: &std::path::Path, limit: Duration) -> bool {
+    let start = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(bytes) = std::fs::read(path) {
+            let new = bytes.get(usize::try_from(start).unwrap_or(usize::MAX)..).unwrap_or_default();
+            let mut open: Vec<String> = Vec::new();
+            for line in String::from_utf8_lossy(new).lines() {
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+                let job = event["job_id"].as_str().unwrap_or_default().to_owned();
+                if event["event_id"] == 4100 {
+                    open.push(job);
+                } else {
+                    open.retain(|j| *j != job);
+                }
+            }
+            if !open.is_empty() {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
 }
 
 /// Polls `check` every 200 ms until it holds or `limit` passes.
