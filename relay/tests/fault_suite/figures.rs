@@ -254,7 +254,7 @@ pub(crate) async fn check(
         {
             let job = &account.jobs[i];
             match (&job.secret, expected_matches) {
-                (SecretOutcome::LostInTransit, _) => unverifiable += 1,
+                (SecretOutcome::LostInTransit | SecretOutcome::Declared(_), _) => unverifiable += 1,
                 (SecretOutcome::Missing(why), _) => {
                     last_secret_bad.push(format!(
                         "{}: job {last_id} ({}): not retrievable: {why}",
@@ -280,6 +280,7 @@ pub(crate) async fn check(
     // Every generated secret exactly once.
     let mut not_once = Vec::new();
     let mut lost_in_transit = 0usize;
+    let mut declared = 0usize;
     for (account, job) in &jobs {
         if !(job.kind.returns_password() && job.succeeded()) {
             continue;
@@ -290,6 +291,7 @@ pub(crate) async fn check(
             SecretOutcome::ReadTwice => not_once.push(format!("job {id} of {}: handed out twice", account.user.sam)),
             SecretOutcome::Missing(why) => not_once.push(format!("job {id} of {}: {why}", account.user.sam)),
             SecretOutcome::LostInTransit => lost_in_transit += 1,
+            SecretOutcome::Declared(_) => declared += 1,
         }
     }
     report.figure("generated passwords (generate, initial) not retrievable exactly once", not_once);
@@ -329,7 +331,8 @@ pub(crate) async fn check(
     report.note("job ids with a successful write audited", succeeded_writes_audited);
     report.note("deliberate re-issues audited (4120 / *_reissued)", reissues);
     report.note("generated-password reads whose answer a fault cut off (410 after)", lost_in_transit);
-    report.note("accounts not checkable (their last password's read was cut off)", unverifiable);
+    report.note("new hires failed with the workflow told (e.g. link key lost in a relay restart)", declared);
+    report.note("accounts not checkable (last password's read cut off, or declared failed)", unverifiable);
     let mut by_kind: BTreeMap<(Kind, String), usize> = BTreeMap::new();
     for (_, job) in &jobs {
         let outcome = match (job.state.as_deref(), job.error_code.as_deref()) {

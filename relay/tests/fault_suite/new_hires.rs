@@ -217,6 +217,10 @@ impl NewHires {
             return run(record);
         }
         shared.progress.succeeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if request["outcome"] == "failed" {
+            record.secret = SecretOutcome::Declared(request["outcome_reason"].as_str().unwrap_or_default().to_owned());
+            return run(record);
+        }
         // The link from the SMS (the last one to this number, should there be more), claimed once.
         let sms: Vec<String> = self.cloud.recorded(|r| {
             r.sms

@@ -61,6 +61,9 @@ pub(crate) enum SecretOutcome {
     ReadTwice,
     /// Never handed out, for the reason given (e.g. 409 long after the job succeeded).
     Missing(String),
+    /// A new hire's request ended `failed` and the workflow was told why (e.g. the link key,
+    /// held in memory only, was lost in a relay restart): declared, not counted as a loss.
+    Declared(String),
     /// A read reached the relay but its answer was lost to a fault, and the password is gone
     /// since (410): at most once, by design; not counted as a loss.
     LostInTransit,
