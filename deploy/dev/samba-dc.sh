@@ -6,6 +6,12 @@
 #   deploy/dev/samba-dc.sh status   exit 0 when LDAPS answers
 #   deploy/dev/samba-dc.sh env      print the connection settings as shell variables
 #
+# For fault tests (relay/tests/fault_suite), on a DC started with start; all keep the directory:
+#   deploy/dev/samba-dc.sh halt     stop the DC's processes (a paused DC is resumed first)
+#   deploy/dev/samba-dc.sh restart  halt if running, then start the processes again; waits for LDAPS
+#   deploy/dev/samba-dc.sh pause    SIGSTOP every process of the DC: connections stay open, nothing answers
+#   deploy/dev/samba-dc.sh resume   SIGCONT them again
+#
 # Needs root: Samba's LDAP ports are fixed (389, 636, 88 on 127.0.0.1). Install the packages first
 # (deploy/dev/install-deps.sh). Never use this DC for anything but tests: the domain is
 # PWRELAY.TEST, the administrator password is public, and writes are not synced to disk.
@@ -138,7 +144,15 @@ start() {
   # before. Added here, not at provision, so that a DC started from an older template has it too.
   grep -q '^[[:space:]]*ldap server require strong auth' "$DC_DIR/etc/smb.conf" \
     || sed -i 's/^\[global\]$/[global]\n\tldap server require strong auth = allow_sasl_over_tls/' "$DC_DIR/etc/smb.conf"
-  setsid samba -s "$DC_DIR/etc/smb.conf" -F --debug-stdout -d 1 > "$DC_DIR/samba.out" 2>&1 < /dev/null &
+  launch
+  kerberos_clients
+  echo "Samba AD DC ready in $((SECONDS - t0)) s: ldaps://127.0.0.1:636, realm $REALM, CA $DC_DIR/tls/ca.pem"
+}
+
+# Starts samba on the directory in $DC_DIR (its own process group, so that halt, pause and resume
+# reach every child) and waits for LDAPS.
+launch() {
+  setsid samba -s "$DC_DIR/etc/smb.conf" -F --debug-stdout -d 1 >> "$DC_DIR/samba.out" 2>&1 < /dev/null &
   echo $! > "$DC_DIR/samba.launch.pid"
   local deadline=$((SECONDS + READY_TIMEOUT))
   until ldaps_ready; do
@@ -148,20 +162,49 @@ start() {
     [ $SECONDS -lt $deadline ] || { echo "LDAPS not ready after ${READY_TIMEOUT}s" >&2; exit 1; }
     sleep 0.2
   done
-  kerberos_clients
-  echo "Samba AD DC ready in $((SECONDS - t0)) s: ldaps://127.0.0.1:636, realm $REALM, CA $DC_DIR/tls/ca.pem"
+}
+
+# The process group of the running DC (its launch pid), or nothing when none runs.
+dc_group() {
+  local pidf="$DC_DIR/samba.launch.pid"
+  [ -f "$pidf" ] || return 0
+  local pid; pid=$(cat "$pidf")
+  if [ -n "$(ps -eo pgid= | awk -v p="$pid" '$1==p')" ]; then echo "$pid"; fi
+}
+
+# Stops the DC's processes and keeps its directory (a paused DC is resumed first, so that it can
+# handle SIGTERM).
+halt() {
+  local pid; pid=$(dc_group)
+  [ -n "$pid" ] || return 0
+  kill -CONT -- "-$pid" 2>/dev/null || true
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  # samba's children share its process group (setsid in launch)
+  if [ -n "$(ps -eo pgid= | awk -v p="$pid" '$1==p')" ]; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+  for _ in $(seq 1 50); do [ -n "$(ps -eo pgid= | awk -v p="$pid" '$1==p')" ] || break; sleep 0.1; done
+  echo "Samba AD DC halted (directory kept)"
+}
+
+restart() {
+  [ -f "$DC_DIR/etc/smb.conf" ] || { echo "no DC in $DC_DIR; use start" >&2; exit 1; }
+  [ "$(id -u)" = 0 ] || { echo "the throwaway DC needs root (fixed LDAP ports)" >&2; exit 1; }
+  local t0=$SECONDS
+  halt >/dev/null
+  launch
+  echo "Samba AD DC restarted in $((SECONDS - t0)) s"
+}
+
+# SIGSTOP / SIGCONT to every process of the DC.
+signal_dc() {
+  local pid; pid=$(dc_group)
+  [ -n "$pid" ] || { echo "no running DC in $DC_DIR" >&2; exit 1; }
+  kill "-$1" -- "-$pid"
 }
 
 stop() {
-  local pidf="$DC_DIR/samba.launch.pid"
-  if [ -f "$pidf" ]; then
-    local pid; pid=$(cat "$pidf")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    fi
-    # samba's children share its process group (setsid above)
-    if [ -n "$(ps -eo pgid= | awk -v p="$pid" '$1==p')" ]; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+  if [ -f "$DC_DIR/samba.launch.pid" ]; then
+    halt >/dev/null
     echo "Samba AD DC stopped"
   fi
   rm -rf "$DC_DIR"
@@ -171,6 +214,10 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) ldaps_ready ;;
+  halt) halt ;;
+  restart) restart ;;
+  pause) signal_dc STOP; echo "Samba AD DC paused" ;;
+  resume) signal_dc CONT; echo "Samba AD DC resumed" ;;
   env)
     echo "PWRELAY_TEST_DC_DIR=$DC_DIR"
     echo "PWRELAY_TEST_REALM=$realm_lc"
@@ -180,5 +227,5 @@ case "${1:-}" in
     echo "PWRELAY_TEST_DC_HOST=dc1.$realm_lc"
     echo "PWRELAY_TEST_KRB5_CONFIG=$DC_DIR/krb5.conf"
     ;;
-  *) echo "usage: $0 start|stop|status|env" >&2; exit 64 ;;
+  *) echo "usage: $0 start|stop|status|env|halt|restart|pause|resume" >&2; exit 64 ;;
 esac
