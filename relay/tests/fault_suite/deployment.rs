@@ -159,7 +159,8 @@ impl Deployment {
             format!(
                 "domains = [\"{domain}\"]\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ncert_file = \"pki/relay.pem\"\n\
                  key_file = \"pki/relay.key\"\n\n[link]\nlisten = \"127.0.0.1:{link_port}\"\ncert_file = \"pki/relay.pem\"\n\
-                 key_file = \"pki/relay.key\"\nagent_ca_file = \"pki/ca.pem\"\nlease_seconds = {lease}\nheartbeat_seconds = 1\n\n\
+                 key_file = \"pki/relay.key\"\nagent_ca_file = \"pki/ca.pem\"\nlease_seconds = {lease}\nheartbeat_seconds = 1\n\
+                 write_timeout_seconds = 3\n\n\
                  [store]\npath = \"relay.db\"\nkey_file = \"store.key\"\n\n[jobs]\nmax_attempts = 10\n\n\
                  [log]\nlevel = \"{LOG_LEVEL}\"\n",
                 lease = params.lease.as_secs(),

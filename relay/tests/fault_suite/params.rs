@@ -36,7 +36,7 @@ fn number<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 impl Params {
     /// Reads `FAULT_SEED` (random when unset), `FAULT_JOBS` (300), `FAULT_ACCOUNTS` (40),
-    /// `FAULT_SECONDS` (80: the fault phase), `FAULT_DRAIN_SECONDS` (90), `FAULT_LEASE_SECONDS` (6),
+    /// `FAULT_SECONDS` (80: the fault phase), `FAULT_DRAIN_SECONDS` (90), `FAULT_LEASE_SECONDS` (8),
     /// `FAULT_MEAN_GAP_SECONDS` (3), `FAULT_NEW_HIRES` (6) and `FAULT_KEEP_DIR` (unset).
     pub(crate) fn from_env() -> Self {
         let seed = match std::env::var("FAULT_SEED") {
@@ -51,7 +51,7 @@ impl Params {
             accounts: number("FAULT_ACCOUNTS", 40),
             fault_phase: Duration::from_secs(number("FAULT_SECONDS", 80)),
             drain: Duration::from_secs(number("FAULT_DRAIN_SECONDS", 90)),
-            lease: Duration::from_secs(number("FAULT_LEASE_SECONDS", 6)),
+            lease: Duration::from_secs(number("FAULT_LEASE_SECONDS", 8)),
             mean_fault_gap: Duration::from_secs_f64(number("FAULT_MEAN_GAP_SECONDS", 3.0)),
             new_hires: number("FAULT_NEW_HIRES", 6),
             keep_dir: std::env::var_os("FAULT_KEEP_DIR").is_some(),
@@ -60,7 +60,10 @@ impl Params {
             params.accounts > 0 && params.jobs >= params.accounts,
             "FAULT_JOBS must be at least FAULT_ACCOUNTS (> 0)"
         );
-        assert!(params.lease >= Duration::from_secs(5), "FAULT_LEASE_SECONDS must be at least 5 (the relay's minimum)");
+        assert!(
+            params.lease >= Duration::from_secs(6),
+            "FAULT_LEASE_SECONDS must be at least 6 (heartbeat 1 s + write timeout 3 s + 2 s, the relay's minimum)"
+        );
         params
     }
 }
