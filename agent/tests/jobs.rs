@@ -342,3 +342,17 @@ async fn a_plaintext_generated_password_is_issued_afresh_after_a_lost_result() {
     let journal = std::fs::read_to_string(h.dir.path().join("journal.jsonl")).expect("journal");
     assert!(!journal.contains(&first_password) && !journal.contains(&second_password), "never on disk");
 }
+
+#[tokio::test]
+async fn a_lease_is_counted_on_the_agents_clock_whatever_the_relays_says() {
+    let dc = testkit::dc();
+    let h = harness(dc);
+    let user = dc.create_user("skew").await;
+    // The relay's clock is an hour ahead of the agent's... or behind: its absolute deadline has
+    // passed here, but the lease's duration is what counts.
+    let mut skewed = job("job-skew-1", pb::JobKind::SetPassword, dc, &user.upn, Some("Skewed!Clock-Pw1"));
+    skewed.lease_deadline_unix_ms -= 3_600_000;
+    let result = jobs::execute(&h.context, skewed).await;
+    assert!(success(&result).verified, "{result:?}");
+    assert!(dc.bind(&user.dn, "Skewed!Clock-Pw1").await.ok());
+}

@@ -1106,6 +1106,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_generated_password_that_never_arrived_is_lost_not_pending() {
+        let (_dir, store) = store();
+        let job = NewJob {
+            kind: JobKind::GeneratePassword,
+            sealed_secret: None,
+            generate: Some(GenerateSpec { length: 20, mode: GenerateMode::Random }),
+            ..new_job("a.test")
+        };
+        let id = job.id;
+        store.insert_job(job).await.expect("insert");
+        assert_eq!(store.take_secret(id, "pam").await.expect("take"), SecretTake::NotReady);
+        store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+        assert_eq!(store.complete(id, "h1", 1, ok()).await.expect("complete"), Completion::Finished);
+        // Final, and no password came with it: never "not finished".
+        assert_eq!(store.take_secret(id, "pam").await.expect("take"), SecretTake::Lost);
+    }
+
+    #[tokio::test]
     async fn a_job_the_agent_never_started_is_claimable_at_once() {
         let (_dir, store) = store();
         let job = new_job("a.test");
