@@ -449,6 +449,13 @@ key_file = "store.key"
         let lease = MINIMAL.replace("agent_ca_file", "lease_seconds = 1\nagent_ca_file");
         let e = Config::parse(&lease, Path::new("/"), &Overrides::default()).expect_err("bad").to_string();
         assert!(e.starts_with("link.lease_seconds"), "{e}");
+        // A lease no write could start in: 20 < heartbeat 15 + write timeout 15 + 2.
+        let short = MINIMAL.replace("agent_ca_file", "lease_seconds = 20\nagent_ca_file");
+        let e = Config::parse(&short, Path::new("/"), &Overrides::default()).expect_err("bad").to_string();
+        assert!(e.starts_with("link.lease_seconds") && e.contains("write_timeout_seconds"), "{e}");
+        let fitted = MINIMAL.replace("agent_ca_file", "lease_seconds = 20\nwrite_timeout_seconds = 3\nagent_ca_file");
+        let c = Config::parse(&fitted, Path::new("/"), &Overrides::default()).expect("fits");
+        assert_eq!(c.link.write_timeout, Duration::from_secs(3));
         let hooks = format!("{MINIMAL}[webhooks]\nfirst_retry_seconds = 60\nmax_retry_seconds = 30\n");
         let e = Config::parse(&hooks, Path::new("/"), &Overrides::default()).expect_err("bad").to_string();
         assert!(e.starts_with("webhooks.max_retry_seconds"), "{e}");
