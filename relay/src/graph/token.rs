@@ -203,7 +203,8 @@ fn cache_lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
         Some(seconds) if seconds < MAX_CACHE_LIFETIME.as_secs() => Duration::from_secs(seconds),
         Some(_) => MAX_CACHE_LIFETIME,
         None => {
-            tracing::warn!(expires_in = ?expires_in, "the token response's expires_in is not a number of seconds; the token is not cached");
+            // The value came from the network: it is not logged.
+            tracing::warn!("the token response's expires_in is not a number of seconds; the token is not cached");
             Duration::ZERO
         }
     }
