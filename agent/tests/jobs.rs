@@ -356,3 +356,18 @@ async fn a_lease_is_counted_on_the_agents_clock_whatever_the_relays_says() {
     assert!(success(&result).verified, "{result:?}");
     assert!(dc.bind(&user.dn, "Skewed!Clock-Pw1").await.ok());
 }
+
+#[tokio::test]
+async fn a_job_taken_over_from_a_silent_attempt_is_audited_as_applied_again() {
+    let dc = testkit::dc();
+    let h = harness(dc);
+    let user = dc.create_user("takeover").await;
+    let mut again = job("job-takeover-1", pb::JobKind::SetPassword, dc, &user.upn, Some("Taken!Over-Pw1"));
+    again.attempt = 2;
+    again.earlier_attempt_unresolved = true;
+    assert!(success(&jobs::execute(&h.context, again).await).verified);
+    let audit = std::fs::read_to_string(h.dir.path().join("audit.jsonl")).expect("audit");
+    let reissued = audit.lines().position(|l| l.contains("\"event_id\":4123"));
+    let written = audit.lines().position(|l| l.contains("\"event_id\":4101"));
+    assert!(reissued.is_some() && reissued < written, "audited before the write: {audit}");
+}

@@ -106,6 +106,15 @@ pub async fn execute_leased(context: &JobContext, mut job: pb::Job, lease: &JobL
             tracing::info!("generated password redelivered; its earlier result never arrived, issuing a fresh one");
             context.audit.record(&Event { event_id, event: name, ..event.clone() }).await;
         }
+        None if job.earlier_attempt_unresolved && writes(kind) => {
+            // Another agent (or this one before a restart) held the job and went silent: it may
+            // have written. The write below is the job's again, and is said to be.
+            tracing::info!("the attempt before lapsed unreported; applying the job again");
+            context
+                .audit
+                .record(&Event { event_id: audit::ids::ATTEMPT_REISSUED, event: "attempt_reissued", ..event.clone() })
+                .await;
+        }
         None => {}
     }
     context.audit.record(&Event { event_id: audit::ids::JOB_RECEIVED, event: "job_received", ..event.clone() }).await;
@@ -413,6 +422,18 @@ fn require_verified(applied: Applied, must_change: bool) -> Result<Applied, Dire
             if applied.account.locked_out() { " and the account still locked out" } else { "" }
         ),
     ))
+}
+
+/// Whether a job kind writes to the directory.
+fn writes(kind: pb::JobKind) -> bool {
+    matches!(
+        kind,
+        pb::JobKind::SetPassword
+            | pb::JobKind::GeneratePassword
+            | pb::JobKind::InitialPassword
+            | pb::JobKind::Reconcile
+            | pb::JobKind::Unlock
+    )
 }
 
 fn target_text(target: Option<&pb::Target>) -> String {

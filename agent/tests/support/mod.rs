@@ -54,6 +54,7 @@ pub fn job(id: &str, kind: pb::JobKind, dc: &TestDc, by: pb::target::By, passwor
         options: Some(pb::JobOptions::default()),
         lease_deadline_unix_ms: i64::try_from(now).expect("fits") + 60_000,
         lease_duration_ms: 60_000,
+        earlier_attempt_unresolved: false,
         attempt: 1,
         generate: None,
     }

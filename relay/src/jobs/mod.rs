@@ -574,6 +574,8 @@ pub struct LeasedJob {
     pub lease_deadline_unix_ms: i64,
     /// How long the lease lasts from now.
     pub lease_duration: std::time::Duration,
+    /// This claim took over a lapsed lease: the attempt before may have written.
+    pub earlier_attempt_unresolved: bool,
 }
 
 /// A point in time, milliseconds since the Unix epoch; shown as RFC 3339.

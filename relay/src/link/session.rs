@@ -487,6 +487,7 @@ impl Session {
             }),
             lease_deadline_unix_ms: lease.lease_deadline_unix_ms,
             lease_duration_ms: duration_ms(lease.lease_duration),
+            earlier_attempt_unresolved: lease.earlier_attempt_unresolved,
             attempt: job.attempts,
             generate: job.generate.map(|g| pb::GenerateOptions {
                 length: g.length,

@@ -107,6 +107,7 @@ END;
     super::lifecycle::SCHEMA,
     "
 ALTER TABLE jobs ADD COLUMN account_key TEXT;   -- domain/target_kind:value, lower case; NULL for batches
+ALTER TABLE jobs ADD COLUMN taken_over INTEGER NOT NULL DEFAULT 0;  -- the last claim took over a lapsed lease
 UPDATE jobs SET account_key = domain || '/' || target_kind || ':' || lower(target_value)
  WHERE kind != 'reconcile_batch';
 CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms);
@@ -585,10 +586,11 @@ impl Store for SqliteStore {
             let mut stmt = tx
                 .prepare(&format!(
                     "UPDATE jobs SET state = 'dispatched', lease_holder = ?, agent = ?, lease_expires_ms = {lease_until},
-                         attempts = attempts + 1, dispatched_ms = {now}, updated_ms = {now}
+                         attempts = attempts + 1, dispatched_ms = {now}, updated_ms = {now},
+                         taken_over = (state = 'dispatched')
                      WHERE id IN (SELECT id FROM jobs WHERE {available} AND {account_free} AND created_ms >= {}
                                   ORDER BY created_ms, id LIMIT {limit})
-                     RETURNING {JOB_COLUMNS}",
+                     RETURNING {JOB_COLUMNS}, taken_over",
                     now - ms(policy.time_to_live)
                 ))
                 .map_err(db_err)?;
@@ -597,7 +599,9 @@ impl Store for SqliteStore {
             let mut leased = Vec::new();
             while let Some(row) = rows.next().map_err(db_err)? {
                 let stored = read_job(row)?;
+                let taken_over: bool = row.get(34).map_err(db_err)?;
                 leased.push(LeasedJob {
+                    earlier_attempt_unresolved: taken_over,
                     job: stored.job,
                     sealed_secret: stored.sealed_secret,
                     recipient_key: stored.recipient_key,
@@ -1028,6 +1032,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let taken = store.claim(&[d("a.test")], "h2", "y", 1, short).await.expect("claim");
         assert_eq!(taken.len(), 1, "a lease lapsed past the write timeout is taken over");
+        assert!(taken[0].earlier_attempt_unresolved, "and the new attempt knows the last one may have written");
         assert_eq!((taken[0].job.job_id, taken[0].job.attempts), (id, 2));
         tokio::time::sleep(Duration::from_millis(250)).await;
         store.claim(&[d("a.test")], "h3", "z", 1, short).await.expect("claim");
