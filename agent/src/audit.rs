@@ -20,7 +20,7 @@
 //! | 4120 | initial password redelivered after a lost result: a fresh one replaces the unread one |
 //! | 4121 | generated password (plaintext mode) redelivered after a lost result: a fresh one replaces it |
 //! | 4122 | job given back unstarted: too little time left on its lease for a write, or the agent is stopping |
-//! | 4123 | job applied again: the attempt before lapsed without reporting, and may have written |
+//! | 4123 | job applied again: an earlier attempt lapsed without reporting, and may have written |
 //!
 //! The banned-password pre-check's outcomes carry the Entra Password Protection ids: the filter
 //! event (10015 pass, 10017 refused, 10025 audit-mode) as `event_id` and the policy reason
@@ -70,8 +70,8 @@ pub mod ids {
     pub const GENERATED_PASSWORD_REISSUED: u32 = 4121;
     /// A job was given back without touching the directory (too little lease left, or stopping).
     pub const NOT_STARTED: u32 = 4122;
-    /// The attempt before this one lapsed without reporting (it may have written): this attempt
-    /// applies the job again.
+    /// An earlier attempt lapsed without reporting (it may have written): this attempt applies
+    /// the job again.
     pub const ATTEMPT_REISSUED: u32 = 4123;
 }
 

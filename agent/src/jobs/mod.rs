@@ -109,7 +109,7 @@ pub async fn execute_leased(context: &JobContext, mut job: pb::Job, lease: &JobL
         None if job.earlier_attempt_unresolved && writes(kind) => {
             // Another agent (or this one before a restart) held the job and went silent: it may
             // have written. The write below is the job's again, and is said to be.
-            tracing::info!("the attempt before lapsed unreported; applying the job again");
+            tracing::info!("an earlier attempt lapsed unreported; applying the job again");
             context
                 .audit
                 .record(&Event { event_id: audit::ids::ATTEMPT_REISSUED, event: "attempt_reissued", ..event.clone() })

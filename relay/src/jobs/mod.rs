@@ -574,7 +574,7 @@ pub struct LeasedJob {
     pub lease_deadline_unix_ms: i64,
     /// How long the lease lasts from now.
     pub lease_duration: std::time::Duration,
-    /// This claim took over a lapsed lease: the attempt before may have written.
+    /// A claim of this job took over a lapsed lease: an earlier attempt may have written.
     pub earlier_attempt_unresolved: bool,
 }
 

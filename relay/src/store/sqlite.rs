@@ -107,7 +107,7 @@ END;
     super::lifecycle::SCHEMA,
     "
 ALTER TABLE jobs ADD COLUMN account_key TEXT;   -- domain/target_kind:value, lower case; NULL for batches
-ALTER TABLE jobs ADD COLUMN taken_over INTEGER NOT NULL DEFAULT 0;  -- the last claim took over a lapsed lease
+ALTER TABLE jobs ADD COLUMN taken_over INTEGER NOT NULL DEFAULT 0;  -- a claim took over a lapsed lease: an earlier attempt may have written
 UPDATE jobs SET account_key = domain || '/' || target_kind || ':' || lower(target_value)
  WHERE kind != 'reconcile_batch';
 CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms);
@@ -587,7 +587,7 @@ impl Store for SqliteStore {
                 .prepare(&format!(
                     "UPDATE jobs SET state = 'dispatched', lease_holder = ?, agent = ?, lease_expires_ms = {lease_until},
                          attempts = attempts + 1, dispatched_ms = {now}, updated_ms = {now},
-                         taken_over = (state = 'dispatched')
+                         taken_over = (taken_over OR state = 'dispatched')
                      WHERE id IN (SELECT id FROM jobs WHERE {available} AND {account_free} AND created_ms >= {}
                                   ORDER BY created_ms, id LIMIT {limit})
                      RETURNING {JOB_COLUMNS}, taken_over",
