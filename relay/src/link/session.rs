@@ -336,7 +336,10 @@ impl Session {
                 tracing::info!(job_id = %id, attempt, "job failed with a retryable error or was given back; queued again");
                 self.context.events.job_queued();
             }
-            Ok(Completion::Duplicate) => tracing::info!(job_id = %id, attempt, "result sent again; already recorded"),
+            Ok(Completion::Duplicate) => {
+                active.in_flight.remove(&id);
+                tracing::info!(job_id = %id, attempt, "result sent again; already recorded");
+            }
             Ok(Completion::Stale) => {
                 active.in_flight.remove(&id);
                 tracing::warn!(
