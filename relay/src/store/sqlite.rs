@@ -560,13 +560,19 @@ impl Store for SqliteStore {
                  AND ((state = 'queued' AND not_before_ms <= {now})
                       OR (state = 'dispatched' AND lease_expires_ms + {grace} < {now}))"
             );
+            // A job without attempts left fails at once, without waiting out a retry back-off it
+            // could never use.
+            let exhausted = format!(
+                "domain IN ({placeholders}) AND kind != 'reconcile_batch'
+                 AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms + {grace} < {now}))"
+            );
             tx.execute(
                 &format!(
                     "UPDATE jobs SET state = 'failed', error_code = 'delivery_exhausted',
                          error_message = 'no agent completed the job in ' || attempts || ' deliveries (jobs.max_attempts)'
                                          || coalesce('; last error: ' || error_message, ''),
                          secret = NULL, lease_holder = NULL, finished_ms = {now}, updated_ms = {now}
-                     WHERE {available} AND attempts >= {}",
+                     WHERE {exhausted} AND attempts >= {}",
                     policy.max_attempts
                 ),
                 params_from_iter(domains.iter()),
@@ -1181,6 +1187,12 @@ mod tests {
         let job = store.job(id).await.expect("read").expect("exists");
         assert_eq!(job.state, JobState::Queued);
         assert!(store.claim(&[d("a.test")], "h2", "x", 1, policy()).await.expect("claim").is_empty(), "backing off");
+        // With no attempt left, the next claim fails it at once instead of after the back-off.
+        let last = ClaimPolicy { max_attempts: 1, ..policy() };
+        assert!(store.claim(&[d("a.test")], "h2", "x", 1, last).await.expect("claim").is_empty());
+        let job = store.job(id).await.expect("read").expect("exists");
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.error.map(|e| e.code), Some(ErrorCode::DeliveryExhausted));
     }
 
     #[tokio::test]
