@@ -8,7 +8,8 @@
 # `kerberos` feature (so its Kerberos bind is built and tested against the DC's KDC as well; the
 # rest of the workspace is the same either way), then the short run of the fault suite
 # (relay/tests/fault_suite, see RELIABILITY.md; it halts and pauses this DC, so it runs alone, after
-# the other tests; FAULT_SEED and the other FAULT_* variables pass through), and stops the DC again.
+# the other tests; seed 11 unless FAULT_SEED is set, and the other FAULT_* variables pass through),
+# and stops the DC again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo --preserve-env=DC_DIR,TEMPLATE_DIR "$@"; fi; }
@@ -22,7 +23,7 @@ echo "==> cargo test --workspace --features pwrelay-agent/kerberos"
 cargo test --workspace --features pwrelay-agent/kerberos "$@"
 if [ "$(id -u)" = 0 ]; then
   echo "==> fault suite, short run: the real relay and two agents under kills, pauses and DC outages (about two minutes)"
-  FAULT_DC_EXCLUSIVE=1 FAULT_AGENT_FEATURES=kerberos \
+  FAULT_SEED=${FAULT_SEED:-11} FAULT_DC_EXCLUSIVE=1 FAULT_AGENT_FEATURES=kerberos \
     cargo test -p pwrelay-relay --features pwrelay-agent/kerberos --test fault_suite -- --ignored --nocapture
 else
   echo "==> fault suite NOT run: it halts and pauses the DC's processes, which needs root (see RELIABILITY.md)"
