@@ -314,7 +314,8 @@ impl Connection {
         match ldap.modify(dn, mods).await {
             Ok(result) if result.rc == 0 => Ok(()),
             Ok(result) => Err(DirectoryError::from_result(action, result.rc, &result.text)),
-            Err(e) => Err(self.unavailable(action, e)),
+            // The request may have reached the DC: only a later read can tell.
+            Err(e) => Err(DirectoryError { maybe_applied: true, ..self.unavailable(action, e) }),
         }
     }
 }

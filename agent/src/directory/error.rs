@@ -30,6 +30,9 @@ pub struct DirectoryError {
     pub ldap_result_code: u32,
     /// Whether trying later may work.
     pub retryable: bool,
+    /// Whether a write was sent and its answer lost (a timeout, a closed connection): the DC may
+    /// have applied it. Always false for reads and for refusals the DC answered.
+    pub maybe_applied: bool,
 }
 
 impl std::fmt::Display for DirectoryError {
@@ -41,7 +44,14 @@ impl std::fmt::Display for DirectoryError {
 impl DirectoryError {
     /// A failure decided by the agent itself (no DC reply).
     pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), directory_code: None, ldap_result_code: 0, retryable: false }
+        Self {
+            code,
+            message: message.into(),
+            directory_code: None,
+            ldap_result_code: 0,
+            retryable: false,
+            maybe_applied: false,
+        }
     }
 
     /// No DC could be reached: retryable.
@@ -93,6 +103,7 @@ impl DirectoryError {
             directory_code,
             ldap_result_code: rc,
             retryable: code == FailureCode::DirectoryUnavailable,
+            maybe_applied: false,
         }
     }
 

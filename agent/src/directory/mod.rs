@@ -69,6 +69,12 @@ pub trait WriteGate: Send + Sync {
     /// Admits a write whose own timeout is `timeout`: the timeout to use (possibly shorter), or the
     /// error to fail the job with, nothing written.
     fn admit_write(&self, timeout: std::time::Duration) -> Result<std::time::Duration, DirectoryError>;
+
+    /// Whether the work is still this holder's to report: a write whose answer was lost is looked
+    /// into only while it is ([`Directory::write`]).
+    fn held(&self) -> bool {
+        true
+    }
 }
 
 /// For directory work outside a leased job (benchmarks, tools): every write is admitted as it is.
@@ -198,6 +204,10 @@ enum Login<'a> {
     /// `ldap/<host of the DC URL>`.
     Kerberos,
 }
+
+/// How long a password write whose answer was lost is looked into before the job is reported as
+/// failed with its outcome unknown (while the DC cannot be read, say).
+const LOST_ANSWER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// How long a password policy read from the directory is reused.
 const POLICY_TTL: std::time::Duration = std::time::Duration::from_secs(300);
@@ -604,12 +614,23 @@ impl Directory {
         gate: &dyn WriteGate,
     ) -> Result<Applied, DirectoryError> {
         let PreparedWrite { mut conn, account, notes, .. } = prepared;
-        self.change(&mut conn, &account.dn, &Change::Password { password, options }, gate).await?;
-        let after = conn.read_back(&account).await;
-        let after = conn.settle(after)?;
-        let url = conn.url.clone();
+        let read = match self.change(&mut conn, &account.dn, &Change::Password { password, options }, gate).await {
+            Ok(()) => {
+                let after = conn.read_back(&account).await;
+                // Written but not read back: as good as a lost answer from here on.
+                conn.settle(after)
+                    .map(|after| (after, conn.url.clone()))
+                    .map_err(|e| DirectoryError { maybe_applied: true, ..e })
+            }
+            Err(e) => Err(e),
+        };
         // Back to the pool before the optional bind as the account, which uses a connection of its own.
         drop(conn);
+        let (after, url) = match read {
+            Ok(read) => read,
+            Err(lost) if lost.maybe_applied => self.settle_lost_answer(&account, password, options, gate, lost).await?,
+            Err(e) => return Err(e),
+        };
         let mut verified = if options.must_change { after.pwd_last_set == 0 } else { after.pwd_last_set > 0 };
         if options.unlock {
             verified &= !after.locked_out();
@@ -618,6 +639,98 @@ impl Directory {
             verified = self.check_password(&after.dn, password).await? == PasswordCheck::Matches;
         }
         Ok(Applied { account: after, dc_url: url, verified, password_matches: false, notes })
+    }
+
+    /// Finds out whether a password write whose answer was lost (a timeout, a closed connection,
+    /// a failed read-back) was applied, by reading the account again on a fresh connection, for
+    /// as long as `gate` still holds the job and at most [`LOST_ANSWER_PATIENCE`]. Returns the
+    /// account as read afterwards and the DC that answered when the write was applied; a
+    /// not-started failure when it was not (trying again is safe); otherwise `lost`, said to be
+    /// unresolved. Never reports a write that may have landed as one that did not.
+    async fn settle_lost_answer(
+        &self,
+        before: &Account,
+        password: &SecretString,
+        options: WriteOptions,
+        gate: &dyn WriteGate,
+        lost: DirectoryError,
+    ) -> Result<(Account, String), DirectoryError> {
+        tracing::warn!(account = %before.dn, error = %lost.message, "the answer to a password write was lost; reading the account to find out whether it was applied");
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(250);
+        loop {
+            let unreadable = match self.landed(before, password, options).await {
+                Ok(Some(landed)) => {
+                    tracing::info!(account = %before.dn, dc = %landed.1, "the write whose answer was lost was applied");
+                    return Ok(landed);
+                }
+                Ok(None) => {
+                    tracing::info!(account = %before.dn, "the write whose answer was lost was not applied");
+                    return Err(DirectoryError {
+                        retryable: true,
+                        ..DirectoryError::new(
+                            FailureCode::NotStarted,
+                            format!(
+                                "{}; the account shows the DC did not apply it, so trying again is safe",
+                                lost.message
+                            ),
+                        )
+                    });
+                }
+                Err(e) if e.retryable => e.message,
+                Err(e) => return Err(DirectoryError { maybe_applied: true, ..e }),
+            };
+            if !gate.held() || started.elapsed() >= LOST_ANSWER_PATIENCE {
+                return Err(DirectoryError {
+                    message: format!(
+                        "{}; whether the DC applied it is unknown: the account could not be read again within {} s \
+                         ({unreadable})",
+                        lost.message,
+                        started.elapsed().as_secs()
+                    ),
+                    ..lost
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
+
+    /// Reads `before`'s account again: the account and the DC that answered when a password write
+    /// changed it since `before` was read. `pwdLastSet` tells, except for a must-change write to an
+    /// account whose `pwdLastSet` was already 0: then a bind with `password` does.
+    async fn landed(
+        &self,
+        before: &Account,
+        password: &SecretString,
+        options: WriteOptions,
+    ) -> Result<Option<(Account, String)>, DirectoryError> {
+        let mut conn = self.connect().await?;
+        let after = conn.read_back(before).await;
+        let after = conn.settle(after)?;
+        let url = conn.url.clone();
+        drop(conn);
+        let applied = match (options.must_change, before.pwd_last_set) {
+            (false, _) => after.pwd_last_set != before.pwd_last_set,
+            (true, 0) => match self.check_password(&after.dn, password).await? {
+                PasswordCheck::Matches => true,
+                PasswordCheck::Wrong => false,
+                // An applied write with unlock would have cleared the lockout.
+                PasswordCheck::LockedOut if options.unlock => false,
+                PasswordCheck::LockedOut => {
+                    return Err(DirectoryError::new(
+                        FailureCode::VerificationFailed,
+                        format!(
+                            "{} is locked out, so a bind cannot tell whether the new password was applied; unlock \
+                             the account and send the job again",
+                            after.dn
+                        ),
+                    ));
+                }
+            },
+            (true, _) => after.pwd_last_set == 0,
+        };
+        Ok(applied.then_some((after, url)))
     }
 
     /// [`Self::prepare_write`] then [`Self::write`], without a password pre-check.

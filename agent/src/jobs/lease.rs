@@ -98,6 +98,10 @@ impl JobLease {
 }
 
 impl WriteGate for JobLease {
+    fn held(&self) -> bool {
+        self.is_held()
+    }
+
     fn admit_write(&self, timeout: Duration) -> Result<Duration, DirectoryError> {
         let timeout = self.write_timeout.map_or(timeout, |cap| timeout.min(cap));
         match self.remaining() {

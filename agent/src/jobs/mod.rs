@@ -238,7 +238,24 @@ async fn run(
                 }
                 None => {}
             }
-            let applied = directory.write(prepared, &password, write, lease).await?;
+            let applied = match directory.write(prepared, &password, write, lease).await {
+                // An earlier attempt whose answer was lost may have set this very password, which
+                // history now refuses: then the job is done.
+                Err(refused) if history_refusal(&refused, write) && job.attempt > 1 => {
+                    match directory.verify(&target, &password).await {
+                        Ok(mut current) if current.password_matches => {
+                            tracing::info!(
+                                "the password is already the account's: an earlier attempt of this job set it"
+                            );
+                            current.password_matches = false;
+                            current.notes.push("an earlier attempt of this job had already set the password".into());
+                            current
+                        }
+                        _ => return Err(refused),
+                    }
+                }
+                other => other?,
+            };
             require_verified(applied, options.must_change).map(Done::from)
         }
         pb::JobKind::Reconcile => {
@@ -424,6 +441,11 @@ fn require_verified(applied: Applied, must_change: bool) -> Result<Applied, Dire
     ))
 }
 
+/// Whether the DC refused a write under the password policy while history applied to it.
+fn history_refusal(error: &DirectoryError, write: WriteOptions) -> bool {
+    write.enforce_history && error.code == FailureCode::PolicyViolation && error.directory_code.is_some()
+}
+
 /// Whether a job kind writes to the directory.
 fn writes(kind: pb::JobKind) -> bool {
     matches!(
@@ -452,4 +474,22 @@ fn now_unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_dc_policy_refusal_under_history_counts_as_a_history_refusal() {
+        let dc_refusal = DirectoryError::from_result("password reset", 19, "0000052D: Constraint violation");
+        let history = WriteOptions { enforce_history: true, ..WriteOptions::default() };
+        assert!(history_refusal(&dc_refusal, history));
+        assert!(!history_refusal(&dc_refusal, WriteOptions::default()), "history did not apply");
+        // The agent's own pre-check refusal carries no DC code.
+        let precheck = DirectoryError::new(FailureCode::PolicyViolation, "too short");
+        assert!(!history_refusal(&precheck, history));
+        let unavailable = DirectoryError::unavailable("no DC");
+        assert!(!history_refusal(&unavailable, history));
+    }
 }
