@@ -59,7 +59,6 @@ pub struct App {
     health: Arc<HealthState>,
     health_listener: TcpListener,
     bind_check_interval: Duration,
-    domains: usize,
 }
 
 impl App {
@@ -67,6 +66,7 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, AppError> {
         let relay_tls = |source| AppError::Tls { key: "relay".into(), source };
         let identity = CertifiedKey::from_files(&config.relay.cert_file, &config.relay.key_file).map_err(relay_tls)?;
+        let certificate = identity.leaf().and_then(certificate_status);
         let relay_ca = TrustAnchors::from_file(&config.relay.ca_file).map_err(relay_tls)?;
         let link_tls = tls::link_client(identity, &relay_ca).map_err(relay_tls)?;
         let mut directories = BTreeMap::new();
@@ -76,7 +76,6 @@ impl App {
                 .map_err(|source| AppError::Tls { key: format!("domains[{i}].ca_file"), source })?;
             directories.insert(name, directory);
         }
-        let domains = directories.len();
         let state_err = |path: &std::path::Path| {
             let path = path.display().to_string();
             move |source| AppError::State { path, source }
@@ -100,6 +99,12 @@ impl App {
             tracing::warn!(listen = %config.health.listen, "health endpoints listen on a non-loopback address");
         }
         let health = Arc::new(HealthState::default());
+        match certificate {
+            Some(certificate) => health.set_certificate(certificate),
+            None => {
+                tracing::warn!(cert_file = %config.relay.cert_file.display(), "the agent certificate names no agent identity; the relay will refuse it")
+            }
+        }
         let link = LinkClient {
             host: config.relay.host,
             port: config.relay.port,
@@ -111,7 +116,7 @@ impl App {
             jobs,
             health: Arc::clone(&health),
         };
-        Ok(Self { link, health, health_listener, bind_check_interval: config.health.bind_check_interval, domains })
+        Ok(Self { link, health, health_listener, bind_check_interval: config.health.bind_check_interval })
     }
 
     /// The bound health address.
@@ -122,7 +127,7 @@ impl App {
 
     /// Runs until `shutdown` completes, then lets running jobs report and stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let Self { link, health, health_listener, bind_check_interval, domains } = self;
+        let Self { link, health, health_listener, bind_check_interval } = self;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracing::info!(relay = %format!("{}:{}", link.host, link.port), health = %health_listener.local_addr()?, "agent starting");
@@ -134,7 +139,7 @@ impl App {
             cancel.child_token(),
         ));
         let health_cancel = cancel.child_token();
-        let router = health::router(Arc::clone(&health), domains);
+        let router = health::router(Arc::clone(&health), Arc::clone(&link.jobs));
         tracker.spawn(async move {
             let served = axum::serve(health_listener, router)
                 .with_graceful_shutdown(async move { health_cancel.cancelled().await })
@@ -155,4 +160,14 @@ impl App {
         tracing::info!("agent stopped");
         Ok(())
     }
+}
+
+/// The identity and expiry of the agent's certificate (DER).
+fn certificate_status(der: &[u8]) -> Option<health::CertificateStatus> {
+    let identity = pwrelay_shared::identity::AgentIdentity::from_certificate_der(der).ok()?;
+    Some(health::CertificateStatus {
+        agent: identity.name.to_string(),
+        domains: identity.domains.iter().map(ToString::to_string).collect(),
+        expires_unix: pwrelay_shared::identity::certificate_expiry_unix(der)?,
+    })
 }

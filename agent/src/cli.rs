@@ -31,6 +31,21 @@ enum Command {
         #[arg(long, env = "PWRELAY_LOG")]
         log_level: Option<String>,
     },
+    /// Show what the running agent sees: the relay link, its certificate, each DC, recent jobs.
+    ///
+    /// Asks the agent's health listener (health.listen in its configuration, or --address).
+    /// Exits 0 when the agent is ready, 1 when it is not, 2 when no agent answers.
+    Status {
+        /// The agent configuration, read for health.listen.
+        #[arg(long, env = "PWRELAY_AGENT_CONFIG", default_value = "/etc/pwrelay/agent.toml")]
+        config: PathBuf,
+        /// The health listener to ask instead of the configuration's (e.g. 127.0.0.1:9444).
+        #[arg(long)]
+        address: Option<std::net::SocketAddr>,
+        /// Print the agent's answer as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and exit (0 when valid).
     CheckConfig {
         /// The agent configuration.
@@ -48,6 +63,7 @@ impl Cli {
         pwrelay_shared::tls::install_default_provider();
         match self.command {
             Command::Run { config, log_level } => run(&config, log_level),
+            Command::Status { config, address, json } => status(&config, address, json),
             Command::CheckConfig { config } => match Config::load(&config) {
                 Ok(c) => {
                     let names: Vec<&str> = c.domains.iter().map(|d| d.name.as_str()).collect();
@@ -67,6 +83,42 @@ impl Cli {
             },
         }
     }
+}
+
+/// Exit code of `status` when no agent answers.
+const EXIT_UNREACHABLE: u8 = 2;
+
+fn status(path: &std::path::Path, address: Option<std::net::SocketAddr>, json: bool) -> ExitCode {
+    let addr = match address {
+        Some(addr) => addr,
+        None => match Config::load(path) {
+            Ok(config) => config.health.listen,
+            Err(e) => {
+                eprintln!("invalid configuration: {e} (or name the health listener with --address)");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (status, raw) = match runtime.block_on(crate::status::fetch(addr)) {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    if json {
+        println!("{raw}");
+    } else {
+        print!("{}", crate::status::render(&status, addr));
+    }
+    if status.ready() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {

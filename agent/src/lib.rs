@@ -5,7 +5,9 @@
 //! - [`jobs`]: carrying out one job, the journal of finished jobs.
 //! - [`audit`]: the append-only audit log.
 //! - [`directory`]: LDAP over TLS to the domain controllers (find, reset, read back, classify errors).
-//! - [`health`]: `/healthz` and `/readyz` on the loopback address.
+//! - [`health`]: `/healthz`, `/readyz`, `/status` and `/metrics` on the loopback address.
+//! - [`metrics`]: every Prometheus metric of the agent.
+//! - [`status`]: `pwrelay-agent status`, what a running agent sees, for the admin on its host.
 //! - [`cli`]: the `pwrelay-agent` command line.
 
 pub mod app;
@@ -16,6 +18,8 @@ pub mod directory;
 pub mod health;
 pub mod jobs;
 pub mod link;
+pub mod metrics;
+pub mod status;
 
 pub use app::App;
 pub use config::Config;

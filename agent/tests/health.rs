@@ -80,7 +80,7 @@ async fn harness(dc: &TestDc, account: &TestUser, password: &str) -> Harness {
     let cancel = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let readyz = listener.local_addr().expect("addr");
-    let router = health::router(Arc::clone(&health), 1);
+    let router = health::router(Arc::clone(&health), Arc::clone(&jobs));
     let stop = cancel.child_token();
     tokio::spawn(async move {
         axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await

@@ -80,3 +80,9 @@ impl AgentIdentity {
         Ok(Self { name, domains })
     }
 }
+
+/// When a DER-encoded certificate expires (its notAfter, Unix seconds); `None` when unparsable.
+pub fn certificate_expiry_unix(der: &[u8]) -> Option<i64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}

@@ -66,6 +66,11 @@ impl CertifiedKey {
         Ok(Self { chain, key })
     }
 
+    /// The DER of the chain's first (leaf) certificate.
+    pub fn leaf(&self) -> Option<&[u8]> {
+        self.chain.first().map(|der| der.as_ref())
+    }
+
     /// Parses PEM text (certificate chain, private key).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())

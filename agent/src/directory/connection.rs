@@ -60,18 +60,31 @@ pub(crate) enum Change<'a> {
 /// Reads which DC answers on `ldap`: the rootDSE's `dsServiceName` (the DC's NTDS Settings
 /// object, unique per DC).
 pub(crate) async fn server_identity(ldap: &mut ldap3::Ldap, timeout: std::time::Duration) -> Option<String> {
-    let (entries, _) = ldap
-        .with_timeout(timeout)
-        .search("", Scope::Base, "(objectClass=*)", vec!["dsServiceName"])
-        .await
-        .ok()?
-        .success()
-        .ok()?;
+    let (entries, _) = crate::metrics::ldap(
+        "search",
+        ldap.with_timeout(timeout).search("", Scope::Base, "(objectClass=*)", vec!["dsServiceName"]),
+    )
+    .await
+    .ok()?
+    .success()
+    .ok()?;
     let entry = SearchEntry::construct(entries.into_iter().next()?);
     entry.attrs.get("dsServiceName")?.first().cloned()
 }
 
 impl Connection {
+    /// A search within this connection's timeout, recorded in the metrics.
+    async fn search(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attributes: Vec<&str>,
+    ) -> Result<ldap3::SearchResult, ldap3::LdapError> {
+        let timeout = self.timeout;
+        crate::metrics::ldap("search", self.ldap.with_timeout(timeout).search(base, scope, filter, attributes)).await
+    }
+
     fn unavailable(&self, what: &str, error: ldap3::LdapError) -> DirectoryError {
         DirectoryError::unavailable(format!("{what} on {}: {error}", self.url))
     }
@@ -81,8 +94,7 @@ impl Connection {
         let (base, scope, filter) = target.search(base_dn)?;
         let not_found =
             || DirectoryError::new(FailureCode::AccountNotFound, format!("no user account {target} under {base_dn}"));
-        let searched =
-            self.ldap.with_timeout(self.timeout).search(&base, scope, &filter, account::ATTRIBUTES.to_vec()).await;
+        let searched = self.search(&base, scope, &filter, account::ATTRIBUTES.to_vec()).await;
         let (entries, result) = match searched {
             Ok(search) => (search.0, search.1),
             Err(e) => return Err(self.unavailable("account search", e)),
@@ -112,11 +124,7 @@ impl Connection {
     /// and account flags) and returns the account with those values; the rest is as resolved.
     pub(crate) async fn read_back(&mut self, account: &Account) -> Result<Account, DirectoryError> {
         let dn = &account.dn;
-        let searched = self
-            .ldap
-            .with_timeout(self.timeout)
-            .search(dn, Scope::Base, "(objectClass=user)", account::READ_BACK_ATTRIBUTES.to_vec())
-            .await;
+        let searched = self.search(dn, Scope::Base, "(objectClass=user)", account::READ_BACK_ATTRIBUTES.to_vec()).await;
         let (entries, result) = match searched {
             Ok(search) => (search.0, search.1),
             Err(e) => return Err(self.unavailable("account read", e)),
@@ -138,8 +146,7 @@ impl Connection {
         dn: &str,
         attributes: &[&str],
     ) -> Result<std::collections::HashMap<String, String>, DirectoryError> {
-        let searched =
-            self.ldap.with_timeout(self.timeout).search(dn, Scope::Base, "(objectClass=*)", attributes.to_vec()).await;
+        let searched = self.search(dn, Scope::Base, "(objectClass=*)", attributes.to_vec()).await;
         let (entries, result) = match searched {
             Ok(search) => (search.0, search.1),
             Err(e) => return Err(self.unavailable("attribute read", e)),
@@ -163,7 +170,7 @@ impl Connection {
         let clauses: String =
             groups.iter().map(|g| format!("(memberOf:{IN_CHAIN}:={})", ldap3::ldap_escape(g.as_str()))).collect();
         let filter = format!("(|{clauses})");
-        let searched = self.ldap.with_timeout(self.timeout).search(dn, Scope::Base, &filter, vec!["1.1"]).await;
+        let searched = self.search(dn, Scope::Base, &filter, vec!["1.1"]).await;
         match searched {
             Ok(search) if search.1.rc == 0 => Ok(search.0.iter().any(|e| !e.is_ref())),
             Ok(search) => Err(DirectoryError::from_result("group membership check", search.1.rc, &search.1.text)),
@@ -175,8 +182,7 @@ impl Connection {
     /// primary group, as the DC computes them now (`tokenGroups`); `None` when the DC does not let
     /// the service account read them.
     pub(crate) async fn token_groups(&mut self, dn: &str) -> Result<Option<Vec<String>>, DirectoryError> {
-        let searched =
-            self.ldap.with_timeout(self.timeout).search(dn, Scope::Base, "(objectClass=*)", vec!["tokenGroups"]).await;
+        let searched = self.search(dn, Scope::Base, "(objectClass=*)", vec!["tokenGroups"]).await;
         match searched {
             Ok(search) if search.1.rc == 0 => Ok(search
                 .0
@@ -196,8 +202,7 @@ impl Connection {
         filter: &str,
         what: &str,
     ) -> Result<Vec<(String, Option<String>)>, DirectoryError> {
-        let searched =
-            self.ldap.with_timeout(self.timeout).search(base_dn, Scope::Subtree, filter, vec!["objectSid"]).await;
+        let searched = self.search(base_dn, Scope::Subtree, filter, vec!["objectSid"]).await;
         match searched {
             Ok(search) if search.1.rc == 0 => Ok(search
                 .0
@@ -217,11 +222,7 @@ impl Connection {
 
     /// The domain's SID, from the objectSid of the naming context head.
     pub(crate) async fn domain_sid(&mut self, base_dn: &str) -> Result<String, DirectoryError> {
-        let searched = self
-            .ldap
-            .with_timeout(self.timeout)
-            .search(base_dn, Scope::Base, "(objectClass=*)", vec!["objectSid"])
-            .await;
+        let searched = self.search(base_dn, Scope::Base, "(objectClass=*)", vec!["objectSid"]).await;
         let entries = match searched {
             Ok(search) if search.1.rc == 0 => search.0,
             Ok(search) => return Err(DirectoryError::from_result("domain SID lookup", search.1.rc, &search.1.text)),
@@ -311,7 +312,7 @@ impl Connection {
             None => &mut self.ldap,
         }
         .with_timeout(self.timeout);
-        match ldap.modify(dn, mods).await {
+        match crate::metrics::ldap("modify", ldap.modify(dn, mods)).await {
             Ok(result) if result.rc == 0 => Ok(()),
             Ok(result) => Err(DirectoryError::from_result(action, result.rc, &result.text)),
             // The request may have reached the DC: only a later read can tell.

@@ -407,8 +407,8 @@ impl Directory {
             ldap3::drive!(conn);
             ldap.with_timeout(self.config.timeout);
             let bound = match login {
-                Login::Simple { dn, password } => ldap.simple_bind(dn, password).await,
-                Login::Kerberos => match kerberos_bind(&mut ldap, dc).await {
+                Login::Simple { dn, password } => crate::metrics::ldap("bind", ldap.simple_bind(dn, password)).await,
+                Login::Kerberos => match crate::metrics::ldap("bind", kerberos_bind(&mut ldap, dc)).await {
                     Err(KerberosFailure::Bind(e)) => Err(e),
                     Err(KerberosFailure::Credentials(e)) => {
                         let _ = ldap.unbind().await;

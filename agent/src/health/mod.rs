@@ -1,6 +1,8 @@
 //! Local health endpoints for operations, on 127.0.0.1 by default:
-//! `GET /healthz` (the process answers) and `GET /readyz` (the relay link is up and a bind to a DC
-//! of every served domain works).
+//! `GET /healthz` (the process answers), `GET /readyz` (the relay link is up and a bind to a DC
+//! of every served domain works), `GET /status` (what the agent sees, for `pwrelay-agent status`:
+//! the relay link, each DC, its certificate, recent jobs without their accounts) and
+//! `GET /metrics` (Prometheus text, see [`crate::metrics`]).
 //!
 //! The bind check runs every `health.bind_check_interval_seconds`. It never binds with a password
 //! a DC refused (see [`crate::directory::service_credential`]): a wrong `bind_password` is tried
@@ -37,17 +39,64 @@ pub struct DirectoryStatus {
     pub credentials_refused: Option<CredentialRefusal>,
 }
 
+/// The agent's client certificate, as loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateStatus {
+    /// The agent name in it.
+    pub agent: String,
+    /// The domains it names.
+    pub domains: Vec<String>,
+    /// When it expires (Unix seconds).
+    pub expires_unix: i64,
+}
+
+/// The relay link as the agent last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RelayStatus {
+    /// When the current stream came up (Unix seconds).
+    connected_since_unix: Option<i64>,
+    /// Why the last stream ended or could not be opened.
+    last_error: Option<String>,
+}
+
 /// What the agent knows about its own health.
 #[derive(Debug, Default)]
 pub struct HealthState {
     relay_connected: AtomicBool,
+    relay: Mutex<RelayStatus>,
     directories: Mutex<BTreeMap<DomainName, DirectoryStatus>>,
+    certificate: Mutex<Option<CertificateStatus>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Single assignments only: a panicked holder leaves the value consistent.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl HealthState {
     /// Records whether the relay stream is up.
     pub fn set_relay_connected(&self, up: bool) {
-        self.relay_connected.store(up, Ordering::Relaxed);
+        let was = self.relay_connected.swap(up, Ordering::Relaxed);
+        crate::metrics::metrics().relay_connected.set(i64::from(up));
+        if up && !was {
+            crate::metrics::metrics().relay_streams.inc();
+            *lock(&self.relay) =
+                RelayStatus { connected_since_unix: Some(crate::jobs::unix_seconds()), last_error: None };
+        } else if !up {
+            lock(&self.relay).connected_since_unix = None;
+        }
+    }
+
+    /// Records why the relay link is down.
+    pub fn set_relay_error(&self, error: String) {
+        lock(&self.relay).last_error = Some(error);
+    }
+
+    /// Records the client certificate in use.
+    pub fn set_certificate(&self, certificate: CertificateStatus) {
+        #[expect(clippy::cast_precision_loss, reason = "Unix seconds are far below 2^53")]
+        crate::metrics::metrics().certificate_expiry.set(certificate.expires_unix as f64);
+        *lock(&self.certificate) = Some(certificate);
     }
 
     /// Whether the relay stream is up.
@@ -56,8 +105,7 @@ impl HealthState {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<DomainName, DirectoryStatus>> {
-        // Single inserts only: a panicked holder leaves the map consistent.
-        self.directories.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.directories)
     }
 
     /// The last bind check of every domain.
@@ -92,6 +140,12 @@ pub async fn check_directories(jobs: Jobs, health: Arc<HealthState>, interval: D
             for dc in dcs.iter().filter(|dc| !dc.ok) {
                 tracing::warn!(%domain, dc = %dc.url, error = %dc.detail, "domain controller bind check failed");
             }
+            let checked = crate::jobs::unix_seconds();
+            for dc in &dcs {
+                let labels = crate::metrics::DcLabels { domain: domain.to_string(), dc: dc.url.clone() };
+                crate::metrics::metrics().dc_up.get_or_create(&labels).set(i64::from(dc.ok));
+                crate::metrics::metrics().dc_checked.get_or_create(&labels).set(checked);
+            }
             let bind_ok = dcs.iter().any(|dc| dc.ok);
             let credentials_refused = directory.credential_refusal().filter(|_| !bind_ok);
             let detail = if let Some(refusal) = &credentials_refused {
@@ -110,21 +164,81 @@ pub async fn check_directories(jobs: Jobs, health: Arc<HealthState>, interval: D
 #[derive(Debug)]
 struct Shared {
     health: Arc<HealthState>,
-    domains: usize,
+    jobs: Jobs,
+    started_unix: i64,
 }
 
-/// The health routes.
-pub fn router(health: Arc<HealthState>, domains: usize) -> Router {
+/// The health routes for the agent serving `jobs`.
+pub fn router(health: Arc<HealthState>, jobs: Jobs) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
-        .with_state(Arc::new(Shared { health, domains }))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(Shared { health, jobs, started_unix: crate::jobs::unix_seconds() }))
+}
+
+async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        crate::metrics::metrics().encode(),
+    )
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
+    let ready = shared.health.ready(shared.jobs.directories.len());
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "relay_connected": shared.health.relay_connected(),
+        "directories": directories(&shared.health),
+    });
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+}
+
+/// Everything `/readyz` says, and the relay link's history, the certificate, the running and
+/// recent jobs (ids, kinds and outcomes; never an account).
+async fn status(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let health = &shared.health;
+    let relay = lock(&health.relay).clone();
+    let certificate = lock(&health.certificate)
+        .clone()
+        .map(|c| json!({ "agent": c.agent, "domains": c.domains, "expires_unix": c.expires_unix }));
+    let recent: Vec<Value> = shared
+        .jobs
+        .recent()
+        .into_iter()
+        .map(|job| {
+            json!({
+                "job_id": job.job_id,
+                "kind": job.kind,
+                "outcome": job.outcome,
+                "finished_unix": job.finished_unix,
+                "seconds": job.seconds,
+            })
+        })
+        .collect();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_unix": shared.started_unix,
+        "now_unix": crate::jobs::unix_seconds(),
+        "ready": health.ready(shared.jobs.directories.len()),
+        "relay": {
+            "connected": health.relay_connected(),
+            "connected_since_unix": relay.connected_since_unix,
+            "last_error": relay.last_error,
+        },
+        "certificate": certificate,
+        "directories": directories(health),
+        "jobs_running": crate::metrics::metrics().jobs_running.get(),
+        "results_unacknowledged": crate::metrics::metrics().results_unacknowledged.get(),
+        "recent_jobs": recent,
+    }))
+}
+
+/// Each domain's last bind check, as `/readyz` and `/status` show it.
+fn directories(health: &HealthState) -> serde_json::Map<String, Value> {
     let now = tokio::time::Instant::now();
-    let directories: serde_json::Map<String, Value> = shared
-        .health
+    health
         .directories()
         .into_iter()
         .map(|(domain, s)| {
@@ -143,12 +257,5 @@ async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
             }
             (domain.to_string(), status)
         })
-        .collect();
-    let ready = shared.health.ready(shared.domains);
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "relay_connected": shared.health.relay_connected(),
-        "directories": directories,
-    });
-    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+        .collect()
 }

@@ -41,6 +41,26 @@ pub struct JobContext {
     /// The audit log.
     pub audit: AuditLog,
     prechecks: BTreeMap<DomainName, PasswordPrecheck>,
+    /// The last [`RECENT_JOBS`] jobs carried out, newest last.
+    recent: std::sync::Mutex<std::collections::VecDeque<RecentJob>>,
+}
+
+/// How many finished jobs `/status` shows.
+pub const RECENT_JOBS: usize = 20;
+
+/// A finished job as `/status` shows it: no account, no secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentJob {
+    /// The job id.
+    pub job_id: String,
+    /// The kind, in lower case (`set_password`).
+    pub kind: String,
+    /// `succeeded`, or the failure code in lower case.
+    pub outcome: String,
+    /// When it finished (Unix seconds).
+    pub finished_unix: i64,
+    /// How long it took.
+    pub seconds: f64,
 }
 
 impl JobContext {
@@ -50,7 +70,26 @@ impl JobContext {
             .iter()
             .map(|(domain, directory)| (domain.clone(), PasswordPrecheck::new(&directory.config().password_check)))
             .collect();
-        Self { directories, journal, audit, prechecks }
+        Self { directories, journal, audit, prechecks, recent: std::sync::Mutex::default() }
+    }
+
+    /// The last [`RECENT_JOBS`] jobs carried out, newest last.
+    pub fn recent(&self) -> Vec<RecentJob> {
+        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()
+    }
+
+    fn finished(&self, job: RecentJob) {
+        crate::metrics::metrics().job_finished(
+            &job.kind,
+            &job.outcome,
+            std::time::Duration::from_secs_f64(job.seconds),
+        );
+        // Single pushes and pops: a panicked holder leaves the ring consistent.
+        let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if recent.len() == RECENT_JOBS {
+            recent.pop_front();
+        }
+        recent.push_back(job);
     }
 }
 
@@ -76,6 +115,7 @@ pub fn lease_duration(job: &pb::Job) -> std::time::Duration {
 /// directory write asks `lease` first ([`lease::JobLease::admit_write`]).
 #[tracing::instrument(skip_all, fields(job_id = %job.id, domain = %job.domain, attempt = job.attempt))]
 pub async fn execute_leased(context: &JobContext, mut job: pb::Job, lease: &JobLease) -> pb::JobResult {
+    let started = std::time::Instant::now();
     let kind = pb::JobKind::try_from(job.kind).unwrap_or(pb::JobKind::Unspecified);
     let mut event = Event {
         job_id: job.id.clone(),
@@ -171,6 +211,19 @@ pub async fn execute_leased(context: &JobContext, mut job: pb::Job, lease: &JobL
             pb::job_result::Outcome::Failure(error.to_proto())
         }
     };
+    let outcome_name = match &outcome {
+        pb::job_result::Outcome::Success(_) => "succeeded".to_owned(),
+        pb::job_result::Outcome::Failure(failure) => {
+            failure.code().as_str_name().trim_start_matches("FAILURE_CODE_").to_ascii_lowercase()
+        }
+    };
+    context.finished(RecentJob {
+        job_id: job.id.clone(),
+        kind: kind.as_str_name().trim_start_matches("JOB_KIND_").to_ascii_lowercase(),
+        outcome: outcome_name,
+        finished_unix: unix_seconds(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
     let result = pb::JobResult { job_id: job.id.clone(), outcome: Some(outcome), attempt: lease.attempt() };
     if let Err(error) = context.journal.record(&result).await {
         tracing::error!(%error, path = %context.journal.path().display(), "job could not be journaled; a redelivery would apply it again");
@@ -467,6 +520,11 @@ fn target_text(target: Option<&pb::Target>) -> String {
         Some(By::Dn(v)) => format!("dn:{v}"),
         None => String::new(),
     }
+}
+
+/// The wall clock in Unix seconds (for display and metrics only; leases use the monotonic clock).
+pub fn unix_seconds() -> i64 {
+    now_unix_ms() / 1000
 }
 
 fn now_unix_ms() -> i64 {

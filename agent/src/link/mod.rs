@@ -157,6 +157,7 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        crate::metrics::metrics().jobs_running.dec();
         lock(&self.state.running).remove(&self.id);
         self.state.finished.notify_one();
     }
@@ -196,7 +197,10 @@ impl LinkClient {
             match result {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::RelayClosed) => tracing::info!("the relay closed the agent link; reconnecting"),
-                Err(error) => tracing::warn!(%error, "agent link down"),
+                Err(error) => {
+                    tracing::warn!(%error, "agent link down");
+                    self.health.set_relay_error(error.to_string());
+                }
             }
             if started.elapsed() >= STABLE_SESSION {
                 backoff.reset();
@@ -396,6 +400,7 @@ impl LinkClient {
         let lease = Arc::new(JobLease::granted(job.attempt, duration, *lock(&state.write_timeout)));
         lock(&state.running).insert(job.id.clone(), Arc::clone(&lease));
         let (context, state) = (Arc::clone(&self.jobs), Arc::clone(state));
+        crate::metrics::metrics().jobs_running.inc();
         tasks.spawn(async move {
             let running = Running { state: Arc::clone(&state), id: job.id.clone() };
             let result = jobs::execute_leased(&context, job, &lease).await;
@@ -413,6 +418,8 @@ impl LinkClient {
         }
         stream.heartbeats.push_back((stream.sequence, Instant::now()));
         let in_progress: Vec<String> = lock(&state.running).keys().cloned().collect();
+        let unacknowledged = lock(&state.pending).len();
+        crate::metrics::metrics().results_unacknowledged.set(i64::try_from(unacknowledged).unwrap_or(i64::MAX));
         let message = pb::Heartbeat {
             sequence: stream.sequence,
             jobs_in_progress: in_progress,
