@@ -349,7 +349,8 @@ pub(crate) async fn check(
     report.figure("files holding a plaintext password (logs, store, agents' state)", hits.into_iter().collect());
 
     // What else happened.
-    let succeeded_writes_audited = audited.iter().filter(|(j, _)| ours.contains(j.as_str())).count();
+    let succeeded_writes_audited =
+        audited.iter().filter(|(j, (writes, _))| *writes > 0 && ours.contains(j.as_str())).count();
     report.note("passwords checked in the files", passwords.len());
     report.note("job ids with a successful write audited", succeeded_writes_audited);
     report.note("deliberate re-issues audited (4120 / *_reissued)", reissues);
