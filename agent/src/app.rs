@@ -20,8 +20,9 @@ use crate::jobs::JobContext;
 use crate::jobs::journal::Journal;
 use crate::link::LinkClient;
 
-/// How long running work gets to finish after shutdown starts.
-const DRAIN_GRACE: Duration = Duration::from_secs(15);
+/// How long the rest of the agent (the health listener, the bind check) gets beyond the link's
+/// own drain (`relay.shutdown_grace_seconds`) before the process stops anyway.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +129,7 @@ impl App {
     /// Runs until `shutdown` completes, then lets running jobs report and stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Self { link, health, health_listener, bind_check_interval } = self;
+        let shutdown_grace = link.shutdown_grace;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracing::info!(relay = %format!("{}:{}", link.host, link.port), health = %health_listener.local_addr()?, "agent starting");
@@ -154,8 +156,10 @@ impl App {
         tracing::info!("shutdown requested");
         cancel.cancel();
         tracker.close();
-        if tokio::time::timeout(DRAIN_GRACE, tracker.wait()).await.is_err() {
-            tracing::warn!("stopping with work still running after {DRAIN_GRACE:?}");
+        // The link lets running jobs finish and report for up to its grace, then gives up itself.
+        let grace = shutdown_grace + STOP_MARGIN;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("stopping with work still running after {grace:?}");
         }
         tracing::info!("agent stopped");
         Ok(())
