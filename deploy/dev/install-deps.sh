@@ -3,11 +3,16 @@
 # and for the agent's `kerberos` feature (tested by deploy/dev/test.sh) MIT Kerberos: the GSSAPI
 # headers and library the libgssapi crate binds to (libkrb5-dev, found with pkg-config), libclang
 # for its bindgen build step (libclang-dev), and kinit/klist for the tests (krb5-user); and
-# Chromium with its WebDriver (chromium, chromium-driver) for the one-time link page's browser test.
+# Chromium with its WebDriver (chromium, chromium-driver) for the one-time link page's browser test;
+# and what the install test needs (listed below).
 # Debian/Ubuntu only; run as root. Does nothing when everything is present.
 set -euo pipefail
 packages=(samba samba-ad-provision samba-dsdb-modules samba-vfs-modules ldap-utils openssl curl
   libkrb5-dev libclang-dev pkg-config krb5-user chromium chromium-driver)
+# The install test (deploy/dev/install-test.sh): dpkg's user creation (adduser), systemd-analyze
+# (systemd), the container image (buildah, ca-certificates), strace for the units' system call
+# filters, pgrep (procps).
+packages+=(adduser systemd buildah ca-certificates strace procps)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

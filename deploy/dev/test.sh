@@ -9,7 +9,9 @@
 # rest of the workspace is the same either way), then the short run of the fault suite
 # (relay/tests/fault_suite, see RELIABILITY.md; it halts and pauses this DC, so it runs alone, after
 # the other tests; seed 11 unless FAULT_SEED is set, and the other FAULT_* variables pass through),
-# and stops the DC again.
+# then, as root, the install test (deploy/dev/install-test.sh: the Debian packages built, installed and
+# run as their systemd units run them, and the relay's container image, each with a rotation against
+# this DC; it leaves the host as it found it), and stops the DC again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo --preserve-env=DC_DIR,TEMPLATE_DIR "$@"; fi; }
@@ -28,3 +30,11 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "==> fault suite NOT run: it halts and pauses the DC's processes, which needs root (see RELIABILITY.md)"
 fi
+# --- install test: the Debian packages and the relay's container image (deploy/dev/install-test.sh) ---
+if [ "$(id -u)" = 0 ]; then
+  echo "==> install test: packages installed, both services run as their units run them, the relay's image; a rotation through each (about 9 minutes with its release build)"
+  deploy/dev/install-test.sh
+else
+  echo "==> install test NOT run: it installs the packages and creates their users, which needs root"
+fi
+# --- end of the install test ---
