@@ -435,6 +435,11 @@ key_file = "store.key"
             Config::parse(text, Path::new("/etc/pwrelay"), &Overrides::default()).expect("relay.full.toml is valid");
         assert_eq!(c.link.lease, Duration::from_secs(60));
         assert_eq!(c.jobs.time_to_live, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            c.api.limits,
+            crate::api::limits::ApiLimits::default(),
+            "relay.full.toml shows the limits' defaults"
+        );
     }
 
     #[test]

@@ -65,8 +65,11 @@ pub struct DataError {
 /// Rebuilds a serde data error message (`unknown field`, `missing field`, `invalid type`, ...)
 /// without any value from the input: field names are kept only when [`field_name`] accepts them.
 pub fn describe_data_error(message: &str) -> DataError {
-    let quoted =
-        |prefix: &str| message.strip_prefix(prefix).and_then(|rest| rest.split_once('`')).map(|(name, _)| name);
+    // The phrase may follow a prefix of the parser's own ("Failed to deserialize query string: ").
+    let quoted = |phrase: &str| {
+        let start = message.find(phrase)? + phrase.len();
+        message.get(start..)?.split_once('`').map(|(name, _)| name)
+    };
     for (prefix, what) in [("unknown field `", "unknown field"), ("duplicate field `", "duplicate field")] {
         if let Some(name) = quoted(prefix) {
             return match field_name(name) {

@@ -95,7 +95,8 @@ mod defaults {
         100
     }
     pub(super) fn requests_per_second_per_address() -> u32 {
-        100
+        // Behind a load balancer without `trusted_proxies`, every client shares one address.
+        200
     }
     pub(super) fn burst_per_address() -> u32 {
         1000

@@ -148,7 +148,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 /// The API's OpenAPI 3 document, generated from the routes' annotations and the types they name.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut document = routes().into_openapi();
+    // After the routes: they bring the schemas it tightens.
+    ExactlyOneTarget.modify(&mut document);
+    document
 }
 
 /// What the document says beyond the routes: the title, the token scheme, the tags, and the
@@ -165,7 +168,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
                        `method_not_allowed`."
     ),
     modifiers(&BearerToken),
-    components(schemas(ErrorBody, ApiErrorCode, crate::jobs::ErrorCode)),
+    components(schemas(ErrorBody, ApiErrorCode, crate::jobs::ErrorCode, webhooks::DeliveryStateParam)),
     tags(
         (name = "jobs", description = "Password jobs: create, follow, cancel, read a generated password"),
         (name = "agents", description = "The connected on-prem agents"),
@@ -206,6 +209,21 @@ impl Modify for BearerToken {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("entra", SecurityScheme::Http(entra));
         components.add_security_scheme("signature", SecurityScheme::ApiKey(signature));
+    }
+}
+
+/// `TargetRequest` takes exactly one field: utoipa writes its `max_properties` but drops
+/// `min_properties`, so the bound is set here.
+struct ExactlyOneTarget;
+
+impl Modify for ExactlyOneTarget {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, schema::Schema};
+        let schemas = &mut openapi.components.get_or_insert_with(Default::default).schemas;
+        if let Some(RefOr::T(Schema::Object(target))) = schemas.get_mut("TargetRequest") {
+            target.min_properties = Some(1);
+            target.max_properties = Some(1);
+        }
     }
 }
 

@@ -35,8 +35,11 @@ use tower::ServiceExt as _;
 use super::limits::ApiLimits;
 use crate::listener::{ClientAddr, TlsConnection, TlsIncoming};
 
-/// How long a connection asked to close (idle, or shutting down) may take to finish.
+/// How long a connection asked to close on shutdown may take to finish its requests.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long an idle connection asked to close may take: it has no request to finish; an HTTP/2
+/// client only has to answer the GOAWAY's ping, and one that does not is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// HTTP/2 streams a client may reset before it is told to go away (CVE-2023-44487, "rapid reset").
 const MAX_PENDING_RESETS: usize = 20;
 
@@ -107,11 +110,11 @@ async fn serve_connection(
         () = idle_for(idle, limits.idle_timeout) => {
             tracing::debug!(%peer, "closing an idle API connection");
             served.as_mut().graceful_shutdown();
-            finish(served).await
+            finish(served, IDLE_CLOSE_GRACE).await
         }
         () = cancel.cancelled() => {
             served.as_mut().graceful_shutdown();
-            finish(served).await
+            finish(served, CLOSE_GRACE).await
         }
     };
     if let Err(error) = result {
@@ -120,12 +123,12 @@ async fn serve_connection(
     }
 }
 
-/// The rest of a connection asked to close, for at most [`CLOSE_GRACE`].
-async fn finish<F, E>(served: Pin<&mut F>) -> Result<(), E>
+/// The rest of a connection asked to close, for at most `grace`.
+async fn finish<F, E>(served: Pin<&mut F>, grace: Duration) -> Result<(), E>
 where
     F: Future<Output = Result<(), E>>,
 {
-    tokio::time::timeout(CLOSE_GRACE, served).await.unwrap_or(Ok(()))
+    tokio::time::timeout(grace, served).await.unwrap_or(Ok(()))
 }
 
 /// Completes once the connection has had no request in flight for `timeout`.
