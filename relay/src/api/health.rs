@@ -50,7 +50,7 @@ pub(super) struct DomainReadiness {
 /// Liveness
 ///
 /// The process answers. No token.
-#[utoipa::path(get, path = "/healthz", operation_id = "alive", tag = "health", responses((status = 200, description = "alive", body = Alive)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "alive", tag = "health", responses((status = 200, description = "alive", body = Alive), EdgeErrors))]
 pub(super) async fn alive() -> Json<Alive> {
     Json(Alive { status: "ok" })
 }

@@ -235,7 +235,7 @@ impl Modify for ExactlyOneTarget {
     path = "/v1/openapi.json",
     operation_id = "openapi",
     tag = "meta",
-    responses((status = 200, description = "the OpenAPI 3 document", body = Object, content_type = "application/json")),
+    responses((status = 200, description = "the OpenAPI 3 document", body = Object, content_type = "application/json"), error::EdgeErrors),
 )]
 async fn openapi_document() -> Json<&'static utoipa::openapi::OpenApi> {
     static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use super::edge::ClientIp;
-use super::error::{ApiError, ApiErrorCode, ClaimErrors};
+use super::error::{ApiError, ApiErrorCode, ClaimErrors, EdgeErrors};
 use crate::lifecycle::Lifecycle;
 use crate::store::lifecycle::{LinkClaim, LinkState};
 
@@ -306,7 +306,7 @@ async fn claim_inner(
     path = "/r/assets/reveal.js",
     operation_id = "link_page_script",
     tag = "new hires",
-    responses((status = 200, description = "the script", body = String, content_type = "text/javascript")),
+    responses((status = 200, description = "the script", body = String, content_type = "text/javascript"), EdgeErrors),
 )]
 pub(super) async fn script() -> Response {
     asset(SCRIPT, "text/javascript; charset=utf-8")
@@ -318,7 +318,7 @@ pub(super) async fn script() -> Response {
     path = "/r/assets/reveal.css",
     operation_id = "link_page_style",
     tag = "new hires",
-    responses((status = 200, description = "the style sheet", body = String, content_type = "text/css")),
+    responses((status = 200, description = "the style sheet", body = String, content_type = "text/css"), EdgeErrors),
 )]
 pub(super) async fn style() -> Response {
     asset(STYLE, "text/css; charset=utf-8")
