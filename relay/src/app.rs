@@ -19,7 +19,7 @@ use crate::lifecycle::keys::LinkKeys;
 use crate::lifecycle::{self, Lifecycle};
 use crate::link::registry::AgentRegistry;
 use crate::link::{LinkContext, LinkService};
-use crate::listener::{ClientAddr, TlsIncoming};
+use crate::listener::{AcceptLimits, LINK_MAX_CONNECTIONS, TlsIncoming};
 use crate::seal::{SealError, Sealer};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ClaimPolicy, Store, StoreError};
@@ -122,10 +122,16 @@ impl App {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bind_err = |key, addr| move |source| AppError::Bind { key, addr, source };
-        let api = TlsIncoming::spawn(api_listener, api_tls, "api", cancel.child_token(), &tracker)
+        let api_accept = AcceptLimits {
+            max_connections: Some(config.api.limits.max_connections),
+            handshake_timeout: config.api.limits.tls_handshake_timeout,
+        };
+        let api = TlsIncoming::spawn_limited(api_listener, api_tls, "api", api_accept, cancel.child_token(), &tracker)
             .map_err(bind_err("api.listen", config.api.listen))?;
-        let link = TlsIncoming::spawn(link_listener, link_tls, "link", cancel.child_token(), &tracker)
-            .map_err(bind_err("link.listen", config.link.listen))?;
+        let link_accept = AcceptLimits { max_connections: Some(LINK_MAX_CONNECTIONS), ..AcceptLimits::default() };
+        let link =
+            TlsIncoming::spawn_limited(link_listener, link_tls, "link", link_accept, cancel.child_token(), &tracker)
+                .map_err(bind_err("link.listen", config.link.listen))?;
 
         let claim_policy = ClaimPolicy {
             lease: config.link.lease,
@@ -164,6 +170,7 @@ impl App {
             domains: config.domains.iter().cloned().collect(),
             max_body_bytes: config.api.max_body_bytes,
             lifecycle: lifecycle.clone(),
+            edge: api::edge::Edge::new(config.api.limits.clone()),
         });
         let link_context = Arc::new(LinkContext {
             store: dyn_store,
@@ -218,16 +225,14 @@ impl App {
         } = self;
         let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(4);
 
-        let api_cancel = cancel.child_token();
-        let api_failed = failed_tx.clone();
-        tracker.spawn(async move {
-            let app = api::router(api_state).into_make_service_with_connect_info::<ClientAddr>();
-            let served =
-                axum::serve(api, app).with_graceful_shutdown(async move { api_cancel.cancelled().await }).await;
-            if let Err(e) = served {
-                let _ = api_failed.send(AppError::Serve { part: "api", message: e.to_string() }).await;
-            }
-        });
+        let api_limits = api_state.edge.limits().clone();
+        tracker.spawn(api::server::serve(
+            api,
+            api::router(api_state),
+            api_limits,
+            cancel.child_token(),
+            tracker.clone(),
+        ));
 
         let link_cancel = cancel.child_token();
         let service = LinkService::new(link_context, cancel.child_token(), tracker.clone());

@@ -42,6 +42,8 @@ struct ApiFile {
     key_file: PathBuf,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: usize,
+    #[serde(default)]
+    limits: crate::api::limits::LimitsFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +207,8 @@ pub struct ApiConfig {
     pub key_file: PathBuf,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// `[api.limits]`: timeouts, connection and stream caps, request rates, trusted proxies.
+    pub limits: crate::api::limits::ApiLimits,
 }
 
 /// `[link]`.
@@ -345,6 +349,7 @@ impl Config {
         if file.api.max_body_bytes < 1024 {
             return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
         }
+        let limits = file.api.limits.validate()?;
         let lifecycle = file.lifecycle.map(|l| l.validate(resolve)).transpose()?;
         let mut log = file.log;
         if let Some(level) = &overrides.log_level {
@@ -357,6 +362,7 @@ impl Config {
                 cert_file: resolve(file.api.cert_file),
                 key_file: resolve(file.api.key_file),
                 max_body_bytes: file.api.max_body_bytes,
+                limits,
             },
             link: LinkConfig {
                 listen: overrides.link_listen.unwrap_or(file.link.listen),
@@ -429,6 +435,11 @@ key_file = "store.key"
             Config::parse(text, Path::new("/etc/pwrelay"), &Overrides::default()).expect("relay.full.toml is valid");
         assert_eq!(c.link.lease, Duration::from_secs(60));
         assert_eq!(c.jobs.time_to_live, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            c.api.limits,
+            crate::api::limits::ApiLimits::default(),
+            "relay.full.toml shows the limits' defaults"
+        );
     }
 
     #[test]

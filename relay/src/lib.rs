@@ -12,6 +12,7 @@
 //! - [`seal`]: encryption of secrets at rest.
 //! - [`webhooks`]: signed notifications of final jobs to each client's receiver, with retries.
 //! - [`listener`]: the TLS accept loop of both listeners.
+//! - [`untrusted`]: network text as it may be logged (escaped, bounded).
 //! - [`cli`]: the `pwrelay` command line (serve, pki, clients, password, store-key).
 
 pub mod api;
@@ -29,6 +30,7 @@ pub mod seal;
 pub mod signature;
 pub mod store;
 pub mod supervisor;
+pub mod untrusted;
 pub mod webhooks;
 
 pub use app::App;

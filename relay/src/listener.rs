@@ -1,34 +1,124 @@
 //! TLS accept loop shared by the HTTPS API and the agent link.
 //!
-//! Accepts TCP connections, completes each TLS handshake in its own task (bounded by a timeout),
-//! logs refused handshakes at WARN (rustls alone logs them only at DEBUG, which hides a wrong agent
-//! certificate from operators) and hands finished streams to the server that owns the listener.
+//! Accepts TCP connections up to a cap of open connections (further ones wait in the listen
+//! backlog until one closes), completes each TLS handshake in its own task (bounded by a
+//! timeout), logs refused handshakes at WARN (rustls alone logs them only at DEBUG, which hides a
+//! wrong agent certificate from operators) and hands finished connections to the server that owns
+//! the listener. A [`TlsConnection`] holds its place under the cap until it is dropped.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long a client may take to finish its TLS handshake.
+/// How long a client may take to finish its TLS handshake, unless configured.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the server to pick them up.
 const BACKLOG: usize = 64;
+/// Open connections of the agent link at once (agents hold one each; more is a flood).
+pub const LINK_MAX_CONNECTIONS: usize = 1024;
+
+/// How many connections a listener keeps open at once, and how long a handshake may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptLimits {
+    /// Open connections (handshakes included); `None` for no cap.
+    pub max_connections: Option<usize>,
+    /// Longest TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for AcceptLimits {
+    fn default() -> Self {
+        Self { max_connections: None, handshake_timeout: HANDSHAKE_TIMEOUT }
+    }
+}
+
+/// One accepted TLS connection; it counts against its listener's cap until dropped.
+#[derive(Debug)]
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl TlsConnection {
+    /// The client's address (the TCP peer).
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The protocol negotiated with ALPN (`h2`, `http/1.1`), if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.stream.get_ref().1.alpn_protocol()
+    }
+
+    /// The TLS stream and the place under the cap, for a close that outlives the server's use of
+    /// the connection (the API's lingering close).
+    pub fn into_parts(self) -> (TlsStream<TcpStream>, Option<OwnedSemaphorePermit>) {
+        (self.stream, self._permit)
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// tonic reads the client certificate (`Request::peer_certs`) from this.
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
 
 /// The finished TLS connections of one listener.
 #[derive(Debug)]
 pub struct TlsIncoming {
-    connections: mpsc::Receiver<TlsStream<TcpStream>>,
+    connections: mpsc::Receiver<TlsConnection>,
     local_addr: SocketAddr,
 }
 
 impl TlsIncoming {
-    /// Starts accepting on `listener` until `cancel` fires.
+    /// Starts accepting on `listener` until `cancel` fires, with no cap on open connections.
     pub fn spawn(
         listener: TcpListener,
         config: Arc<rustls::ServerConfig>,
@@ -36,12 +126,48 @@ impl TlsIncoming {
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) -> std::io::Result<Self> {
+        Self::spawn_limited(listener, config, name, AcceptLimits::default(), cancel, tracker)
+    }
+
+    /// Starts accepting on `listener` until `cancel` fires, within `limits`.
+    pub fn spawn_limited(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        name: &'static str,
+        limits: AcceptLimits,
+        cancel: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (tx, connections) = mpsc::channel(BACKLOG);
         let acceptor = TlsAcceptor::from(config);
         let handshakes = tracker.clone();
+        let cap = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+        let mut full_logged = false;
         tracker.spawn(async move {
             loop {
+                let permit = match &cap {
+                    None => None,
+                    Some(cap) => {
+                        if cap.available_permits() == 0 && !std::mem::replace(&mut full_logged, true) {
+                            tracing::warn!(
+                                listener = name,
+                                max_connections = limits.max_connections,
+                                "connection cap reached; new connections wait until one closes"
+                            );
+                        }
+                        tokio::select! {
+                            () = cancel.cancelled() => break,
+                            permit = Arc::clone(cap).acquire_owned() => match permit {
+                                Ok(permit) => Some(permit),
+                                Err(_closed) => break,
+                            },
+                        }
+                    }
+                };
+                if cap.as_ref().is_some_and(|c| c.available_permits() > 0) {
+                    full_logged = false;
+                }
                 let (tcp, peer) = tokio::select! {
                     () = cancel.cancelled() => break,
                     accepted = listener.accept() => match accepted {
@@ -56,7 +182,7 @@ impl TlsIncoming {
                 };
                 let (acceptor, tx, cancel) = (acceptor.clone(), tx.clone(), cancel.clone());
                 handshakes.spawn(async move {
-                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
                     let stream = tokio::select! {
                         () = cancel.cancelled() => return,
                         result = handshake => match result {
@@ -71,7 +197,7 @@ impl TlsIncoming {
                             }
                         },
                     };
-                    let _server_gone = tx.send(stream).await;
+                    let _server_gone = tx.send(TlsConnection { stream, peer, _permit: permit }).await;
                 });
             }
         });
@@ -83,8 +209,13 @@ impl TlsIncoming {
         self.local_addr
     }
 
+    /// The next finished connection; `None` once the accept loop has stopped.
+    pub async fn next(&mut self) -> Option<TlsConnection> {
+        self.connections.recv().await
+    }
+
     /// Turns the connections into the stream tonic's `serve_with_incoming` expects.
-    pub fn into_stream(self) -> impl tokio_stream::Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
+    pub fn into_stream(self) -> impl tokio_stream::Stream<Item = std::io::Result<TlsConnection>> {
         tokio_stream::wrappers::ReceiverStream::new(self.connections).map(Ok::<_, std::io::Error>)
     }
 }
@@ -92,19 +223,17 @@ impl TlsIncoming {
 use tokio_stream::StreamExt as _;
 
 impl axum::serve::Listener for TlsIncoming {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsConnection;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.connections.recv().await {
-                Some(stream) => match stream.get_ref().0.peer_addr() {
-                    Ok(peer) => return (stream, peer),
-                    Err(_) => continue, // closed before we looked at it
-                },
-                // The accept loop stopped (shutdown): wait for the server's own shutdown signal.
-                None => std::future::pending::<()>().await,
+        match self.connections.recv().await {
+            Some(connection) => {
+                let peer = connection.peer;
+                (connection, peer)
             }
+            // The accept loop stopped (shutdown): wait for the server's own shutdown signal.
+            None => std::future::pending().await,
         }
     }
 
@@ -113,8 +242,8 @@ impl axum::serve::Listener for TlsIncoming {
     }
 }
 
-/// The peer address of an API connection, for handlers that rate-limit by client
-/// (`ConnectInfo<ClientAddr>`). Behind a load balancer this is the balancer's address.
+/// The peer address of an API connection (`ConnectInfo<ClientAddr>`). Behind a load balancer
+/// this is the balancer's address; `api::client_address` resolves the client's from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 

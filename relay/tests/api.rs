@@ -99,6 +99,9 @@ async fn health_endpoints_answer_without_a_token() {
     let ready: serde_json::Value =
         world.http.get(format!("{base}/readyz")).send().await.expect("answer").json().await.expect("json");
     assert_eq!(ready["status"], "ready");
+    assert!(ready.get("domains").is_none(), "without a token no domain is named: {ready}");
+    let (status, ready) = world.get(&relay, "/readyz").await;
+    assert_eq!(status, 200);
     assert_eq!(ready["domains"][world.dc.domain.as_str()]["agent_connected"], false);
     relay.stop().await;
 }

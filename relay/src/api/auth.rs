@@ -40,6 +40,14 @@ pub fn token_hash(token: &SecretString) -> [u8; 32] {
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub ApiClient);
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1): `bearer`, `BEARER` and `Bearer` are one scheme.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 impl FromRequestParts<Arc<ApiState>> for Authenticated {
     type Rejection = ApiError;
 
@@ -51,13 +59,33 @@ impl FromRequestParts<Arc<ApiState>> for Authenticated {
         let token = header
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| SecretString::from(t.trim()))
+            .and_then(bearer_token)
+            .map(SecretString::from)
             .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be Bearer <token>"))?;
-        match state.store.client_by_token(token_hash(&token)).await {
-            Ok(Some(client)) => Ok(Self(client)),
-            Ok(None) => Err(ApiError::unauthenticated("unknown API token; create one with `pwrelay clients add NAME`")),
-            Err(e) => Err(ApiError::unavailable(&e)),
-        }
+        let client = match state.store.client_by_token(token_hash(&token)).await {
+            Ok(Some(client)) => client,
+            Ok(None) => {
+                return Err(ApiError::unauthenticated("unknown API token; create one with `pwrelay clients add NAME`"));
+            }
+            Err(e) => return Err(ApiError::unavailable(&e)),
+        };
+        state.edge.admit_client(&client.name)?;
+        Ok(Self(client))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer pwr_abc"), Some("pwr_abc"));
+        assert_eq!(bearer_token("bearer pwr_abc"), Some("pwr_abc"));
+        assert_eq!(bearer_token("BEARER   pwr_abc "), Some("pwr_abc"));
+        assert_eq!(bearer_token("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerpwr_abc"), None);
     }
 }

@@ -85,7 +85,7 @@ pub(super) async fn verify(
 ) -> Result<Accepted, ApiError> {
     let parsed = json_body::<VerificationRequest>(&headers, body, state.max_body_bytes).await?;
     let request = parsed.value;
-    let domain = served_domain(&state, &request.domain)?;
+    let domain = served_domain(&state, &client, &request.domain)?;
     authorize(&client, Operation::Verify, &domain)?;
     let target = request.target.validate("target")?;
     check_password("password", &request.password)?;
@@ -118,7 +118,7 @@ pub(super) async fn unlock(
 ) -> Result<Accepted, ApiError> {
     let parsed = json_body::<UnlockRequest>(&headers, body, state.max_body_bytes).await?;
     let request = parsed.value;
-    let domain = served_domain(&state, &request.domain)?;
+    let domain = served_domain(&state, &client, &request.domain)?;
     authorize(&client, Operation::Unlock, &domain)?;
     let target = request.target.validate("target")?;
     queue(&state, &client, &headers, parsed.sha256, job(JobKind::Unlock, domain, target, &client.name), None).await

@@ -23,6 +23,8 @@ use crate::jobs::JobId;
 pub enum ApiErrorCode {
     /// 400: the body is not valid JSON of the expected shape.
     InvalidJson,
+    /// 400: the path, query or body cannot be read at all (invalid UTF-8, a cut-off body).
+    MalformedRequest,
     /// 401: no or unknown bearer token.
     Unauthenticated,
     /// 403: the client's scopes do not allow this operation or domain.
@@ -31,6 +33,8 @@ pub enum ApiErrorCode {
     NotFound,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
+    /// 408: the request (or its body) did not arrive within the relay's limits.
+    RequestTimeout,
     /// 409: the request does not fit the resource's state.
     Conflict,
     /// 410: the resource existed and is gone for good.
@@ -57,12 +61,14 @@ pub enum ApiErrorCode {
 
 impl ApiErrorCode {
     /// Every code, in status order.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 18] = [
         Self::InvalidJson,
+        Self::MalformedRequest,
         Self::Unauthenticated,
         Self::Forbidden,
         Self::NotFound,
         Self::MethodNotAllowed,
+        Self::RequestTimeout,
         Self::Conflict,
         Self::Gone,
         Self::BodyTooLarge,
@@ -80,10 +86,12 @@ impl ApiErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidJson => "invalid_json",
+            Self::MalformedRequest => "malformed_request",
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
             Self::Conflict => "conflict",
             Self::Gone => "gone",
             Self::BodyTooLarge => "body_too_large",
@@ -101,11 +109,12 @@ impl ApiErrorCode {
     /// The HTTP status every error with this code has.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::InvalidJson => StatusCode::BAD_REQUEST,
+            Self::InvalidJson | Self::MalformedRequest => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict => StatusCode::CONFLICT,
             Self::Gone => StatusCode::GONE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -122,6 +131,13 @@ impl ApiErrorCode {
     pub fn meaning(self) -> &'static str {
         match self {
             Self::InvalidJson => "malformed JSON, unknown or missing fields, wrong types",
+            Self::MalformedRequest => {
+                "the path, query or body cannot be read: invalid UTF-8 or percent-encoding, a body cut off"
+            }
+            Self::RequestTimeout => {
+                "the request's body did not arrive within api.limits.body_read_timeout_seconds, or the request took \
+                 longer than api.limits.request_timeout_seconds"
+            }
             Self::Unauthenticated => "no or unknown API token (the response has WWW-Authenticate: Bearer)",
             Self::Forbidden => "the client's scopes do not allow this operation or domain (details.missing_scope)",
             Self::NotFound => "no such job for this client, no such route, or a job that returns no password",
@@ -144,7 +160,10 @@ impl ApiErrorCode {
             Self::Unavailable => {
                 "the relay cannot reach its job store (or, for a callout, the tenant's signing keys); try again later"
             }
-            Self::TooManyRequests => "too many requests for this link or from this address; wait and try again",
+            Self::TooManyRequests => {
+                "too many requests for this link, from this address or with this token; wait for the Retry-After \
+                 seconds and try again"
+            }
             Self::WrongProof => "the claim's proof does not match the link's key: the link was cut or changed",
             Self::AlreadyUsed => "the one-time link was already used; its password was shown once and erased",
             Self::Expired => "the one-time link expired unused; its password was erased",
@@ -224,11 +243,49 @@ pub struct ApiError {
     message: String,
     /// Boxed: errors are rare, and `Result<_, ApiError>` stays small.
     details: Box<ErrorDetails>,
+    /// For `too_many_requests`: the `Retry-After` seconds.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(code: ApiErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), details: Box::default() }
+        Self { code, message: message.into(), details: Box::default(), retry_after: None }
+    }
+
+    /// 400: the path, query or body cannot be read at all.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorCode::MalformedRequest, message)
+    }
+
+    /// 408: the request or its body took too long to arrive.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorCode::RequestTimeout, message)
+    }
+
+    /// 422 for a query string the route's parameters cannot take, naming the parameter when
+    /// the parser did (and the name looks like one), never echoing a value; `parameters` lists
+    /// the route's parameters for the message.
+    pub fn query(rejection: &axum::extract::rejection::QueryRejection, parameters: &str) -> Self {
+        let described = crate::untrusted::describe_data_error(
+            rejection.body_text().strip_prefix("Failed to deserialize query string: ").unwrap_or_default(),
+        );
+        let error = Self::invalid_request(format!("query: {}; parameters: {parameters}", described.message));
+        match described.field {
+            Some(field) => error.field(field),
+            None => error,
+        }
+    }
+
+    /// 400 for a path segment that is not valid UTF-8 or percent-encoding.
+    pub fn path(field: &str) -> Self {
+        Self::malformed(format!("the path's {field} is not valid (invalid UTF-8 or percent-encoding)")).field(field)
+    }
+
+    /// 429 with `Retry-After: seconds`.
+    pub fn too_many_requests_for(message: impl Into<String>, seconds: u64) -> Self {
+        let mut error = Self::new(ApiErrorCode::TooManyRequests, message);
+        error.retry_after = Some(seconds);
+        error
     }
 
     /// 400: the body is not valid JSON of the expected shape.
@@ -348,6 +405,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.code.status()
     }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The `Retry-After` seconds of a `too_many_requests`.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -360,22 +427,34 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
         response
     }
 }
 
 /// The error responses of `codes`, each with the [`ErrorBody`] schema, for an `IntoResponses` set.
 fn responses(codes: &[ApiErrorCode]) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
-    codes
-        .iter()
-        .map(|code| {
+    // Codes that share a status share its response: one description line per code.
+    let mut by_status: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for code in codes {
+        by_status.entry(code.status().as_u16().to_string()).or_default().push(format!(
+            "`{}`: {}",
+            code.as_str(),
+            code.meaning()
+        ));
+    }
+    by_status
+        .into_iter()
+        .map(|(status, lines)| {
             let content = ContentBuilder::new()
                 .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(<ErrorBody as ToSchema>::name()))));
             let response = ResponseBuilder::new()
-                .description(format!("`{}`: {}", code.as_str(), code.meaning()))
+                .description(lines.join("; "))
                 .content("application/json", content.build())
                 .build();
-            (code.status().as_u16().to_string(), RefOr::T(response))
+            (status, RefOr::T(response))
         })
         .collect()
 }
@@ -400,26 +479,32 @@ macro_rules! error_responses {
 
 error_responses! {
     /// What a job-creating `POST` can answer besides 202.
-    SubmitErrors = [InvalidJson, Unauthenticated, Forbidden, Conflict, BodyTooLarge, UnsupportedMediaType,
-        InvalidRequest, Unavailable];
+    SubmitErrors = [InvalidJson, MalformedRequest, Unauthenticated, Forbidden, Conflict, RequestTimeout,
+        BodyTooLarge, UnsupportedMediaType, InvalidRequest, TooManyRequests, Unavailable];
     /// What reading one job can answer besides 200.
-    ShowErrors = [Unauthenticated, NotFound, InvalidRequest, Unavailable];
-    /// What listing jobs can answer besides 200.
-    ListErrors = [Unauthenticated, InvalidRequest, Unavailable];
-    /// What cancelling a job can answer besides 200.
-    CancelErrors = [Unauthenticated, NotFound, Conflict, InvalidRequest, Unavailable];
-    /// What reading a job's password can answer besides 200.
-    SecretErrors = [Unauthenticated, NotFound, Conflict, Gone, SecretLost, InvalidRequest, Unavailable];
-    /// What any other route that needs a token can answer besides 200.
-    TokenErrors = [Unauthenticated, Unavailable];
-    /// What a Lifecycle Workflows callout can answer besides 202.
-    CalloutErrors = [Unauthenticated, NotFound, Conflict, BodyTooLarge, UnsupportedMediaType, InvalidRequest,
+    ShowErrors = [MalformedRequest, Unauthenticated, NotFound, RequestTimeout, InvalidRequest, TooManyRequests,
         Unavailable];
+    /// What listing jobs can answer besides 200.
+    ListErrors = [MalformedRequest, Unauthenticated, RequestTimeout, InvalidRequest, TooManyRequests, Unavailable];
+    /// What cancelling a job can answer besides 200.
+    CancelErrors = [MalformedRequest, Unauthenticated, NotFound, Conflict, RequestTimeout, InvalidRequest,
+        TooManyRequests, Unavailable];
+    /// What reading a job's password can answer besides 200.
+    SecretErrors = [MalformedRequest, Unauthenticated, NotFound, Conflict, Gone, SecretLost, RequestTimeout,
+        InvalidRequest, TooManyRequests, Unavailable];
+    /// What any other route that needs a token can answer besides 200.
+    TokenErrors = [Unauthenticated, RequestTimeout, TooManyRequests, Unavailable];
+    /// What a Lifecycle Workflows callout can answer besides 202.
+    CalloutErrors = [MalformedRequest, Unauthenticated, NotFound, Conflict, RequestTimeout, BodyTooLarge,
+        UnsupportedMediaType, InvalidRequest, TooManyRequests, Unavailable];
     /// What reading a new-hire request can answer besides 200.
-    LifecycleShowErrors = [Unauthenticated, Forbidden, NotFound, InvalidRequest, Unavailable];
+    LifecycleShowErrors = [MalformedRequest, Unauthenticated, Forbidden, NotFound, RequestTimeout, InvalidRequest,
+        TooManyRequests, Unavailable];
     /// What claiming a one-time link can answer besides 200.
-    ClaimErrors = [InvalidJson, WrongProof, NotFound, AlreadyUsed, TooManyRequests, UnsupportedMediaType,
-        InvalidRequest, Unavailable];
+    ClaimErrors = [InvalidJson, MalformedRequest, WrongProof, NotFound, AlreadyUsed, RequestTimeout,
+        BodyTooLarge, TooManyRequests, UnsupportedMediaType, InvalidRequest, Unavailable];
+    /// What a route without a token can answer besides its own responses (the relay's limits).
+    EdgeErrors = [RequestTimeout, TooManyRequests];
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::ApiState;
 use super::auth::Authenticated;
 use super::error::{ApiError, CancelErrors, ListErrors, SecretErrors, ShowErrors};
+use super::{ApiState, PathId};
 use crate::jobs::{Job, JobId, JobState, SecretEncoding, Timestamp};
 use crate::store::{Cancellation, JobFilter, SecretTake};
 
@@ -70,8 +70,7 @@ pub(super) async fn list(
     Authenticated(client): Authenticated,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
-    let Query(query) = query
-        .map_err(|e| ApiError::invalid_request(format!("{e}; parameters: state, domain, since, cursor, limit")))?;
+    let Query(query) = query.map_err(|e| ApiError::query(&e, "state, domain, since, cursor, limit"))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid_request(format!("limit must be 1-{MAX_PAGE}")).field("limit"));
@@ -85,10 +84,9 @@ pub(super) async fn list(
         },
         domain: match query.domain.as_deref() {
             None => None,
-            Some(text) => Some(
-                pwrelay_shared::domain::DomainName::parse(text)
-                    .map_err(|e| ApiError::invalid_request(format!("domain: {e}")).field("domain"))?,
-            ),
+            Some(text) => Some(pwrelay_shared::domain::DomainName::parse(text).map_err(|_| {
+                ApiError::invalid_request("domain must be a DNS name like corp.example.com").field("domain")
+            })?),
         },
         since: match query.since.as_deref() {
             None => None,
@@ -131,7 +129,7 @@ pub(super) async fn list(
 pub(super) async fn cancel(
     State(state): State<Arc<ApiState>>,
     Authenticated(client): Authenticated,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Job>, ApiError> {
     let id = job_id(&id)?;
     match state.store.cancel(id, &client.name).await.map_err(|e| ApiError::unavailable(&e))? {
@@ -180,11 +178,10 @@ pub(super) struct ShowQuery {
 pub(super) async fn show(
     State(state): State<Arc<ApiState>>,
     Authenticated(client): Authenticated,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     query: Result<Query<ShowQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Job>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::invalid_request(format!("{e}; use ?wait=SECONDS (0-60)")).field("wait"))?;
+    let Query(query) = query.map_err(|e| ApiError::query(&e, "wait (seconds, 0-60)"))?;
     let id = job_id(&id)?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0));
     if wait > MAX_WAIT {
@@ -271,7 +268,7 @@ impl std::fmt::Debug for ReleasedSecret {
 pub(super) async fn secret(
     State(state): State<Arc<ApiState>>,
     Authenticated(client): Authenticated,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<(axum::http::HeaderMap, Json<ReleasedSecret>), ApiError> {
     use base64::Engine as _;
     let id = job_id(&id)?;

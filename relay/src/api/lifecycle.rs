@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
-use super::ApiState;
-use super::auth::Authenticated;
+use super::auth::{Authenticated, bearer_token};
+use super::body::read_body;
 use super::error::{ApiError, CalloutErrors, LifecycleShowErrors};
+use super::{ApiState, PathId};
 use crate::lifecycle::Lifecycle;
 use crate::lifecycle::authentication::CalloutAuthError;
 use crate::lifecycle::callout::Callout;
@@ -67,13 +68,11 @@ pub(super) async fn callout(
     body: Body,
 ) -> Result<(StatusCode, HeaderMap, Json<CalloutAccepted>), ApiError> {
     let lifecycle = enabled(&state)?;
-    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
-        .await
-        .map_err(|_| ApiError::too_large(state.max_body_bytes))?;
+    let bytes = read_body(body, state.max_body_bytes).await?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let tenant = lifecycle
         .authenticator
-        .authenticate(header("authorization"), header(crate::signature::HEADER), &bytes)
+        .authenticate(header("authorization").and_then(bearer_token), header(crate::signature::HEADER), &bytes)
         .await
         .map_err(|e| match e {
             CalloutAuthError::KeysUnavailable(_) => {
@@ -144,7 +143,7 @@ pub(super) async fn callout(
 pub(super) async fn show(
     State(state): State<Arc<ApiState>>,
     Authenticated(client): Authenticated,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<crate::store::lifecycle::LifecycleRequest>, ApiError> {
     let lifecycle = enabled(&state)?;
     if !client.scopes.names(Operation::Lifecycle) {
@@ -154,8 +153,9 @@ pub(super) async fn show(
         )
         .missing_scope("operation:lifecycle"));
     }
-    let id = uuid::Uuid::parse_str(&id)
-        .map_err(|_| ApiError::invalid_request("the id must be the callout's taskProcessingResult.id (a GUID)"))?;
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| {
+        ApiError::invalid_request("the id must be the callout's taskProcessingResult.id (a GUID)").field("id")
+    })?;
     lifecycle
         .store
         .request(id)

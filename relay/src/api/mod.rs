@@ -12,7 +12,7 @@
 //! | `DELETE /v1/jobs/{id}` | token | cancel a job no agent has taken yet |
 //! | `GET /v1/jobs/{id}/secret` | token | a generated password, exactly once (then 410) |
 //! | `GET /v1/webhooks/deliveries[?state=&limit=]` | token | the client's webhook and delivery log, newest first |
-//! | `GET /v1/agents` | token | connected agents |
+//! | `GET /v1/agents` | token | connected agents of the domains the client's scopes cover |
 //! | `GET /v1/openapi.json` | none | this API's OpenAPI 3 document (it holds no secret) |
 //! | `POST /v1/lifecycle/callouts` | Entra token or HMAC signature | a Lifecycle Workflows callout → 202 |
 //! | `GET /v1/lifecycle/requests/{id}` | token (`lifecycle` scope) | a new-hire request's stage, delivery and resume state |
@@ -21,10 +21,16 @@
 //! | `GET /r/assets/reveal.js` | none | the page's script |
 //! | `GET /r/assets/reveal.css` | none | the page's style |
 //! | `GET /healthz` | none | the process is alive |
-//! | `GET /readyz` | none | the job store answers |
+//! | `GET /readyz` | none (a token adds the domains its scopes cover) | the job store answers |
 //!
 //! Every error is `{"error": {"code", "message", "details"}}` ([`error`]); an unknown route gets
-//! `not_found` and a known route with another method `method_not_allowed`.
+//! `not_found` and a known route with another method `method_not_allowed`; axum's own rejections
+//! are typed too ([`edge`]), and the link pages under `/r/` answer errors as HTML.
+//!
+//! The server ([`server`]) and the middleware every request passes ([`edge`]) enforce
+//! `[api.limits]` ([`limits`]): connection, header, body, request and idle timeouts, connection
+//! and HTTP/2 stream caps, and per-address ([`client_address`]) and per-client rate limits
+//! ([`rate_limit`]).
 //!
 //! # Adding a route
 //!
@@ -47,15 +53,20 @@
 //! bypasses the document (clippy refuses it: `relay/clippy.toml`).
 
 pub mod auth;
+mod body;
 mod checks;
+pub mod client_address;
+pub mod edge;
 pub mod error;
 mod health;
 mod jobs;
 mod lifecycle;
+pub mod limits;
 pub mod rate_limit;
 mod reconciliations;
 mod reveal;
 mod rotations;
+pub mod server;
 mod submit;
 mod webhooks;
 
@@ -63,7 +74,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
+use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::{Json, Router};
 use pwrelay_shared::domain::DomainName;
 use serde::de::DeserializeOwned;
@@ -95,6 +108,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// The new-hire flow, when `[lifecycle]` is configured.
     pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
+    /// `[api.limits]` and the rate limiters.
+    pub edge: edge::Edge,
 }
 
 /// Every route, each with its OpenAPI path item (see "Adding a route" above).
@@ -120,18 +135,23 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(health::ready))
 }
 
-/// The API's routes, with JSON errors for unknown routes and methods.
+/// The API's routes, with JSON errors for unknown routes and methods, behind the edge's
+/// limits and error typing ([`edge::guard`]).
 pub fn router(state: Arc<ApiState>) -> Router {
     let (router, _) = routes().split_for_parts();
     router
         .fallback(|| async { ApiError::not_found("no such route; see /v1/openapi.json") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), edge::guard))
         .with_state(state)
 }
 
 /// The API's OpenAPI 3 document, generated from the routes' annotations and the types they name.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut document = routes().into_openapi();
+    // After the routes: they bring the schemas it tightens.
+    ExactlyOneTarget.modify(&mut document);
+    document
 }
 
 /// What the document says beyond the routes: the title, the token scheme, the tags, and the
@@ -148,7 +168,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
                        `method_not_allowed`."
     ),
     modifiers(&BearerToken),
-    components(schemas(ErrorBody, ApiErrorCode, crate::jobs::ErrorCode)),
+    components(schemas(ErrorBody, ApiErrorCode, crate::jobs::ErrorCode, webhooks::DeliveryStateParam)),
     tags(
         (name = "jobs", description = "Password jobs: create, follow, cancel, read a generated password"),
         (name = "agents", description = "The connected on-prem agents"),
@@ -192,6 +212,21 @@ impl Modify for BearerToken {
     }
 }
 
+/// `TargetRequest` takes exactly one field: utoipa writes its `max_properties` but drops
+/// `min_properties`, so the bound is set here.
+struct ExactlyOneTarget;
+
+impl Modify for ExactlyOneTarget {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, schema::Schema};
+        let schemas = &mut openapi.components.get_or_insert_with(Default::default).schemas;
+        if let Some(RefOr::T(Schema::Object(target))) = schemas.get_mut("TargetRequest") {
+            target.min_properties = Some(1);
+            target.max_properties = Some(1);
+        }
+    }
+}
+
 /// This API's OpenAPI document
 ///
 /// The OpenAPI 3 document of every route, generated from the code. No token: it holds no secret.
@@ -200,7 +235,7 @@ impl Modify for BearerToken {
     path = "/v1/openapi.json",
     operation_id = "openapi",
     tag = "meta",
-    responses((status = 200, description = "the OpenAPI 3 document", body = Object, content_type = "application/json")),
+    responses((status = 200, description = "the OpenAPI 3 document", body = Object, content_type = "application/json"), error::EdgeErrors),
 )]
 async fn openapi_document() -> Json<&'static utoipa::openapi::OpenApi> {
     static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
@@ -223,22 +258,36 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body, limit: 
     if !is_json {
         return Err(ApiError::unsupported_media_type());
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
+    let bytes = body::read_body(body, limit).await?;
     let bytes = zeroize::Zeroizing::new(bytes.to_vec());
     let sha256 = sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), bytes.as_slice())).into();
-    let value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid_json(describe_json_error(&e)).at(e.line(), e.column()))?;
+    let value = serde_json::from_slice(&bytes).map_err(|e| json_error(&e))?;
     Ok(Parsed { value, sha256 })
 }
 
-/// serde_json's message without any echo of the input: type errors quote the offending value,
-/// which may be a password, so they are reduced to their position.
-fn describe_json_error(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Data if e.to_string().starts_with("invalid type") || e.to_string().starts_with("invalid value") => {
-            format!("a value has the wrong type at line {} column {}", e.line(), e.column())
-        }
-        _ => e.to_string(),
+/// A JSON body's parse error as a typed error that names the field when it can and echoes no
+/// value ([`crate::untrusted::describe_json_error`]).
+fn json_error(e: &serde_json::Error) -> ApiError {
+    let described = crate::untrusted::describe_json_error(e);
+    let error = ApiError::invalid_json(described.message).at(e.line(), e.column());
+    match described.field {
+        Some(field) => error.field(field),
+        None => error,
+    }
+}
+
+/// The `{id}` segment of a route's path, as text; a segment that is not valid UTF-8 or
+/// percent-encoding is a typed 400 (`malformed_request`), never axum's plain-text rejection.
+#[derive(Debug)]
+pub(crate) struct PathId(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| Self(id))
+            .map_err(|_| ApiError::path("id"))
     }
 }

@@ -3,7 +3,10 @@
 //! ends when they all have.
 //!
 //! JSON `{"domain", "targets": [{"upn": ...}, ...], "unlock"?}`, or a CSV upload
-//! (`Content-Type: text/csv`, `?domain=`) whose header row has a `upn` column.
+//! (`Content-Type: text/csv`, `?domain=`) whose header row has a `upn` column. The CSV is read
+//! with the `csv` crate (quoted fields, embedded separators and quotes, `,` `;` or tab as the
+//! separator, as spreadsheet exports write them, a UTF-8 byte order mark), and each of its UPNs
+//! is checked exactly like a JSON target.
 
 use std::sync::Arc;
 
@@ -14,6 +17,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Authenticated;
+use super::body::read_body;
 use super::error::{ApiError, SubmitErrors};
 use super::submit::{Accepted, IdempotencyKey, JobAccepted, TargetRequest, authorize, queue_all, served_domain};
 use super::{ApiState, json_body};
@@ -85,17 +89,13 @@ pub(super) async fn create(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/csv"));
     let (domain, targets, unlock, sha256) = if is_csv {
-        let Query(query) = query.map_err(|e| ApiError::invalid_request(format!("{e}; parameters: domain, unlock")))?;
+        let Query(query) = query.map_err(|e| ApiError::query(&e, "domain, unlock"))?;
         let domain = query
             .domain
             .ok_or_else(|| ApiError::invalid_request("a CSV upload needs ?domain=AD_DOMAIN").field("domain"))?;
-        let bytes = axum::body::to_bytes(body, state.max_body_bytes.max(MAX_BATCH * 300))
-            .await
-            .map_err(|_| ApiError::too_large(state.max_body_bytes.max(MAX_BATCH * 300)))?;
+        let bytes = read_body(body, state.max_body_bytes.max(MAX_BATCH * 300)).await?;
         let sha256 = sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), &bytes)).into();
-        let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::invalid_request("the CSV is not UTF-8"))?;
-        let upns = csv_upns(text)?;
-        (domain, upns.into_iter().map(Target::Upn).collect::<Vec<_>>(), query.unlock, sha256)
+        (domain, csv_targets(&bytes)?, query.unlock, sha256)
     } else {
         let parsed =
             json_body::<ReconciliationRequest>(&headers, body, state.max_body_bytes.max(MAX_BATCH * 300)).await?;
@@ -108,7 +108,7 @@ pub(super) async fn create(
             .collect::<Result<Vec<_>, _>>()?;
         (request.domain, targets, request.unlock, parsed.sha256)
     };
-    let domain = served_domain(&state, &domain)?;
+    let domain = served_domain(&state, &client, &domain)?;
     authorize(&client, Operation::Reconcile, &domain)?;
     if targets.is_empty() {
         return Err(ApiError::invalid_request("name at least one account").field("targets"));
@@ -148,62 +148,102 @@ pub(super) async fn create(
     queue_all(&state, &client, &headers, sha256, jobs).await
 }
 
-/// The `upn` column of a CSV text (header row first; quoted fields allowed).
-fn csv_upns(text: &str) -> Result<Vec<String>, ApiError> {
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let header = lines.next().ok_or_else(|| ApiError::invalid_request("the CSV is empty"))?;
-    let column = fields(header)
+/// The accounts of a CSV upload: its header row names a `upn` column (any case); every other
+/// row is one account, checked as a JSON target is (`targets[i].upn` names the row at fault,
+/// `i` counting from the first row after the header).
+fn csv_targets(bytes: &[u8]) -> Result<Vec<Target>, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::invalid_request("the CSV is not UTF-8"))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(separator(text))
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let header = reader.headers().map_err(|_| ApiError::invalid_request("the CSV header row cannot be read"))?;
+    if header.iter().all(str::is_empty) {
+        return Err(ApiError::invalid_request("the CSV is empty"));
+    }
+    let column = header
         .iter()
-        .position(|f| f.trim_start_matches('\u{feff}').eq_ignore_ascii_case("upn"))
+        .position(|name| name.eq_ignore_ascii_case("upn"))
         .ok_or_else(|| ApiError::invalid_request("the CSV header has no upn column"))?;
-    lines
-        .enumerate()
-        .map(|(i, line)| {
-            let value = fields(line).into_iter().nth(column).unwrap_or_default();
-            if value.is_empty() || !value.contains('@') {
-                Err(ApiError::invalid_request(format!("CSV line {}: the upn must look like user@domain", i + 2)))
-            } else {
-                Ok(value)
-            }
-        })
-        .collect()
+    let mut targets = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = i + 2;
+        let record = record
+            .map_err(|_| ApiError::invalid_request(format!("CSV line {line} cannot be read")).field("targets"))?;
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        if targets.len() == MAX_BATCH {
+            return Err(
+                ApiError::invalid_request(format!("at most {MAX_BATCH} accounts per reconciliation")).field("targets")
+            );
+        }
+        let at = format!("targets[{}]", targets.len());
+        let upn = record.get(column).unwrap_or_default().to_owned();
+        let target = TargetRequest::upn(upn).validate(&at).map_err(|e| e.prefixed(&format!("CSV line {line}: ")))?;
+        targets.push(target);
+    }
+    Ok(targets)
 }
 
-/// Splits one CSV line on commas, honouring double quotes.
-fn fields(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
+/// The separator of a CSV text: whichever of `,` `;` and tab its header row has most of outside
+/// quotes (`;` is what spreadsheets write where `,` is the decimal mark).
+fn separator(text: &str) -> u8 {
+    let header = text.lines().next().unwrap_or_default();
     let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                if let Some(field) = fields.last_mut() {
-                    field.push('"');
-                }
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => fields.push(String::new()),
-            (c, _) => {
-                if let Some(field) = fields.last_mut() {
-                    field.push(c);
+    let mut counts = [(b',', 0usize), (b';', 0), (b'\t', 0)];
+    for byte in header.bytes() {
+        match byte {
+            b'"' => quoted = !quoted,
+            _ if quoted => {}
+            other => {
+                if let Some(entry) = counts.iter_mut().find(|(separator, _)| *separator == other) {
+                    entry.1 += 1;
                 }
             }
         }
     }
-    fields.into_iter().map(|f| f.trim().to_owned()).collect()
+    // Ties (a one-column file) go to the first: `,`.
+    counts.iter().fold((b',', 0), |best, &(separator, n)| if n > best.1 { (separator, n) } else { best }).0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn upns(csv: &str) -> Result<Vec<String>, ApiError> {
+        csv_targets(csv.as_bytes()).map(|targets| targets.iter().map(Target::value).collect())
+    }
+
     #[test]
     fn csv_upns_are_read_from_their_column() {
-        let csv = "\u{feff}name,UPN\n\"Doe, Jane\",jane@corp.test\nBob,bob@corp.test\n";
-        assert_eq!(csv_upns(csv).expect("valid"), ["jane@corp.test", "bob@corp.test"]);
-        assert!(csv_upns("name\nx\n").is_err());
-        assert!(csv_upns("upn\nnot-an-upn\n").is_err());
-        assert!(csv_upns("").is_err());
+        let csv = "\u{feff}name,UPN\n\"Doe, Jane\",jane@corp.test\nBob,bob@corp.test\n\n";
+        assert_eq!(upns(csv).expect("valid"), ["jane@corp.test", "bob@corp.test"]);
+        let semicolons =
+            "\u{feff}\"Name\";\"UPN\";\"Note\"\r\n\"Doe; Jane\";\"jane@corp.test\";\"said \"\"hi\"\"\"\r\n";
+        assert_eq!(upns(semicolons).expect("valid"), ["jane@corp.test"]);
+        assert_eq!(upns("upn\tname\njane@corp.test\tJane\n").expect("tabs"), ["jane@corp.test"]);
+        assert_eq!(upns("upn\njane@corp.test\n").expect("one column"), ["jane@corp.test"]);
+        assert!(upns("name\nx\n").is_err());
+        assert!(upns("").is_err());
+    }
+
+    #[test]
+    fn csv_targets_are_checked_like_json_ones() {
+        let refused = |csv: String| {
+            let error = upns(&csv).expect_err("refused");
+            assert_eq!(error.code(), super::super::error::ApiErrorCode::InvalidRequest, "{csv:?}");
+            error
+        };
+        refused("upn\nnot-an-upn\n".into());
+        refused("upn\n\"a\u{0}b@corp.test\"\n".into());
+        refused("upn\n\"a\u{1b}[2Kb@corp.test\"\n".into());
+        let long = refused(format!("upn\nok@corp.test\n{}@corp.test\n", "x".repeat(10_000)));
+        assert!(long.message().starts_with("CSV line 3: ") && long.message().len() < 200, "{}", long.message());
+        let many: String =
+            std::iter::once("upn\n".to_owned()).chain((0..=MAX_BATCH).map(|i| format!("u{i}@corp.test\n"))).collect();
+        refused(many);
     }
 }

@@ -6,12 +6,13 @@
 //! ([`SECURITY_HEADERS`]). Views and claims are rate-limited per link and per client address and
 //! audited (`pwrelay::audit`, `lifecycle.link_viewed` / `lifecycle.link_claimed`).
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -19,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::error::{ApiError, ApiErrorCode, ClaimErrors};
+use super::edge::ClientIp;
+use super::error::{ApiError, ApiErrorCode, ClaimErrors, EdgeErrors};
 use crate::lifecycle::Lifecycle;
-use crate::listener::ClientAddr;
 use crate::store::lifecycle::{LinkClaim, LinkState};
 
 const PAGE: &str = include_str!("reveal/page.html");
@@ -60,9 +61,9 @@ fn valid_link_id(id: &str) -> bool {
     id.len() == 22 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn limited(lifecycle: &Lifecycle, link: &str, client: SocketAddr) -> Result<(), u64> {
-    lifecycle.link_limiter.check(link)?;
-    lifecycle.client_limiter.check(&client.ip().to_string())
+fn limited(lifecycle: &Lifecycle, link: &str, client: IpAddr) -> Result<(), u64> {
+    lifecycle.link_limiter.check(&link.to_owned())?;
+    lifecycle.client_limiter.check(&client.to_string())
 }
 
 fn page(status: StatusCode, state: &str, link_id: &str, title: &str, content: &str) -> Response {
@@ -80,6 +81,34 @@ fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
     page(status, "closed", "", title, &format!("<p>{text}</p>"))
 }
 
+/// An API error as the page a person sees (the edge's refusals of a link page: too many
+/// requests, too slow, unreadable). The page says what to do; it repeats nothing of the request.
+pub(super) fn error_page(error: &ApiError) -> Response {
+    let mut response = match error.code() {
+        ApiErrorCode::TooManyRequests => message_page(
+            error.status(),
+            "Please wait",
+            &format!("Too many attempts. Try again in {} seconds.", error.retry_after().unwrap_or(60)),
+        ),
+        ApiErrorCode::MalformedRequest | ApiErrorCode::NotFound | ApiErrorCode::InvalidRequest => {
+            not_valid_page(error.status())
+        }
+        _ => message_page(
+            error.status(),
+            "Try again later",
+            "This page could not be shown right now. Try again in a few minutes.",
+        ),
+    };
+    if let Some(seconds) = error.retry_after() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+fn not_valid_page(status: StatusCode) -> Response {
+    message_page(status, "Link not valid", "This link is not valid. Check that you opened the whole link.")
+}
+
 /// The one-time password page
 ///
 /// An HTML page with a "Reveal password" button; opening it consumes nothing (link scanners and
@@ -93,7 +122,9 @@ fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
     params(("id" = String, Path, description = "the link id (22 base64url characters)")),
     responses(
         (status = 200, description = "the page, for an active link", body = String, content_type = "text/html"),
+        (status = 400, description = "a link id that cannot be read (invalid UTF-8)", body = String, content_type = "text/html"),
         (status = 404, description = "an unknown link", body = String, content_type = "text/html"),
+        (status = 408, description = "the request took too long", body = String, content_type = "text/html"),
         (status = 410, description = "a used or expired link", body = String, content_type = "text/html"),
         (status = 429, description = "too many requests", body = String, content_type = "text/html"),
         (status = 503, description = "the store is unavailable", body = String, content_type = "text/html"),
@@ -101,18 +132,15 @@ fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
 )]
 pub(super) async fn show(
     State(state): State<Arc<ApiState>>,
-    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
-    Path(id): Path<String>,
+    Extension(ClientIp(client)): Extension<ClientIp>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
+    let Ok(Path(id)) = id else { return not_valid_page(StatusCode::BAD_REQUEST) };
     let Some(lifecycle) = lifecycle(&state) else {
         return message_page(StatusCode::NOT_FOUND, "Link not valid", "This link is not valid.");
     };
     if !valid_link_id(&id) {
-        return message_page(
-            StatusCode::NOT_FOUND,
-            "Link not valid",
-            "This link is not valid. Check that you opened the whole link.",
-        );
+        return not_valid_page(StatusCode::NOT_FOUND);
     }
     if let Err(wait) = limited(lifecycle, &id, client) {
         let mut response = message_page(
@@ -138,7 +166,7 @@ pub(super) async fn show(
         target: "pwrelay::audit",
         event = "lifecycle.link_viewed",
         link = %id,
-        client = %client.ip(),
+        %client,
         state = match link { LinkState::Active { .. } => "active", LinkState::Claimed => "claimed", LinkState::Expired => "expired", LinkState::NotFound => "unknown" },
         "one-time link page opened"
     );
@@ -166,11 +194,7 @@ pub(super) async fn show(
             "Link expired",
             "This link has expired and the password has been erased. Ask your manager or the service desk for a new one.",
         ),
-        LinkState::NotFound => message_page(
-            StatusCode::NOT_FOUND,
-            "Link not valid",
-            "This link is not valid. Check that you opened the whole link.",
-        ),
+        LinkState::NotFound => not_valid_page(StatusCode::NOT_FOUND),
     }
 }
 
@@ -205,17 +229,18 @@ pub(super) struct ClaimedCiphertext {
 )]
 pub(super) async fn claim(
     State(state): State<Arc<ApiState>>,
-    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
-    Path(id): Path<String>,
+    Extension(ClientIp(client)): Extension<ClientIp>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Ok(Path(id)) = id else { return secure(ApiError::path("id").into_response()) };
     secure(claim_inner(&state, client, &id, &headers, body).await.unwrap_or_else(IntoResponse::into_response))
 }
 
 async fn claim_inner(
     state: &ApiState,
-    client: SocketAddr,
+    client: IpAddr,
     id: &str,
     headers: &HeaderMap,
     body: Body,
@@ -226,7 +251,7 @@ async fn claim_inner(
         return Err(not_valid());
     }
     if let Err(wait) = limited(lifecycle, id, client) {
-        return Err(ApiError::too_many_requests(format!("too many attempts; try again in {wait} seconds")));
+        return Err(ApiError::too_many_requests_for(format!("too many attempts; try again in {wait} seconds"), wait));
     }
     let parsed = super::json_body::<ClaimBody>(headers, body, 1024).await?.value;
     let proof: [u8; 32] = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -236,7 +261,7 @@ async fn claim_inner(
         .ok_or_else(|| ApiError::invalid_request("proof must be 32 bytes, base64url without padding"))?;
     let claimed = lifecycle.store.claim_link(id, proof).await.map_err(|e| ApiError::unavailable(&e))?;
     let audit = |outcome: &str| {
-        tracing::info!(target: "pwrelay::audit", event = "lifecycle.link_claimed", link = %id, client = %client.ip(), outcome, "one-time link claim");
+        tracing::info!(target: "pwrelay::audit", event = "lifecycle.link_claimed", link = %id, %client, outcome, "one-time link claim");
     };
     match claimed {
         LinkClaim::Taken { job_id, sealed } => {
@@ -281,7 +306,7 @@ async fn claim_inner(
     path = "/r/assets/reveal.js",
     operation_id = "link_page_script",
     tag = "new hires",
-    responses((status = 200, description = "the script", body = String, content_type = "text/javascript")),
+    responses((status = 200, description = "the script", body = String, content_type = "text/javascript"), EdgeErrors),
 )]
 pub(super) async fn script() -> Response {
     asset(SCRIPT, "text/javascript; charset=utf-8")
@@ -293,7 +318,7 @@ pub(super) async fn script() -> Response {
     path = "/r/assets/reveal.css",
     operation_id = "link_page_style",
     tag = "new hires",
-    responses((status = 200, description = "the style sheet", body = String, content_type = "text/css")),
+    responses((status = 200, description = "the style sheet", body = String, content_type = "text/css"), EdgeErrors),
 )]
 pub(super) async fn style() -> Response {
     asset(STYLE, "text/css; charset=utf-8")

@@ -90,7 +90,7 @@ pub(super) async fn create(
 ) -> Result<Accepted, ApiError> {
     let parsed = json_body::<RotationRequest>(&headers, body, state.max_body_bytes).await?;
     let request = parsed.value;
-    let domain = served_domain(&state, &request.domain)?;
+    let domain = served_domain(&state, &client, &request.domain)?;
     authorize(&client, Operation::Rotate, &domain)?;
     let target = request.target.validate("target")?;
     let options = JobOptions {

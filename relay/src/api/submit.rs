@@ -77,6 +77,11 @@ impl IntoParams for IdempotencyKey {
 }
 
 impl TargetRequest {
+    /// A target given by its userPrincipalName (a CSV upload's `upn` column).
+    pub(super) fn upn(upn: String) -> Self {
+        Self { upn: Some(upn), sam_account_name: None, object_guid: None, dn: None }
+    }
+
     /// The target, or an error naming `at` (the request field this target is) as the field at fault.
     pub(super) fn validate(self, at: &str) -> Result<Target, ApiError> {
         let mut given = Vec::new();
@@ -124,17 +129,23 @@ impl TargetRequest {
     }
 }
 
-/// The request's domain, if this relay serves it.
-pub(super) fn served_domain(state: &ApiState, domain: &str) -> Result<DomainName, ApiError> {
-    let domain =
-        DomainName::parse(domain).map_err(|e| ApiError::invalid_request(format!("domain: {e}")).field("domain"))?;
+/// Whether `client`'s scopes cover `domain` (a client without domain scopes has them all).
+pub(super) fn covers(client: &ApiClient, domain: &DomainName) -> bool {
+    client.scopes.domains.as_ref().is_none_or(|scoped| scoped.contains(domain))
+}
+
+/// The request's domain, if this relay serves it. The refusal names neither the domain asked
+/// for nor any domain the client's scopes do not cover.
+pub(super) fn served_domain(state: &ApiState, client: &ApiClient, domain: &str) -> Result<DomainName, ApiError> {
+    let domain = DomainName::parse(domain)
+        .map_err(|_| ApiError::invalid_request("domain must be a DNS name like corp.example.com").field("domain"))?;
     if !state.domains.contains(&domain) {
-        let served: Vec<&str> = state.domains.iter().map(DomainName::as_str).collect();
-        return Err(ApiError::invalid_request(format!(
-            "unknown domain {domain}; this relay serves {} (add it to `domains` in relay.toml)",
-            served.join(", ")
-        ))
-        .field("domain"));
+        let yours: Vec<&str> = state.domains.iter().filter(|d| covers(client, d)).map(DomainName::as_str).collect();
+        let message = match yours.as_slice() {
+            [] => "unknown domain; this relay serves none this API client may use".to_owned(),
+            served => format!("unknown domain; this API client can use {}", served.join(", ")),
+        };
+        return Err(ApiError::invalid_request(message).field("domain"));
     }
     Ok(domain)
 }

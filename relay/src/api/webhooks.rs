@@ -20,10 +20,26 @@ const MAX_PAGE: usize = 500;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct DeliveriesQuery {
-    /// Only deliveries in this state: `pending`, `delivered` or `failed`.
+    /// Only deliveries in this state.
+    #[param(value_type = Option<DeliveryStateParam>)]
     state: Option<String>,
     /// At most this many (1-500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+}
+
+/// A delivery's state, as the `state` filter takes it.
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[schema(as = DeliveryState)]
+#[allow(dead_code)] // Only its schema is used: the handler parses the text with `DeliveryState::parse`.
+#[serde(rename_all = "snake_case")]
+pub(super) enum DeliveryStateParam {
+    /// Not delivered yet; retried with back-off.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Given up after `webhooks.max_attempts` or `max_age_hours`.
+    Failed,
 }
 
 /// The client's webhook and delivery log
@@ -44,18 +60,18 @@ pub(super) async fn deliveries(
     Authenticated(client): Authenticated,
     query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid_request(format!("{e}; parameters: state, limit")))?;
+    let Query(query) = query.map_err(|e| ApiError::query(&e, "state, limit"))?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid_request(format!("limit must be 1-{MAX_PAGE}")));
+        return Err(ApiError::invalid_request(format!("limit must be 1-{MAX_PAGE}")).field("limit"));
     }
-    let delivery_state = match query.state.as_deref() {
-        None => None,
-        Some(text) => Some(
-            DeliveryState::parse(text)
-                .ok_or_else(|| ApiError::invalid_request("state must be pending, delivered or failed"))?,
-        ),
-    };
+    let delivery_state =
+        match query.state.as_deref() {
+            None => None,
+            Some(text) => Some(DeliveryState::parse(text).ok_or_else(|| {
+                ApiError::invalid_request("state must be pending, delivered or failed").field("state")
+            })?),
+        };
     let webhook = state.store.webhook(&client.name).await.map_err(|e| ApiError::unavailable(&e))?;
     let log = state
         .store

@@ -17,26 +17,33 @@ use serde::Deserialize;
 
 use super::config::{CalloutAuth, LifecycleConfig};
 use crate::signature::{self, SignatureError};
+use crate::untrusted::Untrusted;
 
 /// Least time between two JWKS fetches of a tenant.
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(60);
 /// Cached keys are fetched again after this long.
 const JWKS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// Why a callout was refused (each becomes 401 with this text).
+/// Why a callout was refused (each becomes 401 with [`CalloutAuthError::public_message`]).
+///
+/// Values taken from the token (its tenant, app id, key id) are shown through [`Untrusted`]: the
+/// refusal is logged, and a forged token must not be able to write a line of its own there.
 #[derive(Debug, thiserror::Error)]
 pub enum CalloutAuthError {
     /// Neither a token nor a signature.
     #[error("authenticate the callout with an Entra token (Authorization: Bearer ...) or a Pwrelay-Signature header")]
     Missing,
-    /// The token is malformed or fails a check.
+    /// The token is malformed or fails a check; the reason is a fixed text.
     #[error("the bearer token is not accepted: {0}")]
-    Token(String),
+    Token(&'static str),
+    /// The token names a key the tenant does not publish.
+    #[error("the bearer token is not accepted: key {} is not among the tenant's signing keys", Untrusted(.0))]
+    UnknownKey(String),
     /// The token's tenant is not configured.
-    #[error("tenant {0} is not configured under [[lifecycle.tenants]]")]
+    #[error("tenant {} is not configured under [[lifecycle.tenants]]", Untrusted(.0))]
     UnknownTenant(String),
     /// The token's caller is not allowed.
-    #[error("app id {0} is not in allowed_app_ids of its tenant")]
+    #[error("app id {} is not in allowed_app_ids of its tenant", Untrusted(.0))]
     AppNotAllowed(String),
     /// The signature is refused.
     #[error(transparent)]
@@ -44,6 +51,27 @@ pub enum CalloutAuthError {
     /// The tenant's keys cannot be fetched right now.
     #[error("the tenant's signing keys cannot be fetched ({0}); try again later")]
     KeysUnavailable(String),
+}
+
+/// A fixed reason for a token jsonwebtoken refused: its own messages can quote the token (an
+/// unknown `alg` comes back whole).
+fn token_refusal(e: &jsonwebtoken::errors::Error) -> CalloutAuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    CalloutAuthError::Token(match e.kind() {
+        ErrorKind::ExpiredSignature => "it has expired",
+        ErrorKind::ImmatureSignature => "it is not valid yet (nbf)",
+        ErrorKind::InvalidAudience => "its audience (aud) is not this relay's",
+        ErrorKind::InvalidIssuer => "its issuer (iss) is not the tenant's",
+        ErrorKind::InvalidSignature => "its signature does not verify",
+        ErrorKind::MissingRequiredClaim(_) => "it lacks exp, aud or iss",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "its algorithm is not accepted; Entra signs RS256"
+        }
+        ErrorKind::InvalidKeyFormat | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => {
+            "the tenant's key cannot check it"
+        }
+        _ => "it is not a well-formed JWT",
+    })
 }
 
 /// A tenant's HMAC secret, read at start-up.
@@ -91,11 +119,15 @@ struct Claims {
 }
 
 impl CalloutAuthError {
-    /// The text for the caller: without which tenants and apps are configured.
+    /// The text for the caller: without which tenants and apps are configured, and without any
+    /// value from the token.
     pub fn public_message(&self) -> String {
         match self {
             Self::UnknownTenant(_) | Self::AppNotAllowed(_) => {
                 "the bearer token's tenant or app is not allowed to send callouts to this relay".into()
+            }
+            Self::UnknownKey(_) => {
+                "the bearer token is not accepted: its key (kid) is not among the tenant's signing keys".into()
             }
             other => other.to_string(),
         }
@@ -136,15 +168,17 @@ impl CalloutAuthenticator {
         })
     }
 
-    /// The tenant a callout comes from, if its credentials hold.
+    /// The tenant a callout comes from, if its credentials hold: `bearer` is the token of an
+    /// `Authorization: Bearer` header (the scheme in any case), `signature` the
+    /// `Pwrelay-Signature` header.
     pub async fn authenticate(
         &self,
-        authorization: Option<&str>,
+        bearer: Option<&str>,
         signature: Option<&str>,
         body: &[u8],
     ) -> Result<String, CalloutAuthError> {
-        if let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")) {
-            return self.token(token.trim()).await;
+        if let Some(token) = bearer {
+            return self.token(token).await;
         }
         let Some(header) = signature else { return Err(CalloutAuthError::Missing) };
         let mut last = CalloutAuthError::Missing;
@@ -158,21 +192,16 @@ impl CalloutAuthenticator {
     }
 
     async fn token(&self, token: &str) -> Result<String, CalloutAuthError> {
-        let bad = |e: jsonwebtoken::errors::Error| CalloutAuthError::Token(e.to_string());
+        let bad = |e: jsonwebtoken::errors::Error| token_refusal(&e);
         let header = jsonwebtoken::decode_header(token).map_err(bad)?;
         if header.alg != Algorithm::RS256 {
-            return Err(CalloutAuthError::Token(format!(
-                "algorithm {:?} is not accepted; Entra signs RS256",
-                header.alg
-            )));
+            return Err(CalloutAuthError::Token("its algorithm is not accepted; Entra signs RS256"));
         }
-        let kid = header.kid.ok_or_else(|| CalloutAuthError::Token("the token names no key (kid)".into()))?;
+        let kid = header.kid.ok_or(CalloutAuthError::Token("it names no key (kid)"))?;
         // The tenant decides which keys to check with; nothing else is trusted before the check.
         let unverified: UnverifiedClaims = jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(bad)?;
-        let tenant = unverified
-            .tid
-            .map(|t| t.to_ascii_lowercase())
-            .ok_or_else(|| CalloutAuthError::Token("the token has no tenant (tid)".into()))?;
+        let tenant =
+            unverified.tid.map(|t| t.to_ascii_lowercase()).ok_or(CalloutAuthError::Token("it has no tenant (tid)"))?;
         let Some((audience, allowed)) = self.entra.get(&tenant) else {
             return Err(CalloutAuthError::UnknownTenant(tenant));
         };
@@ -187,7 +216,7 @@ impl CalloutAuthenticator {
         validation.validate_nbf = true;
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(bad)?.claims;
         if claims.tid.as_deref().map(str::to_ascii_lowercase).as_deref() != Some(tenant.as_str()) {
-            return Err(CalloutAuthError::Token("tid changed between checks".into()));
+            return Err(CalloutAuthError::Token("its tid changed between checks"));
         }
         let app = claims.azp.or(claims.appid).unwrap_or_default();
         if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&app)) {
@@ -197,7 +226,7 @@ impl CalloutAuthenticator {
     }
 
     async fn key(&self, tenant: &str, kid: &str) -> Result<DecodingKey, CalloutAuthError> {
-        let unknown = || CalloutAuthError::Token(format!("key {kid} is not among the tenant's signing keys"));
+        let unknown = || CalloutAuthError::UnknownKey(kid.to_owned());
         // One fetch at a time: callouts that miss together wait for the same answer, and a failed
         // fetch is not repeated within JWKS_MIN_REFRESH.
         let mut keys = self.keys.lock().await;
@@ -220,7 +249,7 @@ impl CalloutAuthenticator {
                 jwk.ok_or_else(unknown)?
             }
         };
-        DecodingKey::from_jwk(&jwk).map_err(|e| CalloutAuthError::Token(e.to_string()))
+        DecodingKey::from_jwk(&jwk).map_err(|e| token_refusal(&e))
     }
 
     async fn fetch(&self, tenant: &str) -> Result<JwkSet, CalloutAuthError> {

@@ -66,11 +66,13 @@ impl Callout {
     /// Parses and checks a callout body; the error says which field is wrong.
     pub fn parse(body: &[u8]) -> Result<Self, String> {
         let body: Body = serde_json::from_slice(body).map_err(|e| {
-            format!("the body is not a Lifecycle Workflows callout ({e}); forward the custom task extension's body unchanged")
+            format!(
+                "the body is not a Lifecycle Workflows callout ({}); forward the custom task extension's body unchanged",
+                crate::untrusted::describe_json_error(&e).message
+            )
         })?;
-        let guid = |field: &str, value: &str| {
-            Uuid::parse_str(value).map_err(|_| format!("data.{field} must be a GUID, got {:?}", truncate(value)))
-        };
+        let guid =
+            |field: &str, value: &str| Uuid::parse_str(value).map_err(|_| format!("data.{field} must be a GUID"));
         let d = body.data;
         Ok(Self {
             task_processing_result_id: guid("taskProcessingResult.id", &d.task_processing_result.id)?,
@@ -81,10 +83,6 @@ impl Callout {
             workflow_name: d.workflow.display_name.unwrap_or_default().chars().take(256).collect(),
         })
     }
-}
-
-fn truncate(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 #[cfg(test)]
