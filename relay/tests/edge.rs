@@ -733,6 +733,10 @@ fn the_document_is_as_strict_as_the_server() {
     let schemas = &doc["components"]["schemas"];
     let target = &schemas["TargetRequest"];
     assert_eq!((target["minProperties"].clone(), target["maxProperties"].clone()), (json!(1), json!(1)), "{target}");
+    for field in ["upn", "sam_account_name", "object_guid", "dn"] {
+        assert_eq!(target["properties"][field]["type"], "string", "{field} is not nullable: {target}");
+    }
+    assert!(target["properties"]["upn"]["pattern"].as_str().is_some_and(|p| p.contains('@')), "{target}");
     let parameters = |path: &str| doc["paths"][path]["get"]["parameters"].as_array().expect("parameters").clone();
     let find = |list: &[Value], name: &str| list.iter().find(|p| p["name"] == name).cloned().expect(name);
     let deliveries = parameters("/v1/webhooks/deliveries");

@@ -29,16 +29,31 @@ pub(super) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 #[schema(min_properties = 1, max_properties = 1)]
 pub(super) struct TargetRequest {
     /// userPrincipalName: `jane.doe@corp.example.com`.
-    #[schema(max_length = 1024)]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 1024,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*@[^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     upn: Option<String>,
     /// sAMAccountName (the pre-Windows 2000 logon name): `jdoe`.
-    #[schema(max_length = 1024)]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 1024,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     sam_account_name: Option<String>,
     /// objectGUID, with or without braces.
-    #[schema(format = "uuid")]
+    #[schema(nullable = false, format = "uuid")]
     object_guid: Option<String>,
     /// Distinguished name: `CN=Jane Doe,OU=Staff,DC=corp,DC=example,DC=com`.
-    #[schema(max_length = 1024)]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 1024,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     dn: Option<String>,
 }
 
