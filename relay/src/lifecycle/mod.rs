@@ -38,7 +38,6 @@ use crate::graph::GraphClient;
 use crate::jobs::events::JobEvents;
 use crate::seal::Sealer;
 use crate::store::Store;
-use crate::store::lifecycle::LifecycleStore;
 use authentication::CalloutAuthenticator;
 use config::LifecycleConfig;
 use keys::LinkKeys;
@@ -58,10 +57,8 @@ pub struct Lifecycle {
     pub config: LifecycleConfig,
     /// Callout authentication.
     pub authenticator: CalloutAuthenticator,
-    /// Lifecycle records.
-    pub store: Arc<dyn LifecycleStore>,
-    /// The job store.
-    pub jobs: Arc<dyn Store>,
+    /// The store: lifecycle records and their jobs.
+    pub store: Arc<dyn Store>,
     /// Opens the stored ciphertexts.
     pub sealer: Arc<Sealer>,
     /// Job signals.
@@ -93,10 +90,8 @@ impl std::fmt::Debug for Lifecycle {
 /// What [`Lifecycle::new`] needs from the rest of the relay.
 #[allow(missing_debug_implementations)]
 pub struct Parts {
-    /// Lifecycle records.
-    pub store: Arc<dyn LifecycleStore>,
-    /// The job store.
-    pub jobs: Arc<dyn Store>,
+    /// The store: lifecycle records and their jobs.
+    pub store: Arc<dyn Store>,
     /// The store key.
     pub sealer: Arc<Sealer>,
     /// Job signals.
@@ -121,7 +116,6 @@ impl Lifecycle {
             sms,
             config,
             store: parts.store,
-            jobs: parts.jobs,
             sealer: parts.sealer,
             events: parts.events,
             keys: parts.keys,

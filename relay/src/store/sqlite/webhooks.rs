@@ -1,17 +1,65 @@
-//! The webhook tables of [`super::SqliteStore`] (schema v5): `webhooks` (one per API client),
+//! Webhooks in SQLite (schema v5): `webhooks` (one per API client),
 //! `webhook_deliveries` (the outbox, filled by the `jobs_final_webhook` trigger) and
 //! `webhook_attempts` (the delivery log).
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
+use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{db_err, ms};
+use super::{SqliteStore, db_err, ms};
 use crate::jobs::{JobId, Timestamp};
-use crate::store::StoreError;
+use crate::store::{StoreError, WebhookStore};
 use crate::webhooks::{
     AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DeliveryState, DueDelivery, StoredWebhook, WebhookEvent,
 };
+
+#[async_trait]
+impl WebhookStore for SqliteStore {
+    async fn webhook(&self, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| webhook(conn, &client)).await
+    }
+
+    async fn set_webhook(&self, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
+        let (client, webhook) = (client.to_owned(), webhook.clone());
+        self.run(move |conn| set_webhook(conn, &client, &webhook)).await
+    }
+
+    async fn remove_webhook(&self, client: &str) -> Result<bool, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| remove_webhook(conn, &client)).await
+    }
+
+    async fn due_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+        self.run(move |conn| due(conn, limit)).await
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.run(|conn| next_due(conn)).await
+    }
+
+    async fn record_delivery(
+        &self,
+        event_id: &str,
+        payload: Option<String>,
+        attempt: Option<Attempt>,
+        next: AfterAttempt,
+    ) -> Result<(), StoreError> {
+        let event_id = event_id.to_owned();
+        self.run(move |conn| record(conn, &event_id, payload, attempt, next)).await
+    }
+
+    async fn deliveries(&self, client: &str, filter: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| log(conn, &client, filter)).await
+    }
+
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<usize, StoreError> {
+        self.run(move |conn| prune(conn, older_than)).await
+    }
+}
 
 fn encode_events(events: &BTreeSet<WebhookEvent>) -> Result<String, StoreError> {
     serde_json::to_string(events).map_err(|e| StoreError::Database(e.to_string()))
@@ -31,7 +79,7 @@ fn parse_job_id(id: &str, text: &str) -> Result<JobId, StoreError> {
     text.parse().map_err(|_| StoreError::Corrupt { id: id.to_owned(), reason: "bad job id".into() })
 }
 
-pub(super) fn webhook(conn: &Connection, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
+fn webhook(conn: &Connection, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
     let row: Option<(String, String, Vec<u8>)> = conn
         .query_row("SELECT url, events, secret FROM webhooks WHERE client = ?1", params![client], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -44,7 +92,7 @@ pub(super) fn webhook(conn: &Connection, client: &str) -> Result<Option<StoredWe
     .transpose()
 }
 
-pub(super) fn set_webhook(conn: &mut Connection, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
+fn set_webhook(conn: &mut Connection, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
     let events = encode_events(&webhook.events)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
     let exists = tx
@@ -65,12 +113,12 @@ pub(super) fn set_webhook(conn: &mut Connection, client: &str, webhook: &StoredW
     Ok(exists)
 }
 
-pub(super) fn remove_webhook(conn: &Connection, client: &str) -> Result<bool, StoreError> {
+fn remove_webhook(conn: &Connection, client: &str) -> Result<bool, StoreError> {
     let removed = conn.execute("DELETE FROM webhooks WHERE client = ?1", params![client]).map_err(db_err)?;
     Ok(removed == 1)
 }
 
-pub(super) fn due(conn: &Connection, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+fn due(conn: &Connection, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT d.id, d.client, d.job_id, d.event, d.attempts, d.created_ms, d.payload, w.url, w.events, w.secret
@@ -107,14 +155,14 @@ pub(super) fn due(conn: &Connection, limit: usize) -> Result<Vec<DueDelivery>, S
     Ok(due)
 }
 
-pub(super) fn next_due(conn: &Connection) -> Result<Option<Timestamp>, StoreError> {
+fn next_due(conn: &Connection) -> Result<Option<Timestamp>, StoreError> {
     let next: Option<i64> = conn
         .query_row("SELECT min(next_attempt_ms) FROM webhook_deliveries WHERE state = 'pending'", [], |r| r.get(0))
         .map_err(db_err)?;
     Ok(next.map(Timestamp))
 }
 
-pub(super) fn record(
+fn record(
     conn: &mut Connection,
     event_id: &str,
     payload: Option<String>,
@@ -156,7 +204,7 @@ pub(super) fn record(
     tx.commit().map_err(db_err)
 }
 
-pub(super) fn log(conn: &Connection, client: &str, filter: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
+fn log(conn: &Connection, client: &str, filter: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT id, event, job_id, state, created_ms, next_attempt_ms, finished_ms, error
@@ -214,7 +262,7 @@ pub(super) fn log(conn: &Connection, client: &str, filter: DeliveryFilter) -> Re
     Ok(records)
 }
 
-pub(super) fn prune(conn: &mut Connection, older_than: std::time::Duration) -> Result<usize, StoreError> {
+fn prune(conn: &mut Connection, older_than: Duration) -> Result<usize, StoreError> {
     let cutoff = Timestamp::now().0 - ms(older_than);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
     // Attempts go with their delivery (ON DELETE CASCADE).
@@ -237,7 +285,7 @@ mod tests {
     use super::super::SqliteStore;
     use crate::jobs::{JobId, Timestamp};
     use crate::jobs::{JobKind, JobOptions, JobSuccess, NewJob, Outcome, Target};
-    use crate::store::{ClaimPolicy, Completion, Scopes, Store as _};
+    use crate::store::{ClaimPolicy, ClientStore as _, Completion, JobStore as _, Scopes, WebhookStore as _};
     use crate::webhooks::{AfterAttempt, Attempt, DeliveryFilter, DeliveryState, StoredWebhook, WebhookEvent};
 
     fn job(client: &str, kind: JobKind, parent: Option<JobId>) -> NewJob {

@@ -1,155 +1,19 @@
-//! The embedded job store: one SQLite file in WAL mode with `synchronous=FULL`, so an accepted job
-//! is on disk before the API answers 202.
-//!
-//! One connection behind a mutex serves every call on the blocking pool; each call is one
-//! transaction, which makes [`Store::claim`] atomic. The webhook outbox and delivery log are in
-//! `sqlite/webhooks.rs`.
+//! Jobs and leases in SQLite: inserts with idempotency keys, claims, fenced results and
+//! renewals, expiry, returned secrets, and batches that settle with their children.
 
-mod webhooks;
-
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pwrelay_shared::domain::DomainName;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
-use super::{
-    ApiClient, Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, Scopes, SecretTake, Store, StoreError,
-};
+use super::{SqliteStore, db_err, ms};
 use crate::jobs::{
     ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
     NewJob, Outcome, Progress, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
 };
-use crate::webhooks::{AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DueDelivery, StoredWebhook};
-
-/// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 7;
-
-/// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
-/// index 1: 2 → 3, ...).
-const MIGRATIONS: &[&str] = &[
-    "
-ALTER TABLE jobs ADD COLUMN enforce_history INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN generate_length INTEGER;
-ALTER TABLE jobs ADD COLUMN generate_mode TEXT;
-ALTER TABLE jobs ADD COLUMN recipient_key BLOB;
-ALTER TABLE jobs ADD COLUMN password_matches INTEGER;
-ALTER TABLE jobs ADD COLUMN account_state TEXT;   -- JSON
-ALTER TABLE jobs ADD COLUMN notes TEXT;           -- JSON array
-ALTER TABLE jobs ADD COLUMN result_secret BLOB;   -- sealed box, or sealed with the store key; NULL once read
-ALTER TABLE jobs ADD COLUMN result_secret_encoding TEXT;
-ALTER TABLE jobs ADD COLUMN secret_retrieved_ms INTEGER;
-",
-    "
-ALTER TABLE api_clients ADD COLUMN scopes TEXT;   -- JSON Scopes; NULL = everything
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    client      TEXT NOT NULL,
-    key         TEXT NOT NULL,
-    body_sha256 BLOB NOT NULL,
-    job_id      TEXT NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    PRIMARY KEY (client, key)
-);
-CREATE INDEX IF NOT EXISTS jobs_client_id ON jobs (client, id);
-",
-    "
-ALTER TABLE jobs ADD COLUMN parent_id TEXT;
-CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id, state);
-",
-    "
-CREATE TABLE IF NOT EXISTS webhooks (
-    client     TEXT PRIMARY KEY REFERENCES api_clients (name) ON DELETE CASCADE,
-    url        TEXT NOT NULL,
-    events     TEXT NOT NULL,   -- JSON array of event names
-    secret     BLOB NOT NULL,   -- the signing secret, sealed with the store key
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    id              TEXT PRIMARY KEY,   -- the event id, stable across attempts
-    client          TEXT NOT NULL,
-    job_id          TEXT NOT NULL,
-    event           TEXT NOT NULL,
-    state           TEXT NOT NULL,      -- pending, delivered, failed
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    created_ms      INTEGER NOT NULL,
-    next_attempt_ms INTEGER NOT NULL,
-    finished_ms     INTEGER,
-    payload         TEXT,               -- the body, fixed by the first attempt
-    error           TEXT,
-    UNIQUE (job_id, event)
-);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, next_attempt_ms);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_client ON webhook_deliveries (client, created_ms);
-CREATE TABLE IF NOT EXISTS webhook_attempts (
-    delivery_id TEXT NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
-    attempt     INTEGER NOT NULL,
-    at_ms       INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL,
-    status      INTEGER,                -- the receiver's HTTP status; NULL without an answer
-    error       TEXT,
-    PRIMARY KEY (delivery_id, attempt)
-);
--- The outbox: whichever statement makes a job final enqueues its event in the same transaction.
-CREATE TRIGGER IF NOT EXISTS jobs_final_webhook AFTER UPDATE OF state ON jobs
-WHEN NEW.state IN ('succeeded', 'failed') AND OLD.state NOT IN ('succeeded', 'failed')
-BEGIN
-    INSERT OR IGNORE INTO webhook_deliveries (id, client, job_id, event, state, created_ms, next_attempt_ms)
-    SELECT 'evt_' || lower(hex(randomblob(16))), w.client, NEW.id, 'job.' || NEW.state, 'pending',
-           NEW.updated_ms, NEW.updated_ms
-      FROM webhooks w
-     WHERE w.client = NEW.client
-       AND EXISTS (SELECT 1 FROM json_each(w.events) e WHERE e.value = 'job.' || NEW.state);
-END;
-",
-    super::lifecycle::SCHEMA,
-    "
-ALTER TABLE jobs ADD COLUMN account_key TEXT;   -- domain/target_kind:value, lower case; NULL for batches
-ALTER TABLE jobs ADD COLUMN taken_over INTEGER NOT NULL DEFAULT 0;  -- a claim took over a lapsed lease: an earlier attempt may have written
-UPDATE jobs SET account_key = domain || '/' || target_kind || ':' || lower(target_value)
- WHERE kind != 'reconcile_batch';
-CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms);
-",
-];
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id               TEXT PRIMARY KEY,
-    kind             TEXT NOT NULL,
-    domain           TEXT NOT NULL,
-    target_kind      TEXT NOT NULL,
-    target_value     TEXT NOT NULL,
-    must_change      INTEGER NOT NULL,
-    unlock           INTEGER NOT NULL,
-    client           TEXT NOT NULL,
-    state            TEXT NOT NULL,
-    secret           BLOB,            -- sealed (AES-256-GCM), NULL once the job is final
-    created_ms       INTEGER NOT NULL,
-    updated_ms       INTEGER NOT NULL,
-    dispatched_ms    INTEGER,
-    finished_ms      INTEGER,
-    not_before_ms    INTEGER NOT NULL DEFAULT 0,
-    lease_holder     TEXT,
-    lease_expires_ms INTEGER,
-    agent            TEXT,
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    error_code       TEXT,
-    error_message    TEXT,
-    directory_code   TEXT,
-    account_dn       TEXT,
-    verified         INTEGER,
-    pwd_last_set     INTEGER
-);
-CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs (domain, state, created_ms);
-CREATE INDEX IF NOT EXISTS jobs_lease_holder ON jobs (lease_holder);
-CREATE TABLE IF NOT EXISTS api_clients (
-    name         TEXT PRIMARY KEY,
-    token_sha256 BLOB NOT NULL UNIQUE,
-    created_ms   INTEGER NOT NULL
-);
-";
+use crate::store::jobs::retry_delay;
+use crate::store::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake, StoreError};
 
 const JOB_COLUMNS: &str = "id, kind, domain, target_kind, target_value, must_change, unlock, client, state, \
     created_ms, updated_ms, dispatched_ms, finished_ms, agent, attempts, error_code, error_message, directory_code, \
@@ -202,87 +66,6 @@ fn settle_batches(conn: &Connection, now: i64) -> Result<(), StoreError> {
         conn.execute(statement, params![now]).map_err(db_err)?;
     }
     Ok(())
-}
-
-/// Back-off before a job whose attempt failed with a retryable error is leased again.
-fn retry_delay(attempts: u32) -> Duration {
-    let exponent = attempts.saturating_sub(1).min(6);
-    Duration::from_secs(5 * (1u64 << exponent)).min(Duration::from_secs(300))
-}
-
-/// SQLite implementation of [`Store`].
-#[derive(Clone, Debug)]
-pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
-    path: PathBuf,
-}
-
-pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Database(format!("store.path {}: {e}", path.display())))?;
-        }
-        let conn =
-            Connection::open(path).map_err(|e| StoreError::Database(format!("store.path {}: {e}", path.display())))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Database(format!(
-                "store.path {} was written by a newer pwrelay (schema {version}, this one knows {SCHEMA_VERSION})",
-                path.display()
-            )));
-        }
-        conn.execute_batch(SCHEMA).map_err(db_err)?;
-        // A new database starts at version 1 (SCHEMA) and takes every migration like an old one.
-        let from = version.max(1);
-        for (i, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(from - 1).unwrap_or(0)) {
-            let tx = conn.unchecked_transaction().map_err(db_err)?;
-            tx.execute_batch(migration).map_err(db_err)?;
-            tx.pragma_update(None, "user_version", i64::try_from(i).unwrap_or(0) + 2).map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // The database holds sealed secrets and token hashes: owner only.
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub(super) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock leaves the connection usable: SQLite rolled back the
-            // unfinished transaction when its guard dropped.
-            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
-    }
 }
 
 /// A job row with the columns that never leave the store except in a lease.
@@ -386,7 +169,7 @@ fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl JobStore for SqliteStore {
     async fn insert_jobs_once(
         &self,
         jobs: Vec<NewJob>,
@@ -789,66 +572,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn add_client(&self, name: &str, token_sha256: [u8; 32], scopes: &Scopes) -> Result<(), StoreError> {
-        let name = name.to_owned();
-        let scopes = serde_json::to_string(scopes).map_err(|e| StoreError::Database(e.to_string()))?;
-        self.run(move |conn| {
-            let inserted = conn
-                .execute(
-                    "INSERT INTO api_clients (name, token_sha256, created_ms, scopes) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (name) DO NOTHING",
-                    params![name, token_sha256.as_slice(), Timestamp::now().0, scopes],
-                )
-                .map_err(db_err)?;
-            if inserted == 0 { Err(StoreError::ClientExists(name)) } else { Ok(()) }
-        })
-        .await
-    }
-
-    async fn rotate_client_token(&self, name: &str, token_sha256: [u8; 32]) -> Result<bool, StoreError> {
-        let name = name.to_owned();
-        self.run(move |conn| {
-            let changed = conn
-                .execute(
-                    "UPDATE api_clients SET token_sha256 = ?2 WHERE name = ?1",
-                    params![name, token_sha256.as_slice()],
-                )
-                .map_err(db_err)?;
-            Ok(changed == 1)
-        })
-        .await
-    }
-
-    async fn revoke_client(&self, name: &str) -> Result<bool, StoreError> {
-        let name = name.to_owned();
-        self.run(move |conn| {
-            let removed = conn.execute("DELETE FROM api_clients WHERE name = ?1", params![name]).map_err(db_err)?;
-            Ok(removed == 1)
-        })
-        .await
-    }
-
-    async fn client_by_token(&self, token_sha256: [u8; 32]) -> Result<Option<ApiClient>, StoreError> {
-        self.run(move |conn| {
-            let row: Option<(String, Option<String>)> = conn
-                .query_row(
-                    "SELECT name, scopes FROM api_clients WHERE token_sha256 = ?1",
-                    params![token_sha256.as_slice()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(db_err)?;
-            let Some((name, scopes)) = row else { return Ok(None) };
-            let scopes = match scopes {
-                Some(json) => serde_json::from_str(&json)
-                    .map_err(|_| StoreError::Corrupt { id: name.clone(), reason: "bad scopes".into() })?,
-                None => Scopes::default(),
-            };
-            Ok(Some(ApiClient { name, scopes }))
-        })
-        .await
-    }
-
     async fn expire_overdue(&self, policy: ClaimPolicy) -> Result<usize, StoreError> {
         self.run(move |conn| {
             let now = Timestamp::now().0;
@@ -902,61 +625,13 @@ impl Store for SqliteStore {
         })
         .await
     }
-
-    async fn check(&self) -> Result<(), StoreError> {
-        self.run(|conn| {
-            conn.execute_batch("BEGIN IMMEDIATE; SELECT count(*) FROM jobs LIMIT 1; ROLLBACK;").map_err(db_err)
-        })
-        .await
-    }
-
-    async fn webhook(&self, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
-        let client = client.to_owned();
-        self.run(move |conn| webhooks::webhook(conn, &client)).await
-    }
-
-    async fn set_webhook(&self, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
-        let (client, webhook) = (client.to_owned(), webhook.clone());
-        self.run(move |conn| webhooks::set_webhook(conn, &client, &webhook)).await
-    }
-
-    async fn remove_webhook(&self, client: &str) -> Result<bool, StoreError> {
-        let client = client.to_owned();
-        self.run(move |conn| webhooks::remove_webhook(conn, &client)).await
-    }
-
-    async fn due_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
-        self.run(move |conn| webhooks::due(conn, limit)).await
-    }
-
-    async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        self.run(|conn| webhooks::next_due(conn)).await
-    }
-
-    async fn record_delivery(
-        &self,
-        event_id: &str,
-        payload: Option<String>,
-        attempt: Option<Attempt>,
-        next: AfterAttempt,
-    ) -> Result<(), StoreError> {
-        let event_id = event_id.to_owned();
-        self.run(move |conn| webhooks::record(conn, &event_id, payload, attempt, next)).await
-    }
-
-    async fn deliveries(&self, client: &str, filter: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let client = client.to_owned();
-        self.run(move |conn| webhooks::log(conn, &client, filter)).await
-    }
-
-    async fn prune_deliveries(&self, older_than: Duration) -> Result<usize, StoreError> {
-        self.run(move |conn| webhooks::prune(conn, older_than)).await
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
     use super::*;
+    use crate::store::{ClientStore as _, Scopes, Store as _};
 
     fn policy() -> ClaimPolicy {
         ClaimPolicy {
