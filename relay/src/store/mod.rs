@@ -67,3 +67,6 @@ impl std::fmt::Debug for dyn Store {
         f.write_str("Store")
     }
 }
+
+#[cfg(test)]
+mod tests;
