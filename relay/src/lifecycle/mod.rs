@@ -16,9 +16,10 @@
 //! share a message. The relay stores no contact details: it asks Graph when it sends.
 //!
 //! The key is handed from the agent session to the worker in memory, so the worker that delivers
-//! must run in the process that received the result: true of the one relay process the embedded
-//! SQLite store allows. A request whose key is gone (a restart between result and delivery) fails
-//! cleanly, and the workflow is told.
+//! must run in the process that received the result: true of one relay process (the embedded
+//! SQLite store, or one relay on PostgreSQL; several replicas sharing one PostgreSQL store do not
+//! hand keys between them yet). A request whose key is gone (a restart between result and
+//! delivery) fails cleanly, and the workflow is told.
 
 pub mod authentication;
 pub mod callout;

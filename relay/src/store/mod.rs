@@ -8,12 +8,14 @@
 //! - [`LifecycleStore`] (`lifecycle.rs`): new-hire requests and their one-time links.
 //!
 //! [`Store`] is all of them plus readiness: the relay holds one `Arc<dyn Store>` and hands it to
-//! the API, the agent link and the workers. Each backend is a folder of the same shape, one file
-//! per trait: [`sqlite`] is the embedded one.
+//! the API, the agent link and the workers; [`open`] makes it from `[store]`. Each backend is a
+//! folder of the same shape, one file per trait: [`sqlite`] is the embedded default for one relay,
+//! [`postgres`] the one several relays can share. `tests.rs` is the contract both are held to.
 
 mod clients;
 mod jobs;
 pub mod lifecycle;
+pub mod postgres;
 pub mod sqlite;
 mod webhooks;
 
@@ -21,7 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::StoreConfig;
+use crate::config::{StoreBackend, StoreConfig};
 
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
 pub use jobs::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
@@ -59,7 +61,10 @@ pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore {
 
 /// Opens the store the configuration names and brings its schema up to date.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(sqlite::SqliteStore::open(&config.path)?))
+    Ok(match &config.backend {
+        StoreBackend::Sqlite { path } => Arc::new(sqlite::SqliteStore::open(path)?),
+        StoreBackend::Postgres(postgres) => Arc::new(postgres::PostgresStore::open(postgres).await?),
+    })
 }
 
 impl std::fmt::Debug for dyn Store {

@@ -35,6 +35,14 @@ pub(crate) fn sqlite() -> Backend {
     Backend { store: Arc::new(store), _keep: Box::new(dir) }
 }
 
+/// A fresh database on the test server, or `None` when `PWRELAY_TEST_POSTGRES_URL` is not set.
+pub(crate) async fn postgres() -> Option<Backend> {
+    let server = super::postgres::testing::server()?;
+    let config = super::postgres::testing::fresh_database(&server).await;
+    let store = super::postgres::PostgresStore::open(&config).await.expect("open");
+    Some(Backend { store: Arc::new(store), _keep: Box::new(()) })
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -42,6 +50,15 @@ macro_rules! contract {
                 #[tokio::test]
                 async fn $name() {
                     let backend = super::sqlite();
+                    super::$name(backend.store.as_ref()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(backend) = super::postgres().await else { return };
                     super::$name(backend.store.as_ref()).await;
                 }
             )*

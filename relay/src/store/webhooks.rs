@@ -1,13 +1,16 @@
 //! Outbound webhooks: each client's subscription, the outbox of events that the statement making a
 //! job final fills, and the delivery log.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::StoreError;
-use crate::jobs::Timestamp;
-use crate::webhooks::{AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DueDelivery, StoredWebhook};
+use crate::jobs::{JobId, Timestamp};
+use crate::webhooks::{
+    AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DueDelivery, StoredWebhook, WebhookEvent,
+};
 
 /// Webhook subscriptions, their outbox and delivery log.
 #[async_trait]
@@ -46,4 +49,24 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Deletes delivered and failed deliveries (and their attempts) that ended before
     /// `older_than` ago. Returns how many.
     async fn prune_deliveries(&self, older_than: Duration) -> Result<usize, StoreError>;
+}
+
+// What every backend stores the same way: the events as a JSON array of names.
+
+pub(super) fn encode_events(events: &BTreeSet<WebhookEvent>) -> Result<String, StoreError> {
+    serde_json::to_string(events).map_err(|e| StoreError::Database(e.to_string()))
+}
+
+pub(super) fn decode_events(id: &str, json: &str) -> Result<BTreeSet<WebhookEvent>, StoreError> {
+    let corrupt = || StoreError::Corrupt { id: id.to_owned(), reason: "bad webhook events".into() };
+    let names: Vec<String> = serde_json::from_str(json).map_err(|_| corrupt())?;
+    names.iter().map(|name| WebhookEvent::parse(name).ok_or_else(corrupt)).collect()
+}
+
+pub(super) fn parse_event(id: &str, text: &str) -> Result<WebhookEvent, StoreError> {
+    WebhookEvent::parse(text).ok_or_else(|| StoreError::Corrupt { id: id.to_owned(), reason: "unknown event".into() })
+}
+
+pub(super) fn parse_job_id(id: &str, text: &str) -> Result<JobId, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt { id: id.to_owned(), reason: "bad job id".into() })
 }

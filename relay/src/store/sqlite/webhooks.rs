@@ -2,17 +2,17 @@
 //! `webhook_deliveries` (the outbox, filled by the `jobs_final_webhook` trigger) and
 //! `webhook_attempts` (the delivery log).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, db_err, ms};
-use crate::jobs::{JobId, Timestamp};
+use crate::jobs::Timestamp;
+use crate::store::webhooks::{decode_events, encode_events, parse_event, parse_job_id};
 use crate::store::{StoreError, WebhookStore};
 use crate::webhooks::{
-    AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DeliveryState, DueDelivery, StoredWebhook, WebhookEvent,
+    AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DeliveryState, DueDelivery, StoredWebhook,
 };
 
 #[async_trait]
@@ -59,24 +59,6 @@ impl WebhookStore for SqliteStore {
     async fn prune_deliveries(&self, older_than: Duration) -> Result<usize, StoreError> {
         self.run(move |conn| prune(conn, older_than)).await
     }
-}
-
-fn encode_events(events: &BTreeSet<WebhookEvent>) -> Result<String, StoreError> {
-    serde_json::to_string(events).map_err(|e| StoreError::Database(e.to_string()))
-}
-
-fn decode_events(id: &str, json: &str) -> Result<BTreeSet<WebhookEvent>, StoreError> {
-    let corrupt = || StoreError::Corrupt { id: id.to_owned(), reason: "bad webhook events".into() };
-    let names: Vec<String> = serde_json::from_str(json).map_err(|_| corrupt())?;
-    names.iter().map(|name| WebhookEvent::parse(name).ok_or_else(corrupt)).collect()
-}
-
-fn parse_event(id: &str, text: &str) -> Result<WebhookEvent, StoreError> {
-    WebhookEvent::parse(text).ok_or_else(|| StoreError::Corrupt { id: id.to_owned(), reason: "unknown event".into() })
-}
-
-fn parse_job_id(id: &str, text: &str) -> Result<JobId, StoreError> {
-    text.parse().map_err(|_| StoreError::Corrupt { id: id.to_owned(), reason: "bad job id".into() })
 }
 
 fn webhook(conn: &Connection, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
