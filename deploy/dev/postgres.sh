@@ -70,7 +70,11 @@ create() {
   cat "$PG_DIR/hba.head" "$PG_DIR/data/pg_hba.conf" > "$PG_DIR/hba.new"
   mv "$PG_DIR/hba.new" "$PG_DIR/data/pg_hba.conf"
   rm -f "$PG_DIR/hba.head"
-  if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_DIR/data/pg_hba.conf"; fi
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres: "$PG_DIR/data/pg_hba.conf"
+    # The tests read the password: under sudo they run as the invoking user.
+    if [ -n "${SUDO_USER:-}" ]; then chown "$SUDO_USER" "$PG_DIR/password"; fi
+  fi
 }
 
 start() {
