@@ -93,7 +93,7 @@ contract!(
     the_store_is_ready,
 );
 
-// ---- helpers
+// ---- test data
 
 fn policy() -> ClaimPolicy {
     ClaimPolicy {
