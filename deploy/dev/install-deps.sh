@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need beyond cargo: Samba AD DC, OpenLDAP clients, OpenSSL,
+# PostgreSQL (the store's tests start their own cluster with deploy/dev/postgres.sh; the package's
+# own cluster on 5432 is left alone),
 # and for the agent's `kerberos` feature (tested by deploy/dev/test.sh) MIT Kerberos: the GSSAPI
 # headers and library the libgssapi crate binds to (libkrb5-dev, found with pkg-config), libclang
 # for its bindgen build step (libclang-dev), and kinit/klist for the tests (krb5-user); and
@@ -7,7 +9,7 @@
 # and what the install test needs (listed below).
 # Debian/Ubuntu only; run as root. Does nothing when everything is present.
 set -euo pipefail
-packages=(samba samba-ad-provision samba-dsdb-modules samba-vfs-modules ldap-utils openssl curl
+packages=(samba samba-ad-provision samba-dsdb-modules samba-vfs-modules ldap-utils openssl curl postgresql
   libkrb5-dev libclang-dev pkg-config krb5-user chromium chromium-driver)
 # The install test (deploy/dev/install-test.sh): dpkg's user creation (adduser), systemd-analyze
 # (systemd), the container image (buildah, ca-certificates), strace for the units' system call

@@ -3,24 +3,37 @@
 #
 #   deploy/dev/test.sh [extra cargo test arguments]
 #
-# Installs Samba, the LDAP tools and the Kerberos build dependencies when missing (Debian/Ubuntu,
-# via sudo when not root), starts the DC, runs `cargo test --workspace` once, with the agent's
+# Installs Samba, the LDAP tools, PostgreSQL and the Kerberos build dependencies when missing
+# (Debian/Ubuntu, via sudo when not root), starts the DC and a throwaway PostgreSQL cluster
+# (deploy/dev/postgres.sh; its URL goes to the tests as PWRELAY_TEST_POSTGRES_URL, so the store's
+# contract tests run against both backends), runs `cargo test --workspace` once, with the agent's
 # `kerberos` feature (so its Kerberos bind is built and tested against the DC's KDC as well; the
 # rest of the workspace is the same either way), then the short run of the fault suite
 # (relay/tests/fault_suite, see RELIABILITY.md; it halts and pauses this DC, so it runs alone, after
 # the other tests; seed 11 unless FAULT_SEED is set, and the other FAULT_* variables pass through),
 # then, as root, the install test (deploy/dev/install-test.sh: the Debian packages built, installed and
 # run as their systemd units run them, and the relay's container image, each with a rotation against
-# this DC; it leaves the host as it found it), and stops the DC again.
+# this DC; it leaves the host as it found it), and stops the DC and the cluster again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo --preserve-env=DC_DIR,TEMPLATE_DIR "$@"; fi; }
+# One build per run: incremental data only costs disk (gigabytes over the workspace's test builds).
+export CARGO_INCREMENTAL=0
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo --preserve-env=DC_DIR,TEMPLATE_DIR,PG_DIR,PG_PORT "$@"; fi; }
 
-echo "==> installing test dependencies (Samba AD DC, ldap-utils, MIT Kerberos) if missing"
+echo "==> installing test dependencies (Samba AD DC, ldap-utils, PostgreSQL, MIT Kerberos) if missing"
 as_root deploy/dev/install-deps.sh
+stop_services() {
+  echo "==> stopping the throwaway Samba AD DC and PostgreSQL cluster"
+  as_root deploy/dev/samba-dc.sh stop >/dev/null || true
+  as_root deploy/dev/postgres.sh stop >/dev/null || true
+}
+trap stop_services EXIT
 echo "==> starting the throwaway Samba AD DC"
 as_root deploy/dev/samba-dc.sh start
-trap 'echo "==> stopping the throwaway Samba AD DC"; as_root deploy/dev/samba-dc.sh stop >/dev/null' EXIT
+echo "==> starting the throwaway PostgreSQL cluster"
+as_root deploy/dev/postgres.sh start
+eval "$(as_root deploy/dev/postgres.sh env)"
+export PWRELAY_TEST_POSTGRES_URL PWRELAY_TEST_POSTGRES_PASSWORD_FILE PWRELAY_TEST_POSTGRES_CA_FILE
 echo "==> cargo test --workspace --features pwrelay-agent/kerberos"
 cargo test --workspace --features pwrelay-agent/kerberos "$@"
 if [ "$(id -u)" = 0 ]; then

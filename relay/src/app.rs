@@ -21,7 +21,6 @@ use crate::link::registry::AgentRegistry;
 use crate::link::{LinkContext, LinkService};
 use crate::listener::{AcceptLimits, LINK_MAX_CONNECTIONS, TlsIncoming};
 use crate::seal::{SealError, Sealer};
-use crate::store::sqlite::SqliteStore;
 use crate::store::{ClaimPolicy, Store, StoreError};
 use crate::supervisor::Supervisor;
 use crate::webhooks::worker::{DeliveryWorker, WorkerError};
@@ -81,7 +80,7 @@ pub struct App {
     link: TlsIncoming,
     api_state: Arc<ApiState>,
     link_context: Arc<LinkContext>,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     lifecycle: Option<Arc<Lifecycle>>,
     webhooks: DeliveryWorker,
     events: Arc<JobEvents>,
@@ -107,7 +106,7 @@ impl App {
         )
         .map_err(|source| AppError::Tls { section: "link", source })?;
         let sealer = Arc::new(Sealer::from_key_file(&config.store.key_file)?);
-        let store = Arc::new(SqliteStore::open(&config.store.path)?);
+        let store = crate::store::open(&config.store).await?;
 
         let api_listener = TcpListener::bind(config.api.listen).await.map_err(|source| AppError::Bind {
             key: "api.listen",
@@ -142,15 +141,13 @@ impl App {
         let events = Arc::new(JobEvents::default());
         let registry = Arc::new(AgentRegistry::default());
         let domains = config.domains.iter().cloned().collect();
-        let dyn_store: Arc<dyn Store> = store.clone();
         let link_keys = Arc::new(LinkKeys::default());
         let lifecycle = match config.lifecycle {
             Some(settings) => Some(Arc::new(
                 Lifecycle::new(
                     settings,
                     lifecycle::Parts {
-                        store: store.clone(),
-                        jobs: Arc::clone(&dyn_store),
+                        store: Arc::clone(&store),
                         sealer: Arc::clone(&sealer),
                         events: Arc::clone(&events),
                         keys: Arc::clone(&link_keys),
@@ -161,9 +158,9 @@ impl App {
             )),
             None => None,
         };
-        let webhooks = DeliveryWorker::new(Arc::clone(&dyn_store), Arc::clone(&sealer), config.webhooks.clone())?;
+        let webhooks = DeliveryWorker::new(Arc::clone(&store), Arc::clone(&sealer), config.webhooks.clone())?;
         let api_state = Arc::new(ApiState {
-            store: Arc::clone(&dyn_store),
+            store: Arc::clone(&store),
             sealer: Arc::clone(&sealer),
             events: Arc::clone(&events),
             registry: Arc::clone(&registry),
@@ -173,7 +170,7 @@ impl App {
             edge: api::edge::Edge::new(config.api.limits.clone()),
         });
         let link_context = Arc::new(LinkContext {
-            store: dyn_store,
+            store: Arc::clone(&store),
             sealer,
             events: Arc::clone(&events),
             registry,
@@ -182,7 +179,7 @@ impl App {
             heartbeat: config.link.heartbeat,
             link_keys,
         });
-        tracing::info!(api = %api.local_addr(), link = %link.local_addr(), store = %store.path().display(), "relay listening");
+        tracing::info!(api = %api.local_addr(), link = %link.local_addr(), store = %store.location(), "relay listening");
         Ok(Self {
             api,
             link,
@@ -277,7 +274,7 @@ impl App {
 
 /// Expires overdue jobs every [`SWEEP_INTERVAL`] until `cancel`.
 async fn expire_overdue_jobs(
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     events: Arc<JobEvents>,
     policy: ClaimPolicy,
     cancel: CancellationToken,

@@ -65,8 +65,63 @@ struct LinkFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoreFile {
-    path: PathBuf,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    password_env: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pool_size: Option<usize>,
     key_file: PathBuf,
+}
+
+/// Connections a PostgreSQL store keeps open at most, unless `store.pool_size` says otherwise.
+const DEFAULT_POOL_SIZE: usize = 16;
+
+impl StoreFile {
+    fn validate(self, resolve: impl Fn(PathBuf) -> PathBuf) -> Result<StoreConfig, ConfigError> {
+        let key_file = resolve(self.key_file);
+        let backend = match (self.path, self.url) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "store.url",
+                    "set store.path (SQLite) or store.url (PostgreSQL), not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "store.path",
+                    "set store.path (an SQLite file) or store.url (postgres://...)",
+                ));
+            }
+            (Some(path), None) => {
+                for (key, set) in [
+                    ("store.password_file", self.password_file.is_some()),
+                    ("store.password_env", self.password_env.is_some()),
+                    ("store.ca_file", self.ca_file.is_some()),
+                    ("store.pool_size", self.pool_size.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::invalid(key, "applies only to a PostgreSQL store (store.url)"));
+                    }
+                }
+                StoreBackend::Sqlite { path: resolve(path) }
+            }
+            (None, Some(url)) => StoreBackend::Postgres(Box::new(PostgresConfig::parse(
+                &url,
+                self.password_file.map(&resolve),
+                self.password_env,
+                self.ca_file.map(&resolve),
+                self.pool_size,
+            )?)),
+        };
+        Ok(StoreConfig { backend, key_file })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,10 +290,115 @@ pub struct LinkConfig {
 /// `[store]`.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// SQLite database file.
-    pub path: PathBuf,
+    /// Where jobs, clients, webhooks and new-hire requests are kept.
+    pub backend: StoreBackend,
     /// File with the 32-byte key (base64) that seals secrets at rest.
     pub key_file: PathBuf,
+}
+
+/// Which database the store is.
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    /// The embedded default: one SQLite file (`store.path`), for one relay.
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A PostgreSQL server (`store.url`), which several relays can share.
+    Postgres(Box<PostgresConfig>),
+}
+
+/// Where a password comes from; never the command line or the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// A file holding only the password (`store.password_file`; a final newline is ignored).
+    File(PathBuf),
+    /// An environment variable (`store.password_env` names it).
+    Env(String),
+}
+
+/// A PostgreSQL store's connection settings.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// Host, port, user, database and options from `store.url`, without a password.
+    pub connection: tokio_postgres::Config,
+    /// Where the password is read when the store opens.
+    pub password: Option<PasswordSource>,
+    /// Trust only this CA (PEM) for the server's certificate instead of the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Connections kept open at most.
+    pub pool_size: usize,
+}
+
+impl PostgresConfig {
+    /// Validates `store.url` and its companions; errors name the key.
+    pub fn parse(
+        url: &str,
+        password_file: Option<PathBuf>,
+        password_env: Option<String>,
+        ca_file: Option<PathBuf>,
+        pool_size: Option<usize>,
+    ) -> Result<Self, ConfigError> {
+        use tokio_postgres::config::{Host, SslMode};
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::invalid("store.url", "must start with postgres:// or postgresql://"));
+        }
+        let connection: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| ConfigError::invalid("store.url", format!("is not a PostgreSQL connection URL: {e}")))?;
+        if connection.get_password().is_some() {
+            return Err(ConfigError::invalid(
+                "store.url",
+                "must not hold a password (it would show wherever the URL does); use store.password_file or \
+                 store.password_env",
+            ));
+        }
+        if connection.get_hosts().is_empty() {
+            return Err(ConfigError::invalid("store.url", "names no host"));
+        }
+        if connection.get_dbname().is_none() || connection.get_user().is_none() {
+            return Err(ConfigError::invalid(
+                "store.url",
+                "must name the user and the database: postgres://USER@HOST/DB",
+            ));
+        }
+        let mut connection = connection;
+        if !url.contains("sslmode=") {
+            // Unlike libpq's `prefer`, an unencrypted connection is never chosen silently.
+            connection.ssl_mode(SslMode::Require);
+        }
+        let local = connection.get_hosts().iter().all(|host| match host {
+            Host::Tcp(name) => name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+            #[cfg(unix)]
+            Host::Unix(_) => true,
+        });
+        if connection.get_ssl_mode() != SslMode::Require && !local {
+            return Err(ConfigError::invalid(
+                "store.url",
+                "sslmode other than require is allowed only to the loopback interface or a Unix socket: the \
+                 connection to a remote database must be encrypted",
+            ));
+        }
+        let password = match (password_file, password_env) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "store.password_env",
+                    "set store.password_file or store.password_env, not both",
+                ));
+            }
+            (Some(file), None) => Some(PasswordSource::File(file)),
+            (None, Some(name)) if name.is_empty() => {
+                return Err(ConfigError::invalid("store.password_env", "names no environment variable"));
+            }
+            (None, Some(name)) => Some(PasswordSource::Env(name)),
+            (None, None) => None,
+        };
+        let pool_size = pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+        if pool_size == 0 {
+            return Err(ConfigError::invalid("store.pool_size", "must be at least 1"));
+        }
+        Ok(Self { connection, password, ca_file, pool_size })
+    }
 }
 
 /// `[jobs]`.
@@ -350,6 +510,7 @@ impl Config {
             return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
         }
         let limits = file.api.limits.validate()?;
+        let store = file.store.validate(resolve)?;
         let lifecycle = file.lifecycle.map(|l| l.validate(resolve)).transpose()?;
         let mut log = file.log;
         if let Some(level) = &overrides.log_level {
@@ -373,7 +534,7 @@ impl Config {
                 heartbeat: Duration::from_secs(file.link.heartbeat_seconds),
                 write_timeout: Duration::from_secs(file.link.write_timeout_seconds),
             },
-            store: StoreConfig { path: resolve(file.store.path), key_file: resolve(file.store.key_file) },
+            store,
             jobs: JobsConfig {
                 max_attempts: file.jobs.max_attempts,
                 time_to_live: Duration::from_secs(file.jobs.ttl_hours * 3600),
@@ -420,7 +581,9 @@ key_file = "store.key"
         assert_eq!(c.api.listen, "0.0.0.0:8443".parse().expect("addr"));
         assert_eq!(c.link.listen, "0.0.0.0:7443".parse().expect("addr"));
         assert_eq!(c.api.cert_file, Path::new("/etc/pwrelay/tls/api.pem"));
-        assert_eq!(c.store.path, Path::new("/var/lib/pwrelay/relay.db"));
+        assert!(
+            matches!(&c.store.backend, StoreBackend::Sqlite { path } if path == Path::new("/var/lib/pwrelay/relay.db"))
+        );
         assert_eq!(c.jobs.max_attempts, 5);
         assert_eq!(c.webhooks.max_attempts, 12);
         assert_eq!(c.webhooks.first_retry, Duration::from_secs(10));
@@ -476,5 +639,43 @@ key_file = "store.key"
         let missing = MINIMAL.replace("key_file = \"store.key\"", "");
         let e = Config::parse(&missing, Path::new("/"), &Overrides::default()).expect_err("missing").to_string();
         assert!(e.contains("key_file"), "{e}");
+    }
+
+    #[test]
+    fn a_postgres_store_takes_its_password_from_a_file_or_the_environment_and_insists_on_tls() {
+        let with = |store: &str| MINIMAL.replace("path = \"/var/lib/pwrelay/relay.db\"", store);
+        let parse = |text: &str| Config::parse(text, Path::new("/etc/pwrelay"), &Overrides::default());
+        let c = parse(&with("url = \"postgres://pwrelay@db.example:5433/pwrelay\"\npassword_file = \"db.pass\"\nca_file = \"db-ca.pem\""))
+            .expect("valid");
+        let StoreBackend::Postgres(pg) = c.store.backend else { panic!("not postgres") };
+        assert_eq!(pg.password, Some(PasswordSource::File("/etc/pwrelay/db.pass".into())));
+        assert_eq!(pg.ca_file.as_deref(), Some(Path::new("/etc/pwrelay/db-ca.pem")));
+        assert_eq!(pg.connection.get_ssl_mode(), tokio_postgres::config::SslMode::Require, "require by default");
+        assert_eq!((pg.connection.get_dbname(), pg.pool_size), (Some("pwrelay"), DEFAULT_POOL_SIZE));
+        let c =
+            parse(&with("url = \"postgres://pwrelay@127.0.0.1/pwrelay?sslmode=disable\"\npassword_env = \"PGPASS\""))
+                .expect("loopback may go without TLS");
+        assert!(
+            matches!(c.store.backend, StoreBackend::Postgres(pg) if pg.password == Some(PasswordSource::Env("PGPASS".into())))
+        );
+        for (store, key, says) in [
+            ("url = \"postgres://pwrelay:hunter2@db.example/pwrelay\"", "store.url", "password"),
+            ("url = \"postgres://pwrelay@db.example/pwrelay?sslmode=prefer\"", "store.url", "encrypted"),
+            ("url = \"mysql://db.example/pwrelay\"", "store.url", "postgres://"),
+            ("url = \"postgres://db.example\"", "store.url", "user and the database"),
+            ("path = \"a.db\"\nurl = \"postgres://u@h/d\"", "store.url", "not both"),
+            ("path = \"a.db\"\npassword_file = \"p\"", "store.password_file", "PostgreSQL"),
+            (
+                "url = \"postgres://u@h/d\"\npassword_file = \"p\"\npassword_env = \"P\"",
+                "store.password_env",
+                "not both",
+            ),
+            ("url = \"postgres://u@h/d\"\npool_size = 0", "store.pool_size", "at least 1"),
+            ("", "store.path", "store.url"),
+        ] {
+            let e = parse(&with(store)).expect_err(store).to_string();
+            assert!(e.starts_with(key) && e.contains(says), "{store}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 }

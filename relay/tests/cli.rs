@@ -122,7 +122,7 @@ fn help_explains_every_command() {
 
 #[test]
 fn client_tokens_can_be_rotated_and_revoked_and_scopes_are_validated() {
-    use pwrelay_relay::store::Store as _;
+    use pwrelay_relay::store::ClientStore as _;
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("relay.toml");
     std::fs::write(

@@ -4,7 +4,7 @@
 mod support;
 
 use pwrelay_relay::store::sqlite::SqliteStore;
-use pwrelay_relay::store::{Operation, Scopes, Store as _};
+use pwrelay_relay::store::{ClientStore as _, Operation, Scopes};
 use serde_json::json;
 use support::World;
 

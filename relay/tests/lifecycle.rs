@@ -130,7 +130,7 @@ async fn post_callout(world: &World, relay: &Relay, body: &[u8], headers: &[(&st
 
 /// An API client whose scopes name `lifecycle` (an unrestricted client does not see new hires).
 async fn add_helpdesk(world: &World) {
-    use pwrelay_relay::store::Store as _;
+    use pwrelay_relay::store::ClientStore as _;
     let store = pwrelay_relay::store::sqlite::SqliteStore::open(&world.path("relay.db")).expect("store");
     let (token, hash) = pwrelay_relay::api::auth::new_token().expect("token");
     let scopes = pwrelay_relay::store::Scopes {

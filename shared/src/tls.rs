@@ -199,6 +199,15 @@ pub fn public_https_client() -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// The relay's client to its PostgreSQL server: trusts only `ca` when given (a private CA), else
+/// the operating system's trust store; no client certificate.
+pub fn database_client(ca: Option<&TrustAnchors>) -> Result<Arc<ClientConfig>, TlsError> {
+    match ca {
+        Some(ca) => https_client(ca),
+        None => public_https_client(),
+    }
+}
+
 /// The agent's LDAPS/StartTLS client: trusts only the DCs' issuing CA(s); no client certificate.
 pub fn ldap_client(dc_ca: &TrustAnchors) -> Result<Arc<ClientConfig>, TlsError> {
     https_client(dc_ca)

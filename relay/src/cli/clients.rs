@@ -1,7 +1,7 @@
 //! `pwrelay clients`: API clients, their scopes and their tokens. A token is shown once; the relay
 //! keeps only its SHA-256. Their webhooks are in [`super::webhooks`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use pwrelay_shared::domain::DomainName;
@@ -10,9 +10,8 @@ use pwrelay_shared::secret::SecretString;
 use super::webhooks::{self, WebhookCommand};
 use super::{EXIT_CONFIG, EXIT_FAILURE, current_thread_runtime};
 use crate::api::auth;
-use crate::config::{Config, Overrides};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Operation, Scopes, Store as _};
+use crate::config::{Config, Overrides, StoreConfig};
+use crate::store::{Operation, Scopes};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ClientsCommand {
@@ -75,17 +74,17 @@ pub(crate) fn run(command: ClientsCommand) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let store_path = config.store.path.clone();
+    let store_config = config.store.clone();
     let result = match command {
         ClientsCommand::Add { domains, operations, .. } => match scopes(&domains, &operations) {
-            Ok(scopes) => add(&store_path, &name, &scopes),
+            Ok(scopes) => add(&store_config, &name, &scopes),
             Err(message) => {
                 eprintln!("error: {message}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
-        ClientsCommand::Rotate { .. } => rotate(&store_path, &name),
-        ClientsCommand::Revoke { .. } => revoke(&store_path, &name),
+        ClientsCommand::Rotate { .. } => rotate(&store_config, &name),
+        ClientsCommand::Revoke { .. } => revoke(&store_config, &name),
         ClientsCommand::Webhook(command) => return webhooks::run(command, &name, &config),
     };
     match result {
@@ -128,9 +127,9 @@ fn show_token(token: &SecretString) {
     println!("{}", token.expose_secret());
 }
 
-fn add(store_path: &Path, name: &str, scopes: &Scopes) -> anyhow::Result<()> {
+fn add(store_config: &StoreConfig, name: &str, scopes: &Scopes) -> anyhow::Result<()> {
     let token = current_thread_runtime()?.block_on(async {
-        let store = SqliteStore::open(store_path)?;
+        let store = crate::store::open(store_config).await?;
         let (token, hash) = auth::new_token().map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
         store.add_client(name, hash, scopes).await?;
         Ok::<_, anyhow::Error>(token)
@@ -140,9 +139,9 @@ fn add(store_path: &Path, name: &str, scopes: &Scopes) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rotate(store_path: &Path, name: &str) -> anyhow::Result<()> {
+fn rotate(store_config: &StoreConfig, name: &str) -> anyhow::Result<()> {
     let token = current_thread_runtime()?.block_on(async {
-        let store = SqliteStore::open(store_path)?;
+        let store = crate::store::open(store_config).await?;
         let (token, hash) = auth::new_token().map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
         if !store.rotate_client_token(name, hash).await? {
             anyhow::bail!("no API client named {name:?}");
@@ -154,9 +153,9 @@ fn rotate(store_path: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn revoke(store_path: &Path, name: &str) -> anyhow::Result<()> {
+fn revoke(store_config: &StoreConfig, name: &str) -> anyhow::Result<()> {
     let removed = current_thread_runtime()?.block_on(async {
-        let store = SqliteStore::open(store_path)?;
+        let store = crate::store::open(store_config).await?;
         Ok::<_, anyhow::Error>(store.revoke_client(name).await?)
     })?;
     if !removed {

@@ -9,8 +9,6 @@ use std::process::ExitCode;
 use super::{EXIT_CONFIG, EXIT_FAILURE, current_thread_runtime};
 use crate::config::Config;
 use crate::seal::Sealer;
-use crate::store::Store as _;
-use crate::store::sqlite::SqliteStore;
 use crate::webhooks::signature::WebhookSecret;
 use crate::webhooks::{DeliveryFilter, DeliveryRecord, DeliveryState, StoredWebhook, WebhookEvent, WebhookUrl};
 
@@ -140,7 +138,7 @@ fn set(
 ) -> anyhow::Result<()> {
     let sealer = Sealer::from_key_file(&config.store.key_file)?;
     let new_secret = current_thread_runtime()?.block_on(async {
-        let store = SqliteStore::open(&config.store.path)?;
+        let store = crate::store::open(&config.store).await?;
         let existing = store.webhook(name).await?;
         let (sealed_secret, new_secret) = match existing {
             Some(existing) if !rotate_secret => (existing.sealed_secret, None),
@@ -169,7 +167,7 @@ fn set(
 
 fn remove(config: &Config, name: &str) -> anyhow::Result<()> {
     let removed = current_thread_runtime()?.block_on(async {
-        let store = SqliteStore::open(&config.store.path)?;
+        let store = crate::store::open(&config.store).await?;
         Ok::<_, anyhow::Error>(store.remove_webhook(name).await?)
     })?;
     if !removed {
@@ -181,7 +179,7 @@ fn remove(config: &Config, name: &str) -> anyhow::Result<()> {
 
 fn deliveries(config: &Config, name: &str, filter: DeliveryFilter, json: bool) -> anyhow::Result<()> {
     let (webhook, log) = current_thread_runtime()?.block_on(async {
-        let store = SqliteStore::open(&config.store.path)?;
+        let store = crate::store::open(&config.store).await?;
         Ok::<_, anyhow::Error>((store.webhook(name).await?, store.deliveries(name, filter).await?))
     })?;
     if json {

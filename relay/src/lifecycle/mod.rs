@@ -16,9 +16,10 @@
 //! share a message. The relay stores no contact details: it asks Graph when it sends.
 //!
 //! The key is handed from the agent session to the worker in memory, so the worker that delivers
-//! must run in the process that received the result: true of the one relay process the embedded
-//! SQLite store allows. A request whose key is gone (a restart between result and delivery) fails
-//! cleanly, and the workflow is told.
+//! must run in the process that received the result: true of one relay process (the embedded
+//! SQLite store, or one relay on PostgreSQL; several replicas sharing one PostgreSQL store do not
+//! hand keys between them yet). A request whose key is gone (a restart between result and
+//! delivery) fails cleanly, and the workflow is told.
 
 pub mod authentication;
 pub mod callout;
@@ -38,7 +39,6 @@ use crate::graph::GraphClient;
 use crate::jobs::events::JobEvents;
 use crate::seal::Sealer;
 use crate::store::Store;
-use crate::store::lifecycle::LifecycleStore;
 use authentication::CalloutAuthenticator;
 use config::LifecycleConfig;
 use keys::LinkKeys;
@@ -58,10 +58,8 @@ pub struct Lifecycle {
     pub config: LifecycleConfig,
     /// Callout authentication.
     pub authenticator: CalloutAuthenticator,
-    /// Lifecycle records.
-    pub store: Arc<dyn LifecycleStore>,
-    /// The job store.
-    pub jobs: Arc<dyn Store>,
+    /// The store: lifecycle records and their jobs.
+    pub store: Arc<dyn Store>,
     /// Opens the stored ciphertexts.
     pub sealer: Arc<Sealer>,
     /// Job signals.
@@ -93,10 +91,8 @@ impl std::fmt::Debug for Lifecycle {
 /// What [`Lifecycle::new`] needs from the rest of the relay.
 #[allow(missing_debug_implementations)]
 pub struct Parts {
-    /// Lifecycle records.
-    pub store: Arc<dyn LifecycleStore>,
-    /// The job store.
-    pub jobs: Arc<dyn Store>,
+    /// The store: lifecycle records and their jobs.
+    pub store: Arc<dyn Store>,
     /// The store key.
     pub sealer: Arc<Sealer>,
     /// Job signals.
@@ -121,7 +117,6 @@ impl Lifecycle {
             sms,
             config,
             store: parts.store,
-            jobs: parts.jobs,
             sealer: parts.sealer,
             events: parts.events,
             keys: parts.keys,

@@ -224,7 +224,7 @@ async fn resolve(lifecycle: &Lifecycle, request: &LifecycleRequest) -> StepResul
     // The idempotency key makes a retry after a crash find the job made the first time.
     let key = (format!("lifecycle:{id}"), Sha256::digest(id.as_bytes()).into());
     let (new_id, domain, account) = (job.id, job.domain.clone(), job.target.value());
-    let job_id = match lifecycle.jobs.insert_jobs_once(vec![job], Some(key)).await? {
+    let job_id = match lifecycle.store.insert_jobs_once(vec![job], Some(key)).await? {
         Insertion::Created => new_id,
         Insertion::Replayed(existing) | Insertion::KeyConflict(existing) => existing,
     };
@@ -252,7 +252,7 @@ async fn applied(
 ) -> StepResult {
     let Some(job_id) = request.job_id else { return fail(lifecycle, request, "the request lost its job").await };
     if request.job_state.as_deref() != Some("succeeded") {
-        let job = lifecycle.jobs.job(job_id).await?;
+        let job = lifecycle.store.job(job_id).await?;
         let reason = job
             .and_then(|j| j.error)
             .map(|e| format!("the agent could not set the password: {} ({})", e.message, e.code.as_str()))
@@ -260,7 +260,7 @@ async fn applied(
         return fail(lifecycle, request, &reason).await;
     }
     // The key of the attempt that finished the job (the session put it there before recording it).
-    let attempt = lifecycle.jobs.job(job_id).await?.map_or(0, |job| job.attempts);
+    let attempt = lifecycle.store.job(job_id).await?.map_or(0, |job| job.attempts);
     let Some(key) = lifecycle.keys.take(job_id, attempt) else {
         return fail(
             lifecycle,

@@ -47,12 +47,6 @@ pub struct LinkContext {
     pub link_keys: Arc<crate::lifecycle::keys::LinkKeys>,
 }
 
-impl std::fmt::Debug for dyn Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
-    }
-}
-
 /// The `AgentLink` gRPC service.
 #[derive(Debug)]
 pub struct LinkService {

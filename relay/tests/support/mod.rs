@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use pwrelay_relay::store::Store as _;
+use pwrelay_relay::store::ClientStore as _;
 use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::testkit::{self, TestDc, TestPki};

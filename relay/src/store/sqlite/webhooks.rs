@@ -1,37 +1,67 @@
-//! The webhook tables of [`super::SqliteStore`] (schema v5): `webhooks` (one per API client),
+//! Webhooks in SQLite (schema v5): `webhooks` (one per API client),
 //! `webhook_deliveries` (the outbox, filled by the `jobs_final_webhook` trigger) and
 //! `webhook_attempts` (the delivery log).
 
-use std::collections::BTreeSet;
+use std::time::Duration;
 
+use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{db_err, ms};
-use crate::jobs::{JobId, Timestamp};
-use crate::store::StoreError;
+use super::{SqliteStore, db_err, ms};
+use crate::jobs::Timestamp;
+use crate::store::webhooks::{decode_events, encode_events, parse_event, parse_job_id};
+use crate::store::{StoreError, WebhookStore};
 use crate::webhooks::{
-    AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DeliveryState, DueDelivery, StoredWebhook, WebhookEvent,
+    AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DeliveryState, DueDelivery, StoredWebhook,
 };
 
-fn encode_events(events: &BTreeSet<WebhookEvent>) -> Result<String, StoreError> {
-    serde_json::to_string(events).map_err(|e| StoreError::Database(e.to_string()))
+#[async_trait]
+impl WebhookStore for SqliteStore {
+    async fn webhook(&self, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| webhook(conn, &client)).await
+    }
+
+    async fn set_webhook(&self, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
+        let (client, webhook) = (client.to_owned(), webhook.clone());
+        self.run(move |conn| set_webhook(conn, &client, &webhook)).await
+    }
+
+    async fn remove_webhook(&self, client: &str) -> Result<bool, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| remove_webhook(conn, &client)).await
+    }
+
+    async fn due_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+        self.run(move |conn| due(conn, limit)).await
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.run(|conn| next_due(conn)).await
+    }
+
+    async fn record_delivery(
+        &self,
+        event_id: &str,
+        payload: Option<String>,
+        attempt: Option<Attempt>,
+        next: AfterAttempt,
+    ) -> Result<(), StoreError> {
+        let event_id = event_id.to_owned();
+        self.run(move |conn| record(conn, &event_id, payload, attempt, next)).await
+    }
+
+    async fn deliveries(&self, client: &str, filter: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| log(conn, &client, filter)).await
+    }
+
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<usize, StoreError> {
+        self.run(move |conn| prune(conn, older_than)).await
+    }
 }
 
-fn decode_events(id: &str, json: &str) -> Result<BTreeSet<WebhookEvent>, StoreError> {
-    let corrupt = || StoreError::Corrupt { id: id.to_owned(), reason: "bad webhook events".into() };
-    let names: Vec<String> = serde_json::from_str(json).map_err(|_| corrupt())?;
-    names.iter().map(|name| WebhookEvent::parse(name).ok_or_else(corrupt)).collect()
-}
-
-fn parse_event(id: &str, text: &str) -> Result<WebhookEvent, StoreError> {
-    WebhookEvent::parse(text).ok_or_else(|| StoreError::Corrupt { id: id.to_owned(), reason: "unknown event".into() })
-}
-
-fn parse_job_id(id: &str, text: &str) -> Result<JobId, StoreError> {
-    text.parse().map_err(|_| StoreError::Corrupt { id: id.to_owned(), reason: "bad job id".into() })
-}
-
-pub(super) fn webhook(conn: &Connection, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
+fn webhook(conn: &Connection, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
     let row: Option<(String, String, Vec<u8>)> = conn
         .query_row("SELECT url, events, secret FROM webhooks WHERE client = ?1", params![client], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -44,7 +74,7 @@ pub(super) fn webhook(conn: &Connection, client: &str) -> Result<Option<StoredWe
     .transpose()
 }
 
-pub(super) fn set_webhook(conn: &mut Connection, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
+fn set_webhook(conn: &mut Connection, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
     let events = encode_events(&webhook.events)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
     let exists = tx
@@ -65,12 +95,12 @@ pub(super) fn set_webhook(conn: &mut Connection, client: &str, webhook: &StoredW
     Ok(exists)
 }
 
-pub(super) fn remove_webhook(conn: &Connection, client: &str) -> Result<bool, StoreError> {
+fn remove_webhook(conn: &Connection, client: &str) -> Result<bool, StoreError> {
     let removed = conn.execute("DELETE FROM webhooks WHERE client = ?1", params![client]).map_err(db_err)?;
     Ok(removed == 1)
 }
 
-pub(super) fn due(conn: &Connection, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+fn due(conn: &Connection, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT d.id, d.client, d.job_id, d.event, d.attempts, d.created_ms, d.payload, w.url, w.events, w.secret
@@ -107,14 +137,14 @@ pub(super) fn due(conn: &Connection, limit: usize) -> Result<Vec<DueDelivery>, S
     Ok(due)
 }
 
-pub(super) fn next_due(conn: &Connection) -> Result<Option<Timestamp>, StoreError> {
+fn next_due(conn: &Connection) -> Result<Option<Timestamp>, StoreError> {
     let next: Option<i64> = conn
         .query_row("SELECT min(next_attempt_ms) FROM webhook_deliveries WHERE state = 'pending'", [], |r| r.get(0))
         .map_err(db_err)?;
     Ok(next.map(Timestamp))
 }
 
-pub(super) fn record(
+fn record(
     conn: &mut Connection,
     event_id: &str,
     payload: Option<String>,
@@ -156,7 +186,7 @@ pub(super) fn record(
     tx.commit().map_err(db_err)
 }
 
-pub(super) fn log(conn: &Connection, client: &str, filter: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
+fn log(conn: &Connection, client: &str, filter: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT id, event, job_id, state, created_ms, next_attempt_ms, finished_ms, error
@@ -214,7 +244,7 @@ pub(super) fn log(conn: &Connection, client: &str, filter: DeliveryFilter) -> Re
     Ok(records)
 }
 
-pub(super) fn prune(conn: &mut Connection, older_than: std::time::Duration) -> Result<usize, StoreError> {
+fn prune(conn: &mut Connection, older_than: Duration) -> Result<usize, StoreError> {
     let cutoff = Timestamp::now().0 - ms(older_than);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
     // Attempts go with their delivery (ON DELETE CASCADE).
@@ -226,181 +256,4 @@ pub(super) fn prune(conn: &mut Connection, older_than: std::time::Duration) -> R
         .map_err(db_err)?;
     tx.commit().map_err(db_err)?;
     Ok(pruned)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use pwrelay_shared::domain::DomainName;
-
-    use super::super::SqliteStore;
-    use crate::jobs::{JobId, Timestamp};
-    use crate::jobs::{JobKind, JobOptions, JobSuccess, NewJob, Outcome, Target};
-    use crate::store::{ClaimPolicy, Completion, Scopes, Store as _};
-    use crate::webhooks::{AfterAttempt, Attempt, DeliveryFilter, DeliveryState, StoredWebhook, WebhookEvent};
-
-    fn job(client: &str, kind: JobKind, parent: Option<JobId>) -> NewJob {
-        NewJob {
-            id: JobId::generate(),
-            kind,
-            domain: DomainName::parse("a.test").expect("domain"),
-            target: Target::Upn("a@a.test".into()),
-            options: JobOptions::default(),
-            client: client.into(),
-            sealed_secret: None,
-            generate: None,
-            recipient_key: None,
-            parent_id: parent,
-        }
-    }
-
-    fn hook(events: &[WebhookEvent]) -> StoredWebhook {
-        StoredWebhook {
-            url: "https://siem.example.com/hooks".into(),
-            events: events.iter().copied().collect(),
-            sealed_secret: vec![1, 2, 3],
-        }
-    }
-
-    async fn store_with_client() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = SqliteStore::open(&dir.path().join("relay.db")).expect("open");
-        store.add_client("pam", [1; 32], &Scopes::default()).await.expect("client");
-        store.add_client("other", [2; 32], &Scopes::default()).await.expect("client");
-        (dir, store)
-    }
-
-    fn policy() -> ClaimPolicy {
-        ClaimPolicy {
-            lease: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(15),
-            max_attempts: 3,
-            time_to_live: Duration::from_secs(3600),
-        }
-    }
-
-    fn succeeded() -> Outcome {
-        Outcome::Succeeded(JobSuccess { account_dn: "CN=a".into(), ..JobSuccess::default() }, None)
-    }
-
-    #[tokio::test]
-    async fn a_job_becoming_final_enqueues_one_delivery_for_its_subscribed_client() {
-        let (_dir, store) = store_with_client().await;
-        assert!(store.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("set"));
-        assert!(!store.set_webhook("nobody", &hook(&WebhookEvent::ALL)).await.expect("set"), "no such client");
-        let (done, cancelled, unsubscribed) = (
-            job("pam", JobKind::SetPassword, None),
-            job("pam", JobKind::Verify, None),
-            job("other", JobKind::SetPassword, None),
-        );
-        let (done_id, cancelled_id) = (done.id, cancelled.id);
-        for j in [done, cancelled, unsubscribed] {
-            store.insert_job(j).await.expect("insert");
-        }
-        assert!(store.due_deliveries(10).await.expect("due").is_empty(), "nothing is final yet");
-        store.claim(&[DomainName::parse("a.test").expect("d")], "h", "agent", 1, policy()).await.expect("claim");
-        assert_eq!(store.complete(done_id, "h", 1, succeeded()).await.expect("complete"), Completion::Finished);
-        assert_eq!(store.complete(done_id, "h", 1, succeeded()).await.expect("again"), Completion::Duplicate);
-        store.cancel(cancelled_id, "pam").await.expect("cancel");
-        let due = store.due_deliveries(10).await.expect("due");
-        let mut events: Vec<_> = due.iter().map(|d| (d.job_id, d.event)).collect();
-        events.sort();
-        let mut expected = vec![(done_id, WebhookEvent::JobSucceeded), (cancelled_id, WebhookEvent::JobFailed)];
-        expected.sort();
-        assert_eq!(events, expected, "one delivery per final job of the subscribed client");
-        assert!(due.iter().all(|d| d.client == "pam" && d.attempts == 0 && d.payload.is_none()));
-        assert!(due.iter().all(|d| d.event_id.starts_with("evt_") && d.event_id.len() == 36));
-        assert_ne!(due[0].event_id, due[1].event_id);
-        assert_eq!(due[0].webhook.as_ref().map(|w| w.url.as_str()), Some("https://siem.example.com/hooks"));
-    }
-
-    #[tokio::test]
-    async fn only_subscribed_events_are_enqueued_and_expiry_and_batches_count() {
-        let (_dir, store) = store_with_client().await;
-        store.set_webhook("pam", &hook(&[WebhookEvent::JobSucceeded])).await.expect("set");
-        let cancelled = job("pam", JobKind::SetPassword, None);
-        let cancelled_id = cancelled.id;
-        store.insert_job(cancelled).await.expect("insert");
-        store.cancel(cancelled_id, "pam").await.expect("cancel");
-        assert!(store.due_deliveries(10).await.expect("due").is_empty(), "job.failed is not subscribed");
-
-        store.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("replace");
-        let batch = job("pam", JobKind::ReconcileBatch, None);
-        let children = [job("pam", JobKind::Reconcile, Some(batch.id)), job("pam", JobKind::Reconcile, Some(batch.id))];
-        let batch_id = batch.id;
-        let jobs: Vec<NewJob> = std::iter::once(batch).chain(children).collect();
-        store.insert_jobs_once(jobs, None).await.expect("insert");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(
-            store.expire_overdue(ClaimPolicy { time_to_live: Duration::ZERO, ..policy() }).await.expect("expire"),
-            2
-        );
-        let due = store.due_deliveries(10).await.expect("due");
-        assert_eq!(due.len(), 3, "both members and the settled batch: {due:?}");
-        assert!(due.iter().any(|d| d.job_id == batch_id && d.event == WebhookEvent::JobFailed));
-    }
-
-    #[tokio::test]
-    async fn attempts_are_logged_retries_wait_and_the_first_body_is_kept() {
-        let (_dir, store) = store_with_client().await;
-        store.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("set");
-        let j = job("pam", JobKind::SetPassword, None);
-        let id = j.id;
-        store.insert_job(j).await.expect("insert");
-        store.cancel(id, "pam").await.expect("cancel");
-        let event_id = store.due_deliveries(10).await.expect("due")[0].event_id.clone();
-        let attempt = |n: u32, status: u16| Attempt {
-            attempt: n,
-            at: Timestamp::now(),
-            duration_ms: 3,
-            status: Some(status),
-            error: (status >= 300).then(|| format!("the receiver answered HTTP {status}")),
-        };
-        let later = Timestamp(Timestamp::now().0 + 60_000);
-        store
-            .record_delivery(&event_id, Some("first".into()), Some(attempt(1, 500)), AfterAttempt::RetryAt(later))
-            .await
-            .expect("record");
-        assert!(store.due_deliveries(10).await.expect("due").is_empty(), "the retry is not due yet");
-        assert_eq!(store.next_delivery_due().await.expect("next"), Some(later));
-        store
-            .record_delivery(&event_id, Some("second".into()), Some(attempt(2, 204)), AfterAttempt::Delivered)
-            .await
-            .expect("record");
-        assert_eq!(store.next_delivery_due().await.expect("next"), None);
-        let log = store.deliveries("pam", DeliveryFilter { state: None, limit: 10 }).await.expect("log");
-        assert_eq!(log.len(), 1);
-        assert_eq!(log[0].state, DeliveryState::Delivered);
-        assert_eq!(log[0].attempts.iter().map(|a| a.status).collect::<Vec<_>>(), [Some(500), Some(204)]);
-        assert!(log[0].finished_at.is_some() && log[0].next_attempt_at.is_none());
-        let payload: String = store
-            .run(move |conn| {
-                conn.query_row("SELECT payload FROM webhook_deliveries WHERE id = ?1", [event_id], |r| r.get(0))
-                    .map_err(super::db_err)
-            })
-            .await
-            .expect("payload");
-        assert_eq!(payload, "first", "retries send the body of the first attempt");
-        assert!(store.deliveries("other", DeliveryFilter { state: None, limit: 10 }).await.expect("log").is_empty());
-        assert_eq!(store.prune_deliveries(Duration::from_secs(3600)).await.expect("prune"), 0);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(store.prune_deliveries(Duration::ZERO).await.expect("prune"), 1);
-    }
-
-    #[tokio::test]
-    async fn revoking_a_client_removes_its_webhook_and_pending_deliveries_lose_it() {
-        let (_dir, store) = store_with_client().await;
-        store.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("set");
-        let j = job("pam", JobKind::SetPassword, None);
-        let id = j.id;
-        store.insert_job(j).await.expect("insert");
-        store.cancel(id, "pam").await.expect("cancel");
-        assert!(store.revoke_client("pam").await.expect("revoke"));
-        assert_eq!(store.webhook("pam").await.expect("read"), None);
-        let due = store.due_deliveries(10).await.expect("due");
-        assert_eq!(due.len(), 1);
-        assert!(due[0].webhook.is_none());
-        assert!(!store.remove_webhook("pam").await.expect("remove"), "already gone");
-    }
 }

@@ -1,0 +1,184 @@
+//! Jobs and their leases: the trait every backend implements for them, and what its calls answer.
+//!
+//! [`JobStore::claim`] is the only way a job reaches an agent: it atomically leases up to `limit`
+//! claimable jobs of the given domains to one holder and increments each job's attempt, the
+//! fencing token.
+//!
+//! The lease invariants, which every backend keeps in its statements (never read, check, then
+//! write):
+//! - **Fencing.** A result ([`JobStore::complete`]) or a renewal ([`JobStore::renew`]) changes a job
+//!   only when the job is dispatched to that holder under that attempt: holder and attempt are in
+//!   the `WHERE`. Anything else is stale and changes nothing.
+//! - **One writer per account.** A job is claimable only when no older job of the same account
+//!   (`account_key`: domain plus the target as given, normalised) is unfinished, and no attempt on
+//!   the account is unresolved: a dispatched job is unresolved until it reports, or until its
+//!   lease plus the write timeout has passed. So jobs for one account run in the order they were
+//!   accepted, and an attempt that may still be writing is never overlapped by another.
+//! - A lapsed lease is not taken away until the write timeout has passed on top of it; until then
+//!   its holder may still renew it or report.
+//! - A job becomes final at most once, and the statement that makes it final queues its webhook
+//!   event in the same transaction.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pwrelay_shared::domain::DomainName;
+
+use super::StoreError;
+use crate::jobs::{Job, JobId, LeasedJob, NewJob, Outcome, ResultSecret};
+
+/// Limits applied while claiming.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimPolicy {
+    /// How long a lease lasts from when it is granted or renewed.
+    pub lease: Duration,
+    /// The longest an agent's LDAP write may take: a lapsed lease is taken over, and its account
+    /// handed to another attempt, only once this has passed on top of it.
+    pub write_timeout: Duration,
+    /// After this many leases a job fails with `delivery_exhausted` instead of being leased again.
+    pub max_attempts: u32,
+    /// Jobs older than this fail with `expired` instead of being leased.
+    pub time_to_live: Duration,
+}
+
+/// What happened to a reported outcome.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Completion {
+    /// The job is now final.
+    Finished,
+    /// A retryable failure: the job is queued again (after a back-off, unless the agent never
+    /// started it).
+    Requeued,
+    /// This very result was recorded before (the agent sent it again after a lost
+    /// acknowledgement); nothing changed.
+    Duplicate,
+    /// The result is not from the current attempt of the current holder (another attempt took the
+    /// job over, or it is final through another attempt): it changed nothing.
+    Stale,
+    /// No such job.
+    Unknown,
+}
+
+/// What happened to a request for a job's returned secret.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SecretTake {
+    /// Here it is; it is now erased from the store.
+    Taken(ResultSecret),
+    /// It was read before and is gone.
+    AlreadyTaken,
+    /// The job succeeded but its password never reached the relay (an agent that recorded the
+    /// result without it); the account has a password nobody holds: rotate it again.
+    Lost,
+    /// The job has not finished yet.
+    NotReady,
+    /// This job returns no secret (not a generating job, or it failed).
+    NoSecret,
+    /// No such job for this client.
+    NotFound,
+}
+
+/// What an insert with an idempotency key found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insertion {
+    /// A new job was stored.
+    Created,
+    /// The key was used before with the same body: this is the original job.
+    Replayed(JobId),
+    /// The key was used before with another body.
+    KeyConflict(JobId),
+}
+
+/// Which jobs a listing returns.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    /// Only this state.
+    pub state: Option<crate::jobs::JobState>,
+    /// Only this domain.
+    pub domain: Option<DomainName>,
+    /// Only jobs created at or after this time.
+    pub since: Option<crate::jobs::Timestamp>,
+    /// Only jobs created after this one (the cursor).
+    pub after: Option<JobId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// What a cancel request found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancellation {
+    /// The job was queued and is now failed with `cancelled`; its secret is erased.
+    Cancelled,
+    /// An agent holds the job: it may already be applying it.
+    InProgress,
+    /// The job already ended.
+    AlreadyFinal,
+    /// No such job for this client.
+    NotFound,
+}
+
+/// Back-off before a job whose attempt failed with a retryable error is leased again.
+pub(crate) fn retry_delay(attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(6);
+    Duration::from_secs(5 * (1u64 << exponent)).min(Duration::from_secs(300))
+}
+
+/// Jobs, batches, attempts and leases, idempotency keys and returned secrets.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Stores a new queued job durably (committed when this returns).
+    async fn insert_job(&self, job: NewJob) -> Result<(), StoreError> {
+        self.insert_jobs_once(vec![job], None).await.map(|_| ())
+    }
+
+    /// Stores new jobs (a job, or a batch followed by its children) in one transaction, unless
+    /// `idempotency` (the client's key, SHA-256 of the request body) was used before; the key then
+    /// refers to the first job.
+    async fn insert_jobs_once(
+        &self,
+        jobs: Vec<NewJob>,
+        idempotency: Option<(String, [u8; 32])>,
+    ) -> Result<Insertion, StoreError>;
+
+    /// A client's jobs, oldest first, as the filter says.
+    async fn list_jobs(&self, client: &str, filter: JobFilter) -> Result<Vec<Job>, StoreError>;
+
+    /// Cancels a queued job of `client`.
+    async fn cancel(&self, id: JobId, client: &str) -> Result<Cancellation, StoreError>;
+
+    /// One job, without its secret.
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Atomically leases up to `limit` claimable jobs of `domains` to `holder`, oldest first.
+    /// Jobs past their attempts or time to live are failed on the way and not returned.
+    async fn claim(
+        &self,
+        domains: &[DomainName],
+        holder: &str,
+        agent: &str,
+        limit: usize,
+        policy: ClaimPolicy,
+    ) -> Result<Vec<LeasedJob>, StoreError>;
+
+    /// Records the outcome `holder` reported for `attempt`, fenced: only while the job is
+    /// dispatched to that holder under that attempt. A final outcome erases the secret.
+    async fn complete(&self, id: JobId, holder: &str, attempt: u32, outcome: Outcome)
+    -> Result<Completion, StoreError>;
+
+    /// Extends the leases of `running` (job and attempt) by `lease` from now, each only while
+    /// dispatched to `holder` under that attempt (a lapsed lease included, as long as nobody took
+    /// it over). Returns the ones renewed.
+    async fn renew(
+        &self,
+        holder: &str,
+        running: Vec<(JobId, u32)>,
+        lease: Duration,
+    ) -> Result<Vec<(JobId, u32)>, StoreError>;
+
+    /// Fails jobs older than the policy's time to live (whatever their domain), erasing their
+    /// secrets: queued ones, and dispatched ones whose lease and write timeout have passed (an
+    /// agent may still be writing the others). Returns how many.
+    async fn expire_overdue(&self, policy: ClaimPolicy) -> Result<usize, StoreError>;
+
+    /// Hands out a generating job's secret exactly once and erases it.
+    async fn take_secret(&self, id: JobId, client: &str) -> Result<SecretTake, StoreError>;
+}

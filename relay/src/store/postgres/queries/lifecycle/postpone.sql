@@ -1,0 +1,3 @@
+-- Tries again at $2, noting why ($3). $4 is now.
+UPDATE lifecycle_requests SET next_attempt_ms = $2, outcome_reason = $3, updated_ms = $4
+ WHERE task_processing_result_id = $1

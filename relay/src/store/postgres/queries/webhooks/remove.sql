@@ -1,0 +1,2 @@
+-- Removes a client's webhook.
+DELETE FROM webhooks WHERE client = $1

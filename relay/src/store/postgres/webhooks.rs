@@ -1,0 +1,183 @@
+//! Webhooks in PostgreSQL: `webhooks` (one per API client), `webhook_deliveries` (the outbox,
+//! filled by the `jobs_final_webhook` trigger) and `webhook_attempts` (the delivery log).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{PostgresStore, count, db_err, query};
+use crate::jobs::Timestamp;
+use crate::store::webhooks::{decode_events, encode_events, parse_event, parse_job_id};
+use crate::store::{StoreError, WebhookStore};
+use crate::webhooks::{
+    AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DeliveryState, DueDelivery, StoredWebhook,
+};
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn attempt_count(id: &str, n: i32) -> Result<u32, StoreError> {
+    u32::try_from(n).map_err(|_| StoreError::Corrupt { id: id.to_owned(), reason: "negative attempt".into() })
+}
+
+#[async_trait]
+impl WebhookStore for PostgresStore {
+    async fn webhook(&self, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
+        let conn = self.client().await?;
+        let Some(row) = conn.query_opt(query!("webhooks/get"), &[&client]).await.map_err(db_err)? else {
+            return Ok(None);
+        };
+        let events: String = row.try_get(1).map_err(db_err)?;
+        Ok(Some(StoredWebhook {
+            url: row.try_get(0).map_err(db_err)?,
+            events: decode_events(client, &events)?,
+            sealed_secret: row.try_get(2).map_err(db_err)?,
+        }))
+    }
+
+    async fn set_webhook(&self, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
+        let events = encode_events(&webhook.events)?;
+        let conn = self.client().await?;
+        let set = conn
+            .execute(
+                query!("webhooks/set"),
+                &[&client, &webhook.url, &events, &webhook.sealed_secret, &Timestamp::now().0],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(set == 1)
+    }
+
+    async fn remove_webhook(&self, client: &str) -> Result<bool, StoreError> {
+        let conn = self.client().await?;
+        Ok(conn.execute(query!("webhooks/remove"), &[&client]).await.map_err(db_err)? == 1)
+    }
+
+    async fn due_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+        let conn = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = conn.query(query!("webhooks/due"), &[&Timestamp::now().0, &limit]).await.map_err(db_err)?;
+        let mut due = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0).map_err(db_err)?;
+            let webhook = match (
+                row.try_get::<_, Option<String>>(7).map_err(db_err)?,
+                row.try_get::<_, Option<String>>(8).map_err(db_err)?,
+                row.try_get::<_, Option<Vec<u8>>>(9).map_err(db_err)?,
+            ) {
+                (Some(url), Some(events), Some(sealed_secret)) => {
+                    Some(StoredWebhook { url, events: decode_events(&id, &events)?, sealed_secret })
+                }
+                _ => None,
+            };
+            due.push(DueDelivery {
+                client: row.try_get(1).map_err(db_err)?,
+                job_id: parse_job_id(&id, row.try_get(2).map_err(db_err)?)?,
+                event: parse_event(&id, row.try_get(3).map_err(db_err)?)?,
+                attempts: attempt_count(&id, row.try_get(4).map_err(db_err)?)?,
+                created_at: Timestamp(row.try_get(5).map_err(db_err)?),
+                payload: row.try_get(6).map_err(db_err)?,
+                webhook,
+                event_id: id,
+            });
+        }
+        Ok(due)
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let conn = self.client().await?;
+        let row = conn.query_one(query!("webhooks/next_due"), &[]).await.map_err(db_err)?;
+        Ok(row.try_get::<_, Option<i64>>(0).map_err(db_err)?.map(Timestamp))
+    }
+
+    async fn record_delivery(
+        &self,
+        event_id: &str,
+        payload: Option<String>,
+        attempt: Option<Attempt>,
+        next: AfterAttempt,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.client().await?;
+        let tx = conn.transaction().await.map_err(db_err)?;
+        let now = Timestamp::now().0;
+        if let Some(attempt) = &attempt {
+            tx.execute(
+                query!("webhooks/record_attempt"),
+                &[
+                    &event_id,
+                    &i32::try_from(attempt.attempt).unwrap_or(i32::MAX),
+                    &attempt.at.0,
+                    &i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX),
+                    &attempt.status.map(i32::from),
+                    &attempt.error,
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        }
+        let attempts = attempt.as_ref().map(|a| i32::try_from(a.attempt).unwrap_or(i32::MAX));
+        let last_error = attempt.as_ref().and_then(|a| a.error.clone());
+        let (state, next_ms, finished, error) = match next {
+            AfterAttempt::Delivered => (DeliveryState::Delivered, None, Some(now), None),
+            AfterAttempt::RetryAt(at) => (DeliveryState::Pending, Some(at.0), None, last_error),
+            AfterAttempt::GiveUp(reason) => (DeliveryState::Failed, None, Some(now), Some(reason)),
+        };
+        tx.execute(
+            query!("webhooks/record"),
+            &[&event_id, &state.as_str(), &attempts, &next_ms, &finished, &error, &payload],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn deliveries(&self, client: &str, filter: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let conn = self.client().await?;
+        let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+        let rows = conn
+            .query(query!("webhooks/log"), &[&client, &filter.state.map(DeliveryState::as_str), &limit])
+            .await
+            .map_err(db_err)?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0).map_err(db_err)?;
+            let state = DeliveryState::parse(row.try_get(3).map_err(db_err)?)
+                .ok_or_else(|| StoreError::Corrupt { id: id.clone(), reason: "unknown delivery state".into() })?;
+            records.push(DeliveryRecord {
+                event: parse_event(&id, row.try_get(1).map_err(db_err)?)?,
+                job_id: parse_job_id(&id, row.try_get(2).map_err(db_err)?)?,
+                state,
+                created_at: Timestamp(row.try_get(4).map_err(db_err)?),
+                next_attempt_at: (state == DeliveryState::Pending)
+                    .then(|| row.try_get::<_, i64>(5).map(Timestamp))
+                    .transpose()
+                    .map_err(db_err)?,
+                finished_at: row.try_get::<_, Option<i64>>(6).map_err(db_err)?.map(Timestamp),
+                error: row.try_get(7).map_err(db_err)?,
+                attempts: Vec::new(),
+                event_id: id,
+            });
+        }
+        let ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
+        let attempts = conn.query(query!("webhooks/attempts"), &[&ids]).await.map_err(db_err)?;
+        for row in attempts {
+            let delivery: String = row.try_get(0).map_err(db_err)?;
+            let Some(record) = records.iter_mut().find(|r| r.event_id == delivery) else { continue };
+            record.attempts.push(Attempt {
+                attempt: attempt_count(&delivery, row.try_get(1).map_err(db_err)?)?,
+                at: Timestamp(row.try_get(2).map_err(db_err)?),
+                duration_ms: u64::try_from(row.try_get::<_, i64>(3).map_err(db_err)?).unwrap_or(0),
+                status: row.try_get::<_, Option<i32>>(4).map_err(db_err)?.and_then(|s| u16::try_from(s).ok()),
+                error: row.try_get(5).map_err(db_err)?,
+            });
+        }
+        Ok(records)
+    }
+
+    async fn prune_deliveries(&self, older_than: Duration) -> Result<usize, StoreError> {
+        let conn = self.client().await?;
+        let cutoff = Timestamp::now().0.saturating_sub(ms(older_than));
+        Ok(count(conn.execute(query!("webhooks/prune"), &[&cutoff]).await.map_err(db_err)?))
+    }
+}

@@ -1,0 +1,744 @@
+//! Jobs and leases in SQLite: inserts with idempotency keys, claims, fenced results and
+//! renewals, expiry, returned secrets, and batches that settle with their children.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pwrelay_shared::domain::DomainName;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+
+use super::{SqliteStore, db_err, ms};
+use crate::jobs::{
+    ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
+    NewJob, Outcome, Progress, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
+};
+use crate::store::jobs::retry_delay;
+use crate::store::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake, StoreError};
+
+const JOB_COLUMNS: &str = "id, kind, domain, target_kind, target_value, must_change, unlock, client, state, \
+    created_ms, updated_ms, dispatched_ms, finished_ms, agent, attempts, error_code, error_message, directory_code, \
+    account_dn, verified, pwd_last_set, secret, lease_expires_ms, enforce_history, generate_length, generate_mode, \
+    recipient_key, password_matches, account_state, notes, result_secret_encoding, result_secret IS NOT NULL, \
+    secret_retrieved_ms, parent_id";
+
+/// Moves batches along with their children: `dispatched` once any child left the queue, final
+/// (succeeded, or failed with `partial_failure`) once every child is final. Run in every
+/// transaction that can change a child's state.
+const SETTLE_BATCHES: &str = "
+UPDATE jobs SET state = 'dispatched', dispatched_ms = ?1, updated_ms = ?1
+ WHERE kind = 'reconcile_batch' AND state = 'queued'
+   AND EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state != 'queued');
+UPDATE jobs SET
+       state = CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
+                    THEN 'failed' ELSE 'succeeded' END,
+       error_code = CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
+                         THEN 'partial_failure' END,
+       error_message = CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
+                            THEN (SELECT count(*) FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
+                                 || ' of ' || (SELECT count(*) FROM jobs c WHERE c.parent_id = jobs.id)
+                                 || ' accounts failed, see the jobs with this parent_id' END,
+       finished_ms = ?1, updated_ms = ?1
+ WHERE kind = 'reconcile_batch' AND state IN ('queued', 'dispatched')
+   AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state IN ('queued', 'dispatched'));
+";
+
+fn progress(conn: &Connection, parent: JobId) -> Result<Progress, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT state, count(*) FROM jobs WHERE parent_id = ?1 GROUP BY state").map_err(db_err)?;
+    let mut rows = stmt.query(params![parent.to_string()]).map_err(db_err)?;
+    let mut progress = Progress::default();
+    while let Some(row) = rows.next().map_err(db_err)? {
+        let (state, count): (String, u32) = (row.get(0).map_err(db_err)?, row.get(1).map_err(db_err)?);
+        progress.total += count;
+        match JobState::parse(&state) {
+            Some(JobState::Queued) => progress.queued += count,
+            Some(JobState::Dispatched) => progress.dispatched += count,
+            Some(JobState::Succeeded) => progress.succeeded += count,
+            Some(JobState::Failed) => progress.failed += count,
+            None => {}
+        }
+    }
+    Ok(progress)
+}
+
+fn settle_batches(conn: &Connection, now: i64) -> Result<(), StoreError> {
+    for statement in SETTLE_BATCHES.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        conn.execute(statement, params![now]).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// A job row with the columns that never leave the store except in a lease.
+struct StoredJob {
+    job: Job,
+    sealed_secret: Option<Vec<u8>>,
+    lease_expires_ms: Option<i64>,
+    recipient_key: Option<Vec<u8>>,
+}
+
+fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
+    let id: String = row.get(0).map_err(db_err)?;
+    let corrupt = |reason: &str| StoreError::Corrupt { id: id.clone(), reason: reason.to_owned() };
+    let job_id = id.parse::<JobId>().map_err(|_| corrupt("bad id"))?;
+    let kind = JobKind::parse(&row.get::<_, String>(1).map_err(db_err)?).ok_or_else(|| corrupt("unknown kind"))?;
+    let domain = DomainName::parse(&row.get::<_, String>(2).map_err(db_err)?).map_err(|_| corrupt("bad domain"))?;
+    let target = Target::from_parts(&row.get::<_, String>(3).map_err(db_err)?, row.get(4).map_err(db_err)?)
+        .ok_or_else(|| corrupt("bad target"))?;
+    let state = JobState::parse(&row.get::<_, String>(8).map_err(db_err)?).ok_or_else(|| corrupt("unknown state"))?;
+    let error = match row.get::<_, Option<String>>(15).map_err(db_err)? {
+        Some(code) => Some(JobError {
+            code: ErrorCode::parse(&code).unwrap_or(ErrorCode::Unknown),
+            message: row.get::<_, Option<String>>(16).map_err(db_err)?.unwrap_or_default(),
+            directory_code: row.get(17).map_err(db_err)?,
+        }),
+        None => None,
+    };
+    let result = match row.get::<_, Option<String>>(18).map_err(db_err)? {
+        Some(account_dn) if state == JobState::Succeeded => Some(JobSuccess {
+            account_dn,
+            verified: row.get::<_, Option<bool>>(19).map_err(db_err)?.unwrap_or(false),
+            pwd_last_set: row.get::<_, Option<i64>>(20).map_err(db_err)?.unwrap_or(0),
+            password_matches: row.get(27).map_err(db_err)?,
+            account_state: row
+                .get::<_, Option<String>>(28)
+                .map_err(db_err)?
+                .map(|json| serde_json::from_str(&json).map_err(|_| corrupt("bad account_state")))
+                .transpose()?,
+            notes: row
+                .get::<_, Option<String>>(29)
+                .map_err(db_err)?
+                .map(|json| serde_json::from_str(&json).map_err(|_| corrupt("bad notes")))
+                .transpose()?
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let generate =
+        match (row.get::<_, Option<u32>>(24).map_err(db_err)?, row.get::<_, Option<String>>(25).map_err(db_err)?) {
+            (Some(length), Some(mode)) => Some(GenerateSpec {
+                length,
+                mode: GenerateMode::parse(&mode).ok_or_else(|| corrupt("bad generate_mode"))?,
+            }),
+            _ => None,
+        };
+    let secret = if kind != JobKind::GeneratePassword {
+        None
+    } else if row.get::<_, bool>(31).map_err(db_err)? {
+        Some(SecretStatus::Available)
+    } else if row.get::<_, Option<i64>>(32).map_err(db_err)?.is_some() {
+        Some(SecretStatus::Retrieved)
+    } else {
+        Some(SecretStatus::Pending)
+    };
+    let job = Job {
+        job_id,
+        kind,
+        domain,
+        target,
+        options: JobOptions {
+            must_change: row.get(5).map_err(db_err)?,
+            unlock: row.get(6).map_err(db_err)?,
+            enforce_history: row.get(23).map_err(db_err)?,
+        },
+        state,
+        client: row.get(7).map_err(db_err)?,
+        created_at: Timestamp(row.get(9).map_err(db_err)?),
+        updated_at: Timestamp(row.get(10).map_err(db_err)?),
+        dispatched_at: row.get::<_, Option<i64>>(11).map_err(db_err)?.map(Timestamp),
+        finished_at: row.get::<_, Option<i64>>(12).map_err(db_err)?.map(Timestamp),
+        agent: row.get(13).map_err(db_err)?,
+        attempts: row.get(14).map_err(db_err)?,
+        error,
+        result,
+        generate,
+        secret,
+        parent_id: row
+            .get::<_, Option<String>>(33)
+            .map_err(db_err)?
+            .map(|p| p.parse::<JobId>().map_err(|_| corrupt("bad parent_id")))
+            .transpose()?,
+        progress: None,
+        lifecycle: None,
+    };
+    Ok(StoredJob {
+        job,
+        sealed_secret: row.get(21).map_err(db_err)?,
+        lease_expires_ms: row.get(22).map_err(db_err)?,
+        recipient_key: row.get(26).map_err(db_err)?,
+    })
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn insert_jobs_once(
+        &self,
+        jobs: Vec<NewJob>,
+        idempotency: Option<(String, [u8; 32])>,
+    ) -> Result<Insertion, StoreError> {
+        let Some(job) = jobs.first() else { return Ok(Insertion::Created) };
+        let (primary, client) = (job.id, job.client.clone());
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let now = Timestamp::now().0;
+            if let Some((key, body_sha256)) = &idempotency {
+                let existing: Option<(Vec<u8>, String)> = tx
+                    .query_row(
+                        "SELECT body_sha256, job_id FROM idempotency_keys WHERE client = ?1 AND key = ?2",
+                        params![client, key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                if let Some((stored_hash, job_id)) = existing {
+                    let job_id = job_id.parse::<JobId>().map_err(|_| StoreError::Corrupt { id: job_id.clone(), reason: "bad id".into() })?;
+                    return Ok(if stored_hash == body_sha256 { Insertion::Replayed(job_id) } else { Insertion::KeyConflict(job_id) });
+                }
+                tx.execute(
+                    "INSERT INTO idempotency_keys (client, key, body_sha256, job_id, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![client, key, body_sha256.as_slice(), primary.to_string(), now],
+                )
+                .map_err(db_err)?;
+            }
+            for job in &jobs {
+            tx.execute(
+                "INSERT INTO jobs (id, kind, domain, target_kind, target_value, must_change, unlock, client, state,
+                                   secret, created_ms, updated_ms, enforce_history, generate_length, generate_mode,
+                                   recipient_key, parent_id, account_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                params![
+                    job.id.to_string(),
+                    job.kind.as_str(),
+                    job.domain.as_str(),
+                    job.target.kind(),
+                    job.target.value(),
+                    job.options.must_change,
+                    job.options.unlock,
+                    job.client,
+                    job.sealed_secret,
+                    now,
+                    job.options.enforce_history,
+                    job.generate.map(|g| g.length),
+                    job.generate.map(|g| g.mode.as_str()),
+                    job.recipient_key,
+                    job.parent_id.map(|p| p.to_string()),
+                    (job.kind != JobKind::ReconcileBatch).then(|| job.target.account_key(&job.domain)),
+                ],
+            )
+            .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(Insertion::Created)
+        })
+        .await
+    }
+
+    async fn list_jobs(&self, client: &str, filter: JobFilter) -> Result<Vec<Job>, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| {
+            let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE client = ?1");
+            let mut args: Vec<rusqlite::types::Value> = vec![client.into()];
+            if let Some(state) = filter.state {
+                args.push(state.as_str().to_owned().into());
+                sql.push_str(&format!(" AND state = ?{}", args.len()));
+            }
+            if let Some(domain) = &filter.domain {
+                args.push(domain.as_str().to_owned().into());
+                sql.push_str(&format!(" AND domain = ?{}", args.len()));
+            }
+            if let Some(since) = filter.since {
+                args.push(since.0.into());
+                sql.push_str(&format!(" AND created_ms >= ?{}", args.len()));
+            }
+            if let Some(after) = filter.after {
+                args.push(after.to_string().into());
+                sql.push_str(&format!(" AND id > ?{}", args.len()));
+            }
+            sql.push_str(&format!(" ORDER BY id LIMIT {}", filter.limit));
+            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let mut rows = stmt.query(params_from_iter(args)).map_err(db_err)?;
+            let mut jobs = Vec::new();
+            while let Some(row) = rows.next().map_err(db_err)? {
+                jobs.push(read_job(row)?.job);
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: JobId, client: &str) -> Result<Cancellation, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let state: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM jobs WHERE id = ?1 AND client = ?2",
+                    params![id.to_string(), client],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let outcome = match state.as_deref().and_then(JobState::parse) {
+                None => Cancellation::NotFound,
+                Some(JobState::Queued) => {
+                    let now = Timestamp::now().0;
+                    tx.execute(
+                        "UPDATE jobs SET state = 'failed', error_code = 'cancelled',
+                             error_message = 'cancelled by the API client before an agent took it',
+                             secret = NULL, lease_holder = NULL, finished_ms = ?2, updated_ms = ?2
+                         WHERE id = ?1",
+                        params![id.to_string(), now],
+                    )
+                    .map_err(db_err)?;
+                    Cancellation::Cancelled
+                }
+                Some(JobState::Dispatched) => Cancellation::InProgress,
+                Some(_) => Cancellation::AlreadyFinal,
+            };
+            settle_batches(&tx, Timestamp::now().0)?;
+            tx.commit().map_err(db_err)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1")).map_err(db_err)?;
+            let mut rows = stmt.query(params![id.to_string()]).map_err(db_err)?;
+            let Some(row) = rows.next().map_err(db_err)? else { return Ok(None) };
+            let mut job = read_job(row)?.job;
+            drop(rows);
+            drop(stmt);
+            if job.kind == JobKind::ReconcileBatch {
+                job.progress = Some(progress(conn, id)?);
+            }
+            Ok(Some(job))
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        domains: &[DomainName],
+        holder: &str,
+        agent: &str,
+        limit: usize,
+        policy: ClaimPolicy,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        if domains.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let domains: Vec<String> = domains.iter().map(|d| d.as_str().to_owned()).collect();
+        let (holder, agent) = (holder.to_owned(), agent.to_owned());
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let now = Timestamp::now().0;
+            let grace = ms(policy.write_timeout);
+            let placeholders = vec!["?"; domains.len()].join(", ");
+            // Queued and due, or dispatched with a lease that lapsed longer ago than the longest
+            // write: its holder can no longer be writing.
+            let available = format!(
+                "domain IN ({placeholders}) AND kind != 'reconcile_batch'
+                 AND ((state = 'queued' AND not_before_ms <= {now})
+                      OR (state = 'dispatched' AND lease_expires_ms + {grace} < {now}))"
+            );
+            // A job without attempts left fails at once, without waiting out a retry back-off it
+            // could never use.
+            let exhausted = format!(
+                "domain IN ({placeholders}) AND kind != 'reconcile_batch'
+                 AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms + {grace} < {now}))"
+            );
+            tx.execute(
+                &format!(
+                    "UPDATE jobs SET state = 'failed', error_code = 'delivery_exhausted',
+                         error_message = 'no agent completed the job in ' || attempts || ' deliveries (jobs.max_attempts)'
+                                         || coalesce('; last error: ' || error_message, ''),
+                         secret = NULL, lease_holder = NULL, finished_ms = {now}, updated_ms = {now}
+                     WHERE {exhausted} AND attempts >= {}",
+                    policy.max_attempts
+                ),
+                params_from_iter(domains.iter()),
+            )
+            .map_err(db_err)?;
+            // One writer per account: nothing older of the account is unfinished, and no attempt on
+            // it is unresolved (dispatched, and neither reported nor lapsed past the write timeout).
+            let account_free = format!(
+                "NOT EXISTS (SELECT 1 FROM jobs o
+                              WHERE o.account_key = jobs.account_key AND o.id != jobs.id
+                                AND ((o.state IN ('queued', 'dispatched')
+                                      AND (o.created_ms < jobs.created_ms
+                                           OR (o.created_ms = jobs.created_ms AND o.id < jobs.id)))
+                                     OR (o.state = 'dispatched' AND o.lease_expires_ms + {grace} >= {now})))"
+            );
+            let lease_until = now + ms(policy.lease);
+            let mut stmt = tx
+                .prepare(&format!(
+                    "UPDATE jobs SET state = 'dispatched', lease_holder = ?, agent = ?, lease_expires_ms = {lease_until},
+                         attempts = attempts + 1, dispatched_ms = {now}, updated_ms = {now},
+                         taken_over = (taken_over OR state = 'dispatched')
+                     WHERE id IN (SELECT id FROM jobs WHERE {available} AND {account_free} AND created_ms >= {}
+                                  ORDER BY created_ms, id LIMIT {limit})
+                     RETURNING {JOB_COLUMNS}, taken_over",
+                    now - ms(policy.time_to_live)
+                ))
+                .map_err(db_err)?;
+            let args = [holder, agent].into_iter().chain(domains.iter().cloned());
+            let mut rows = stmt.query(params_from_iter(args)).map_err(db_err)?;
+            let mut leased = Vec::new();
+            while let Some(row) = rows.next().map_err(db_err)? {
+                let stored = read_job(row)?;
+                let taken_over: bool = row.get(34).map_err(db_err)?;
+                leased.push(LeasedJob {
+                    earlier_attempt_unresolved: taken_over,
+                    job: stored.job,
+                    sealed_secret: stored.sealed_secret,
+                    recipient_key: stored.recipient_key,
+                    lease_deadline_unix_ms: stored.lease_expires_ms.unwrap_or(lease_until),
+                    lease_duration: policy.lease,
+                });
+            }
+            drop(rows);
+            drop(stmt);
+            leased.sort_by_key(|l| l.job.created_at);
+            settle_batches(&tx, now)?;
+            tx.commit().map_err(db_err)?;
+            Ok(leased)
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        id: JobId,
+        holder: &str,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<Completion, StoreError> {
+        let holder = holder.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let now = Timestamp::now().0;
+            // The fence: every statement below changes the job only while it is dispatched to this
+            // holder under this attempt.
+            const FENCE: &str = "id = ?1 AND state = 'dispatched' AND lease_holder = ?2 AND attempts = ?3";
+            let id_text = id.to_string();
+            let (changed, completion) = match outcome {
+                Outcome::Succeeded(s, returned) => {
+                    let account_state = s
+                        .account_state
+                        .map(|a| serde_json::to_string(&a))
+                        .transpose()
+                        .map_err(|e| StoreError::Database(e.to_string()))?;
+                    let notes = serde_json::to_string(&s.notes).map_err(|e| StoreError::Database(e.to_string()))?;
+                    let (secret_encoding, secret_bytes) = match returned {
+                        Some(r) => (Some(r.encoding.as_str()), Some(r.bytes)),
+                        None => (None, None),
+                    };
+                    let changed = tx
+                        .execute(
+                            &format!(
+                                "UPDATE jobs SET state = 'succeeded', account_dn = ?4, verified = ?5, pwd_last_set = ?6,
+                                     password_matches = CASE WHEN kind = 'verify' THEN ?7 END,
+                                     account_state = ?8, notes = ?9,
+                                     result_secret_encoding = ?10, result_secret = ?11,
+                                     error_code = NULL, error_message = NULL, directory_code = NULL,
+                                     secret = NULL, finished_ms = ?12, updated_ms = ?12
+                                 WHERE {FENCE}"
+                            ),
+                            params![
+                                id_text,
+                                holder,
+                                attempt,
+                                s.account_dn,
+                                s.verified,
+                                s.pwd_last_set,
+                                s.password_matches,
+                                account_state,
+                                notes,
+                                secret_encoding,
+                                secret_bytes,
+                                now
+                            ],
+                        )
+                        .map_err(db_err)?;
+                    (changed, Completion::Finished)
+                }
+                Outcome::Failed { error, retryable: true } => {
+                    // A job the agent never started goes back at once; one that failed waits.
+                    let delay = if error.code == ErrorCode::NotStarted { 0 } else { ms(retry_delay(attempt)) };
+                    let changed = tx
+                        .execute(
+                            &format!(
+                                "UPDATE jobs SET state = 'queued', error_code = ?4, error_message = ?5, directory_code = ?6,
+                                     lease_holder = NULL, lease_expires_ms = NULL, not_before_ms = ?7, updated_ms = ?8
+                                 WHERE {FENCE}"
+                            ),
+                            params![
+                                id_text,
+                                holder,
+                                attempt,
+                                error.code.as_str(),
+                                error.message,
+                                error.directory_code,
+                                now + delay,
+                                now
+                            ],
+                        )
+                        .map_err(db_err)?;
+                    (changed, Completion::Requeued)
+                }
+                Outcome::Failed { error, retryable: false } => {
+                    let changed = tx
+                        .execute(
+                            &format!(
+                                "UPDATE jobs SET state = 'failed', error_code = ?4, error_message = ?5, directory_code = ?6,
+                                     secret = NULL, finished_ms = ?7, updated_ms = ?7
+                                 WHERE {FENCE}"
+                            ),
+                            params![
+                                id_text,
+                                holder,
+                                attempt,
+                                error.code.as_str(),
+                                error.message,
+                                error.directory_code,
+                                now
+                            ],
+                        )
+                        .map_err(db_err)?;
+                    (changed, Completion::Finished)
+                }
+            };
+            if changed == 0 {
+                // Nothing was written: say why, for the log and the audit trail.
+                let found: Option<(String, Option<String>, u32)> = tx
+                    .query_row(
+                        "SELECT state, lease_holder, attempts FROM jobs WHERE id = ?1",
+                        params![id.to_string()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                return Ok(match found {
+                    None => Completion::Unknown,
+                    Some((state, lease_holder, attempts))
+                        if JobState::parse(&state).is_some_and(JobState::is_final)
+                            && attempts == attempt
+                            && lease_holder.as_deref() == Some(holder.as_str()) =>
+                    {
+                        Completion::Duplicate
+                    }
+                    Some(_) => Completion::Stale,
+                });
+            }
+            settle_batches(&tx, now)?;
+            tx.commit().map_err(db_err)?;
+            Ok(completion)
+        })
+        .await
+    }
+
+    async fn renew(
+        &self,
+        holder: &str,
+        running: Vec<(JobId, u32)>,
+        lease: Duration,
+    ) -> Result<Vec<(JobId, u32)>, StoreError> {
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        let holder = holder.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let until = Timestamp::now().0 + ms(lease);
+            let mut renewed = Vec::new();
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE jobs SET lease_expires_ms = ?4
+                         WHERE id = ?1 AND state = 'dispatched' AND lease_holder = ?2 AND attempts = ?3",
+                    )
+                    .map_err(db_err)?;
+                for (id, attempt) in running {
+                    if stmt.execute(params![id.to_string(), holder, attempt, until]).map_err(db_err)? == 1 {
+                        renewed.push((id, attempt));
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(renewed)
+        })
+        .await
+    }
+
+    async fn expire_overdue(&self, policy: ClaimPolicy) -> Result<usize, StoreError> {
+        self.run(move |conn| {
+            let now = Timestamp::now().0;
+            conn.execute(
+                "UPDATE jobs SET state = 'failed', error_code = 'expired',
+                     error_message = 'no agent completed the job within its time to live (jobs.ttl_hours)',
+                     directory_code = NULL, secret = NULL, lease_holder = NULL, finished_ms = ?1, updated_ms = ?1
+                 WHERE created_ms < ?2 AND kind != 'reconcile_batch'
+                   AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms + ?3 < ?1))",
+                params![now, now - ms(policy.time_to_live), ms(policy.write_timeout)],
+            )
+            .map_err(db_err)
+            .and_then(|expired| settle_batches(conn, now).map(|()| expired))
+        })
+        .await
+    }
+
+    async fn take_secret(&self, id: JobId, client: &str) -> Result<SecretTake, StoreError> {
+        let client = client.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let row: Option<(String, String, Option<String>, Option<Vec<u8>>, Option<i64>)> = tx
+                .query_row(
+                    "SELECT kind, state, result_secret_encoding, result_secret, secret_retrieved_ms
+                     FROM jobs WHERE id = ?1 AND client = ?2",
+                    params![id.to_string(), client],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some((kind, state, encoding, bytes, retrieved)) = row else { return Ok(SecretTake::NotFound) };
+            if JobKind::parse(&kind) != Some(JobKind::GeneratePassword) {
+                return Ok(SecretTake::NoSecret);
+            }
+            let take = match (encoding.as_deref().and_then(SecretEncoding::parse), bytes, retrieved) {
+                (Some(encoding), Some(bytes), _) => {
+                    tx.execute(
+                        "UPDATE jobs SET result_secret = NULL, secret_retrieved_ms = ?2, updated_ms = ?2 WHERE id = ?1",
+                        params![id.to_string(), Timestamp::now().0],
+                    )
+                    .map_err(db_err)?;
+                    SecretTake::Taken(ResultSecret { encoding, bytes })
+                }
+                (_, _, Some(_)) => SecretTake::AlreadyTaken,
+                _ if state == JobState::Failed.as_str() => SecretTake::NoSecret,
+                _ if state == JobState::Succeeded.as_str() => SecretTake::Lost,
+                _ => SecretTake::NotReady,
+            };
+            tx.commit().map_err(db_err)?;
+            Ok(take)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
+    use super::*;
+    use crate::store::{ClientStore as _, Scopes, Store as _};
+
+    fn policy() -> ClaimPolicy {
+        ClaimPolicy {
+            lease: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(15),
+            max_attempts: 3,
+            time_to_live: Duration::from_secs(3600),
+        }
+    }
+
+    fn new_job(domain: &str) -> NewJob {
+        NewJob {
+            id: JobId::generate(),
+            kind: JobKind::SetPassword,
+            domain: DomainName::parse(domain).expect("domain"),
+            target: Target::Upn("a@b.c".into()),
+            options: JobOptions { must_change: true, unlock: false, enforce_history: false },
+            client: "pam".into(),
+            sealed_secret: Some(vec![1, 2, 3]),
+            generate: None,
+            recipient_key: None,
+            parent_id: None,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("relay.db")).expect("open");
+        (dir, store)
+    }
+
+    fn d(name: &str) -> DomainName {
+        DomainName::parse(name).expect("domain")
+    }
+
+    #[tokio::test]
+    async fn final_outcomes_erase_the_secret_and_are_not_overwritten() {
+        let (dir, store) = store();
+        let job = new_job("a.test");
+        let id = job.id;
+        store.insert_job(job).await.expect("insert");
+        store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+        let ok = Outcome::Succeeded(
+            JobSuccess { account_dn: "CN=a".into(), verified: true, pwd_last_set: 0, ..JobSuccess::default() },
+            None,
+        );
+        assert_eq!(store.complete(id, "h1", 1, ok.clone()).await.expect("complete"), Completion::Finished);
+        assert_eq!(store.complete(id, "h1", 1, ok).await.expect("complete"), Completion::Duplicate);
+        let job = store.job(id).await.expect("read").expect("exists");
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.result.map(|r| r.account_dn), Some("CN=a".into()));
+        let conn = Connection::open(dir.path().join("relay.db")).expect("open");
+        let secret: Option<Vec<u8>> =
+            conn.query_row("SELECT secret FROM jobs WHERE id = ?1", [id.to_string()], |r| r.get(0)).expect("row");
+        assert_eq!(secret, None);
+    }
+
+    #[tokio::test]
+    async fn jobs_survive_reopening_and_clients_are_unique() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("relay.db");
+        let id = {
+            let store = SqliteStore::open(&path).expect("open");
+            let job = new_job("a.test");
+            let id = job.id;
+            store.insert_job(job).await.expect("insert");
+            store.add_client("pam", [9; 32], &Scopes::default()).await.expect("client");
+            assert!(matches!(
+                store.add_client("pam", [8; 32], &Scopes::default()).await,
+                Err(StoreError::ClientExists(_))
+            ));
+            id
+        };
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(store.job(id).await.expect("read").map(|j| j.state), Some(JobState::Queued));
+        assert_eq!(store.client_by_token([9; 32]).await.expect("read").map(|c| c.name), Some("pam".into()));
+        assert_eq!(store.client_by_token([7; 32]).await.expect("read"), None);
+        store.check().await.expect("ready");
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated_in_place() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("relay.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(SCHEMA).expect("v1 schema");
+            conn.pragma_update(None, "user_version", 1).expect("version");
+            conn.execute(
+                "INSERT INTO jobs (id, kind, domain, target_kind, target_value, must_change, unlock, client, state,
+                                   created_ms, updated_ms)
+                 VALUES ('0190c5d6-0000-7000-8000-000000000001', 'set_password', 'a.test', 'upn', 'a@b.c', 0, 0, 'pam',
+                         'queued', 1, 1)",
+                [],
+            )
+            .expect("v1 row");
+        }
+        let store = SqliteStore::open(&path).expect("migrates");
+        let id = "0190c5d6-0000-7000-8000-000000000001".parse().expect("id");
+        let job = store.job(id).await.expect("read").expect("kept");
+        assert_eq!(job.state, JobState::Queued);
+        assert!(!job.options.enforce_history);
+        let conn = Connection::open(&path).expect("open");
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(usize::try_from(SCHEMA_VERSION).ok(), Some(MIGRATIONS.len() + 1), "one migration per version");
+        drop(store);
+        SqliteStore::open(&path).expect("opening again changes nothing");
+    }
+}

@@ -1,0 +1,112 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so an accepted job is
+//! on disk before the API answers 202.
+//!
+//! One connection behind a mutex serves every call on the blocking pool; each call is one
+//! transaction, which makes [`JobStore::claim`](super::JobStore::claim) atomic. One file per
+//! trait: `jobs.rs`, `clients.rs`, `webhooks.rs` (the outbox is filled by the `jobs_final_webhook`
+//! trigger), `lifecycle.rs`; the schema and its migrations are in `schema.rs`.
+
+mod clients;
+mod jobs;
+mod lifecycle;
+mod schema;
+mod webhooks;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+
+use super::{Store, StoreError};
+
+/// The SQLite backend.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+pub(super) fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Database(format!("store.path {}: {e}", path.display())))?;
+        }
+        let conn =
+            Connection::open(path).map_err(|e| StoreError::Database(format!("store.path {}: {e}", path.display())))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
+        if version > schema::SCHEMA_VERSION {
+            return Err(StoreError::Database(format!(
+                "store.path {} was written by a newer pwrelay (schema {version}, this one knows {})",
+                path.display(),
+                schema::SCHEMA_VERSION
+            )));
+        }
+        conn.execute_batch(schema::SCHEMA).map_err(db_err)?;
+        // A new database starts at version 1 (SCHEMA) and takes every migration like an old one.
+        let from = version.max(1);
+        for (i, migration) in schema::MIGRATIONS.iter().enumerate().skip(usize::try_from(from - 1).unwrap_or(0)) {
+            let tx = conn.unchecked_transaction().map_err(db_err)?;
+            tx.execute_batch(migration).map_err(db_err)?;
+            tx.pragma_update(None, "user_version", i64::try_from(i).unwrap_or(0) + 2).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The database holds sealed secrets and token hashes: owner only.
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock leaves the connection usable: SQLite rolled back the
+            // unfinished transaction when its guard dropped.
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn check(&self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            conn.execute_batch("BEGIN IMMEDIATE; SELECT count(*) FROM jobs LIMIT 1; ROLLBACK;").map_err(db_err)
+        })
+        .await
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}

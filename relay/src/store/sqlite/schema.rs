@@ -1,0 +1,160 @@
+//! The SQLite schema: version 1 and the migrations after it, recorded in `PRAGMA user_version`.
+//! Version 7 is the one every backend mirrors (`store/postgres/migrations/`).
+
+/// Schema version written to `PRAGMA user_version`.
+pub(super) const SCHEMA_VERSION: i64 = 7;
+
+/// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
+/// index 1: 2 → 3, ...).
+pub(super) const MIGRATIONS: &[&str] = &[
+    "
+ALTER TABLE jobs ADD COLUMN enforce_history INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN generate_length INTEGER;
+ALTER TABLE jobs ADD COLUMN generate_mode TEXT;
+ALTER TABLE jobs ADD COLUMN recipient_key BLOB;
+ALTER TABLE jobs ADD COLUMN password_matches INTEGER;
+ALTER TABLE jobs ADD COLUMN account_state TEXT;   -- JSON
+ALTER TABLE jobs ADD COLUMN notes TEXT;           -- JSON array
+ALTER TABLE jobs ADD COLUMN result_secret BLOB;   -- sealed box, or sealed with the store key; NULL once read
+ALTER TABLE jobs ADD COLUMN result_secret_encoding TEXT;
+ALTER TABLE jobs ADD COLUMN secret_retrieved_ms INTEGER;
+",
+    "
+ALTER TABLE api_clients ADD COLUMN scopes TEXT;   -- JSON Scopes; NULL = everything
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    client      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    body_sha256 BLOB NOT NULL,
+    job_id      TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (client, key)
+);
+CREATE INDEX IF NOT EXISTS jobs_client_id ON jobs (client, id);
+",
+    "
+ALTER TABLE jobs ADD COLUMN parent_id TEXT;
+CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id, state);
+",
+    "
+CREATE TABLE IF NOT EXISTS webhooks (
+    client     TEXT PRIMARY KEY REFERENCES api_clients (name) ON DELETE CASCADE,
+    url        TEXT NOT NULL,
+    events     TEXT NOT NULL,   -- JSON array of event names
+    secret     BLOB NOT NULL,   -- the signing secret, sealed with the store key
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id              TEXT PRIMARY KEY,   -- the event id, stable across attempts
+    client          TEXT NOT NULL,
+    job_id          TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    state           TEXT NOT NULL,      -- pending, delivered, failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created_ms      INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    finished_ms     INTEGER,
+    payload         TEXT,               -- the body, fixed by the first attempt
+    error           TEXT,
+    UNIQUE (job_id, event)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_client ON webhook_deliveries (client, created_ms);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    delivery_id TEXT NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+    attempt     INTEGER NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status      INTEGER,                -- the receiver's HTTP status; NULL without an answer
+    error       TEXT,
+    PRIMARY KEY (delivery_id, attempt)
+);
+-- The outbox: whichever statement makes a job final enqueues its event in the same transaction.
+CREATE TRIGGER IF NOT EXISTS jobs_final_webhook AFTER UPDATE OF state ON jobs
+WHEN NEW.state IN ('succeeded', 'failed') AND OLD.state NOT IN ('succeeded', 'failed')
+BEGIN
+    INSERT OR IGNORE INTO webhook_deliveries (id, client, job_id, event, state, created_ms, next_attempt_ms)
+    SELECT 'evt_' || lower(hex(randomblob(16))), w.client, NEW.id, 'job.' || NEW.state, 'pending',
+           NEW.updated_ms, NEW.updated_ms
+      FROM webhooks w
+     WHERE w.client = NEW.client
+       AND EXISTS (SELECT 1 FROM json_each(w.events) e WHERE e.value = 'job.' || NEW.state);
+END;
+",
+    LIFECYCLE,
+    "
+ALTER TABLE jobs ADD COLUMN account_key TEXT;   -- domain/target_kind:value, lower case; NULL for batches
+ALTER TABLE jobs ADD COLUMN taken_over INTEGER NOT NULL DEFAULT 0;  -- a claim took over a lapsed lease: an earlier attempt may have written
+UPDATE jobs SET account_key = domain || '/' || target_kind || ':' || lower(target_value)
+ WHERE kind != 'reconcile_batch';
+CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms);
+",
+];
+
+/// Version 1, which every database starts from.
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id               TEXT PRIMARY KEY,
+    kind             TEXT NOT NULL,
+    domain           TEXT NOT NULL,
+    target_kind      TEXT NOT NULL,
+    target_value     TEXT NOT NULL,
+    must_change      INTEGER NOT NULL,
+    unlock           INTEGER NOT NULL,
+    client           TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    secret           BLOB,            -- sealed (AES-256-GCM), NULL once the job is final
+    created_ms       INTEGER NOT NULL,
+    updated_ms       INTEGER NOT NULL,
+    dispatched_ms    INTEGER,
+    finished_ms      INTEGER,
+    not_before_ms    INTEGER NOT NULL DEFAULT 0,
+    lease_holder     TEXT,
+    lease_expires_ms INTEGER,
+    agent            TEXT,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    error_code       TEXT,
+    error_message    TEXT,
+    directory_code   TEXT,
+    account_dn       TEXT,
+    verified         INTEGER,
+    pwd_last_set     INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs (domain, state, created_ms);
+CREATE INDEX IF NOT EXISTS jobs_lease_holder ON jobs (lease_holder);
+CREATE TABLE IF NOT EXISTS api_clients (
+    name         TEXT PRIMARY KEY,
+    token_sha256 BLOB NOT NULL UNIQUE,
+    created_ms   INTEGER NOT NULL
+);
+";
+
+/// The new-hire tables (migration 5 → 6).
+const LIFECYCLE: &str = "
+CREATE TABLE IF NOT EXISTS lifecycle_requests (
+    task_processing_result_id TEXT PRIMARY KEY,
+    tenant_id        TEXT NOT NULL,
+    workflow_id      TEXT NOT NULL,
+    task_id          TEXT NOT NULL,
+    subject_id       TEXT NOT NULL,
+    display_name     TEXT NOT NULL,
+    workflow_name    TEXT NOT NULL,
+    body_sha256      BLOB NOT NULL,
+    stage            TEXT NOT NULL,
+    job_id           TEXT UNIQUE,
+    delivery         TEXT,
+    delivery_detail  TEXT,
+    outcome          TEXT,
+    outcome_reason   TEXT,
+    resume_attempts  INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms  INTEGER NOT NULL DEFAULT 0,
+    link_id          TEXT UNIQUE,
+    link_proof       BLOB,
+    link_expires_ms  INTEGER,
+    link_claimed_ms  INTEGER,
+    link_views       INTEGER NOT NULL DEFAULT 0,
+    created_ms       INTEGER NOT NULL,
+    updated_ms       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lifecycle_stage ON lifecycle_requests (stage, next_attempt_ms);
+";

@@ -1,0 +1,778 @@
+//! The store contract: one set of tests, run through the traits only against every backend.
+//!
+//! Each test is a function of `&dyn Store`; [`contract!`] makes one `#[tokio::test]` of it per
+//! backend (`store::tests::sqlite::NAME`, `store::tests::postgres::NAME`). SQLite runs on a fresh
+//! file per test. PostgreSQL runs on a fresh database per test when `PWRELAY_TEST_POSTGRES_URL`
+//! names a server whose user may create databases (`deploy/dev/postgres.sh start` prints one);
+//! without it the PostgreSQL tests pass after saying once, on the terminal, that they were skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pwrelay_shared::domain::DomainName;
+use uuid::Uuid;
+
+use super::lifecycle::{CalloutInsertion, LinkClaim, LinkState, NewRequest, ResumeResult, Stage};
+use super::{
+    Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, Operation, Scopes, SecretTake, Store, StoreError,
+};
+use crate::jobs::{
+    ErrorCode, GenerateMode, GenerateSpec, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, NewJob, Outcome,
+    ResultSecret, SecretEncoding, Target, Timestamp,
+};
+use crate::lifecycle::callout::Callout;
+use crate::webhooks::{AfterAttempt, Attempt, DeliveryFilter, DeliveryState, StoredWebhook, WebhookEvent};
+
+/// A store under test and whatever must live as long as it.
+pub(crate) struct Backend {
+    pub(crate) store: Arc<dyn Store>,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+pub(crate) fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = super::sqlite::SqliteStore::open(&dir.path().join("relay.db")).expect("open");
+    Backend { store: Arc::new(store), _keep: Box::new(dir) }
+}
+
+/// A fresh database on the test server, or `None` when `PWRELAY_TEST_POSTGRES_URL` is not set.
+pub(crate) async fn postgres() -> Option<Backend> {
+    let server = super::postgres::testing::server()?;
+    let config = super::postgres::testing::fresh_database(&server).await;
+    let store = super::postgres::PostgresStore::open(&config).await.expect("open");
+    Some(Backend { store: Arc::new(store), _keep: Box::new(()) })
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let backend = super::sqlite();
+                    super::$name(backend.store.as_ref()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(backend) = super::postgres().await else { return };
+                    super::$name(backend.store.as_ref()).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    claims_only_the_holders_domains_and_each_job_once,
+    lapsed_leases_are_taken_over_only_after_the_write_timeout,
+    results_are_fenced_by_holder_and_attempt,
+    renewals_are_fenced_and_keep_the_lease,
+    one_account_has_one_attempt_at_a_time_in_acceptance_order,
+    a_job_the_agent_never_started_is_claimable_at_once,
+    final_outcomes_are_recorded_once,
+    retryable_failures_requeue_with_back_off,
+    overdue_jobs_expire_unless_an_agent_may_still_write,
+    a_generated_password_is_handed_out_once,
+    a_generated_password_that_never_arrived_is_lost_not_pending,
+    an_idempotency_key_finds_the_first_job_and_refuses_another_body,
+    listings_filter_and_page_a_clients_own_jobs,
+    only_queued_jobs_can_be_cancelled,
+    batches_settle_with_their_children,
+    clients_are_unique_found_by_token_rotated_and_revoked,
+    a_job_becoming_final_enqueues_one_delivery_for_its_subscribed_client,
+    only_subscribed_events_are_enqueued_and_expiry_and_batches_count,
+    attempts_are_logged_retries_wait_and_the_first_body_is_kept,
+    revoking_a_client_removes_its_webhook_and_pending_deliveries_lose_it,
+    a_callout_is_stored_once_per_task_processing_result,
+    a_new_hire_moves_through_its_stages_and_its_link_is_claimed_once,
+    a_failed_new_hire_loses_its_ciphertext_and_expired_links_are_erased,
+    the_store_is_ready,
+);
+
+// ---- test data
+
+fn policy() -> ClaimPolicy {
+    ClaimPolicy {
+        lease: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(15),
+        max_attempts: 3,
+        time_to_live: Duration::from_secs(3600),
+    }
+}
+
+fn d(name: &str) -> DomainName {
+    DomainName::parse(name).expect("domain")
+}
+
+fn new_job(domain: &str) -> NewJob {
+    NewJob {
+        id: JobId::generate(),
+        kind: JobKind::SetPassword,
+        domain: d(domain),
+        target: Target::Upn("a@b.c".into()),
+        options: JobOptions { must_change: true, unlock: false, enforce_history: false },
+        client: "pam".into(),
+        sealed_secret: Some(vec![1, 2, 3]),
+        generate: None,
+        recipient_key: None,
+        parent_id: None,
+    }
+}
+
+fn user_job(domain: &str, upn: &str) -> NewJob {
+    NewJob { target: Target::Upn(upn.into()), ..new_job(domain) }
+}
+
+fn client_job(client: &str, kind: JobKind, parent: Option<JobId>) -> NewJob {
+    NewJob {
+        kind,
+        target: Target::Upn("a@a.test".into()),
+        options: JobOptions::default(),
+        client: client.into(),
+        sealed_secret: None,
+        parent_id: parent,
+        ..new_job("a.test")
+    }
+}
+
+fn ok() -> Outcome {
+    Outcome::Succeeded(
+        JobSuccess { account_dn: "CN=a".into(), verified: true, pwd_last_set: 1, ..JobSuccess::default() },
+        None,
+    )
+}
+
+fn failed(code: ErrorCode, retryable: bool) -> Outcome {
+    Outcome::Failed { error: JobError { code, message: "no".into(), directory_code: None }, retryable }
+}
+
+fn ids(leased: &[crate::jobs::LeasedJob]) -> Vec<JobId> {
+    leased.iter().map(|l| l.job.job_id).collect()
+}
+
+async fn state(store: &dyn Store, id: JobId) -> JobState {
+    store.job(id).await.expect("read").expect("exists").state
+}
+
+fn hook(events: &[WebhookEvent]) -> StoredWebhook {
+    StoredWebhook {
+        url: "https://siem.example.com/hooks".into(),
+        events: events.iter().copied().collect(),
+        sealed_secret: vec![1, 2, 3],
+    }
+}
+
+async fn two_clients(store: &dyn Store) {
+    store.add_client("pam", [1; 32], &Scopes::default()).await.expect("client");
+    store.add_client("other", [2; 32], &Scopes::default()).await.expect("client");
+}
+
+// ---- jobs and leases
+
+async fn claims_only_the_holders_domains_and_each_job_once(store: &dyn Store) {
+    let a = new_job("a.test");
+    let a_id = a.id;
+    store.insert_job(a).await.expect("insert");
+    store.insert_job(new_job("b.test")).await.expect("insert");
+    assert!(store.claim(&[], "h1", "agent-a", 10, policy()).await.expect("claim").is_empty());
+    let leased = store.claim(&[d("a.test")], "h1", "agent-a", 10, policy()).await.expect("claim");
+    assert_eq!(ids(&leased), vec![a_id]);
+    assert_eq!(leased[0].sealed_secret.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert_eq!((leased[0].job.state, leased[0].job.attempts), (JobState::Dispatched, 1));
+    assert_eq!(leased[0].job.agent.as_deref(), Some("agent-a"));
+    assert!(!leased[0].earlier_attempt_unresolved);
+    assert!(leased[0].lease_deadline_unix_ms > Timestamp::now().0 + 50_000);
+    assert!(store.claim(&[d("a.test")], "h2", "agent-a2", 10, policy()).await.expect("claim").is_empty());
+}
+
+async fn lapsed_leases_are_taken_over_only_after_the_write_timeout(store: &dyn Store) {
+    let short =
+        ClaimPolicy { lease: Duration::ZERO, write_timeout: Duration::from_millis(200), max_attempts: 3, ..policy() };
+    let job = new_job("a.test");
+    let id = job.id;
+    store.insert_job(job).await.expect("insert");
+    assert_eq!(store.claim(&[d("a.test")], "h1", "x", 1, short).await.expect("claim").len(), 1);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(
+        store.claim(&[d("a.test")], "h2", "y", 1, short).await.expect("claim").is_empty(),
+        "the first holder may still be writing"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let taken = store.claim(&[d("a.test")], "h2", "y", 1, short).await.expect("claim");
+    assert_eq!(taken.len(), 1, "a lease lapsed past the write timeout is taken over");
+    assert!(taken[0].earlier_attempt_unresolved, "and the new attempt knows the last one may have written");
+    assert_eq!((taken[0].job.job_id, taken[0].job.attempts), (id, 2));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    store.claim(&[d("a.test")], "h3", "z", 1, short).await.expect("claim");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // attempts are now 3 = max_attempts: the next claim fails the job instead of leasing it
+    assert!(store.claim(&[d("a.test")], "h4", "v", 1, short).await.expect("claim").is_empty());
+    let job = store.job(id).await.expect("read").expect("exists");
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.error.map(|e| e.code), Some(ErrorCode::DeliveryExhausted));
+}
+
+async fn results_are_fenced_by_holder_and_attempt(store: &dyn Store) {
+    let short = ClaimPolicy { lease: Duration::ZERO, write_timeout: Duration::ZERO, ..policy() };
+    let job = new_job("a.test");
+    let id = job.id;
+    store.insert_job(job).await.expect("insert");
+    store.claim(&[d("a.test")], "h1", "x", 1, short).await.expect("claim");
+    assert_eq!(store.complete(id, "h2", 1, ok()).await.expect("complete"), Completion::Stale, "not the holder");
+    assert_eq!(store.complete(id, "h1", 2, ok()).await.expect("complete"), Completion::Stale, "not the attempt");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.claim(&[d("a.test")], "h2", "y", 1, short).await.expect("take over");
+    // The first attempt reports late: it changes nothing, not even a retryable requeue.
+    assert_eq!(store.complete(id, "h1", 1, ok()).await.expect("complete"), Completion::Stale);
+    let retry = failed(ErrorCode::DirectoryUnavailable, true);
+    assert_eq!(store.complete(id, "h1", 1, retry).await.expect("complete"), Completion::Stale);
+    assert_eq!(state(store, id).await, JobState::Dispatched);
+    assert_eq!(store.complete(id, "h2", 2, ok()).await.expect("complete"), Completion::Finished);
+    assert_eq!(store.complete(id, "h2", 2, ok()).await.expect("again"), Completion::Duplicate);
+    assert_eq!(store.complete(id, "h1", 1, ok()).await.expect("late"), Completion::Stale);
+    assert_eq!(store.complete(JobId::generate(), "h1", 1, ok()).await.expect("unknown"), Completion::Unknown);
+}
+
+async fn renewals_are_fenced_and_keep_the_lease(store: &dyn Store) {
+    let short = ClaimPolicy { lease: Duration::ZERO, write_timeout: Duration::ZERO, ..policy() };
+    let (a, b) = (user_job("a.test", "a@a.test"), user_job("a.test", "b@a.test"));
+    let (a_id, b_id) = (a.id, b.id);
+    store.insert_job(a).await.expect("insert");
+    store.insert_job(b).await.expect("insert");
+    assert_eq!(store.claim(&[d("a.test")], "h1", "x", 2, short).await.expect("claim").len(), 2);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.renew("h1", vec![], Duration::from_secs(60)).await.expect("renew"), vec![]);
+    // a is renewed (even though it lapsed: nobody took it over); b is not named and lapses.
+    let renewed = store.renew("h1", vec![(a_id, 1), (b_id, 7)], Duration::from_secs(60)).await.expect("renew");
+    assert_eq!(renewed, vec![(a_id, 1)], "only the current attempt renews");
+    assert_eq!(store.renew("h2", vec![(a_id, 1)], Duration::from_secs(60)).await.expect("renew"), vec![]);
+    let taken = store.claim(&[d("a.test")], "h2", "y", 2, short).await.expect("claim");
+    assert_eq!(ids(&taken), vec![b_id], "a's lease holds");
+    assert_eq!(store.renew("h1", vec![(b_id, 1)], Duration::from_secs(60)).await.expect("renew"), vec![]);
+}
+
+async fn one_account_has_one_attempt_at_a_time_in_acceptance_order(store: &dyn Store) {
+    let policy = ClaimPolicy { lease: Duration::ZERO, write_timeout: Duration::from_millis(200), ..policy() };
+    let first = user_job("a.test", "Jane@A.test");
+    let second = user_job("a.test", "jane@a.test");
+    let other = user_job("a.test", "joe@a.test");
+    let (first_id, second_id, other_id) = (first.id, second.id, other.id);
+    for job in [first, second, other] {
+        store.insert_job(job).await.expect("insert");
+    }
+    let leased = store.claim(&[d("a.test")], "h1", "x", 10, policy).await.expect("claim");
+    assert_eq!(ids(&leased), vec![first_id, other_id]);
+    // The first attempt's lease lapsed, but it may still be writing: the account stays held.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(store.claim(&[d("a.test")], "h2", "y", 10, policy).await.expect("claim").is_empty());
+    assert_eq!(store.complete(first_id, "h1", 1, ok()).await.expect("complete"), Completion::Finished);
+    let next = store.claim(&[d("a.test")], "h2", "y", 10, policy).await.expect("claim");
+    assert_eq!(ids(&next), vec![second_id]);
+}
+
+async fn a_job_the_agent_never_started_is_claimable_at_once(store: &dyn Store) {
+    let job = new_job("a.test");
+    let id = job.id;
+    store.insert_job(job).await.expect("insert");
+    store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+    let not_started = failed(ErrorCode::NotStarted, true);
+    assert_eq!(store.complete(id, "h1", 1, not_started).await.expect("complete"), Completion::Requeued);
+    let again = store.claim(&[d("a.test")], "h2", "y", 1, policy()).await.expect("claim");
+    assert_eq!(again.iter().map(|l| (l.job.job_id, l.job.attempts)).collect::<Vec<_>>(), vec![(id, 2)]);
+}
+
+async fn final_outcomes_are_recorded_once(store: &dyn Store) {
+    let (good, bad) = (user_job("a.test", "good@a.test"), user_job("a.test", "bad@a.test"));
+    let (good_id, bad_id) = (good.id, bad.id);
+    store.insert_job(good).await.expect("insert");
+    store.insert_job(bad).await.expect("insert");
+    store.claim(&[d("a.test")], "h1", "x", 2, policy()).await.expect("claim");
+    let success = Outcome::Succeeded(
+        JobSuccess {
+            account_dn: "CN=good".into(),
+            verified: true,
+            pwd_last_set: 42,
+            notes: vec!["unlocked".into()],
+            ..JobSuccess::default()
+        },
+        None,
+    );
+    assert_eq!(store.complete(good_id, "h1", 1, success.clone()).await.expect("complete"), Completion::Finished);
+    assert_eq!(store.complete(good_id, "h1", 1, success).await.expect("complete"), Completion::Duplicate);
+    let refused = failed(ErrorCode::PolicyViolation, false);
+    assert_eq!(store.complete(bad_id, "h1", 1, refused).await.expect("complete"), Completion::Finished);
+    assert_eq!(store.complete(bad_id, "h1", 1, ok()).await.expect("complete"), Completion::Duplicate);
+    let good = store.job(good_id).await.expect("read").expect("exists");
+    assert_eq!(good.state, JobState::Succeeded);
+    let result = good.result.expect("result");
+    assert_eq!((result.account_dn.as_str(), result.verified, result.pwd_last_set), ("CN=good", true, 42));
+    assert_eq!(result.notes, vec!["unlocked".to_owned()]);
+    assert!(good.finished_at.is_some() && good.error.is_none());
+    let bad = store.job(bad_id).await.expect("read").expect("exists");
+    assert_eq!(bad.state, JobState::Failed);
+    assert_eq!(bad.error.map(|e| e.code), Some(ErrorCode::PolicyViolation));
+    assert!(bad.result.is_none());
+}
+
+async fn retryable_failures_requeue_with_back_off(store: &dyn Store) {
+    let job = new_job("a.test");
+    let id = job.id;
+    store.insert_job(job).await.expect("insert");
+    store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+    let failure = failed(ErrorCode::DirectoryUnavailable, true);
+    assert_eq!(store.complete(id, "h1", 1, failure).await.expect("complete"), Completion::Requeued);
+    let job = store.job(id).await.expect("read").expect("exists");
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.error.map(|e| e.code), Some(ErrorCode::DirectoryUnavailable), "the last error is kept");
+    assert!(store.claim(&[d("a.test")], "h2", "x", 1, policy()).await.expect("claim").is_empty(), "backing off");
+    // With no attempt left, the next claim fails it at once instead of after the back-off.
+    let last = ClaimPolicy { max_attempts: 1, ..policy() };
+    assert!(store.claim(&[d("a.test")], "h2", "x", 1, last).await.expect("claim").is_empty());
+    let job = store.job(id).await.expect("read").expect("exists");
+    assert_eq!(job.state, JobState::Failed);
+    let error = job.error.expect("error");
+    assert_eq!(error.code, ErrorCode::DeliveryExhausted);
+    assert!(error.message.contains("jobs.max_attempts") && error.message.contains("last error"), "{}", error.message);
+}
+
+async fn overdue_jobs_expire_unless_an_agent_may_still_write(store: &dyn Store) {
+    let held = user_job("a.test", "held@a.test");
+    let held_id = held.id;
+    store.insert_job(held).await.expect("insert");
+    store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+    let job = new_job("a.test");
+    let id = job.id;
+    store.insert_job(job).await.expect("insert");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.expire_overdue(policy()).await.expect("expire"), 0, "nothing is older than an hour");
+    let overdue = ClaimPolicy { time_to_live: Duration::ZERO, ..policy() };
+    assert_eq!(store.expire_overdue(overdue).await.expect("expire"), 1, "not the job an agent holds");
+    let job = store.job(id).await.expect("read").expect("exists");
+    assert_eq!(job.error.map(|e| e.code), Some(ErrorCode::Expired));
+    assert_eq!(state(store, held_id).await, JobState::Dispatched);
+    // Past its time to live, a queued job is not leased either.
+    let late = new_job("b.test");
+    store.insert_job(late).await.expect("insert");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(store.claim(&[d("b.test")], "h1", "x", 1, overdue).await.expect("claim").is_empty());
+}
+
+fn generating(domain: &str) -> NewJob {
+    NewJob {
+        kind: JobKind::GeneratePassword,
+        sealed_secret: None,
+        generate: Some(GenerateSpec { length: 20, mode: GenerateMode::Random }),
+        recipient_key: Some(vec![7; 32]),
+        ..new_job(domain)
+    }
+}
+
+async fn a_generated_password_is_handed_out_once(store: &dyn Store) {
+    let job = generating("a.test");
+    let id = job.id;
+    store.insert_job(job).await.expect("insert");
+    let leased = store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+    assert_eq!(leased[0].recipient_key.as_deref(), Some(&[7u8; 32][..]));
+    assert_eq!(leased[0].job.generate.map(|g| (g.length, g.mode)), Some((20, GenerateMode::Random)));
+    let secret = ResultSecret { encoding: SecretEncoding::SealedBox, bytes: vec![4, 5, 6] };
+    let done = Outcome::Succeeded(JobSuccess { account_dn: "CN=a".into(), ..JobSuccess::default() }, Some(secret));
+    assert_eq!(store.complete(id, "h1", 1, done).await.expect("complete"), Completion::Finished);
+    assert_eq!(store.take_secret(id, "other").await.expect("take"), SecretTake::NotFound, "not this client's");
+    assert_eq!(
+        store.take_secret(id, "pam").await.expect("take"),
+        SecretTake::Taken(ResultSecret { encoding: SecretEncoding::SealedBox, bytes: vec![4, 5, 6] })
+    );
+    assert_eq!(store.take_secret(id, "pam").await.expect("take"), SecretTake::AlreadyTaken);
+    let plain = new_job("a.test");
+    let plain_id = plain.id;
+    store.insert_job(plain).await.expect("insert");
+    assert_eq!(store.take_secret(plain_id, "pam").await.expect("take"), SecretTake::NoSecret);
+}
+
+async fn a_generated_password_that_never_arrived_is_lost_not_pending(store: &dyn Store) {
+    let job = generating("a.test");
+    let id = job.id;
+    store.insert_job(job).await.expect("insert");
+    assert_eq!(store.take_secret(id, "pam").await.expect("take"), SecretTake::NotReady);
+    store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+    assert_eq!(store.complete(id, "h1", 1, ok()).await.expect("complete"), Completion::Finished);
+    // Final, and no password came with it: never "not finished".
+    assert_eq!(store.take_secret(id, "pam").await.expect("take"), SecretTake::Lost);
+}
+
+async fn an_idempotency_key_finds_the_first_job_and_refuses_another_body(store: &dyn Store) {
+    let first = new_job("a.test");
+    let first_id = first.id;
+    let key = |hash: u8| Some(("key-1".to_owned(), [hash; 32]));
+    assert_eq!(store.insert_jobs_once(vec![first], key(1)).await.expect("insert"), Insertion::Created);
+    let again = new_job("a.test");
+    let again_id = again.id;
+    assert_eq!(store.insert_jobs_once(vec![again], key(1)).await.expect("insert"), Insertion::Replayed(first_id));
+    assert!(store.job(again_id).await.expect("read").is_none(), "a replay stores nothing");
+    assert_eq!(
+        store.insert_jobs_once(vec![new_job("a.test")], key(2)).await.expect("insert"),
+        Insertion::KeyConflict(first_id)
+    );
+    let other_client = NewJob { client: "other".into(), ..new_job("a.test") };
+    assert_eq!(store.insert_jobs_once(vec![other_client], key(2)).await.expect("insert"), Insertion::Created);
+    assert_eq!(store.insert_jobs_once(vec![], None).await.expect("nothing"), Insertion::Created);
+}
+
+async fn listings_filter_and_page_a_clients_own_jobs(store: &dyn Store) {
+    let mut ids = Vec::new();
+    for domain in ["a.test", "b.test", "a.test"] {
+        let job = new_job(domain);
+        ids.push(job.id);
+        store.insert_job(job).await.expect("insert");
+    }
+    store.insert_job(NewJob { client: "other".into(), ..new_job("a.test") }).await.expect("insert");
+    store.claim(&[d("b.test")], "h1", "x", 1, policy()).await.expect("claim");
+    let all = JobFilter { limit: 10, ..JobFilter::default() };
+    let listed = |filter: JobFilter| async move {
+        store.list_jobs("pam", filter).await.expect("list").into_iter().map(|j| j.job_id).collect::<Vec<_>>()
+    };
+    assert_eq!(listed(all.clone()).await, ids, "oldest first, only the client's own");
+    assert_eq!(listed(JobFilter { limit: 2, ..all.clone() }).await, ids[..2]);
+    assert_eq!(listed(JobFilter { after: Some(ids[0]), ..all.clone() }).await, ids[1..]);
+    assert_eq!(listed(JobFilter { domain: Some(d("a.test")), ..all.clone() }).await, vec![ids[0], ids[2]]);
+    assert_eq!(listed(JobFilter { state: Some(JobState::Dispatched), ..all.clone() }).await, vec![ids[1]]);
+    let future = Timestamp(Timestamp::now().0 + 60_000);
+    assert!(listed(JobFilter { since: Some(future), ..all }).await.is_empty());
+}
+
+async fn only_queued_jobs_can_be_cancelled(store: &dyn Store) {
+    let (queued, held) = (user_job("a.test", "q@a.test"), user_job("b.test", "h@b.test"));
+    let (queued_id, held_id) = (queued.id, held.id);
+    store.insert_job(queued).await.expect("insert");
+    store.insert_job(held).await.expect("insert");
+    store.claim(&[d("b.test")], "h1", "x", 1, policy()).await.expect("claim");
+    assert_eq!(store.cancel(queued_id, "other").await.expect("cancel"), Cancellation::NotFound);
+    assert_eq!(store.cancel(queued_id, "pam").await.expect("cancel"), Cancellation::Cancelled);
+    assert_eq!(store.cancel(queued_id, "pam").await.expect("cancel"), Cancellation::AlreadyFinal);
+    assert_eq!(store.cancel(held_id, "pam").await.expect("cancel"), Cancellation::InProgress);
+    let cancelled = store.job(queued_id).await.expect("read").expect("exists");
+    assert_eq!(cancelled.error.map(|e| e.code), Some(ErrorCode::Cancelled));
+    assert!(store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim").is_empty());
+}
+
+async fn batches_settle_with_their_children(store: &dyn Store) {
+    let batch = NewJob { kind: JobKind::ReconcileBatch, ..client_job("pam", JobKind::ReconcileBatch, None) };
+    let batch_id = batch.id;
+    let child =
+        |upn: &str| NewJob { target: Target::Upn(upn.into()), ..client_job("pam", JobKind::Reconcile, Some(batch_id)) };
+    let (one, two) = (child("one@a.test"), child("two@a.test"));
+    let (one_id, two_id) = (one.id, two.id);
+    store.insert_jobs_once(vec![batch, one, two], None).await.expect("insert");
+    let leased = store.claim(&[d("a.test")], "h1", "x", 10, policy()).await.expect("claim");
+    assert_eq!(ids(&leased), vec![one_id, two_id], "a batch itself is never leased");
+    let batch = store.job(batch_id).await.expect("read").expect("exists");
+    assert_eq!(batch.state, JobState::Dispatched);
+    let progress = batch.progress.expect("progress");
+    assert_eq!((progress.total, progress.dispatched), (2, 2));
+    store.complete(one_id, "h1", 1, ok()).await.expect("complete");
+    assert_eq!(state(store, batch_id).await, JobState::Dispatched);
+    store.complete(two_id, "h1", 1, failed(ErrorCode::PolicyViolation, false)).await.expect("complete");
+    let batch = store.job(batch_id).await.expect("read").expect("exists");
+    assert_eq!(batch.state, JobState::Failed);
+    let error = batch.error.expect("error");
+    assert_eq!(error.code, ErrorCode::PartialFailure);
+    assert!(error.message.starts_with("1 of 2 accounts failed"), "{}", error.message);
+    let progress = batch.progress.expect("progress");
+    assert_eq!((progress.succeeded, progress.failed), (1, 1));
+    assert_eq!(
+        store.list_jobs("pam", JobFilter { limit: 10, ..JobFilter::default() }).await.expect("list")[1].parent_id,
+        Some(batch_id)
+    );
+}
+
+// ---- clients
+
+async fn clients_are_unique_found_by_token_rotated_and_revoked(store: &dyn Store) {
+    let scopes = Scopes {
+        domains: Some([d("a.test")].into_iter().collect()),
+        operations: Some([Operation::Verify, Operation::Lifecycle].into_iter().collect()),
+    };
+    store.add_client("pam", [9; 32], &scopes).await.expect("client");
+    store.add_client("plain", [8; 32], &Scopes::default()).await.expect("client");
+    assert!(matches!(store.add_client("pam", [7; 32], &Scopes::default()).await, Err(StoreError::ClientExists(_))));
+    let found = store.client_by_token([9; 32]).await.expect("read").expect("found");
+    assert_eq!((found.name.as_str(), &found.scopes), ("pam", &scopes));
+    assert_eq!(store.client_by_token([8; 32]).await.expect("read").map(|c| c.scopes), Some(Scopes::default()));
+    assert_eq!(store.client_by_token([7; 32]).await.expect("read"), None);
+    assert!(store.rotate_client_token("pam", [6; 32]).await.expect("rotate"));
+    assert!(!store.rotate_client_token("nobody", [5; 32]).await.expect("rotate"));
+    assert_eq!(store.client_by_token([9; 32]).await.expect("read"), None, "the old token stops working");
+    assert_eq!(store.client_by_token([6; 32]).await.expect("read").map(|c| c.name), Some("pam".into()));
+    assert!(store.revoke_client("pam").await.expect("revoke"));
+    assert!(!store.revoke_client("pam").await.expect("revoke"));
+    assert_eq!(store.client_by_token([6; 32]).await.expect("read"), None);
+}
+
+// ---- webhooks
+
+async fn a_job_becoming_final_enqueues_one_delivery_for_its_subscribed_client(store: &dyn Store) {
+    two_clients(store).await;
+    assert!(store.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("set"));
+    assert!(!store.set_webhook("nobody", &hook(&WebhookEvent::ALL)).await.expect("set"), "no such client");
+    assert_eq!(store.webhook("pam").await.expect("read"), Some(hook(&WebhookEvent::ALL)));
+    let (done, cancelled, unsubscribed) = (
+        client_job("pam", JobKind::SetPassword, None),
+        client_job("pam", JobKind::Verify, None),
+        client_job("other", JobKind::SetPassword, None),
+    );
+    let (done_id, cancelled_id) = (done.id, cancelled.id);
+    for j in [done, cancelled, unsubscribed] {
+        store.insert_job(j).await.expect("insert");
+    }
+    assert!(store.due_deliveries(10).await.expect("due").is_empty(), "nothing is final yet");
+    assert_eq!(store.next_delivery_due().await.expect("next"), None);
+    store.claim(&[d("a.test")], "h", "agent", 1, policy()).await.expect("claim");
+    assert_eq!(store.complete(done_id, "h", 1, ok()).await.expect("complete"), Completion::Finished);
+    assert_eq!(store.complete(done_id, "h", 1, ok()).await.expect("again"), Completion::Duplicate);
+    store.cancel(cancelled_id, "pam").await.expect("cancel");
+    let due = store.due_deliveries(10).await.expect("due");
+    let mut events: Vec<_> = due.iter().map(|d| (d.job_id, d.event)).collect();
+    events.sort();
+    let mut expected = vec![(done_id, WebhookEvent::JobSucceeded), (cancelled_id, WebhookEvent::JobFailed)];
+    expected.sort();
+    assert_eq!(events, expected, "one delivery per final job of the subscribed client");
+    assert!(due.iter().all(|d| d.client == "pam" && d.attempts == 0 && d.payload.is_none()));
+    assert!(due.iter().all(|d| d.event_id.starts_with("evt_") && d.event_id.len() == 36));
+    assert_ne!(due[0].event_id, due[1].event_id);
+    assert_eq!(due[0].webhook.as_ref().map(|w| w.url.as_str()), Some("https://siem.example.com/hooks"));
+    assert!(store.next_delivery_due().await.expect("next").is_some_and(|at| at.0 <= Timestamp::now().0));
+    assert_eq!(store.due_deliveries(1).await.expect("due").len(), 1, "the limit holds");
+}
+
+async fn only_subscribed_events_are_enqueued_and_expiry_and_batches_count(store: &dyn Store) {
+    two_clients(store).await;
+    store.set_webhook("pam", &hook(&[WebhookEvent::JobSucceeded])).await.expect("set");
+    let cancelled = client_job("pam", JobKind::SetPassword, None);
+    let cancelled_id = cancelled.id;
+    store.insert_job(cancelled).await.expect("insert");
+    store.cancel(cancelled_id, "pam").await.expect("cancel");
+    assert!(store.due_deliveries(10).await.expect("due").is_empty(), "job.failed is not subscribed");
+
+    store.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("replace");
+    let batch = client_job("pam", JobKind::ReconcileBatch, None);
+    let children =
+        [client_job("pam", JobKind::Reconcile, Some(batch.id)), client_job("pam", JobKind::Reconcile, Some(batch.id))];
+    let batch_id = batch.id;
+    let jobs: Vec<NewJob> = std::iter::once(batch).chain(children).collect();
+    store.insert_jobs_once(jobs, None).await.expect("insert");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        store.expire_overdue(ClaimPolicy { time_to_live: Duration::ZERO, ..policy() }).await.expect("expire"),
+        2
+    );
+    let due = store.due_deliveries(10).await.expect("due");
+    assert_eq!(due.len(), 3, "both members and the settled batch: {due:?}");
+    assert!(due.iter().any(|d| d.job_id == batch_id && d.event == WebhookEvent::JobFailed));
+}
+
+async fn attempts_are_logged_retries_wait_and_the_first_body_is_kept(store: &dyn Store) {
+    two_clients(store).await;
+    store.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("set");
+    let j = client_job("pam", JobKind::SetPassword, None);
+    let id = j.id;
+    store.insert_job(j).await.expect("insert");
+    store.cancel(id, "pam").await.expect("cancel");
+    let event_id = store.due_deliveries(10).await.expect("due")[0].event_id.clone();
+    let attempt = |n: u32, status: u16| Attempt {
+        attempt: n,
+        at: Timestamp::now(),
+        duration_ms: 3,
+        status: Some(status),
+        error: (status >= 300).then(|| format!("the receiver answered HTTP {status}")),
+    };
+    let now = Timestamp::now();
+    store
+        .record_delivery(&event_id, Some("first".into()), Some(attempt(1, 500)), AfterAttempt::RetryAt(now))
+        .await
+        .expect("record");
+    let due = store.due_deliveries(10).await.expect("due");
+    assert_eq!((due[0].attempts, due[0].payload.as_deref()), (1, Some("first")));
+    let later = Timestamp(Timestamp::now().0 + 60_000);
+    store
+        .record_delivery(&event_id, Some("second".into()), Some(attempt(2, 503)), AfterAttempt::RetryAt(later))
+        .await
+        .expect("record");
+    assert!(store.due_deliveries(10).await.expect("due").is_empty(), "the retry is not due yet");
+    assert_eq!(store.next_delivery_due().await.expect("next"), Some(later));
+    let pending = store.deliveries("pam", DeliveryFilter { state: Some(DeliveryState::Pending), limit: 10 });
+    let pending = pending.await.expect("log");
+    assert_eq!(pending[0].next_attempt_at, Some(later));
+    assert_eq!(pending[0].error.as_deref(), Some("the receiver answered HTTP 503"));
+    store
+        .record_delivery(&event_id, Some("third".into()), Some(attempt(3, 204)), AfterAttempt::Delivered)
+        .await
+        .expect("record");
+    assert_eq!(store.next_delivery_due().await.expect("next"), None);
+    let log = store.deliveries("pam", DeliveryFilter { state: None, limit: 10 }).await.expect("log");
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].state, DeliveryState::Delivered);
+    assert_eq!(log[0].attempts.iter().map(|a| a.status).collect::<Vec<_>>(), [Some(500), Some(503), Some(204)]);
+    assert!(log[0].finished_at.is_some() && log[0].next_attempt_at.is_none());
+    assert!(store.deliveries("other", DeliveryFilter { state: None, limit: 10 }).await.expect("log").is_empty());
+    let failed_only = DeliveryFilter { state: Some(DeliveryState::Failed), limit: 10 };
+    assert!(store.deliveries("pam", failed_only).await.expect("log").is_empty());
+    // A delivery that ended is not changed by a late record.
+    store.record_delivery(&event_id, None, None, AfterAttempt::GiveUp("late".into())).await.expect("record");
+    let log = store.deliveries("pam", DeliveryFilter { state: None, limit: 10 }).await.expect("log");
+    assert_eq!(log[0].state, DeliveryState::Delivered);
+    assert_eq!(store.prune_deliveries(Duration::from_secs(3600)).await.expect("prune"), 0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.prune_deliveries(Duration::ZERO).await.expect("prune"), 1);
+    assert!(store.deliveries("pam", DeliveryFilter { state: None, limit: 10 }).await.expect("log").is_empty());
+}
+
+async fn revoking_a_client_removes_its_webhook_and_pending_deliveries_lose_it(store: &dyn Store) {
+    two_clients(store).await;
+    store.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("set");
+    let j = client_job("pam", JobKind::SetPassword, None);
+    let id = j.id;
+    store.insert_job(j).await.expect("insert");
+    store.cancel(id, "pam").await.expect("cancel");
+    assert!(store.revoke_client("pam").await.expect("revoke"));
+    assert_eq!(store.webhook("pam").await.expect("read"), None);
+    let due = store.due_deliveries(10).await.expect("due");
+    assert_eq!(due.len(), 1);
+    assert!(due[0].webhook.is_none());
+    assert!(!store.remove_webhook("pam").await.expect("remove"), "already gone");
+    store.set_webhook("other", &hook(&WebhookEvent::ALL)).await.expect("set");
+    assert!(store.remove_webhook("other").await.expect("remove"));
+}
+
+// ---- new hires
+
+fn callout() -> NewRequest {
+    NewRequest {
+        callout: Callout {
+            task_processing_result_id: Uuid::new_v4(),
+            workflow_id: Uuid::new_v4(),
+            task_id: Uuid::new_v4(),
+            subject_id: Uuid::new_v4(),
+            display_name: "Jane Doe".into(),
+            workflow_name: "Onboarding".into(),
+        },
+        tenant_id: "tenant".into(),
+        body_sha256: [3; 32],
+    }
+}
+
+/// A new hire's request applied and its `initial_password` job finished with a ciphertext.
+async fn applied(store: &dyn Store) -> (Uuid, JobId) {
+    let request = callout();
+    let id = request.callout.task_processing_result_id;
+    assert_eq!(store.insert_callout(request).await.expect("insert"), CalloutInsertion::Created);
+    let job = NewJob {
+        kind: JobKind::InitialPassword,
+        sealed_secret: None,
+        client: crate::lifecycle::CLIENT.into(),
+        generate: Some(GenerateSpec { length: 16, mode: GenerateMode::Friendly }),
+        ..user_job("a.test", "jane@a.test")
+    };
+    let job_id = job.id;
+    store.insert_job(job).await.expect("insert");
+    store.set_applying(id, job_id).await.expect("applying");
+    let applying = store.request(id).await.expect("read").expect("exists");
+    assert_eq!((applying.stage, applying.job_id), (Stage::Applying, Some(job_id)));
+    assert!(store.due_requests(false, 10).await.expect("due").is_empty(), "an applying request waits for its job");
+    store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+    let secret = ResultSecret { encoding: SecretEncoding::Aes256Gcm, bytes: vec![8, 8, 8] };
+    let done = Outcome::Succeeded(JobSuccess { account_dn: "CN=jane".into(), ..JobSuccess::default() }, Some(secret));
+    assert_eq!(store.complete(job_id, "h1", 1, done).await.expect("complete"), Completion::Finished);
+    let due = store.due_requests(false, 10).await.expect("due");
+    assert_eq!(due.iter().map(|r| r.task_processing_result_id).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(due[0].job_state.as_deref(), Some("succeeded"));
+    (id, job_id)
+}
+
+async fn a_callout_is_stored_once_per_task_processing_result(store: &dyn Store) {
+    let request = callout();
+    let id = request.callout.task_processing_result_id;
+    assert_eq!(store.insert_callout(request.clone()).await.expect("insert"), CalloutInsertion::Created);
+    assert_eq!(store.insert_callout(request.clone()).await.expect("insert"), CalloutInsertion::Repeated);
+    let changed = NewRequest { body_sha256: [4; 32], ..request.clone() };
+    assert_eq!(store.insert_callout(changed).await.expect("insert"), CalloutInsertion::Conflict);
+    let stored = store.request(id).await.expect("read").expect("exists");
+    assert_eq!(stored.stage, Stage::Resolving);
+    assert_eq!((stored.display_name.as_str(), stored.tenant_id.as_str()), ("Jane Doe", "tenant"));
+    assert_eq!(stored.workflow_id, request.callout.workflow_id);
+    assert!(store.request(Uuid::new_v4()).await.expect("read").is_none());
+    assert_eq!(store.due_requests(false, 10).await.expect("due").len(), 1, "resolving and due");
+    let later = Timestamp::now().0 + 60_000;
+    store.postpone(id, later, "graph unreachable").await.expect("postpone");
+    assert!(store.due_requests(false, 10).await.expect("due").is_empty());
+    let postponed = store.request(id).await.expect("read").expect("exists");
+    assert_eq!((postponed.next_attempt_ms, postponed.outcome_reason.as_deref()), (later, Some("graph unreachable")));
+}
+
+async fn a_new_hire_moves_through_its_stages_and_its_link_is_claimed_once(store: &dyn Store) {
+    let (id, job_id) = applied(store).await;
+    assert_eq!(store.request_of_job(job_id).await.expect("read").map(|r| r.task_processing_result_id), Some(id));
+    let expires = Timestamp(Timestamp::now().0 + 3_600_000);
+    store.open_link(id, "link-1", [5; 32], expires).await.expect("open link");
+    let delivering = store.request(id).await.expect("read").expect("exists");
+    assert_eq!((delivering.stage, delivering.delivery.as_deref()), (Stage::Delivering, Some("pending")));
+    assert!(store.due_requests(false, 10).await.expect("due").is_empty());
+    assert_eq!(store.due_requests(true, 10).await.expect("due").len(), 1, "after a restart");
+    assert_eq!(store.view_link("link-1").await.expect("view"), LinkState::Active { expires, must_change: true });
+    assert_eq!(store.view_link("nope").await.expect("view"), LinkState::NotFound);
+    assert_eq!(store.claim_link("link-1", [6; 32]).await.expect("claim"), LinkClaim::WrongProof);
+    assert_eq!(store.claim_link("nope", [5; 32]).await.expect("claim"), LinkClaim::NotFound);
+    assert_eq!(
+        store.claim_link("link-1", [5; 32]).await.expect("claim"),
+        LinkClaim::Taken { job_id, sealed: vec![8, 8, 8] }
+    );
+    assert_eq!(store.claim_link("link-1", [5; 32]).await.expect("claim"), LinkClaim::AlreadyUsed);
+    assert_eq!(store.view_link("link-1").await.expect("view"), LinkState::Claimed);
+    store.set_delivery(id, "sent", "sms").await.expect("delivery");
+    store.set_outcome(id, true, "").await.expect("outcome");
+    let resuming = store.request(id).await.expect("read").expect("exists");
+    assert_eq!((resuming.stage, resuming.outcome.as_deref()), (Stage::Resuming, Some("completed")));
+    assert_eq!((resuming.delivery.as_deref(), resuming.delivery_detail.as_deref()), (Some("sent"), Some("sms")));
+    assert_eq!(resuming.link_views, 2);
+    assert!(resuming.link_claimed_at.is_some());
+    let retry_at = Timestamp::now().0 + 60_000;
+    store
+        .resume_attempted(id, ResumeResult::Retry { at_ms: retry_at, reason: "graph 503".into() })
+        .await
+        .expect("resume");
+    assert!(store.due_requests(false, 10).await.expect("due").is_empty(), "the retry is not due");
+    store.resume_attempted(id, ResumeResult::Done).await.expect("resume");
+    let done = store.request(id).await.expect("read").expect("exists");
+    assert_eq!((done.stage, done.resume_attempts), (Stage::Done, 2));
+    assert_eq!(done.delivery_detail.as_deref(), Some("sms; resume: graph 503"));
+    store.resume_attempted(id, ResumeResult::Done).await.expect("resume");
+    assert_eq!(store.request(id).await.expect("read").expect("exists").resume_attempts, 2, "done stays done");
+}
+
+async fn a_failed_new_hire_loses_its_ciphertext_and_expired_links_are_erased(store: &dyn Store) {
+    let (failed_id, _) = applied(store).await;
+    let expires = Timestamp(Timestamp::now().0 + 3_600_000);
+    store.open_link(failed_id, "link-failed", [5; 32], expires).await.expect("open link");
+    store.set_outcome(failed_id, false, "no phone").await.expect("outcome");
+    assert_eq!(store.view_link("link-failed").await.expect("view"), LinkState::Expired);
+    assert_eq!(store.claim_link("link-failed", [5; 32]).await.expect("claim"), LinkClaim::Expired);
+    store.resume_attempted(failed_id, ResumeResult::GiveUp { reason: "graph 403".into() }).await.expect("resume");
+    let given_up = store.request(failed_id).await.expect("read").expect("exists");
+    assert_eq!((given_up.stage, given_up.outcome.as_deref()), (Stage::ResumeFailed, Some("failed")));
+
+    let (expiring_id, _) = applied(store).await;
+    let soon = Timestamp(Timestamp::now().0 + 1);
+    store.open_link(expiring_id, "link-expiring", [5; 32], soon).await.expect("open link");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.expire_links().await.expect("expire"), 1);
+    assert_eq!(store.expire_links().await.expect("expire"), 0);
+    assert_eq!(store.claim_link("link-expiring", [5; 32]).await.expect("claim"), LinkClaim::Expired);
+}
+
+async fn the_store_is_ready(store: &dyn Store) {
+    store.check().await.expect("ready");
+    assert!(!store.location().is_empty());
+}
