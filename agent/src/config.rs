@@ -127,9 +127,8 @@ pub enum BindMethod {
     /// LDAP simple bind as `bind_dn` with its password, over LDAPS or StartTLS (default).
     #[default]
     Simple,
-    /// SASL GSSAPI (Kerberos) bind with the process's own credentials, over LDAPS or StartTLS: on
-    /// Windows the service's identity (a gMSA), on Linux the ticket cache (`KRB5CCNAME`) or client
-    /// keytab (`KRB5_CLIENT_KTNAME`). No password is stored. The service ticket is for
+    /// SASL GSSAPI (Kerberos) bind with the process's own credentials, over LDAPS or StartTLS: the
+    /// ticket cache (`KRB5CCNAME`) or client keytab (`KRB5_CLIENT_KTNAME`). No password is stored. The service ticket is for
     /// `ldap/<host of the DC URL>`, so DC URLs name hosts, not IP addresses. Needs an agent built
     /// with the `kerberos` feature.
     Kerberos,

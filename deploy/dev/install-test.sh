@@ -95,7 +95,9 @@ cleanup() {
 trap cleanup EXIT
 
 step "release build of pwrelay and pwrelay-agent, statically linked ($target)"
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --quiet --target "$target" \
+# getrandom's Linux backend calls getrandom(2) directly: a static binary cannot find glibc's
+# wrapper through dlsym, and would need /dev/urandom instead.
+RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' cargo build --release --quiet --target "$target" \
   -p pwrelay-relay -p pwrelay-agent --bins
 for b in pwrelay pwrelay-agent; do
   readelf -l "$release/$b" | grep -q INTERP && fail "$release/$b is dynamically linked"

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use pwrelay_relay::store::Store as _;
+use pwrelay_relay::store::ClientStore as _;
 use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::testkit::TestPki;
