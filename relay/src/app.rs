@@ -85,6 +85,7 @@ pub struct App {
     webhooks: DeliveryWorker,
     events: Arc<JobEvents>,
     claim_policy: ClaimPolicy,
+    idempotency_window: Duration,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -132,6 +133,7 @@ impl App {
             TlsIncoming::spawn_limited(link_listener, link_tls, "link", link_accept, cancel.child_token(), &tracker)
                 .map_err(bind_err("link.listen", config.link.listen))?;
 
+        let idempotency_window = config.jobs.idempotency_window;
         let claim_policy = ClaimPolicy {
             lease: config.link.lease,
             write_timeout: config.link.write_timeout,
@@ -190,6 +192,7 @@ impl App {
             webhooks,
             events,
             claim_policy,
+            idempotency_window,
             cancel,
             tracker,
         })
@@ -217,6 +220,7 @@ impl App {
             webhooks,
             events,
             claim_policy,
+            idempotency_window,
             cancel,
             tracker,
         } = self;
@@ -250,7 +254,7 @@ impl App {
         let webhook_events = Arc::clone(&events);
         workers.spawn("webhook delivery", move |cancel| webhooks.clone().run(webhook_events.changed(), cancel));
         workers.spawn("overdue job sweeper", move |cancel| {
-            expire_overdue_jobs(Arc::clone(&store), Arc::clone(&events), claim_policy, cancel)
+            expire_overdue_jobs(Arc::clone(&store), Arc::clone(&events), claim_policy, idempotency_window, cancel)
         });
         if let Some(lifecycle) = lifecycle {
             let lifecycle_tracker = tracker.clone();
@@ -277,20 +281,27 @@ async fn expire_overdue_jobs(
     store: Arc<dyn Store>,
     events: Arc<JobEvents>,
     policy: ClaimPolicy,
+    idempotency_window: Duration,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
-            _ = tick.tick() => match store.expire_overdue(policy).await {
-                Ok(0) => {}
-                Ok(expired) => {
-                    tracing::warn!(expired, "jobs expired without an agent finishing them");
-                    events.job_changed();
-                }
-                Err(error) => tracing::error!(%error, "expiring overdue jobs failed"),
-            },
+            _ = tick.tick() => {}
+        }
+        match store.expire_overdue(policy).await {
+            Ok(0) => {}
+            Ok(expired) => {
+                tracing::warn!(expired, "jobs expired without an agent finishing them");
+                events.job_changed();
+            }
+            Err(error) => tracing::error!(%error, "expiring overdue jobs failed"),
+        }
+        match store.purge_idempotency_keys(idempotency_window).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "idempotency keys older than jobs.idempotency_hours forgotten"),
+            Err(error) => tracing::error!(%error, "forgetting old idempotency keys failed"),
         }
     }
 }

@@ -131,11 +131,17 @@ struct JobsFile {
     max_attempts: u32,
     #[serde(default = "default_ttl_hours")]
     ttl_hours: u64,
+    #[serde(default = "default_idempotency_hours")]
+    idempotency_hours: u64,
 }
 
 impl Default for JobsFile {
     fn default() -> Self {
-        Self { max_attempts: default_max_attempts(), ttl_hours: default_ttl_hours() }
+        Self {
+            max_attempts: default_max_attempts(),
+            ttl_hours: default_ttl_hours(),
+            idempotency_hours: default_idempotency_hours(),
+        }
     }
 }
 
@@ -226,6 +232,9 @@ fn default_write_timeout_seconds() -> u64 {
 }
 fn default_max_attempts() -> u32 {
     5
+}
+fn default_idempotency_hours() -> u64 {
+    24
 }
 fn default_ttl_hours() -> u64 {
     24
@@ -408,6 +417,8 @@ pub struct JobsConfig {
     pub max_attempts: u32,
     /// Age at which an unfinished job fails with `expired`.
     pub time_to_live: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_window: Duration,
 }
 
 /// `[webhooks]`: how deliveries to the clients' receivers are made and retried.
@@ -489,6 +500,9 @@ impl Config {
         if file.jobs.ttl_hours == 0 {
             return Err(ConfigError::invalid("jobs.ttl_hours", "must be at least 1"));
         }
+        if !(1..=720).contains(&file.jobs.idempotency_hours) {
+            return Err(ConfigError::invalid("jobs.idempotency_hours", "must be between 1 and 720"));
+        }
         let hooks = &file.webhooks;
         for (key, value) in [
             ("webhooks.timeout_seconds", hooks.timeout_seconds),
@@ -538,6 +552,7 @@ impl Config {
             jobs: JobsConfig {
                 max_attempts: file.jobs.max_attempts,
                 time_to_live: Duration::from_secs(file.jobs.ttl_hours * 3600),
+                idempotency_window: Duration::from_secs(file.jobs.idempotency_hours * 3600),
             },
             webhooks: WebhooksConfig {
                 timeout: Duration::from_secs(file.webhooks.timeout_seconds),
@@ -598,6 +613,7 @@ key_file = "store.key"
             Config::parse(text, Path::new("/etc/pwrelay"), &Overrides::default()).expect("relay.full.toml is valid");
         assert_eq!(c.link.lease, Duration::from_secs(60));
         assert_eq!(c.jobs.time_to_live, Duration::from_secs(24 * 3600));
+        assert_eq!(c.jobs.idempotency_window, Duration::from_secs(24 * 3600));
         assert_eq!(
             c.api.limits,
             crate::api::limits::ApiLimits::default(),

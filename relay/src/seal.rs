@@ -33,9 +33,14 @@ pub enum SealError {
     Random,
 }
 
-/// Seals and opens secrets with the store key.
+/// What the fingerprint key is derived for (HMAC-SHA256 of this label under the store key).
+const FINGERPRINT_LABEL: &[u8] = b"pwrelay idempotency fingerprint v1";
+
+/// Seals and opens secrets with the store key, and fingerprints request bodies with a key derived
+/// from it.
 pub struct Sealer {
     key: LessSafeKey,
+    fingerprint_key: ring::hmac::Key,
     rng: SystemRandom,
 }
 
@@ -70,7 +75,20 @@ impl Sealer {
     pub fn from_key(key: &SecretBytes) -> Result<Self, SealError> {
         let unbound = UnboundKey::new(&AES_256_GCM, key.expose_secret())
             .map_err(|_| SealError::Key { path: "<key>".into(), reason: format!("must hold {KEY_LEN} bytes") })?;
-        Ok(Self { key: LessSafeKey::new(unbound), rng: SystemRandom::new() })
+        let derived =
+            ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose_secret()), FINGERPRINT_LABEL);
+        let fingerprint_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref());
+        Ok(Self { key: LessSafeKey::new(unbound), fingerprint_key, rng: SystemRandom::new() })
+    }
+
+    /// The fingerprint stored with an idempotency key: an HMAC of the request body's SHA-256
+    /// under a key derived from the store key. A body holds a password, and its plain digest at
+    /// rest could be tested against guesses; this one only by someone holding the store key.
+    pub fn fingerprint(&self, body_sha256: &[u8; 32]) -> [u8; 32] {
+        let tag = ring::hmac::sign(&self.fingerprint_key, body_sha256);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     /// A new random key file body (base64 text with a newline).
@@ -140,6 +158,17 @@ mod tests {
 
     fn sealer() -> Sealer {
         Sealer::from_key(&SecretBytes::new(vec![7u8; KEY_LEN])).expect("key")
+    }
+
+    #[test]
+    fn fingerprints_are_keyed_by_the_store_key_and_stable() {
+        let digest = [9u8; 32];
+        let s = sealer();
+        assert_eq!(s.fingerprint(&digest), sealer().fingerprint(&digest), "the same key, the same fingerprint");
+        assert_ne!(s.fingerprint(&digest), digest);
+        assert_ne!(s.fingerprint(&digest), s.fingerprint(&[8u8; 32]));
+        let other = Sealer::from_key(&SecretBytes::new(vec![8u8; KEY_LEN])).expect("key");
+        assert_ne!(other.fingerprint(&digest), s.fingerprint(&digest), "another store key, another fingerprint");
     }
 
     #[test]

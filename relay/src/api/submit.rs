@@ -236,7 +236,7 @@ pub(super) async fn queue_all(
     let (id, kind, domain, count): (JobId, _, _, _) = (first.id, first.kind, first.domain.clone(), jobs.len());
     let inserted = state
         .store
-        .insert_jobs_once(jobs, key.map(|k| (k, body_sha256)))
+        .insert_jobs_once(jobs, key.map(|k| (k, state.sealer.fingerprint(&body_sha256))))
         .await
         .map_err(|e| ApiError::unavailable(&e))?;
     let mut reply_headers = HeaderMap::new();

@@ -179,6 +179,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// agent may still be writing the others). Returns how many.
     async fn expire_overdue(&self, policy: ClaimPolicy) -> Result<usize, StoreError>;
 
+    /// Forgets idempotency keys taken longer than `older_than` ago (`jobs.idempotency_hours`):
+    /// a request sent again with such a key makes a new job. Returns how many.
+    async fn purge_idempotency_keys(&self, older_than: Duration) -> Result<usize, StoreError>;
+
     /// Hands out a generating job's secret exactly once and erases it.
     async fn take_secret(&self, id: JobId, client: &str) -> Result<SecretTake, StoreError>;
 }

@@ -79,6 +79,7 @@ contract!(
     a_generated_password_is_handed_out_once,
     a_generated_password_that_never_arrived_is_lost_not_pending,
     an_idempotency_key_finds_the_first_job_and_refuses_another_body,
+    idempotency_keys_are_forgotten_after_their_time,
     listings_filter_and_page_a_clients_own_jobs,
     only_queued_jobs_can_be_cancelled,
     batches_settle_with_their_children,
@@ -420,6 +421,26 @@ async fn an_idempotency_key_finds_the_first_job_and_refuses_another_body(store: 
     let other_client = NewJob { client: "other".into(), ..new_job("a.test") };
     assert_eq!(store.insert_jobs_once(vec![other_client], key(2)).await.expect("insert"), Insertion::Created);
     assert_eq!(store.insert_jobs_once(vec![], None).await.expect("nothing"), Insertion::Created);
+}
+
+async fn idempotency_keys_are_forgotten_after_their_time(store: &dyn Store) {
+    let first = new_job("a.test");
+    let first_id = first.id;
+    let key = || Some(("key-old".to_owned(), [5; 32]));
+    assert_eq!(store.insert_jobs_once(vec![first], key()).await.expect("insert"), Insertion::Created);
+    assert_eq!(store.purge_idempotency_keys(Duration::from_secs(3600)).await.expect("purge"), 0, "not an hour old");
+    assert_eq!(
+        store.insert_jobs_once(vec![new_job("a.test")], key()).await.expect("insert"),
+        Insertion::Replayed(first_id)
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.purge_idempotency_keys(Duration::from_millis(1)).await.expect("purge"), 1);
+    assert_eq!(
+        store.insert_jobs_once(vec![new_job("a.test")], key()).await.expect("insert"),
+        Insertion::Created,
+        "a forgotten key makes a new job"
+    );
+    assert!(store.job(first_id).await.expect("read").is_some(), "the job itself stays");
 }
 
 async fn listings_filter_and_page_a_clients_own_jobs(store: &dyn Store) {

@@ -487,6 +487,13 @@ impl JobStore for PostgresStore {
         Ok(rows.len())
     }
 
+    async fn purge_idempotency_keys(&self, older_than: Duration) -> Result<usize, StoreError> {
+        let conn = self.client().await?;
+        let before = Timestamp::now().0.saturating_sub(ms(older_than));
+        let purged = conn.execute(query!("jobs/purge_idempotency_keys"), &[&before]).await.map_err(db_err)?;
+        Ok(usize::try_from(purged).unwrap_or(usize::MAX))
+    }
+
     async fn take_secret(&self, id: JobId, client: &str) -> Result<SecretTake, StoreError> {
         let mut conn = self.client().await?;
         let tx = conn.transaction().await.map_err(db_err)?;

@@ -589,6 +589,14 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn purge_idempotency_keys(&self, older_than: Duration) -> Result<usize, StoreError> {
+        self.run(move |conn| {
+            let before = Timestamp::now().0.saturating_sub(ms(older_than));
+            conn.execute("DELETE FROM idempotency_keys WHERE created_ms < ?1", params![before]).map_err(db_err)
+        })
+        .await
+    }
+
     async fn take_secret(&self, id: JobId, client: &str) -> Result<SecretTake, StoreError> {
         let client = client.to_owned();
         self.run(move |conn| {
