@@ -86,6 +86,7 @@ pub struct App {
     events: Arc<JobEvents>,
     claim_policy: ClaimPolicy,
     idempotency_window: Duration,
+    retention: Duration,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -133,7 +134,7 @@ impl App {
             TlsIncoming::spawn_limited(link_listener, link_tls, "link", link_accept, cancel.child_token(), &tracker)
                 .map_err(bind_err("link.listen", config.link.listen))?;
 
-        let idempotency_window = config.jobs.idempotency_window;
+        let (idempotency_window, retention) = (config.jobs.idempotency_window, config.jobs.retention);
         let claim_policy = ClaimPolicy {
             lease: config.link.lease,
             write_timeout: config.link.write_timeout,
@@ -193,6 +194,7 @@ impl App {
             events,
             claim_policy,
             idempotency_window,
+            retention,
             cancel,
             tracker,
         })
@@ -221,6 +223,7 @@ impl App {
             events,
             claim_policy,
             idempotency_window,
+            retention,
             cancel,
             tracker,
         } = self;
@@ -254,7 +257,12 @@ impl App {
         let webhook_events = Arc::clone(&events);
         workers.spawn("webhook delivery", move |cancel| webhooks.clone().run(webhook_events.changed(), cancel));
         workers.spawn("overdue job sweeper", move |cancel| {
-            expire_overdue_jobs(Arc::clone(&store), Arc::clone(&events), claim_policy, idempotency_window, cancel)
+            expire_overdue_jobs(
+                Arc::clone(&store),
+                Arc::clone(&events),
+                Sweep { policy: claim_policy, idempotency_window, retention },
+                cancel,
+            )
         });
         if let Some(lifecycle) = lifecycle {
             let lifecycle_tracker = tracker.clone();
@@ -276,14 +284,10 @@ impl App {
     }
 }
 
-/// Expires overdue jobs every [`SWEEP_INTERVAL`] until `cancel`.
-async fn expire_overdue_jobs(
-    store: Arc<dyn Store>,
-    events: Arc<JobEvents>,
-    policy: ClaimPolicy,
-    idempotency_window: Duration,
-    cancel: CancellationToken,
-) {
+/// Expires overdue jobs, forgets old idempotency keys and deletes what is past its retention,
+/// every [`SWEEP_INTERVAL`] until `cancel`.
+async fn expire_overdue_jobs(store: Arc<dyn Store>, events: Arc<JobEvents>, sweep: Sweep, cancel: CancellationToken) {
+    let Sweep { policy, idempotency_window, retention } = sweep;
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
@@ -303,5 +307,25 @@ async fn expire_overdue_jobs(
             Ok(purged) => tracing::debug!(purged, "idempotency keys older than jobs.idempotency_hours forgotten"),
             Err(error) => tracing::error!(%error, "forgetting old idempotency keys failed"),
         }
+        match store.purge_finished(retention).await {
+            Ok(purged) if purged == crate::store::Purged::default() => {}
+            Ok(purged) => tracing::info!(
+                jobs = purged.jobs,
+                new_hires = purged.new_hires,
+                "jobs and new-hire requests older than jobs.retention_days deleted"
+            ),
+            Err(error) => tracing::error!(%error, "deleting jobs past their retention failed"),
+        }
     }
+}
+
+/// What the sweeper does every [`SWEEP_INTERVAL`].
+#[derive(Debug, Clone, Copy)]
+struct Sweep {
+    /// Expiry of unfinished jobs.
+    policy: ClaimPolicy,
+    /// `jobs.idempotency_hours`.
+    idempotency_window: Duration,
+    /// `jobs.retention_days`.
+    retention: Duration,
 }

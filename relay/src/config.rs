@@ -133,6 +133,8 @@ struct JobsFile {
     ttl_hours: u64,
     #[serde(default = "default_idempotency_hours")]
     idempotency_hours: u64,
+    #[serde(default = "default_retention_days")]
+    retention_days: u64,
 }
 
 impl Default for JobsFile {
@@ -141,6 +143,7 @@ impl Default for JobsFile {
             max_attempts: default_max_attempts(),
             ttl_hours: default_ttl_hours(),
             idempotency_hours: default_idempotency_hours(),
+            retention_days: default_retention_days(),
         }
     }
 }
@@ -232,6 +235,9 @@ fn default_write_timeout_seconds() -> u64 {
 }
 fn default_max_attempts() -> u32 {
     5
+}
+fn default_retention_days() -> u64 {
+    30
 }
 fn default_idempotency_hours() -> u64 {
     24
@@ -419,6 +425,8 @@ pub struct JobsConfig {
     pub time_to_live: Duration,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_window: Duration,
+    /// How long final jobs and finished new-hire requests are kept.
+    pub retention: Duration,
 }
 
 /// `[webhooks]`: how deliveries to the clients' receivers are made and retried.
@@ -503,6 +511,15 @@ impl Config {
         if !(1..=720).contains(&file.jobs.idempotency_hours) {
             return Err(ConfigError::invalid("jobs.idempotency_hours", "must be between 1 and 720"));
         }
+        if !(1..=3650).contains(&file.jobs.retention_days) {
+            return Err(ConfigError::invalid("jobs.retention_days", "must be between 1 and 3650"));
+        }
+        if file.jobs.retention_days * 24 < file.jobs.idempotency_hours {
+            return Err(ConfigError::invalid(
+                "jobs.retention_days",
+                "must keep jobs at least as long as jobs.idempotency_hours remembers their keys",
+            ));
+        }
         let hooks = &file.webhooks;
         for (key, value) in [
             ("webhooks.timeout_seconds", hooks.timeout_seconds),
@@ -553,6 +570,7 @@ impl Config {
                 max_attempts: file.jobs.max_attempts,
                 time_to_live: Duration::from_secs(file.jobs.ttl_hours * 3600),
                 idempotency_window: Duration::from_secs(file.jobs.idempotency_hours * 3600),
+                retention: Duration::from_secs(file.jobs.retention_days * 86_400),
             },
             webhooks: WebhooksConfig {
                 timeout: Duration::from_secs(file.webhooks.timeout_seconds),
@@ -614,6 +632,7 @@ key_file = "store.key"
         assert_eq!(c.link.lease, Duration::from_secs(60));
         assert_eq!(c.jobs.time_to_live, Duration::from_secs(24 * 3600));
         assert_eq!(c.jobs.idempotency_window, Duration::from_secs(24 * 3600));
+        assert_eq!(c.jobs.retention, Duration::from_secs(30 * 86_400));
         assert_eq!(
             c.api.limits,
             crate::api::limits::ApiLimits::default(),

@@ -57,7 +57,32 @@ pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore {
 
     /// Where the store is, for logs: a file, or a database without its credentials.
     fn location(&self) -> String;
+
+    /// Deletes what ended more than `older_than` ago (`jobs.retention_days`), in one transaction:
+    /// new-hire requests whose workflow was resumed (or whose resume failed for good), and final
+    /// jobs with their results, except children of a batch that is not itself purged and jobs a
+    /// remaining new-hire request refers to. Returns how many jobs and requests.
+    async fn purge_finished(&self, older_than: std::time::Duration) -> Result<Purged, StoreError>;
 }
+
+/// What [`Store::purge_finished`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Final jobs.
+    pub jobs: usize,
+    /// Finished new-hire requests.
+    pub new_hires: usize,
+}
+
+/// The statements of [`Store::purge_finished`], the same on both backends (`$1`/`?1`: the cutoff,
+/// Unix milliseconds).
+pub(crate) const PURGE_FINISHED_REQUESTS: &str =
+    "DELETE FROM lifecycle_requests WHERE stage IN ('done', 'resume_failed') AND updated_ms < $1";
+pub(crate) const PURGE_FINISHED_JOBS: &str = "DELETE FROM jobs
+ WHERE state IN ('succeeded', 'failed') AND finished_ms < $1
+   AND (parent_id IS NULL
+        OR parent_id IN (SELECT p.id FROM jobs p WHERE p.state IN ('succeeded', 'failed') AND p.finished_ms < $1))
+   AND id NOT IN (SELECT l.job_id FROM lifecycle_requests l WHERE l.job_id IS NOT NULL)";
 
 /// Opens the store the configuration names and brings its schema up to date.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {

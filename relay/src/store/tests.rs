@@ -12,6 +12,7 @@ use std::time::Duration;
 use pwrelay_shared::domain::DomainName;
 use uuid::Uuid;
 
+use super::Purged;
 use super::lifecycle::{CalloutInsertion, LinkClaim, LinkState, NewRequest, ResumeResult, Stage};
 use super::{
     Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, Operation, Scopes, SecretTake, Store, StoreError,
@@ -83,6 +84,7 @@ contract!(
     listings_filter_and_page_a_clients_own_jobs,
     only_queued_jobs_can_be_cancelled,
     batches_settle_with_their_children,
+    finished_jobs_are_purged_after_retention_but_not_an_open_batchs_children,
     clients_are_unique_found_by_token_rotated_and_revoked,
     a_job_becoming_final_enqueues_one_delivery_for_its_subscribed_client,
     only_subscribed_events_are_enqueued_and_expiry_and_batches_count,
@@ -508,6 +510,42 @@ async fn batches_settle_with_their_children(store: &dyn Store) {
         store.list_jobs("pam", JobFilter { limit: 10, ..JobFilter::default() }).await.expect("list")[1].parent_id,
         Some(batch_id)
     );
+}
+
+async fn finished_jobs_are_purged_after_retention_but_not_an_open_batchs_children(store: &dyn Store) {
+    let single = new_job("a.test");
+    let single_id = single.id;
+    let open = new_job("a.test");
+    let open_id = open.id;
+    let batch = NewJob { kind: JobKind::ReconcileBatch, ..client_job("pam", JobKind::ReconcileBatch, None) };
+    let batch_id = batch.id;
+    let child =
+        |upn: &str| NewJob { target: Target::Upn(upn.into()), ..client_job("pam", JobKind::Reconcile, Some(batch_id)) };
+    let (one, two) = (child("one@b.test"), child("two@b.test"));
+    let (one_id, two_id) = (one.id, two.id);
+    store.insert_job(single).await.expect("insert");
+    store.insert_job(open).await.expect("insert");
+    store.insert_jobs_once(vec![batch, one, two], None).await.expect("insert");
+    store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
+    store.complete(single_id, "h1", 1, ok()).await.expect("complete");
+    store.claim(&[d("a.test")], "h1", "x", 10, policy()).await.expect("claim");
+    store.complete(one_id, "h1", 1, ok()).await.expect("complete");
+    let nothing = store.purge_finished(Duration::from_secs(3600)).await.expect("purge");
+    assert_eq!(nothing, Purged::default(), "nothing ended an hour ago");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let purged = store.purge_finished(Duration::from_millis(1)).await.expect("purge");
+    assert_eq!(purged.jobs, 1, "the finished single job only: {purged:?}");
+    assert!(store.job(single_id).await.expect("read").is_none());
+    assert!(store.job(one_id).await.expect("read").is_some(), "its batch is still open");
+    assert!(store.job(open_id).await.expect("read").is_some(), "not final");
+    store.complete(two_id, "h1", 1, ok()).await.expect("complete");
+    assert!(store.job(batch_id).await.expect("read").is_some_and(|b| b.state == JobState::Succeeded));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let purged = store.purge_finished(Duration::from_millis(1)).await.expect("purge");
+    assert_eq!(purged.jobs, 3, "the batch with both children: {purged:?}");
+    for id in [batch_id, one_id, two_id] {
+        assert!(store.job(id).await.expect("read").is_none());
+    }
 }
 
 // ---- clients

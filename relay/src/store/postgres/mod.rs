@@ -208,6 +208,18 @@ impl Store for PostgresStore {
     fn location(&self) -> String {
         self.location.clone()
     }
+
+    async fn purge_finished(&self, older_than: std::time::Duration) -> Result<super::Purged, StoreError> {
+        let mut conn = self.client().await?;
+        let tx = conn.transaction().await.map_err(db_err)?;
+        let older = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        let before = Timestamp::now().0.saturating_sub(older);
+        let new_hires = tx.execute(super::PURGE_FINISHED_REQUESTS, &[&before]).await.map_err(db_err)?;
+        let jobs = tx.execute(super::PURGE_FINISHED_JOBS, &[&before]).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(super::Purged { jobs: count(jobs), new_hires: count(new_hires) })
+    }
 }
 
 #[cfg(test)]

@@ -109,4 +109,16 @@ impl Store for SqliteStore {
     fn location(&self) -> String {
         self.path.display().to_string()
     }
+
+    async fn purge_finished(&self, older_than: Duration) -> Result<super::Purged, StoreError> {
+        self.run(move |conn| {
+            let before = crate::jobs::Timestamp::now().0.saturating_sub(ms(older_than));
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let new_hires = tx.execute(super::PURGE_FINISHED_REQUESTS, rusqlite::params![before]).map_err(db_err)?;
+            let jobs = tx.execute(super::PURGE_FINISHED_JOBS, rusqlite::params![before]).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(super::Purged { jobs, new_hires })
+        })
+        .await
+    }
 }
