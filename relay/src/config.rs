@@ -30,7 +30,18 @@ struct RelayFile {
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
+    metrics: MetricsConfig,
+    #[serde(default)]
     lifecycle: Option<crate::lifecycle::config::LifecycleFile>,
+}
+
+/// `[metrics]`: where Prometheus scrapes the relay.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Plain-HTTP listener serving `GET /metrics` (OpenMetrics text); none when unset.
+    /// The figures name domains and agents, no accounts or secrets: bind it to a private address.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +273,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Prometheus listener.
+    pub metrics: MetricsConfig,
     /// The new-hire flow (`[lifecycle]`), when configured.
     pub lifecycle: Option<crate::lifecycle::config::LifecycleConfig>,
 }
@@ -585,6 +598,7 @@ impl Config {
                 dangerous_allow_http: file.webhooks.dangerous_allow_http,
             },
             log,
+            metrics: file.metrics,
             lifecycle,
         })
     }

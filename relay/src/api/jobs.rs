@@ -144,6 +144,9 @@ pub(super) async fn cancel(
         Cancellation::NotFound => return Err(ApiError::not_found(format!("no job {id} for this API client"))),
     }
     let job = state.store.job(id).await.map_err(|e| ApiError::unavailable(&e))?;
+    if let Some(job) = &job {
+        state.metrics.job_finished(job.kind, job.state, job.error.as_ref().map(|e| e.code), job.created_at);
+    }
     job.map(Json).ok_or_else(|| ApiError::not_found(format!("no job {id} for this API client")))
 }
 

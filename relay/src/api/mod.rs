@@ -110,6 +110,8 @@ pub struct ApiState {
     pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
     /// `[api.limits]` and the rate limiters.
     pub edge: edge::Edge,
+    /// Accepted and cancelled jobs are counted here.
+    pub metrics: Arc<crate::metrics::RelayMetrics>,
 }
 
 /// Every route, each with its OpenAPI path item (see "Adding a route" above).

@@ -234,6 +234,7 @@ pub(super) async fn queue_all(
     let key = idempotency_key(headers)?;
     let Some(first) = jobs.first() else { return Err(ApiError::invalid_request("nothing to do")) };
     let (id, kind, domain, count): (JobId, _, _, _) = (first.id, first.kind, first.domain.clone(), jobs.len());
+    let kinds: Vec<_> = jobs.iter().map(|job| job.kind).collect();
     let inserted = state
         .store
         .insert_jobs_once(jobs, key.map(|k| (k, state.sealer.fingerprint(&body_sha256))))
@@ -243,6 +244,9 @@ pub(super) async fn queue_all(
     let id = match inserted {
         Insertion::Created => {
             state.events.job_queued();
+            for kind in kinds {
+                state.metrics.job_accepted(kind, 1);
+            }
             tracing::info!(job_id = %id, kind = kind.as_str(), client = %client.name, %domain, jobs = count, "job queued");
             id
         }

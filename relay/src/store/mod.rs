@@ -6,6 +6,7 @@
 //! - [`ClientStore`] (`clients.rs`): API clients and their scopes.
 //! - [`WebhookStore`] (`webhooks.rs`): subscriptions, the outbox and the delivery log.
 //! - [`LifecycleStore`] (`lifecycle.rs`): new-hire requests and their one-time links.
+//! - [`GaugeStore`] (`gauges.rs`): the counts the metrics read at each scrape.
 //!
 //! [`Store`] is all of them plus readiness: the relay holds one `Arc<dyn Store>` and hands it to
 //! the API, the agent link and the workers; [`open`] makes it from `[store]`. Each backend is a
@@ -13,6 +14,7 @@
 //! [`postgres`] the one several relays can share. `tests.rs` is the contract both are held to.
 
 mod clients;
+pub mod gauges;
 mod jobs;
 pub mod lifecycle;
 pub mod postgres;
@@ -26,6 +28,7 @@ use async_trait::async_trait;
 use crate::config::{StoreBackend, StoreConfig};
 
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
+pub use gauges::{GaugeStore, StoreGauges};
 pub use jobs::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
 pub use lifecycle::LifecycleStore;
 pub use webhooks::WebhookStore;
@@ -51,7 +54,7 @@ pub enum StoreError {
 
 /// Everything the relay keeps, in one backend.
 #[async_trait]
-pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore {
+pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore + GaugeStore {
     /// Whether the store can be read and written (readiness).
     async fn check(&self) -> Result<(), StoreError>;
 

@@ -18,6 +18,7 @@
 //! `schema_migrations`.
 
 mod clients;
+mod gauges;
 mod jobs;
 mod lifecycle;
 mod webhooks;

@@ -7,6 +7,7 @@
 //! trigger), `lifecycle.rs`; the schema and its migrations are in `schema.rs`.
 
 mod clients;
+mod gauges;
 mod jobs;
 mod lifecycle;
 mod schema;
