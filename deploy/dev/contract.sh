@@ -82,7 +82,8 @@ for _ in $(seq 1 100); do
 done
 curl -sf --cacert "$dir/pki/ca.pem" "$base/healthz" >/dev/null || { echo "the relay did not start; see $dir/relay.log" >&2; tail -20 "$dir/relay.log" >&2; exit 1; }
 
-# Requests may take up to the 60 s long poll (`GET /v1/jobs/{id}?wait=60`), so the timeout is above it.
+# Requests may take up to the 60 s long poll (`GET /v1/jobs/{id}?wait=60`), so the request timeout
+# and the response time check are above it.
 echo "==> schemathesis: every check but use_after_free, at most $max_examples examples per operation and ${max_seconds}s, seed $seed"
 status=0
 PYTHONPATH="$PWD/deploy/dev" SCHEMATHESIS_HOOKS=contract_hooks CONTRACT_DOMAINS="$domains" \
@@ -94,6 +95,7 @@ timeout --kill-after=30 "$((max_seconds + 120))" \
     --max-time "$max_seconds" \
     --seed "$seed" \
     --request-timeout 70 \
+    --max-response-time 65 \
     --tls-verify "$dir/pki/ca.pem" \
     --header "Authorization: Bearer $token" \
     --report junit --report-dir "$dir/report" || status=$?

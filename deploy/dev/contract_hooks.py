@@ -11,6 +11,12 @@ relay/tests/edge.rs and relay/tests/api.rs test the refusal of other domains.
 The CSV form of `POST /v1/reconciliations` needs `?domain=`, the JSON form carries the domain in
 its body and ignores the query: OpenAPI cannot make a query parameter required for one request
 content type only, so the document says it in words and a CSV upload gets a served domain here.
+
+One failure is dropped, and only in one shape: schemathesis 4.32.5's coverage phase sends cases
+labelled positive as a whole (it varies a header near its length bounds) with a body it generated
+negative (`0` for an object), and `positive_data_acceptance` (ST202) then reports the relay's 400
+for that body. A case with any component generated negative is not valid data, so its ST202 is
+not kept; every ST202 of a wholly positive case is.
 """
 
 import os
@@ -36,3 +42,10 @@ def before_call(ctx, case, **kwargs):
         if isinstance(query.get("domain", ""), str):
             query["domain"] = served(query.get("domain", ""))
         case.query = query
+
+
+@schemathesis.hook
+def filter_failure(ctx, failure, case, response):
+    meta = case.meta
+    mixed = meta is not None and any(c.mode.is_negative for c in meta.components.values())
+    return not (failure.code == "ST202" and mixed)

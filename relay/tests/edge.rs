@@ -820,6 +820,44 @@ async fn oversized_headers_are_refused_before_any_route() {
 // The OpenAPI document matches what the server accepts
 // ---------------------------------------------------------------------------------------------
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_takes_what_the_document_allows_and_refuses_the_rest() {
+    let relay = EdgeRelay::start("", "").await;
+    let http = relay.h2();
+    let post = |path: String, content_type: &'static str, body: String| {
+        http.post(relay.url(&path))
+            .bearer_auth(relay.token.expose_secret())
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    // A JSON Schema integer may be written 20.0.
+    let body =
+        format!(r#"{{"domain": "{DOMAIN}", "target": {{"upn": "a@corp.test"}}, "generate": {{"length": 20.0}}}}"#);
+    let (status, _, text) = read(post("/v1/rotations".into(), "application/json", body).await.expect("answer")).await;
+    assert_eq!(status, 202, "{text}");
+    let body =
+        format!(r#"{{"domain": "{DOMAIN}", "target": {{"upn": "a@corp.test"}}, "generate": {{"length": 20.5}}}}"#);
+    let (status, _, text) = read(post("/v1/rotations".into(), "application/json", body).await.expect("answer")).await;
+    assert_eq!(status, 400, "{text}");
+    // The reconciliation query is checked with a JSON body too, not silently ignored.
+    let json = format!(r#"{{"domain": "{DOMAIN}", "targets": [{{"upn": "a@corp.test"}}]}}"#);
+    for query in ["?unlock=maybe", "?domain=", "?domain=not%20a%20name", "?colour=red"] {
+        let (status, _, text) =
+            read(post(format!("/v1/reconciliations{query}"), "application/json", json.clone()).await.expect("answer"))
+                .await;
+        assert_eq!(status, 422, "{query}: {text}");
+    }
+    let (status, _, text) = read(
+        post(format!("/v1/reconciliations?domain={DOMAIN}&unlock=true"), "application/json", json.clone())
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!(status, 202, "a well-formed query: {text}");
+    relay.stop().await;
+}
+
 #[test]
 fn the_document_is_as_strict_as_the_server() {
     let doc = serde_json::to_value(pwrelay_relay::api::openapi()).expect("document");

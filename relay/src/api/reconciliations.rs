@@ -13,6 +13,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
+use pwrelay_shared::domain::DomainName;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -125,6 +126,9 @@ pub(super) async fn create(
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/csv"));
     // Checked for either body, so a malformed query is never silently ignored.
     let Query(query) = query.map_err(|e| ApiError::query(&e, "domain, unlock"))?;
+    if query.domain.as_deref().is_some_and(|d| DomainName::parse(d).is_err()) {
+        return Err(ApiError::invalid_request("domain must be a DNS name like corp.example.com").field("domain"));
+    }
     let (domain, targets, unlock, sha256) = if is_csv {
         let domain = query
             .domain

@@ -65,10 +65,23 @@ pub(super) struct RotationRequest {
 struct GenerateRequest {
     /// Characters, 8-128 (default 20); raised to the account's policy minimum.
     #[schema(minimum = 8, maximum = 128, default = 20)]
+    #[serde(default, deserialize_with = "whole_number")]
     length: Option<u32>,
     /// The kind of password (default `random`).
     #[schema(value_type = Option<GenerateMode>)]
     mode: Option<String>,
+}
+
+/// A JSON integer as JSON Schema has it: `20` or `20.0` (a number without a fractional part).
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else { return Ok(None) };
+    let whole = number.as_u64().or_else(|| {
+        number.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f)).map(|f| f as u64)
+    });
+    whole
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("a whole number of characters"))
 }
 
 /// Queue a rotation
