@@ -41,7 +41,7 @@ pub(super) struct TargetRequest {
         nullable = false,
         min_length = 1,
         max_length = 1024,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     sam_account_name: Option<String>,
     /// objectGUID, with or without braces.
@@ -52,7 +52,7 @@ pub(super) struct TargetRequest {
         nullable = false,
         min_length = 1,
         max_length = 1024,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     dn: Option<String>,
 }
@@ -76,7 +76,11 @@ pub(super) enum IdempotencyKey {}
 
 impl IntoParams for IdempotencyKey {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        let schema = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(255));
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(255))
+            .pattern(Some("^[!-~]{1,255}$"));
         vec![
             ParameterBuilder::new()
                 .name(IDEMPOTENCY_KEY)
