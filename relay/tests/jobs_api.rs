@@ -34,10 +34,16 @@ async fn a_client_may_only_do_what_its_scopes_allow() {
         post("/v1/rotations", json!({ "domain": domain, "target": target, "password": "Xx1!xxxxxx" })).await;
     assert_eq!(status, 403);
     assert!(reply["error"]["message"].as_str().unwrap_or_default().contains("operation:rotate"), "{reply}");
+    // A served domain outside the client's scopes is refused exactly like one the relay does not
+    // serve: the client cannot tell which other domains the relay serves.
     let (status, reply) =
         post("/v1/verifications", json!({ "domain": "other.test", "target": target, "password": "Xx1!xxxxxx" })).await;
-    assert_eq!(status, 403);
-    assert!(reply["error"]["message"].as_str().unwrap_or_default().contains("domain:other.test"), "{reply}");
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(reply["error"]["code"], "invalid_request", "{reply}");
+    assert!(!reply.to_string().contains("other.test"), "{reply}");
+    let (unserved_status, unserved) =
+        post("/v1/verifications", json!({ "domain": "nowhere.test", "target": target, "password": "Xx1!xxxxxx" })).await;
+    assert_eq!((unserved_status, &unserved), (status, &reply), "the same answer for both");
     relay.stop().await;
 }
 

@@ -153,12 +153,14 @@ pub(super) fn covers(client: &ApiClient, domain: &DomainName) -> bool {
     client.scopes.domains.as_ref().is_none_or(|scoped| scoped.contains(domain))
 }
 
-/// The request's domain, if this relay serves it. The refusal names neither the domain asked
-/// for nor any domain the client's scopes do not cover.
+/// The request's domain, if this relay serves it and the client's scopes cover it. The refusal
+/// is the same for a domain the relay does not serve and for one outside the client's scopes, so
+/// a scoped client cannot probe which other domains the relay serves; it names neither the domain
+/// asked for nor any domain the client's scopes do not cover.
 pub(super) fn served_domain(state: &ApiState, client: &ApiClient, domain: &str) -> Result<DomainName, ApiError> {
     let domain = DomainName::parse(domain)
         .map_err(|_| ApiError::invalid_request("domain must be a DNS name like corp.example.com").field("domain"))?;
-    if !state.domains.contains(&domain) {
+    if !state.domains.contains(&domain) || !covers(client, &domain) {
         let yours: Vec<&str> = state.domains.iter().filter(|d| covers(client, d)).map(DomainName::as_str).collect();
         let message = match yours.as_slice() {
             [] => "unknown domain; this relay serves none this API client may use".to_owned(),
