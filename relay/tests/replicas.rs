@@ -2,11 +2,49 @@
 //!
 //! - Wake-ups cross replicas: a job accepted by one replica reaches an agent connected to another
 //!   within milliseconds, through the store's notifications, not the sessions' claim timer.
+//! - Real processes: three `pwrelay` replicas on one database, two `pwrelay-agent`s against the
+//!   Samba DC (connected to different replicas), API calls spread over the replicas, one replica
+//!   SIGKILLed mid-run: every job ends correct in the directory (the fault suite's checks, LDAP
+//!   binds included), every webhook reaches a local receiver, and every new hire's workflow is
+//!   resumed exactly once. It reuses the fault suite's deployment, workload and checks.
 //!
 //! These tests need a PostgreSQL server (`deploy/dev/postgres.sh start`, then
 //! `eval "$(deploy/dev/postgres.sh env)"`); without `PWRELAY_TEST_POSTGRES_URL` they say so and pass.
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "fault_suite/api.rs"]
+mod api;
+#[allow(dead_code, unreachable_pub)]
+#[path = "fault_suite/deployment.rs"]
+mod deployment;
+#[allow(dead_code, unreachable_pub)]
+#[path = "fault_suite/directory.rs"]
+mod directory;
+#[allow(dead_code, unreachable_pub)]
+#[path = "fault_suite/faults.rs"]
+mod faults;
+#[allow(dead_code, unreachable_pub)]
+#[path = "fault_suite/figures.rs"]
+mod figures;
+#[allow(dead_code, unreachable_pub)]
+#[path = "fault_suite/new_hires.rs"]
+mod new_hires;
+#[allow(dead_code, unreachable_pub)]
+#[path = "fault_suite/params.rs"]
+mod params;
+#[allow(dead_code, unreachable_pub)]
+#[path = "fault_suite/processes.rs"]
+mod processes;
+#[allow(dead_code, unreachable_pub)]
+#[path = "fault_suite/store.rs"]
+mod store;
+#[allow(dead_code, unreachable_pub)]
 mod support;
+#[allow(dead_code, unreachable_pub)]
+#[path = "fault_suite/workload.rs"]
+mod workload;
+
+use support::cloud;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,63 +60,23 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use store::PgServer;
+
 const DOMAIN: &str = "corp.test";
 
-/// The test server's settings, from `deploy/dev/postgres.sh env`.
-struct PgServer {
-    url: String,
-    password_file: PathBuf,
-    ca_file: PathBuf,
-}
-
-impl PgServer {
-    /// The server, or `None` after saying why the test does not run.
-    fn from_env(test: &str) -> Option<Self> {
-        let Ok(url) = std::env::var("PWRELAY_TEST_POSTGRES_URL") else {
-            use std::io::Write as _;
-            // Straight to the terminal: libtest captures print macros.
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: {test} skipped: PWRELAY_TEST_POSTGRES_URL is not set (deploy/dev/postgres.sh start; \
-                 eval \"$(deploy/dev/postgres.sh env)\")"
-            );
-            return None;
-        };
-        let var = |name: &str| PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("{name} is not set")));
-        Some(Self {
-            url,
-            password_file: var("PWRELAY_TEST_POSTGRES_PASSWORD_FILE"),
-            ca_file: var("PWRELAY_TEST_POSTGRES_CA_FILE"),
-        })
+/// The test server, or `None` after saying why `test` does not run.
+fn postgres(test: &str) -> Option<PgServer> {
+    let server = PgServer::from_env();
+    if server.is_none() {
+        use std::io::Write as _;
+        // Straight to the terminal: libtest captures print macros.
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: {test} skipped: PWRELAY_TEST_POSTGRES_URL is not set (deploy/dev/postgres.sh start; \
+             eval \"$(deploy/dev/postgres.sh env)\")"
+        );
     }
-
-    /// Creates an empty database and returns the URL that reaches it.
-    async fn fresh_database(&self) -> String {
-        let password = std::fs::read_to_string(&self.password_file).expect("password file");
-        let mut config: tokio_postgres::Config = self.url.parse().expect("PWRELAY_TEST_POSTGRES_URL");
-        config.password(password.trim_end());
-        let anchors = TrustAnchors::from_file(&self.ca_file).expect("CA file");
-        let tls = tls::database_client(Some(&anchors)).expect("database TLS");
-        let (client, connection) =
-            config.connect(tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone())).await.expect("connect");
-        let driver = tokio::spawn(connection);
-        let name = format!("pwrelay_replicas_{}", uuid::Uuid::new_v4().simple());
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
-        drop(client);
-        let _ = driver.await;
-        let (base, query) = self.url.split_once('?').map_or((self.url.as_str(), ""), |(b, q)| (b, q));
-        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-        if query.is_empty() { format!("{base}/{name}") } else { format!("{base}/{name}?{query}") }
-    }
-
-    /// The `[store]` section of a replica on `url`.
-    fn store_section(&self, url: &str) -> String {
-        format!(
-            "[store]\nurl = \"{url}\"\npassword_file = \"{}\"\nca_file = \"{}\"\npool_size = 4\nkey_file = \"store.key\"\n",
-            self.password_file.display(),
-            self.ca_file.display()
-        )
-    }
+    server
 }
 
 /// Replicas in this process (real `App`s), sharing one directory (PKI, store key) and one database.
@@ -111,7 +109,7 @@ impl Replicas {
             "domains = [\"{DOMAIN}\"]\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"pki/relay.pem\"\n\
              key_file = \"pki/relay.key\"\n\n[link]\nlisten = \"127.0.0.1:0\"\ncert_file = \"pki/relay.pem\"\n\
              key_file = \"pki/relay.key\"\nagent_ca_file = \"pki/ca.pem\"\nheartbeat_seconds = 2\nlease_seconds = 30\n\n\
-             [webhooks]\npoll_seconds = 30\n\n{}",
+             [webhooks]\npoll_seconds = 30\n\n{}key_file = \"store.key\"\n",
             server.store_section(&url)
         );
         let config_path = dir.path().join("relay.toml");
@@ -217,7 +215,7 @@ async fn link_channel(dir: &Path, anchors: &TrustAnchors, link: SocketAddr) -> t
 /// (by the timer alone, each would have a chance of at most 0.3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_accepted_by_one_replica_reaches_an_agent_on_another_within_milliseconds() {
-    let Some(server) = PgServer::from_env("a_job_accepted_by_one_replica_reaches_an_agent_on_another") else {
+    let Some(server) = postgres("a_job_accepted_by_one_replica_reaches_an_agent_on_another_within_milliseconds") else {
         return;
     };
     let replicas = Replicas::start(&server, 2).await;
@@ -267,4 +265,246 @@ async fn a_job_accepted_by_one_replica_reaches_an_agent_on_another_within_millis
     let slow: Vec<_> = latencies.iter().filter(|l| **l >= Duration::from_millis(300)).collect();
     assert!(slow.is_empty(), "every job crossed replicas in under 300 ms: {latencies:?}");
     replicas.stop().await;
+}
+
+/// What the webhook receiver got: every body, in order.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A webhook receiver on 127.0.0.1 (http to the loopback interface is allowed) that answers 204.
+async fn webhook_receiver() -> (u16, Received) {
+    let received: Received = Default::default();
+    let keep = std::sync::Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let keep = std::sync::Arc::clone(&keep);
+            async move {
+                if let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    keep.lock().expect("received").push(event);
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("receiver binds");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, received)
+}
+
+/// Whether the relay on `port` answers `/healthz`.
+async fn relay_healthy(ca_file: &Path, port: u16) -> bool {
+    let anchors = TrustAnchors::from_file(ca_file).expect("the relay's CA loads");
+    let config = (*tls::https_client(&anchors).expect("tls")).clone();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
+    http.get(format!("https://127.0.0.1:{port}/healthz")).send().await.is_ok_and(|r| r.status().as_u16() == 200)
+}
+
+/// A progress line with the time since the run started.
+macro_rules! step {
+    ($started:expr, $($arg:tt)*) => {
+        println!("==> [{:>5.0}s] {}", $started.elapsed().as_secs_f64(), format!($($arg)*))
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_finish_every_job_webhook_and_new_hire_when_one_is_killed_mid_run() {
+    const TEST: &str = "three_replicas_finish_every_job_webhook_and_new_hire_when_one_is_killed_mid_run";
+    let Some(server) = postgres(TEST) else { return };
+    pwrelay_shared::tls::install_default_provider();
+    let seed = std::env::var("REPLICAS_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| rand::random::<u64>() % 1_000_000_000);
+    let params = params::Params {
+        seed,
+        jobs: 60,
+        accounts: 12,
+        fault_phase: Duration::from_secs(45),
+        drain: Duration::from_secs(90),
+        lease: Duration::from_secs(8),
+        mean_fault_gap: Duration::from_secs(3),
+        new_hires: 6,
+        keep_dir: std::env::var_os("REPLICAS_KEEP_DIR").is_some(),
+        postgres: true,
+        replicas: 3,
+    };
+    println!(
+        "==> {TEST}: REPLICAS_SEED={seed}, {} jobs over {} accounts, {} new hires",
+        params.jobs, params.accounts, params.new_hires
+    );
+    let started = tokio::time::Instant::now();
+    let bins = tokio::task::spawn_blocking(deployment::Binaries::locate).await.expect("the agent binary is located");
+    let dc = pwrelay_shared::testkit::dc();
+    let ou = dc.create_ou("replicas").await;
+    let service = dc.create_service_account(&ou).await;
+    dc.delegate_password_rights(&ou, &service).await;
+    let mut users = Vec::new();
+    for _ in 0..params.accounts {
+        users.push(dc.create_user_in(&ou, "rep").await);
+    }
+    let dir = tempfile::Builder::new().prefix("pwrelay-fault-replicas-").tempdir().expect("a temporary directory");
+    let store = server.store_section(&server.fresh_database().await);
+    let mut deployment =
+        deployment::Deployment::create(dir.path(), &bins, &params, dc, &ou, &service, Some(store.as_str()));
+    let (receiver_port, received) = webhook_receiver().await;
+    let set = std::process::Command::new(&bins.relay)
+        .args(["clients", "webhook", "set", "fault-pam", "--url", &format!("http://127.0.0.1:{receiver_port}/hook")])
+        .arg("--config")
+        .arg(&deployment.relays[0].toml)
+        .output()
+        .expect("pwrelay clients webhook set runs");
+    assert!(set.status.success(), "webhook set: {}", String::from_utf8_lossy(&set.stderr));
+    let hires = std::sync::Arc::new(new_hires::NewHires::prepare(&deployment, &bins, &params, dc, &ou).await);
+
+    step!(started, "starting 3 replicas on one PostgreSQL database and 2 agents (on replicas 1 and 2)");
+    for relay in &mut deployment.relays {
+        relay.service.start();
+    }
+    for relay in &deployment.relays {
+        let port = relay.api_port;
+        assert!(
+            faults::wait_until(Duration::from_secs(30), || relay_healthy(&deployment.ca_file, port)).await,
+            "{} answers /healthz; see {}",
+            relay.service.name,
+            relay.service.log().display()
+        );
+    }
+    for agent in &mut deployment.agents {
+        agent.service.start();
+    }
+    for agent in &deployment.agents {
+        let port = agent.health_port;
+        assert!(
+            faults::wait_until(Duration::from_secs(30), || api::agent_ready(port)).await,
+            "{} becomes ready; see {}",
+            agent.service.name,
+            agent.service.log().display()
+        );
+    }
+
+    let phase_started = tokio::time::Instant::now();
+    let phase_end = phase_started + params.fault_phase;
+    let hard_deadline = phase_end + params.drain;
+    let per_account = params.jobs / params.accounts;
+    let progress = std::sync::Arc::new(workload::Progress::default());
+    let shared = std::sync::Arc::new(workload::Shared {
+        api: api::Api::new(&deployment),
+        domain: dc.domain.to_string(),
+        seed,
+        recipient: crypto_box::SecretKey::generate(&mut crypto_box::aead::OsRng),
+        progress: std::sync::Arc::clone(&progress),
+        schedule: workload::Schedule {
+            phase_end,
+            hard_deadline,
+            mean_think: params.fault_phase.mul_f64(0.7 / per_account.max(1) as f64),
+        },
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for (index, user) in users.into_iter().enumerate() {
+        workers.spawn(workload::run_account(std::sync::Arc::clone(&shared), index, user, per_account));
+    }
+    let hire_task = {
+        let (hires, shared) = (std::sync::Arc::clone(&hires), std::sync::Arc::clone(&shared));
+        tokio::spawn(async move { hires.run(shared).await })
+    };
+
+    // Replica 2 (the one agent-2 is connected to) dies mid-run and stays down past
+    // replicas::DEAD_AFTER (20 s): the others take its claims over and re-issue the new hires
+    // whose link keys died with it; then it starts again and agent-2 reconnects.
+    tokio::time::sleep(params.fault_phase.mul_f64(0.4)).await;
+    step!(started, "SIGKILL relay-2 ({})", progress.line());
+    deployment.relays[1].service.kill();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    step!(started, "starting relay-2 again ({})", progress.line());
+    deployment.relays[1].service.start();
+    tokio::time::sleep_until(phase_end).await;
+
+    step!(started, "waiting (at most {}s) for the remaining jobs and new hires", params.drain.as_secs());
+    let mut accounts = Vec::new();
+    let join_limit = hard_deadline + Duration::from_secs(120);
+    while let Some(joined) =
+        tokio::time::timeout_at(join_limit, workers.join_next()).await.expect("the account workers end by themselves")
+    {
+        accounts.push(joined.expect("an account's worker does not panic"));
+    }
+    accounts.extend(
+        tokio::time::timeout_at(join_limit, hire_task)
+            .await
+            .expect("the new hires' worker ends by itself")
+            .expect("the new hires' worker does not panic"),
+    );
+    println!("    all workers done: {}", progress.line());
+
+    // Every final job of the PAM client reaches the receiver (retries included: wait for them).
+    let final_jobs: std::collections::BTreeSet<String> = accounts
+        .iter()
+        .flat_map(|a| &a.jobs)
+        .filter(|j| j.kind != workload::Kind::Initial && j.is_final())
+        .filter_map(|j| j.id.clone())
+        .collect();
+    let delivered = || -> std::collections::BTreeMap<String, usize> {
+        let mut by_job = std::collections::BTreeMap::new();
+        for event in received.lock().expect("received").iter() {
+            if let Some(id) = event["job"]["job_id"].as_str() {
+                *by_job.entry(id.to_owned()).or_insert(0) += 1;
+            }
+        }
+        by_job
+    };
+    faults::wait_until(Duration::from_secs(60), || {
+        let all = final_jobs.iter().all(|id| delivered().contains_key(id));
+        async move { all }
+    })
+    .await;
+    let by_job = delivered();
+    let undelivered: Vec<String> = final_jobs.iter().filter(|id| !by_job.contains_key(*id)).cloned().collect();
+    let twice: Vec<String> = by_job.iter().filter(|(_, n)| **n > 1).map(|(id, n)| format!("{id} ×{n}")).collect();
+
+    // Every new hire's workflow is resumed exactly once.
+    let resumes = hires.resumes();
+    let mut resumed: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for (id, status) in &resumes {
+        resumed.entry(id.as_str()).or_default().push(status.as_str());
+    }
+    let not_once: Vec<String> =
+        resumed.iter().filter(|(_, s)| s.len() != 1).map(|(id, s)| format!("{id}: {s:?}")).collect();
+    let reissued = deployment
+        .log_files()
+        .iter()
+        .map(|log| std::fs::read_to_string(log).unwrap_or_default().matches("lifecycle.reissued").count())
+        .sum::<usize>();
+
+    let scanned = figures::ScannedFiles {
+        logs: deployment.log_files(),
+        store: deployment.store_files(),
+        agent_state: deployment.agent_state_files(),
+    };
+    deployment.stop();
+    let mut report = figures::check(dc, &accounts, &deployment.audit_logs(), &[scanned]).await;
+    report.figures.push(figures::Figure {
+        name: "final jobs whose webhook never arrived",
+        value: undelivered.len(),
+        examples: undelivered,
+    });
+    report.figures.push(figures::Figure {
+        name: "new hires not resumed exactly once",
+        value: not_once.len() + params.new_hires.saturating_sub(resumed.len()),
+        examples: not_once,
+    });
+    report.notes.push(("final jobs of the PAM client".into(), final_jobs.len().to_string()));
+    report.notes.push(("webhooks received more than once (allowed: at least once)".into(), twice.len().to_string()));
+    report.notes.push(("new hires re-issued after their replica died".into(), reissued.to_string()));
+    report.notes.push(("new hires".into(), hires.count().to_string()));
+    report.notes.push(("whole run (s)".into(), started.elapsed().as_secs().to_string()));
+    report.print(&format!("==> figures, REPLICAS_SEED={seed}"));
+    let failures: Vec<String> = report.failures().iter().map(|f| format!("{} = {}", f.name, f.value)).collect();
+    if !failures.is_empty() || params.keep_dir {
+        println!("the run's directory is kept for inspection: {}", dir.keep().display());
+    }
+    assert!(failures.is_empty(), "REPLICAS_SEED={seed}: {}", failures.join("; "));
 }
