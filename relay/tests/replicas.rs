@@ -361,7 +361,7 @@ async fn three_replicas_finish_every_job_webhook_and_new_hire_when_one_is_killed
     assert!(set.status.success(), "webhook set: {}", String::from_utf8_lossy(&set.stderr));
     let hires = std::sync::Arc::new(new_hires::NewHires::prepare(&deployment, &bins, &params, dc, &ou).await);
 
-    step!(started, "starting 3 replicas on one PostgreSQL database and 2 agents (on replicas 1 and 2)");
+    step!(started, "starting 3 replicas on one PostgreSQL database and 2 agents (on relay-1 and relay-2)");
     for relay in &mut deployment.relays {
         relay.service.start();
     }
@@ -413,15 +413,37 @@ async fn three_replicas_finish_every_job_webhook_and_new_hire_when_one_is_killed
         tokio::spawn(async move { hires.run(shared).await })
     };
 
-    // Replica 2 (the one agent-2 is connected to) dies mid-run and stays down past
-    // replicas::DEAD_AFTER (20 s): the others take its claims over and re-issue the new hires
-    // whose link keys died with it; then it starts again and agent-2 reconnects.
-    tokio::time::sleep(params.fault_phase.mul_f64(0.4)).await;
-    step!(started, "SIGKILL relay-2 ({})", progress.line());
-    deployment.relays[1].service.kill();
-    tokio::time::sleep(Duration::from_secs(25)).await;
-    step!(started, "starting relay-2 again ({})", progress.line());
-    deployment.relays[1].service.start();
+    // One replica dies mid-run and stays down past replicas::DEAD_AFTER (20 s): the others take
+    // its claims over and re-issue the new hires whose link keys died with it; then it starts
+    // again and its agent reconnects. The SMS gateway fails for a while before, so deliveries
+    // retry, holding their keys: the replica killed is the first whose log shows it sending a link
+    // (relay-2 if none does by 60 % of the phase).
+    tokio::time::sleep(params.fault_phase.mul_f64(0.15)).await;
+    step!(started, "the SMS gateway fails from now on ({})", progress.line());
+    hires.sms_outage(true);
+    let logs: Vec<PathBuf> = deployment.relays.iter().map(|r| r.service.log().to_owned()).collect();
+    let sending = |logs: &[PathBuf]| {
+        logs.iter().position(|log| std::fs::read_to_string(log).unwrap_or_default().contains("sending the link by SMS"))
+    };
+    let kill_by = phase_started + params.fault_phase.mul_f64(0.6);
+    faults::wait_until(kill_by.saturating_duration_since(tokio::time::Instant::now()), || {
+        let found = sending(&logs).is_some();
+        async move { found }
+    })
+    .await;
+    let killed_while_sending = sending(&logs).is_some();
+    let (victim, why) = match sending(&logs) {
+        Some(n) => (n, "while it sends a link"),
+        None => (1, "no replica was sending a link"),
+    };
+    let name = deployment.relays[victim].service.name.clone();
+    step!(started, "SIGKILL {name} ({why}; {})", progress.line());
+    deployment.relays[victim].service.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    hires.sms_outage(false);
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    step!(started, "starting {name} again ({})", progress.line());
+    deployment.relays[victim].service.start();
     tokio::time::sleep_until(phase_end).await;
 
     step!(started, "waiting (at most {}s) for the remaining jobs and new hires", params.drain.as_secs());
@@ -495,6 +517,11 @@ async fn three_replicas_finish_every_job_webhook_and_new_hire_when_one_is_killed
         name: "new hires not resumed exactly once",
         value: not_once.len() + params.new_hires.saturating_sub(resumed.len()),
         examples: not_once,
+    });
+    report.figures.push(figures::Figure {
+        name: "a replica died sending a link, and no new hire was re-issued",
+        value: usize::from(killed_while_sending && reissued == 0),
+        examples: Vec::new(),
     });
     report.notes.push(("final jobs of the PAM client".into(), final_jobs.len().to_string()));
     report.notes.push(("webhooks received more than once (allowed: at least once)".into(), twice.len().to_string()));

@@ -255,6 +255,13 @@ impl NewHires {
         })
     }
 
+    /// Makes the SMS gateway answer 500 to every send (`true`) or none (`false`): deliveries retry
+    /// meanwhile, holding their link keys.
+    pub(crate) fn sms_outage(&self, failing: bool) {
+        let failures = if failing { u32::MAX } else { 0 };
+        self.cloud.state.sms_failures.store(failures, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The new hires.
     pub(crate) fn count(&self) -> usize {
         self.hires.len()
