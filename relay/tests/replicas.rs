@@ -38,7 +38,6 @@ mod processes;
 #[allow(dead_code, unreachable_pub)]
 #[path = "fault_suite/store.rs"]
 mod store;
-#[allow(dead_code, unreachable_pub)]
 mod support;
 #[allow(dead_code, unreachable_pub)]
 #[path = "fault_suite/workload.rs"]

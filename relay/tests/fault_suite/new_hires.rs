@@ -257,6 +257,7 @@ impl NewHires {
 
     /// Makes the SMS gateway answer 500 to every send (`true`) or none (`false`): deliveries retry
     /// meanwhile, holding their link keys.
+    #[allow(dead_code, reason = "tests/replicas.rs uses it; this suite's faults are the processes' and the DC's")]
     pub(crate) fn sms_outage(&self, failing: bool) {
         let failures = if failing { u32::MAX } else { 0 };
         self.cloud.state.sms_failures.store(failures, std::sync::atomic::Ordering::SeqCst);
