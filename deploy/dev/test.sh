@@ -12,7 +12,8 @@
 # schemathesis against a relay alone, which needs python3-venv and PyPI), then the alert rules'
 # promtool checks (deploy/dev/monitoring-check.sh), then the short run of the fault suite
 # (relay/tests/fault_suite, see RELIABILITY.md; it halts and pauses this DC, so it runs alone, after
-# the other tests; seed 11 unless FAULT_SEED is set, and the other FAULT_* variables pass through),
+# the other tests; seed 11 unless FAULT_SEED is set, and the other FAULT_* variables pass through)
+# and its replica mode (FAULT_STORE=postgres FAULT_REPLICAS=2, shorter),
 # then, as root, the install test (deploy/dev/install-test.sh: the Debian packages built, installed and
 # run as their systemd units run them, and the relay's container image, each with a rotation against
 # this DC; it leaves the host as it found it), and stops the DC and the cluster again.
@@ -37,7 +38,8 @@ as_root deploy/dev/postgres.sh start
 eval "$(as_root deploy/dev/postgres.sh env)"
 export PWRELAY_TEST_POSTGRES_URL PWRELAY_TEST_POSTGRES_PASSWORD_FILE PWRELAY_TEST_POSTGRES_CA_FILE
 echo "==> cargo test --workspace --features pwrelay-agent/kerberos"
-cargo test --workspace --features pwrelay-agent/kerberos "$@"
+# relay/tests/replicas.rs builds the agent binary it runs with the same features (a no-op then).
+FAULT_AGENT_FEATURES=kerberos cargo test --workspace --features pwrelay-agent/kerberos "$@"
 echo "==> API contract: schemathesis (from PyPI, in target/contract-venv) against a live relay and its /v1/openapi.json (about 6 minutes)"
 deploy/dev/contract.sh
 echo "==> monitoring: promtool check and test the alert rules; the dashboard names only served metrics"
@@ -45,6 +47,10 @@ deploy/dev/monitoring-check.sh
 if [ "$(id -u)" = 0 ]; then
   echo "==> fault suite, short run: the real relay and two agents under kills, pauses and DC outages (about two minutes)"
   FAULT_SEED=${FAULT_SEED:-11} FAULT_DC_EXCLUSIVE=1 FAULT_AGENT_FEATURES=kerberos \
+    cargo test -p pwrelay-relay --features pwrelay-agent/kerberos --test fault_suite -- --ignored --nocapture
+  echo "==> fault suite, replicas: two relays on the PostgreSQL cluster under the same faults, shorter (about two minutes)"
+  FAULT_SEED=${FAULT_SEED:-11} FAULT_DC_EXCLUSIVE=1 FAULT_AGENT_FEATURES=kerberos FAULT_STORE=postgres FAULT_REPLICAS=2 \
+    FAULT_JOBS=${FAULT_REPLICAS_JOBS:-120} FAULT_ACCOUNTS=20 FAULT_SECONDS=45 FAULT_NEW_HIRES=4 \
     cargo test -p pwrelay-relay --features pwrelay-agent/kerberos --test fault_suite -- --ignored --nocapture
 else
   echo "==> fault suite NOT run: it halts and pauses the DC's processes, which needs root (see RELIABILITY.md)"

@@ -22,7 +22,7 @@ use crate::link::{LinkContext, LinkService};
 use crate::listener::{AcceptLimits, LINK_MAX_CONNECTIONS, TlsIncoming};
 use crate::metrics::RelayMetrics;
 use crate::seal::{SealError, Sealer};
-use crate::store::{ClaimPolicy, Store, StoreError};
+use crate::store::{ClaimPolicy, Store, StoreError, replicas};
 use crate::supervisor::Supervisor;
 use crate::webhooks::worker::{DeliveryWorker, WorkerError};
 
@@ -112,6 +112,8 @@ impl App {
         .map_err(|source| AppError::Tls { section: "link", source })?;
         let sealer = Arc::new(Sealer::from_key_file(&config.store.key_file)?);
         let store = crate::store::open(&config.store).await?;
+        // Alive before it serves: other replicas leave the work this one holds alone from now on.
+        store.heartbeat().await?;
 
         let api_listener = TcpListener::bind(config.api.listen).await.map_err(|source| AppError::Bind {
             key: "api.listen",
@@ -207,6 +209,7 @@ impl App {
             link = %link.local_addr(),
             metrics = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             store = %store.location(),
+            replica = %store.replica(),
             "relay listening"
         );
         Ok(Self {
@@ -301,6 +304,14 @@ impl App {
 
         // Background workers run supervised: one that panics or returns is logged and restarted.
         let workers = Supervisor::new(cancel.child_token(), tracker.clone());
+        let (notified_store, notified_events) = (Arc::clone(&store), Arc::clone(&events));
+        workers.spawn("store notifications", move |cancel| {
+            let (store, events) = (Arc::clone(&notified_store), Arc::clone(&notified_events));
+            async move { store.forward_notifications(events, cancel).await }
+        });
+        let beating = Arc::clone(&store);
+        workers.spawn("replica heartbeat", move |cancel| heartbeat(Arc::clone(&beating), cancel));
+        let retiring = Arc::clone(&store);
         let webhook_events = Arc::clone(&events);
         let sweep_metrics = Arc::clone(&metrics);
         workers.spawn("webhook delivery", move |cancel| webhooks.clone().run(webhook_events.changed(), cancel));
@@ -328,13 +339,20 @@ impl App {
         if tokio::time::timeout(DRAIN_GRACE, tracker.wait()).await.is_err() {
             tracing::warn!("some connections did not finish within {DRAIN_GRACE:?}; stopping anyway");
         }
+        // Gone at once rather than after replicas::DEAD_AFTER: what this replica held (a new
+        // hire's link key whose link is not out yet) is re-issued by another now.
+        if let Err(error) = retiring.retire().await {
+            tracing::warn!(%error, "this replica could not remove itself from the store; it counts as dead in 20 s");
+        }
         tracing::info!("relay stopped");
         result
     }
 }
 
 /// Expires overdue jobs, forgets old idempotency keys and deletes what is past its retention,
-/// every [`SWEEP_INTERVAL`] until `cancel`.
+/// every [`SWEEP_INTERVAL`] until `cancel`. Every replica runs it: each statement is idempotent
+/// (it changes only rows still past their time), and on PostgreSQL each runs under its own
+/// advisory lock, so a replica that finds another sweeping skips that round.
 async fn expire_overdue_jobs(
     store: Arc<dyn Store>,
     events: Arc<JobEvents>,
@@ -371,6 +389,29 @@ async fn expire_overdue_jobs(
                 "jobs and new-hire requests older than jobs.retention_days deleted"
             ),
             Err(error) => tracing::error!(%error, "deleting jobs past their retention failed"),
+        }
+    }
+}
+
+/// Records every [`replicas::HEARTBEAT_INTERVAL`] that this replica is alive, until `cancel`.
+async fn heartbeat(store: Arc<dyn Store>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(replicas::HEARTBEAT_INTERVAL);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match store.heartbeat().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("the replica heartbeat is recorded again");
+            }
+            Ok(()) => {}
+            Err(error) => {
+                failing = true;
+                tracing::warn!(%error, "recording the replica heartbeat failed; after 20 s other replicas take this one for dead");
+            }
         }
     }
 }

@@ -1,7 +1,10 @@
-//! Request rate limits, in memory, keyed by what is limited: a client address, an API client, a
-//! one-time link. Each key has a token bucket (GCRA, the `governor` crate): `burst` requests at
-//! once, refilled at a steady rate. A relay replica counts on its own; that bounds guessing,
-//! scraping and floods, which is what the limits are for.
+//! Request rate limits, in memory, keyed by what is limited: a client address, an API client.
+//! Each key has a token bucket (GCRA, the `governor` crate): `burst` requests at once, refilled
+//! at a steady rate. Each relay replica counts on its own, so N replicas behind a load balancer
+//! allow up to N times the limit; that still bounds scraping and floods, which is what these
+//! limits are for. A one-time link's limit must hold however many replicas serve it (it bounds
+//! guessing one link's proof), so it is counted in the store instead
+//! ([`crate::store::LifecycleStore::count_link_request`]).
 
 use std::hash::Hash;
 use std::num::NonZeroU32;

@@ -23,6 +23,7 @@ use super::ApiState;
 use super::edge::ClientIp;
 use super::error::{ApiError, ApiErrorCode, ClaimErrors, EdgeErrors};
 use crate::lifecycle::Lifecycle;
+use crate::store::StoreError;
 use crate::store::lifecycle::{LinkClaim, LinkState};
 
 const PAGE: &str = include_str!("reveal/page.html");
@@ -61,9 +62,16 @@ fn valid_link_id(id: &str) -> bool {
     id.len() == 22 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn limited(lifecycle: &Lifecycle, link: &str, client: IpAddr) -> Result<(), u64> {
-    lifecycle.link_limiter.check(&link.to_owned())?;
-    lifecycle.client_limiter.check(&client.to_string())
+/// The link page's window for `lifecycle.requests_per_link_per_hour`.
+const LINK_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The rate limits of a link page request: per client address (counted by this replica), then
+/// per link (counted in the store, so it holds however many replicas serve the link).
+async fn limited(lifecycle: &Lifecycle, link: &str, client: IpAddr) -> Result<Result<(), u64>, StoreError> {
+    if let Err(wait) = lifecycle.client_limiter.check(&client.to_string()) {
+        return Ok(Err(wait));
+    }
+    lifecycle.store.count_link_request(link, lifecycle.config.requests_per_link_per_hour, LINK_WINDOW).await
 }
 
 fn page(status: StatusCode, state: &str, link_id: &str, title: &str, content: &str) -> Response {
@@ -142,7 +150,18 @@ pub(super) async fn show(
     if !valid_link_id(&id) {
         return not_valid_page(StatusCode::NOT_FOUND);
     }
-    if let Err(wait) = limited(lifecycle, &id, client) {
+    let limit = match limited(lifecycle, &id, client).await {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::error!(error = %e, "counting a link request failed");
+            return message_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "This page could not be shown right now. Try again in a few minutes.",
+            );
+        }
+    };
+    if let Err(wait) = limit {
         let mut response = message_page(
             StatusCode::TOO_MANY_REQUESTS,
             "Please wait",
@@ -250,7 +269,7 @@ async fn claim_inner(
     if !valid_link_id(id) {
         return Err(not_valid());
     }
-    if let Err(wait) = limited(lifecycle, id, client) {
+    if let Err(wait) = limited(lifecycle, id, client).await.map_err(|e| ApiError::unavailable(&e))? {
         return Err(ApiError::too_many_requests_for(format!("too many attempts; try again in {wait} seconds"), wait));
     }
     let parsed = super::json_body::<ClaimBody>(headers, body, 1024).await?.value;

@@ -15,11 +15,13 @@
 //! store key) and `SHA-256("pwrelay-claim" ‖ key)` to check claims. The username and the link never
 //! share a message. The relay stores no contact details: it asks Graph when it sends.
 //!
-//! The key is handed from the agent session to the worker in memory, so the worker that delivers
-//! must run in the process that received the result: true of one relay process (the embedded
-//! SQLite store, or one relay on PostgreSQL; several replicas sharing one PostgreSQL store do not
-//! hand keys between them yet). A request whose key is gone (a restart between result and
-//! delivery) fails cleanly, and the workflow is told.
+//! The key is handed from the agent session to the worker in memory, so the replica that delivers
+//! is the one that received the result: the store records it with the job's result
+//! (`jobs.finished_by`, and `key_replica` once the link is being sent), and only that replica
+//! claims the request's delivery while it is alive ([`crate::store::replicas`]). A request whose
+//! replica died before the link went out (a crash or a restart between result and delivery) is
+//! re-issued once: a fresh job sets a fresh password, whose key the replica that records it holds.
+//! If that is lost too, the request fails cleanly, and the workflow is told.
 
 pub mod authentication;
 pub mod callout;
@@ -72,14 +74,10 @@ pub struct Lifecycle {
     pub sms: Option<SmsGateway>,
     /// Domains the relay serves.
     pub domains: Vec<pwrelay_shared::domain::DomainName>,
-    /// Link page requests per link.
-    pub link_limiter: crate::api::rate_limit::RateLimiter,
-    /// Link page requests per client address.
+    /// Link page requests per client address, counted by each replica on its own (the per-link
+    /// limit is counted in the store, [`crate::store::LifecycleStore::count_link_request`]).
     pub client_limiter: crate::api::rate_limit::RateLimiter,
     wake: tokio::sync::Notify,
-    /// Set once the worker has gone through the requests left by an earlier process: a restarted
-    /// worker (see [`crate::supervisor`]) must not fail this process's own deliveries as leftovers.
-    leftovers_handled: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -109,7 +107,6 @@ impl Lifecycle {
         let http = crate::outbound::client(config.ca_file.as_deref(), "lifecycle.endpoints.ca_file", OUTBOUND_TIMEOUT)
             .map_err(|e| e.to_string())?;
         let sms = config.sms.as_ref().map(|s| SmsGateway::new(s, http.clone())).transpose()?;
-        let link_limiter = RateLimiter::new(config.requests_per_link_per_hour, Duration::from_secs(3600));
         let client_limiter = RateLimiter::new(config.requests_per_client_per_minute, Duration::from_secs(60));
         Ok(Self {
             authenticator: CalloutAuthenticator::new(&config, http.clone())?,
@@ -121,10 +118,8 @@ impl Lifecycle {
             events: parts.events,
             keys: parts.keys,
             domains: parts.domains,
-            link_limiter,
             client_limiter,
             wake: tokio::sync::Notify::new(),
-            leftovers_handled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -2,7 +2,6 @@
 //! delivery, which retries with back-off, runs as its own task so it holds nobody up.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +24,9 @@ use crate::store::lifecycle::{LifecycleRequest, ResumeResult, Stage};
 
 /// How often the worker looks even without a signal.
 const TICK: Duration = Duration::from_secs(2);
+/// How long a claim on a request lasts: a step's Graph calls (20 s timeout each) fit within it,
+/// so another replica takes a request over only when its replica died mid-step.
+const CLAIM_LEASE: Duration = Duration::from_secs(60);
 /// How often the ciphertexts of expired, unclaimed links are erased.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Graph `resume` calls before giving up (about 2 h with the back-off).
@@ -39,17 +41,13 @@ const RESOLVE_GIVE_UP: Duration = Duration::from_secs(3600);
 pub(super) async fn run(lifecycle: Arc<Lifecycle>, cancel: CancellationToken, tracker: TaskTracker) {
     let delivering = Arc::new(Mutex::new(HashSet::new()));
     let mut changed = lifecycle.events.changed();
-    // Only the first pass in this process sees the deliveries an earlier process left unfinished.
-    let mut after_start = !lifecycle.leftovers_handled.load(Ordering::Relaxed);
     let mut swept_at: Option<std::time::Instant> = None;
     loop {
-        match lifecycle.store.due_requests(after_start, 50).await {
+        match lifecycle.store.claim_requests(CLAIM_LEASE, 50).await {
             Ok(due) => {
                 for request in due {
-                    step(&lifecycle, request, after_start, &delivering, &cancel, &tracker).await;
+                    step(&lifecycle, request, &delivering, &cancel, &tracker).await;
                 }
-                after_start = false;
-                lifecycle.leftovers_handled.store(true, Ordering::Relaxed);
             }
             Err(error) => tracing::error!(%error, "reading lifecycle requests failed"),
         }
@@ -80,31 +78,58 @@ pub(super) async fn run(lifecycle: Arc<Lifecycle>, cancel: CancellationToken, tr
 async fn step(
     lifecycle: &Arc<Lifecycle>,
     request: LifecycleRequest,
-    after_start: bool,
     delivering: &Arc<Mutex<HashSet<Uuid>>>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
 ) {
     let id = request.task_processing_result_id;
+    let key_here = request.key_holder.as_deref() == Some(lifecycle.store.replica().as_str());
     let result = match request.stage {
         Stage::Resolving => resolve(lifecycle, &request).await,
-        Stage::Applying => applied(lifecycle, &request, delivering, cancel, tracker).await,
-        Stage::Delivering if after_start => {
-            // The key died with the previous process: nobody can open this link any more.
-            fail(
-                lifecycle,
-                &request,
-                "the relay stopped while sending the link; the password was set but \
-                nobody received it. Run the workflow task again",
-            )
-            .await
+        // Claimed although another replica recorded the result: that replica is gone, and the
+        // link key with it.
+        Stage::Applying if request.job_state.as_deref() == Some("succeeded") && !key_here => {
+            key_lost(lifecycle, &request).await
         }
+        Stage::Applying => applied(lifecycle, &request, delivering, cancel, tracker).await,
+        // Claimed only when the replica sending the link is gone.
+        Stage::Delivering => key_lost(lifecycle, &request).await,
         Stage::Resuming => resume(lifecycle, &request).await,
-        Stage::Delivering | Stage::Done | Stage::ResumeFailed => Ok(()),
+        Stage::Done | Stage::ResumeFailed => Ok(()),
     };
     if let Err(error) = result {
         tracing::error!(task_processing_result = %id, %error, "lifecycle step failed; it is tried again");
     }
+}
+
+/// The replica holding the request's link key died before the link went out: nobody can open a
+/// link to the password it set. The request gets a fresh job (a fresh password) once; the
+/// second time it fails and the workflow is told.
+async fn key_lost(lifecycle: &Lifecycle, request: &LifecycleRequest) -> StepResult {
+    let id = request.task_processing_result_id;
+    if request.reissues == 0 {
+        let reason = "the relay replica holding the link key stopped before the link was sent; a fresh password \
+                      is set";
+        if lifecycle.store.reissue(id, reason).await? {
+            tracing::warn!(
+                target: "pwrelay::audit",
+                event = "lifecycle.reissued",
+                task_processing_result = %id,
+                replica = request.key_holder.as_deref().unwrap_or("none"),
+                stage = request.stage.as_str(),
+                "the relay replica holding the link key is gone; a fresh initial password is set"
+            );
+            lifecycle.wake();
+        }
+        return Ok(());
+    }
+    fail(
+        lifecycle,
+        request,
+        "the password was set twice, and both times the relay replica holding its link key stopped before sending \
+         it; run the workflow task again",
+    )
+    .await
 }
 
 type StepResult = Result<(), crate::store::StoreError>;
@@ -221,8 +246,13 @@ async fn resolve(lifecycle: &Lifecycle, request: &LifecycleRequest) -> StepResul
         recipient_key: None,
         parent_id: None,
     };
-    // The idempotency key makes a retry after a crash find the job made the first time.
-    let key = (format!("lifecycle:{id}"), Sha256::digest(id.as_bytes()).into());
+    // The idempotency key makes a retry after a crash find the job made the first time; a
+    // re-issued request (its first password's link key was lost) gets a job of its own.
+    let name = match request.reissues {
+        0 => format!("lifecycle:{id}"),
+        n => format!("lifecycle:{id}:reissue-{n}"),
+    };
+    let key = (name, Sha256::digest(id.as_bytes()).into());
     let (new_id, domain, account) = (job.id, job.domain.clone(), job.target.value());
     let job_id = match lifecycle.store.insert_jobs_once(vec![job], Some(key)).await? {
         Insertion::Created => new_id,
@@ -265,8 +295,8 @@ async fn applied(
         return fail(
             lifecycle,
             request,
-            "the password was set but its link key is gone (the relay restarted before sending it); run the \
-             workflow task again",
+            "the password was set but its link key is gone (it was not sent within an hour); run the workflow \
+             task again",
         )
         .await;
     };
@@ -281,11 +311,20 @@ async fn applied(
     let link_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(link_id);
     let proof: [u8; 32] = Sha256::new().chain_update(PROOF_CONTEXT).chain_update(key.expose_secret()).finalize().into();
     let expires = Timestamp(Timestamp::now().0 + ms(lifecycle.config.link_ttl));
-    if let Err(error) = lifecycle.store.open_link(id, &link_id, proof, expires).await {
-        // Nothing was sent: keep the key for the next try.
-        lifecycle.keys.put(job_id, attempt, key);
-        delivering.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        return Err(error);
+    match lifecycle.store.open_link(id, &link_id, proof, expires).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Another replica took the result over (the agent sent it there again) or the request
+            // moved on: that replica sends the link, and this key is dropped.
+            delivering.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            return Ok(());
+        }
+        Err(error) => {
+            // Nothing was sent: keep the key for the next try.
+            lifecycle.keys.put(job_id, attempt, key);
+            delivering.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            return Err(error);
+        }
     }
     let lifecycle = Arc::clone(lifecycle);
     let request = request.clone();

@@ -103,6 +103,13 @@ pub struct LifecycleRequest {
     /// Next time the worker looks at it.
     #[serde(skip)]
     pub next_attempt_ms: i64,
+    /// The replica that holds the link key in memory: the one that recorded the job's result
+    /// while `applying`, the one sending the link while `delivering`.
+    #[serde(skip)]
+    pub key_holder: Option<String>,
+    /// Fresh jobs made because the replica holding the key died (at most one).
+    #[serde(skip)]
+    pub reissues: u32,
 }
 
 /// A new callout.
@@ -170,9 +177,16 @@ pub enum LinkClaim {
 pub trait LifecycleStore: Send + Sync + 'static {
     /// Stores a callout once per task processing result.
     async fn insert_callout(&self, request: NewRequest) -> Result<CalloutInsertion, StoreError>;
-    /// Requests the worker should look at now: due ones in `resolving`/`resuming`, `applying`
-    /// ones whose job is final, and (after a restart) `delivering` ones.
-    async fn due_requests(&self, include_delivering: bool, limit: usize) -> Result<Vec<LifecycleRequest>, StoreError>;
+    /// Claims for this replica, for `lease`, up to `limit` requests the worker should look at
+    /// now and that no replica holds: due ones in `resolving`/`resuming`; `applying` ones whose job
+    /// failed, or succeeded with its result recorded by this replica (which holds the link key) or
+    /// by one that is no longer alive; `delivering` ones whose sending replica is no longer alive.
+    /// Replicas claiming at once get different requests; the next stage change lets the claim go.
+    async fn claim_requests(
+        &self,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<LifecycleRequest>, StoreError>;
     /// One request.
     async fn request(&self, id: Uuid) -> Result<Option<LifecycleRequest>, StoreError>;
     /// The request of a job.
@@ -181,14 +195,21 @@ pub trait LifecycleStore: Send + Sync + 'static {
     async fn set_applying(&self, id: Uuid, job: JobId) -> Result<(), StoreError>;
     /// Tries again later (Graph unreachable, ...), noting why.
     async fn postpone(&self, id: Uuid, next_attempt_ms: i64, reason: &str) -> Result<(), StoreError>;
-    /// `applying → delivering`: the link exists from now on (claimable once the message is out).
+    /// `applying → delivering`: the link exists from now on (claimable once the message is out),
+    /// and this replica sends it. False (nothing changed) unless the request is applying and this
+    /// replica recorded its job's result.
     async fn open_link(
         &self,
         id: Uuid,
         link_id: &str,
         proof_sha256: [u8; 32],
         expires: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
+    /// The replica holding the link key died before the link went out: `→ resolving` again
+    /// without a job, the old ciphertext erased and the link forgotten, so the request gets a fresh
+    /// job and a fresh password. Once per request: false (nothing changed) when it was re-issued
+    /// before, or is no longer this replica's claim in `applying`/`delivering`.
+    async fn reissue(&self, id: Uuid, reason: &str) -> Result<bool, StoreError>;
     /// Records delivery progress.
     async fn set_delivery(&self, id: Uuid, delivery: &str, detail: &str) -> Result<(), StoreError>;
     /// The outcome is known: `→ resuming`. A failed outcome erases any unclaimed ciphertext.
@@ -201,6 +222,33 @@ pub trait LifecycleStore: Send + Sync + 'static {
     async fn claim_link(&self, link_id: &str, proof_sha256: [u8; 32]) -> Result<LinkClaim, StoreError>;
     /// Erases ciphertexts of expired unclaimed links; returns how many.
     async fn expire_links(&self) -> Result<usize, StoreError>;
+    /// Counts a request for the page or the claim of link `link_id`, shared by every replica:
+    /// at most `limit` in a window of `window` that starts with the first request after the
+    /// previous one ended. `Ok(Err(seconds))` when over the limit: how long until the window
+    /// ends. An unknown link is not counted (its page says so; the per-client limit bounds
+    /// guessing).
+    async fn count_link_request(
+        &self,
+        link_id: &str,
+        limit: u32,
+        window: std::time::Duration,
+    ) -> Result<Result<(), u64>, StoreError>;
+}
+
+/// What [`LifecycleStore::count_link_request`] decides from the window's start and count.
+pub(crate) fn link_request_verdict(
+    window_ms: i64,
+    requests: i64,
+    limit: u32,
+    window: std::time::Duration,
+    now: i64,
+) -> Result<(), u64> {
+    if requests <= i64::from(limit) {
+        return Ok(());
+    }
+    let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let left = window_ms.saturating_add(window).saturating_sub(now).max(0);
+    Err(u64::try_from(left).unwrap_or(0).div_ceil(1000).max(1))
 }
 
 /// The result of a resume call.

@@ -7,6 +7,7 @@
 //! - [`WebhookStore`] (`webhooks.rs`): subscriptions, the outbox and the delivery log.
 //! - [`LifecycleStore`] (`lifecycle.rs`): new-hire requests and their one-time links.
 //! - [`GaugeStore`] (`gauges.rs`): the counts the metrics read at each scrape.
+//! - [`ReplicaStore`] (`replicas.rs`): the relay processes sharing the store, with heartbeats.
 //!
 //! [`Store`] is all of them plus readiness: the relay holds one `Arc<dyn Store>` and hands it to
 //! the API, the agent link and the workers; [`open`] makes it from `[store]`. Each backend is a
@@ -18,19 +19,23 @@ pub mod gauges;
 mod jobs;
 pub mod lifecycle;
 pub mod postgres;
+pub mod replicas;
 pub mod sqlite;
 mod webhooks;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{StoreBackend, StoreConfig};
+use crate::jobs::events::JobEvents;
 
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
 pub use gauges::{GaugeStore, StoreGauges};
 pub use jobs::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
 pub use lifecycle::LifecycleStore;
+pub use replicas::{ReplicaId, ReplicaStore};
 pub use webhooks::WebhookStore;
 
 /// Why a store operation failed.
@@ -54,7 +59,7 @@ pub enum StoreError {
 
 /// Everything the relay keeps, in one backend.
 #[async_trait]
-pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore + GaugeStore {
+pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore + ReplicaStore + GaugeStore {
     /// Whether the store can be read and written (readiness).
     async fn check(&self) -> Result<(), StoreError>;
 
@@ -66,6 +71,15 @@ pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore + GaugeS
     /// jobs with their results, except children of a batch that is not itself purged and jobs a
     /// remaining new-hire request refers to. Returns how many jobs and requests.
     async fn purge_finished(&self, older_than: std::time::Duration) -> Result<Purged, StoreError>;
+
+    /// Feeds what other replicas did to the store into `events` until `cancel`: on PostgreSQL,
+    /// the `pwrelay_jobs` notifications every job change sends, over one listening connection
+    /// that is made again (with back-off, logged at WARN) when it drops. An SQLite store has one
+    /// process, whose own signals are all there is: it only waits for `cancel`.
+    async fn forward_notifications(&self, events: std::sync::Arc<JobEvents>, cancel: CancellationToken) {
+        let _ = events;
+        cancel.cancelled().await;
+    }
 }
 
 /// What [`Store::purge_finished`] deleted.

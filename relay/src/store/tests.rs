@@ -67,6 +67,62 @@ macro_rules! contract {
     };
 }
 
+/// Two replicas on one database (one SQLite file, one PostgreSQL database opened twice), each with
+/// its own replica id, and whatever must live as long as they.
+pub(crate) struct Replicas {
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+fn sqlite_replicas() -> Replicas {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("relay.db");
+    let a = super::sqlite::SqliteStore::open(&path).expect("open");
+    let b = super::sqlite::SqliteStore::open(&path).expect("open again");
+    Replicas { a: Arc::new(a), b: Arc::new(b), _keep: Box::new(dir) }
+}
+
+async fn postgres_replicas() -> Option<Replicas> {
+    let server = super::postgres::testing::server()?;
+    let config = super::postgres::testing::fresh_database(&server).await;
+    let a = super::postgres::PostgresStore::open(&config).await.expect("open");
+    let b = super::postgres::PostgresStore::open(&config).await.expect("open again");
+    Some(Replicas { a: Arc::new(a), b: Arc::new(b), _keep: Box::new(()) })
+}
+
+/// Like [`contract!`], for tests of two replicas sharing one store.
+macro_rules! replica_contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_replicas {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let r = super::sqlite_replicas();
+                    super::$name(r.a.as_ref(), r.b.as_ref()).await;
+                }
+            )*
+        }
+        mod postgres_replicas {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(r) = super::postgres_replicas().await else { return };
+                    super::$name(r.a.as_ref(), r.b.as_ref()).await;
+                }
+            )*
+        }
+    };
+}
+
+replica_contract!(
+    replicas_are_alive_while_they_beat_and_gone_when_they_retire,
+    a_delivery_is_claimed_by_one_replica_until_its_claim_expires,
+    a_new_hire_is_delivered_by_the_replica_holding_its_key_and_reissued_once_when_it_dies,
+    a_link_s_rate_limit_is_counted_across_replicas,
+    sweeps_run_at_once_on_two_replicas_do_the_work_once,
+);
+
 contract!(
     claims_only_the_holders_domains_and_each_job_once,
     lapsed_leases_are_taken_over_only_after_the_write_timeout,
@@ -588,13 +644,13 @@ async fn a_job_becoming_final_enqueues_one_delivery_for_its_subscribed_client(st
     for j in [done, cancelled, unsubscribed] {
         store.insert_job(j).await.expect("insert");
     }
-    assert!(store.due_deliveries(10).await.expect("due").is_empty(), "nothing is final yet");
+    assert!(store.claim_deliveries(10, Duration::ZERO).await.expect("due").is_empty(), "nothing is final yet");
     assert_eq!(store.next_delivery_due().await.expect("next"), None);
     store.claim(&[d("a.test")], "h", "agent", 1, policy()).await.expect("claim");
     assert_eq!(store.complete(done_id, "h", 1, ok()).await.expect("complete"), Completion::Finished);
     assert_eq!(store.complete(done_id, "h", 1, ok()).await.expect("again"), Completion::Duplicate);
     store.cancel(cancelled_id, "pam").await.expect("cancel");
-    let due = store.due_deliveries(10).await.expect("due");
+    let due = store.claim_deliveries(10, Duration::ZERO).await.expect("due");
     let mut events: Vec<_> = due.iter().map(|d| (d.job_id, d.event)).collect();
     events.sort();
     let mut expected = vec![(done_id, WebhookEvent::JobSucceeded), (cancelled_id, WebhookEvent::JobFailed)];
@@ -605,7 +661,7 @@ async fn a_job_becoming_final_enqueues_one_delivery_for_its_subscribed_client(st
     assert_ne!(due[0].event_id, due[1].event_id);
     assert_eq!(due[0].webhook.as_ref().map(|w| w.url.as_str()), Some("https://siem.example.com/hooks"));
     assert!(store.next_delivery_due().await.expect("next").is_some_and(|at| at.0 <= Timestamp::now().0));
-    assert_eq!(store.due_deliveries(1).await.expect("due").len(), 1, "the limit holds");
+    assert_eq!(store.claim_deliveries(1, Duration::ZERO).await.expect("due").len(), 1, "the limit holds");
 }
 
 async fn only_subscribed_events_are_enqueued_and_expiry_and_batches_count(store: &dyn Store) {
@@ -615,7 +671,7 @@ async fn only_subscribed_events_are_enqueued_and_expiry_and_batches_count(store:
     let cancelled_id = cancelled.id;
     store.insert_job(cancelled).await.expect("insert");
     store.cancel(cancelled_id, "pam").await.expect("cancel");
-    assert!(store.due_deliveries(10).await.expect("due").is_empty(), "job.failed is not subscribed");
+    assert!(store.claim_deliveries(10, Duration::ZERO).await.expect("due").is_empty(), "job.failed is not subscribed");
 
     store.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("replace");
     let batch = client_job("pam", JobKind::ReconcileBatch, None);
@@ -629,7 +685,7 @@ async fn only_subscribed_events_are_enqueued_and_expiry_and_batches_count(store:
         store.expire_overdue(ClaimPolicy { time_to_live: Duration::ZERO, ..policy() }).await.expect("expire"),
         2
     );
-    let due = store.due_deliveries(10).await.expect("due");
+    let due = store.claim_deliveries(10, Duration::ZERO).await.expect("due");
     assert_eq!(due.len(), 3, "both members and the settled batch: {due:?}");
     assert!(due.iter().any(|d| d.job_id == batch_id && d.event == WebhookEvent::JobFailed));
 }
@@ -641,7 +697,7 @@ async fn attempts_are_logged_retries_wait_and_the_first_body_is_kept(store: &dyn
     let id = j.id;
     store.insert_job(j).await.expect("insert");
     store.cancel(id, "pam").await.expect("cancel");
-    let event_id = store.due_deliveries(10).await.expect("due")[0].event_id.clone();
+    let event_id = store.claim_deliveries(10, Duration::ZERO).await.expect("due")[0].event_id.clone();
     let attempt = |n: u32, status: u16| Attempt {
         attempt: n,
         at: Timestamp::now(),
@@ -654,14 +710,14 @@ async fn attempts_are_logged_retries_wait_and_the_first_body_is_kept(store: &dyn
         .record_delivery(&event_id, Some("first".into()), Some(attempt(1, 500)), AfterAttempt::RetryAt(now))
         .await
         .expect("record");
-    let due = store.due_deliveries(10).await.expect("due");
+    let due = store.claim_deliveries(10, Duration::ZERO).await.expect("due");
     assert_eq!((due[0].attempts, due[0].payload.as_deref()), (1, Some("first")));
     let later = Timestamp(Timestamp::now().0 + 60_000);
     store
         .record_delivery(&event_id, Some("second".into()), Some(attempt(2, 503)), AfterAttempt::RetryAt(later))
         .await
         .expect("record");
-    assert!(store.due_deliveries(10).await.expect("due").is_empty(), "the retry is not due yet");
+    assert!(store.claim_deliveries(10, Duration::ZERO).await.expect("due").is_empty(), "the retry is not due yet");
     assert_eq!(store.next_delivery_due().await.expect("next"), Some(later));
     let pending = store.deliveries("pam", DeliveryFilter { state: Some(DeliveryState::Pending), limit: 10 });
     let pending = pending.await.expect("log");
@@ -699,7 +755,7 @@ async fn revoking_a_client_removes_its_webhook_and_pending_deliveries_lose_it(st
     store.cancel(id, "pam").await.expect("cancel");
     assert!(store.revoke_client("pam").await.expect("revoke"));
     assert_eq!(store.webhook("pam").await.expect("read"), None);
-    let due = store.due_deliveries(10).await.expect("due");
+    let due = store.claim_deliveries(10, Duration::ZERO).await.expect("due");
     assert_eq!(due.len(), 1);
     assert!(due[0].webhook.is_none());
     assert!(!store.remove_webhook("pam").await.expect("remove"), "already gone");
@@ -726,6 +782,7 @@ fn callout() -> NewRequest {
 
 /// A new hire's request applied and its `initial_password` job finished with a ciphertext.
 async fn applied(store: &dyn Store) -> (Uuid, JobId) {
+    store.heartbeat().await.expect("alive");
     let request = callout();
     let id = request.callout.task_processing_result_id;
     assert_eq!(store.insert_callout(request).await.expect("insert"), CalloutInsertion::Created);
@@ -741,12 +798,15 @@ async fn applied(store: &dyn Store) -> (Uuid, JobId) {
     store.set_applying(id, job_id).await.expect("applying");
     let applying = store.request(id).await.expect("read").expect("exists");
     assert_eq!((applying.stage, applying.job_id), (Stage::Applying, Some(job_id)));
-    assert!(store.due_requests(false, 10).await.expect("due").is_empty(), "an applying request waits for its job");
+    assert!(
+        store.claim_requests(Duration::ZERO, 10).await.expect("due").is_empty(),
+        "an applying request waits for its job"
+    );
     store.claim(&[d("a.test")], "h1", "x", 1, policy()).await.expect("claim");
     let secret = ResultSecret { encoding: SecretEncoding::Aes256Gcm, bytes: vec![8, 8, 8] };
     let done = Outcome::Succeeded(JobSuccess { account_dn: "CN=jane".into(), ..JobSuccess::default() }, Some(secret));
     assert_eq!(store.complete(job_id, "h1", 1, done).await.expect("complete"), Completion::Finished);
-    let due = store.due_requests(false, 10).await.expect("due");
+    let due = store.claim_requests(Duration::ZERO, 10).await.expect("due");
     assert_eq!(due.iter().map(|r| r.task_processing_result_id).collect::<Vec<_>>(), vec![id]);
     assert_eq!(due[0].job_state.as_deref(), Some("succeeded"));
     (id, job_id)
@@ -764,10 +824,10 @@ async fn a_callout_is_stored_once_per_task_processing_result(store: &dyn Store) 
     assert_eq!((stored.display_name.as_str(), stored.tenant_id.as_str()), ("Jane Doe", "tenant"));
     assert_eq!(stored.workflow_id, request.callout.workflow_id);
     assert!(store.request(Uuid::new_v4()).await.expect("read").is_none());
-    assert_eq!(store.due_requests(false, 10).await.expect("due").len(), 1, "resolving and due");
+    assert_eq!(store.claim_requests(Duration::ZERO, 10).await.expect("due").len(), 1, "resolving and due");
     let later = Timestamp::now().0 + 60_000;
     store.postpone(id, later, "graph unreachable").await.expect("postpone");
-    assert!(store.due_requests(false, 10).await.expect("due").is_empty());
+    assert!(store.claim_requests(Duration::ZERO, 10).await.expect("due").is_empty());
     let postponed = store.request(id).await.expect("read").expect("exists");
     assert_eq!((postponed.next_attempt_ms, postponed.outcome_reason.as_deref()), (later, Some("graph unreachable")));
 }
@@ -776,11 +836,15 @@ async fn a_new_hire_moves_through_its_stages_and_its_link_is_claimed_once(store:
     let (id, job_id) = applied(store).await;
     assert_eq!(store.request_of_job(job_id).await.expect("read").map(|r| r.task_processing_result_id), Some(id));
     let expires = Timestamp(Timestamp::now().0 + 3_600_000);
-    store.open_link(id, "link-1", [5; 32], expires).await.expect("open link");
+    assert!(store.open_link(id, "link-1", [5; 32], expires).await.expect("open link"));
     let delivering = store.request(id).await.expect("read").expect("exists");
     assert_eq!((delivering.stage, delivering.delivery.as_deref()), (Stage::Delivering, Some("pending")));
-    assert!(store.due_requests(false, 10).await.expect("due").is_empty());
-    assert_eq!(store.due_requests(true, 10).await.expect("due").len(), 1, "after a restart");
+    assert!(store.claim_requests(Duration::ZERO, 10).await.expect("due").is_empty(), "its replica sends the link");
+    store.retire().await.expect("retire");
+    let orphaned = store.claim_requests(Duration::ZERO, 10).await.expect("due");
+    assert_eq!(orphaned.len(), 1, "the replica sending the link is gone");
+    assert_eq!(orphaned[0].key_holder.as_deref(), Some(store.replica().as_str()));
+    store.heartbeat().await.expect("heartbeat");
     assert_eq!(store.view_link("link-1").await.expect("view"), LinkState::Active { expires, must_change: true });
     assert_eq!(store.view_link("nope").await.expect("view"), LinkState::NotFound);
     assert_eq!(store.claim_link("link-1", [6; 32]).await.expect("claim"), LinkClaim::WrongProof);
@@ -803,7 +867,7 @@ async fn a_new_hire_moves_through_its_stages_and_its_link_is_claimed_once(store:
         .resume_attempted(id, ResumeResult::Retry { at_ms: retry_at, reason: "graph 503".into() })
         .await
         .expect("resume");
-    assert!(store.due_requests(false, 10).await.expect("due").is_empty(), "the retry is not due");
+    assert!(store.claim_requests(Duration::ZERO, 10).await.expect("due").is_empty(), "the retry is not due");
     store.resume_attempted(id, ResumeResult::Done).await.expect("resume");
     let done = store.request(id).await.expect("read").expect("exists");
     assert_eq!((done.stage, done.resume_attempts), (Stage::Done, 2));
@@ -863,4 +927,151 @@ async fn gauges_count_the_queue_by_domain_and_the_outbox_by_state(store: &dyn St
 async fn the_store_is_ready(store: &dyn Store) {
     store.check().await.expect("ready");
     assert!(!store.location().is_empty());
+}
+
+// ---- several replicas
+
+async fn replicas_are_alive_while_they_beat_and_gone_when_they_retire(a: &dyn Store, b: &dyn Store) {
+    assert_ne!(a.replica(), b.replica(), "each replica has its own id");
+    a.heartbeat().await.expect("a");
+    b.heartbeat().await.expect("b");
+    b.heartbeat().await.expect("b again");
+    let mut both = vec![a.replica().clone(), b.replica().clone()];
+    both.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    assert_eq!(a.live_replicas().await.expect("live"), both);
+    a.retire().await.expect("retire");
+    assert_eq!(b.live_replicas().await.expect("live"), vec![b.replica().clone()]);
+}
+
+async fn a_delivery_is_claimed_by_one_replica_until_its_claim_expires(a: &dyn Store, b: &dyn Store) {
+    two_clients(a).await;
+    a.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("set");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let j = client_job("pam", JobKind::SetPassword, None);
+        ids.push(j.id);
+        a.insert_job(j).await.expect("insert");
+    }
+    for id in &ids {
+        a.cancel(*id, "pam").await.expect("cancel");
+    }
+    let lease = Duration::from_secs(60);
+    let (held_a, held_b) = tokio::join!(a.claim_deliveries(2, lease), b.claim_deliveries(2, lease));
+    let (held_a, held_b) = (held_a.expect("a claims"), held_b.expect("b claims"));
+    assert_eq!(held_a.len() + held_b.len(), 3, "every delivery is claimed once: {held_a:?} {held_b:?}");
+    let mut claimed: Vec<&str> = held_a.iter().chain(&held_b).map(|d| d.event_id.as_str()).collect();
+    claimed.sort_unstable();
+    claimed.dedup();
+    assert_eq!(claimed.len(), 3, "no delivery is held by both");
+    assert!(a.claim_deliveries(10, lease).await.expect("claim").is_empty(), "all are held");
+    let next = a.next_delivery_due().await.expect("next").expect("pending");
+    assert!(next.0 > Timestamp::now().0 + 50_000, "the next due is when a claim expires: {next:?}");
+
+    // A replica that does not hold a delivery cannot record it; its holder can.
+    let (mine, theirs) = match (held_a.first(), held_b.first()) {
+        (Some(x), _) => (x.event_id.clone(), (a, b)),
+        (None, Some(x)) => (x.event_id.clone(), (b, a)),
+        (None, None) => unreachable!("three deliveries were claimed"),
+    };
+    let (holder, other) = theirs;
+    other.record_delivery(&mine, Some("body".into()), None, AfterAttempt::Delivered).await.expect("record");
+    let pending = DeliveryFilter { state: Some(DeliveryState::Pending), limit: 10 };
+    assert_eq!(a.deliveries("pam", pending).await.expect("log").len(), 3, "not its claim: nothing changed");
+    holder.record_delivery(&mine, Some("body".into()), None, AfterAttempt::Delivered).await.expect("record");
+    assert_eq!(a.deliveries("pam", pending).await.expect("log").len(), 2, "its holder recorded it");
+
+    // A claim that expired (its replica died mid-attempt) is taken over.
+    let j = client_job("pam", JobKind::SetPassword, None);
+    let late = j.id;
+    a.insert_job(j).await.expect("insert");
+    a.cancel(late, "pam").await.expect("cancel");
+    let short = a.claim_deliveries(10, Duration::from_millis(1)).await.expect("claim");
+    assert_eq!(short.iter().map(|d| d.job_id).collect::<Vec<_>>(), vec![late]);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let taken = b.claim_deliveries(10, lease).await.expect("take over");
+    assert_eq!(taken.iter().map(|d| d.job_id).collect::<Vec<_>>(), vec![late], "taken over after it expired");
+    a.record_delivery(&taken[0].event_id, None, None, AfterAttempt::Delivered).await.expect("late record");
+    let log = a.deliveries("pam", DeliveryFilter { state: None, limit: 10 }).await.expect("log");
+    let of_late = log.iter().find(|r| r.job_id == late).expect("late delivery");
+    assert_eq!(of_late.state, DeliveryState::Pending, "the replica whose claim expired changes nothing");
+}
+
+async fn a_new_hire_is_delivered_by_the_replica_holding_its_key_and_reissued_once_when_it_dies(
+    a: &dyn Store,
+    b: &dyn Store,
+) {
+    // `applied` finishes the job through `a`: `a` holds the link key.
+    let (id, job_id) = applied(a).await;
+    b.heartbeat().await.expect("b alive");
+    let lease = Duration::from_secs(60);
+    assert!(b.claim_requests(lease, 10).await.expect("claim").is_empty(), "b leaves a's request alone");
+    let expires = Timestamp(Timestamp::now().0 + 3_600_000);
+    assert!(!b.open_link(id, "link-b", [5; 32], expires).await.expect("open"), "only a can open its link");
+    let held = a.claim_requests(lease, 10).await.expect("claim");
+    assert_eq!(held.iter().map(|r| r.task_processing_result_id).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(held[0].key_holder.as_deref(), Some(a.replica().as_str()));
+    assert!(a.open_link(id, "link-a", [5; 32], expires).await.expect("open"));
+    assert!(b.claim_requests(lease, 10).await.expect("claim").is_empty(), "a is sending the link");
+
+    // `a` dies before the link is out: `b` re-issues the request, once.
+    a.retire().await.expect("a stops");
+    let orphaned = b.claim_requests(lease, 10).await.expect("claim");
+    assert_eq!(orphaned.len(), 1);
+    assert_eq!((orphaned[0].stage, orphaned[0].reissues), (Stage::Delivering, 0));
+    assert!(!a.reissue(id, "not a's claim").await.expect("reissue"), "only the claiming replica re-issues");
+    assert!(b.reissue(id, "a stopped").await.expect("reissue"));
+    assert!(!b.reissue(id, "again").await.expect("reissue"), "once");
+    let fresh = b.request(id).await.expect("read").expect("exists");
+    assert_eq!((fresh.stage, fresh.job_id, fresh.reissues), (Stage::Resolving, None, 1));
+    assert_eq!(fresh.delivery_detail.as_deref(), Some("a stopped"));
+    assert_eq!(b.view_link("link-a").await.expect("view"), LinkState::NotFound, "the old link is gone");
+    let old = b.job(job_id).await.expect("read").expect("old job");
+    assert_eq!(old.state, JobState::Succeeded, "the old job stays as it ended");
+    assert!(b.request_of_job(job_id).await.expect("read").is_none(), "the request let its old job go");
+    let again = b.claim_requests(lease, 10).await.expect("claim");
+    assert_eq!(again.len(), 1, "resolving again at once (the re-issue let its claim go)");
+}
+
+async fn a_link_s_rate_limit_is_counted_across_replicas(a: &dyn Store, b: &dyn Store) {
+    let (id, _) = applied(a).await;
+    let expires = Timestamp(Timestamp::now().0 + 3_600_000);
+    assert!(a.open_link(id, "link-limited", [5; 32], expires).await.expect("open"));
+    let hour = Duration::from_secs(3600);
+    assert_eq!(a.count_link_request("link-limited", 3, hour).await.expect("count"), Ok(()));
+    assert_eq!(b.count_link_request("link-limited", 3, hour).await.expect("count"), Ok(()));
+    assert_eq!(a.count_link_request("link-limited", 3, hour).await.expect("count"), Ok(()));
+    let refused = b.count_link_request("link-limited", 3, hour).await.expect("count");
+    assert!(matches!(refused, Err(wait) if wait > 3500 && wait <= 3600), "{refused:?}");
+    assert_eq!(b.count_link_request("no-such-link", 3, hour).await.expect("count"), Ok(()), "not counted");
+    let short = Duration::from_millis(500);
+    assert_eq!(a.count_link_request("link-limited", 1, short).await.expect("count"), Err(1), "the same window");
+    tokio::time::sleep(short).await;
+    assert_eq!(b.count_link_request("link-limited", 1, short).await.expect("count"), Ok(()), "a new window");
+    assert_eq!(a.count_link_request("link-limited", 1, short).await.expect("count"), Err(1), "counted in it");
+}
+
+async fn sweeps_run_at_once_on_two_replicas_do_the_work_once(a: &dyn Store, b: &dyn Store) {
+    two_clients(a).await;
+    a.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("set");
+    let jobs: Vec<NewJob> = (0..40).map(|_| client_job("pam", JobKind::SetPassword, None)).collect();
+    a.insert_jobs_once(jobs, None).await.expect("insert");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let expiring = ClaimPolicy { time_to_live: Duration::ZERO, ..policy() };
+    let mut expired = 0;
+    for _ in 0..3 {
+        let (x, y) = tokio::join!(a.expire_overdue(expiring), b.expire_overdue(expiring));
+        expired += x.expect("a sweeps") + y.expect("b sweeps");
+    }
+    assert_eq!(expired, 40, "each job expired once");
+    let due = a.claim_deliveries(100, Duration::ZERO).await.expect("due");
+    assert_eq!(due.len(), 40, "one event per expired job");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut purged = Purged::default();
+    for _ in 0..3 {
+        let (x, y) = tokio::join!(a.purge_finished(Duration::ZERO), b.purge_finished(Duration::ZERO));
+        for p in [x.expect("a purges"), y.expect("b purges")] {
+            purged.jobs += p.jobs;
+        }
+    }
+    assert_eq!(purged.jobs, 40, "each job deleted once");
 }

@@ -1,5 +1,5 @@
 //! Outbound webhooks: each client's subscription, the outbox of events that the statement making a
-//! job final fills, and the delivery log.
+//! job final fills (claimed by one replica at a time for sending), and the delivery log.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -26,15 +26,20 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// it had none. Revoking a client removes its webhook too.
     async fn remove_webhook(&self, client: &str) -> Result<bool, StoreError>;
 
-    /// Up to `limit` pending deliveries whose next attempt is due, the longest due first, each
-    /// with its client's current webhook.
-    async fn due_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>, StoreError>;
+    /// Claims for this replica, for `lease`, up to `limit` pending deliveries whose next attempt
+    /// is due and that no replica holds, the longest due first, each with its client's current
+    /// webhook. Replicas claiming at once get different deliveries; one whose claim expired (its
+    /// replica died mid-attempt) is claimed again, so a delivery is sent at least once.
+    async fn claim_deliveries(&self, limit: usize, lease: Duration) -> Result<Vec<DueDelivery>, StoreError>;
 
-    /// When the earliest pending delivery is due, if any is pending.
+    /// When the earliest pending delivery is due (or its claim by another replica expires), if
+    /// any is pending.
     async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError>;
 
-    /// Records what happened to a due delivery in one transaction: the attempt made (if one was),
-    /// the body (kept from the first attempt on, so retries send the same bytes) and what follows.
+    /// Records what happened to a claimed delivery in one transaction: the attempt made (if one
+    /// was), the body (kept from the first attempt on, so retries send the same bytes) and what
+    /// follows, and lets the claim go. What follows changes nothing unless this replica claimed
+    /// the delivery last (one whose expired claim another replica took over is refused).
     async fn record_delivery(
         &self,
         event_id: &str,

@@ -4,7 +4,9 @@
 //! signal, [`crate::jobs::events`]), when the next retry is due, and at least every
 //! `webhooks.poll_seconds`. The outbox is in the store, so a delivery pending when the relay stops
 //! is picked up again when it starts; one cut off mid-request is sent again (receivers dedupe by
-//! event id).
+//! event id). With several replicas, each claims the deliveries it sends
+//! ([`crate::store::WebhookStore::claim_deliveries`]): one replica sends a delivery, and another
+//! takes it over only once the claim has expired (its replica died mid-attempt).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +25,9 @@ use crate::store::{Store, StoreError};
 
 /// Header with the attempt number (1 for the first).
 pub const ATTEMPT_HEADER: &str = "Pwrelay-Delivery-Attempt";
-/// Due deliveries read from the store at once.
-const BATCH: usize = 100;
+/// How long a claim on a delivery lasts beyond `webhooks.timeout_seconds`: the attempt and its
+/// record fit well within it, so another replica takes a delivery over only when its replica died.
+const CLAIM_MARGIN: Duration = Duration::from_secs(30);
 /// How often finished deliveries past `webhooks.log_retention_days` are deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Longest error text kept in the delivery log.
@@ -84,18 +87,16 @@ impl DeliveryWorker {
     }
 
     /// Makes one attempt at every delivery that is due now, up to `webhooks.concurrency` at once.
+    /// Each round claims only as many as it sends at once, so a claim is held for one attempt
+    /// (at most `webhooks.timeout_seconds`) and deliveries spread over the replicas.
     pub async fn deliver_due(&self, cancel: &CancellationToken) -> Result<(), StoreError> {
+        let batch = self.config.concurrency.max(1);
+        let lease = self.config.timeout + CLAIM_MARGIN;
         loop {
-            let due = self.store.due_deliveries(BATCH).await?;
-            let full = due.len() == BATCH;
+            let due = self.store.claim_deliveries(batch, lease).await?;
+            let full = due.len() == batch;
             let mut in_flight = JoinSet::new();
             for delivery in due {
-                if cancel.is_cancelled() {
-                    break;
-                }
-                while in_flight.len() >= self.config.concurrency {
-                    join_one(&mut in_flight).await;
-                }
                 let worker = self.clone();
                 in_flight.spawn(async move { worker.deliver(delivery).await });
             }

@@ -1,7 +1,11 @@
 //! The relay's HTTPS API as a PAM uses it, through faults: every call has a timeout, job
 //! submissions carry an `Idempotency-Key` so a retry after a lost answer finds the first job,
-//! and waits long-poll `GET /v1/jobs/{id}?wait=`.
+//! and waits long-poll `GET /v1/jobs/{id}?wait=`. With several relay replicas it spreads its calls
+//! over them as a load balancer would: each call goes to the next replica, and to the one after
+//! when a replica does not answer.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pwrelay_shared::tls::{self, TrustAnchors};
@@ -14,7 +18,8 @@ use crate::deployment::Deployment;
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
     token: String,
 }
 
@@ -42,11 +47,25 @@ impl Api {
             .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .expect("an HTTP client");
-        Self { http, base: format!("https://127.0.0.1:{}", deployment.api_port), token: token.to_owned() }
+        let bases = deployment.relays.iter().map(|r| format!("https://127.0.0.1:{}", r.api_port)).collect();
+        Self { http, bases: Arc::new(bases), next: Arc::new(AtomicUsize::new(0)), token: token.to_owned() }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder, limit: Duration) -> Reply {
-        self.send_as_is(request.bearer_auth(&self.token), limit).await
+    /// Sends the request `make` builds for a base URL to the next replica, and on to the others
+    /// while one does not answer.
+    async fn spread(&self, make: impl Fn(&str) -> reqwest::RequestBuilder, token: bool, limit: Duration) -> Reply {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut reply = Reply::Unanswered("no relay".into());
+        for n in 0..self.bases.len() {
+            let request = make(&self.bases[(first + n) % self.bases.len()]);
+            let request = if token { request.bearer_auth(&self.token) } else { request };
+            reply = self.send_as_is(request, limit).await;
+            // A refused connection is a replica that is down; anything else was (maybe) seen.
+            if !matches!(&reply, Reply::Unanswered(why) if why.contains("onnect")) {
+                break;
+            }
+        }
+        reply
     }
 
     async fn send_as_is(&self, request: reqwest::RequestBuilder, limit: Duration) -> Reply {
@@ -64,27 +83,27 @@ impl Api {
 
     /// One POST of `body` to `path` with `Idempotency-Key: key`.
     pub(crate) async fn post_once(&self, path: &str, key: &str, body: &Value, limit: Duration) -> Reply {
-        let request = self.http.post(format!("{}{path}", self.base)).header("Idempotency-Key", key).json(body);
-        self.send(request, limit).await
+        let make = |base: &str| self.http.post(format!("{base}{path}")).header("Idempotency-Key", key).json(body);
+        self.spread(make, true, limit).await
     }
 
     /// One POST of the JSON text `body` to `path` with `headers` and without the API token (a
     /// callout, a link claim).
     pub(crate) async fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)], limit: Duration) -> Reply {
-        let mut request = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_vec());
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        self.send_as_is(request, limit).await
+        let make = |base: &str| {
+            let mut request =
+                self.http.post(format!("{base}{path}")).header("content-type", "application/json").body(body.to_vec());
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request
+        };
+        self.spread(make, false, limit).await
     }
 
     /// One GET of `path`.
     pub(crate) async fn get_once(&self, path: &str, limit: Duration) -> Reply {
-        self.send(self.http.get(format!("{}{path}", self.base)), limit).await
+        self.spread(|base| self.http.get(format!("{base}{path}")), true, limit).await
     }
 
     /// Submits a job until the relay answers (retrying with the same idempotency key) or

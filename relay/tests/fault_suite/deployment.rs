@@ -1,7 +1,8 @@
 //! The deployment under test, set up the way an operator does it (README, `deploy/dev/demo.sh`):
 //! the relay's own CLI makes the PKI, the agents' certificates, the store key and the API client;
-//! one relay and two agents for the one domain run as processes of the real binaries on
-//! 127.0.0.1 ports picked here, with a short lease so that faults bite quickly.
+//! one relay (or several replicas on one PostgreSQL store, `FAULT_REPLICAS`) and two agents for the
+//! one domain run as processes of the real binaries on 127.0.0.1 ports picked here, with a short
+//! lease so that faults bite quickly. Agent n connects to replica n (modulo their number).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,19 +117,31 @@ impl Agent {
     }
 }
 
-/// The relay, the agents and what clients need to reach the relay.
+/// One relay process (a replica when there are several): its ports, configuration and process.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    pub(crate) api_port: u16,
+    pub(crate) link_port: u16,
+    /// Its configuration file (the new-hire flow appends its section).
+    pub(crate) toml: PathBuf,
+    pub(crate) service: Service,
+}
+
+/// The relays, the agents and what clients need to reach the relays.
 #[derive(Debug)]
 pub(crate) struct Deployment {
     pub(crate) dir: PathBuf,
+    /// The first relay's API port (the public URL of new hires' links).
     pub(crate) api_port: u16,
     /// The CA of the relay's certificates (`pki/ca.pem`).
     pub(crate) ca_file: PathBuf,
     /// The API client's bearer token.
     pub(crate) token: String,
-    pub(crate) relay: Service,
+    /// One, or the replicas sharing one PostgreSQL store.
+    pub(crate) relays: Vec<Relay>,
     pub(crate) agents: Vec<Agent>,
-    /// The relay's configuration file (the new-hire flow appends its section).
-    pub(crate) relay_toml: PathBuf,
+    /// Whether the store is SQLite (`relay.db`, whose files the plaintext scan reads).
+    sqlite: bool,
 }
 
 /// Debug logs of the product's own crates: the plaintext scan reads them too.
@@ -136,7 +149,9 @@ const LOG_LEVEL: &str = "pwrelay_relay=debug,pwrelay_agent=debug,pwrelay_shared=
 
 impl Deployment {
     /// Writes PKI, store key, configurations and the API client into `dir` (nothing is started).
-    /// The agents bind as `service` and may change accounts under `ou` only.
+    /// The agents bind as `service` and may change accounts under `ou` only. `store` is the
+    /// `[store]` section without `key_file` (SQLite's `relay.db` when `None`), and `replicas` how
+    /// many relays share it.
     pub(crate) fn create(
         dir: &Path,
         bins: &Binaries,
@@ -144,6 +159,7 @@ impl Deployment {
         dc: &TestDc,
         ou: &str,
         service: &TestUser,
+        store: Option<&str>,
     ) -> Self {
         let path = |p: &str| dir.join(p).display().to_string();
         let domain = dc.domain.as_str();
@@ -152,31 +168,43 @@ impl Deployment {
             &["pki", "init", "--dir", &path("pki"), "--relay-name", "localhost", "--relay-name", "127.0.0.1"],
         );
         pwrelay(bins, &["store-key", "generate", "--out", &path("store.key")]);
-        let (api_port, link_port) = (free_port(), free_port());
-        let relay_toml = dir.join("relay.toml");
-        std::fs::write(
-            &relay_toml,
-            format!(
-                "domains = [\"{domain}\"]\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ncert_file = \"pki/relay.pem\"\n\
-                 key_file = \"pki/relay.key\"\n\n[link]\nlisten = \"127.0.0.1:{link_port}\"\ncert_file = \"pki/relay.pem\"\n\
-                 key_file = \"pki/relay.key\"\nagent_ca_file = \"pki/ca.pem\"\nlease_seconds = {lease}\nheartbeat_seconds = 1\n\
-                 write_timeout_seconds = 3\n\n\
-                 [store]\npath = \"relay.db\"\nkey_file = \"store.key\"\n\n[jobs]\nmax_attempts = 10\n\n\
-                 [log]\nlevel = \"{LOG_LEVEL}\"\n",
-                lease = params.lease.as_secs(),
-            ),
-        )
-        .expect("relay.toml is written");
+        let store_section = store.unwrap_or("[store]\npath = \"relay.db\"\n");
+        let mut relays = Vec::new();
+        for n in 1..=params.replicas.max(1) {
+            let (api_port, link_port) = (free_port(), free_port());
+            let (name, file) = if params.replicas > 1 {
+                (format!("relay-{n}"), format!("relay-{n}.toml"))
+            } else {
+                ("relay".to_owned(), "relay.toml".to_owned())
+            };
+            let toml = dir.join(&file);
+            std::fs::write(
+                &toml,
+                format!(
+                    "domains = [\"{domain}\"]\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ncert_file = \"pki/relay.pem\"\n\
+                     key_file = \"pki/relay.key\"\n\n[link]\nlisten = \"127.0.0.1:{link_port}\"\ncert_file = \"pki/relay.pem\"\n\
+                     key_file = \"pki/relay.key\"\nagent_ca_file = \"pki/ca.pem\"\nlease_seconds = {lease}\nheartbeat_seconds = 1\n\
+                     write_timeout_seconds = 3\n\n\
+                     {store_section}key_file = \"store.key\"\n\n[jobs]\nmax_attempts = 10\n\n\
+                     [webhooks]\nfirst_retry_seconds = 1\nmax_retry_seconds = 5\n\n\
+                     [log]\nlevel = \"{LOG_LEVEL}\"\n",
+                    lease = params.lease.as_secs(),
+                ),
+            )
+            .expect("the relay's configuration is written");
+            let service = Service::new(
+                &name,
+                &bins.relay,
+                &["serve", "--config", &toml.display().to_string()],
+                &dir.join(format!("{name}.log")),
+            );
+            relays.push(Relay { api_port, link_port, toml, service });
+        }
+        let relay_toml = relays[0].toml.clone();
         let token = pwrelay(bins, &["clients", "add", "fault-pam", "--config", &relay_toml.display().to_string()])
             .trim()
             .to_owned();
         assert!(!token.is_empty(), "pwrelay clients add prints the token");
-        let relay = Service::new(
-            "relay",
-            &bins.relay,
-            &["serve", "--config", &relay_toml.display().to_string()],
-            &dir.join("relay.log"),
-        );
         let mut agents = Vec::new();
         for n in 1..=AGENTS {
             let name = format!("agent-{n}");
@@ -201,6 +229,7 @@ impl Deployment {
             );
             write_private(&agent_dir.join("bind.secret"), service.password.expose_secret());
             let health_port = free_port();
+            let link_port = relays[(n - 1) % relays.len()].link_port;
             let toml = format!(
                 "[relay]\nurl = \"https://127.0.0.1:{link_port}\"\nserver_name = \"localhost\"\nca_file = \"ca.pem\"\n\
                  cert_file = \"agent.pem\"\nkey_file = \"agent.key\"\nheartbeat_seconds = 1\nmax_jobs_in_flight = 4\n\n\
@@ -222,18 +251,37 @@ impl Deployment {
             );
             agents.push(Agent { dir: agent_dir, health_port, service });
         }
-        Self { dir: dir.to_owned(), api_port, ca_file: dir.join("pki/ca.pem"), token, relay, agents, relay_toml }
+        Self {
+            dir: dir.to_owned(),
+            api_port: relays[0].api_port,
+            ca_file: dir.join("pki/ca.pem"),
+            token,
+            relays,
+            agents,
+            sqlite: store.is_none(),
+        }
+    }
+
+    /// Every relay's configuration file.
+    pub(crate) fn relay_tomls(&self) -> impl Iterator<Item = &Path> {
+        self.relays.iter().map(|r| r.toml.as_path())
     }
 
     /// Every log file.
     pub(crate) fn log_files(&self) -> Vec<PathBuf> {
-        std::iter::once(self.relay.log().to_owned())
+        self.relays
+            .iter()
+            .map(|r| r.service.log().to_owned())
             .chain(self.agents.iter().map(|a| a.service.log().to_owned()))
             .collect()
     }
 
-    /// The relay's store files (the database, its WAL and shared-memory files).
+    /// The relay's store files (the database, its WAL and shared-memory files); none for
+    /// PostgreSQL, whose files are the server's.
     pub(crate) fn store_files(&self) -> Vec<PathBuf> {
+        if !self.sqlite {
+            return Vec::new();
+        }
         ["relay.db", "relay.db-wal", "relay.db-shm"].iter().map(|f| self.dir.join(f)).collect()
     }
 
@@ -254,9 +302,9 @@ impl Deployment {
         self.agents.iter().map(|a| a.state_dir().join("audit.jsonl")).collect()
     }
 
-    /// Every process, relay first.
+    /// Every process, relays first.
     pub(crate) fn services(&mut self) -> impl Iterator<Item = &mut Service> {
-        std::iter::once(&mut self.relay).chain(self.agents.iter_mut().map(|a| &mut a.service))
+        self.relays.iter_mut().map(|r| &mut r.service).chain(self.agents.iter_mut().map(|a| &mut a.service))
     }
 
     /// Resumes paused processes and starts stopped or crashed ones.

@@ -114,8 +114,9 @@ impl Injector {
         let n = self.total() + 1;
         let roll = self.rng.random_range(0..100);
         let agent = self.rng.random_range(0..agents);
+        let relay = self.rng.random_range(0..deployment.relays.len());
         let target = match roll {
-            0..14 | 30..44 => Target::Relay,
+            0..14 | 30..44 => Target::Relay(relay),
             14..30 | 44..70 => Target::Agent(agent),
             _ => Target::Dc,
         };
@@ -123,7 +124,7 @@ impl Injector {
             return None;
         }
         let name = |t: Target| match t {
-            Target::Relay => "relay".to_owned(),
+            Target::Relay(i) => deployment.relays[i].service.name.clone(),
             Target::Agent(i) => deployment.agents[i].service.name.clone(),
             Target::Dc => "DC".to_owned(),
         };
@@ -134,7 +135,11 @@ impl Injector {
                 let down = Duration::from_secs_f64(self.rng.random_range(0.0..2.0));
                 self.log(progress, &format!("fault {n}: SIGKILL {label}, restart in {:.1}s", down.as_secs_f64()));
                 self.service(deployment, target).kill();
-                self.count(if target == Target::Relay { "SIGKILL relay + restart" } else { "SIGKILL agent + restart" });
+                self.count(if matches!(target, Target::Relay(_)) {
+                    "SIGKILL relay + restart"
+                } else {
+                    "SIGKILL agent + restart"
+                });
                 (target, Undo::Start, down)
             }
             // SIGSTOP of an agent the moment it has started a job (its audit log shows the job
@@ -163,8 +168,8 @@ impl Injector {
                 self.log(progress, &format!("fault {n}: SIGSTOP {label} for {:.1}s", pause.as_secs_f64()));
                 self.service(deployment, target).pause();
                 self.count(match (target, longer) {
-                    (Target::Relay, true) => "SIGSTOP relay > lease",
-                    (Target::Relay, false) => "SIGSTOP relay < lease",
+                    (Target::Relay(_), true) => "SIGSTOP relay > lease",
+                    (Target::Relay(_), false) => "SIGSTOP relay < lease",
                     (_, true) => "SIGSTOP agent > lease",
                     (_, false) => "SIGSTOP agent < lease",
                 });
@@ -193,7 +198,8 @@ impl Injector {
     fn service<'d>(&self, deployment: &'d mut Deployment, target: Target) -> &'d mut Service {
         match target {
             Target::Agent(i) => &mut deployment.agents[i].service,
-            Target::Relay | Target::Dc => &mut deployment.relay,
+            Target::Relay(i) => &mut deployment.relays[i].service,
+            Target::Dc => &mut deployment.relays[0].service,
         }
     }
 
@@ -210,7 +216,8 @@ impl Injector {
 /// What a fault hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
-    Relay,
+    /// A relay replica, by index.
+    Relay(usize),
     Agent(usize),
     Dc,
 }

@@ -27,6 +27,7 @@ mod figures;
 mod new_hires;
 mod params;
 mod processes;
+mod store;
 mod workload;
 
 use std::sync::Arc;
@@ -90,14 +91,26 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
         "setting up PKI, store key, API client and configurations with the relay's CLI in {}",
         dir.path().display()
     );
-    let mut deployment = Deployment::create(dir.path(), &bins, &params, dc, &ou, &service);
+    let store = match params.postgres {
+        true => {
+            let server = store::PgServer::from_env().expect(
+                "FAULT_STORE=postgres needs PWRELAY_TEST_POSTGRES_URL (deploy/dev/postgres.sh start; \
+                 eval \"$(deploy/dev/postgres.sh env)\")",
+            );
+            Some(server.store_section(&server.fresh_database().await))
+        }
+        false => None,
+    };
+    let mut deployment = Deployment::create(dir.path(), &bins, &params, dc, &ou, &service, store.as_deref());
     let hires = if params.new_hires > 0 {
         Some(new_hires::NewHires::prepare(&deployment, &bins, &params, dc, &ou).await)
     } else {
         None
     };
-    step!(run_started, "starting the relay and {} agents", deployment.agents.len());
-    deployment.relay.start();
+    step!(run_started, "starting {} relay(s) and {} agents", deployment.relays.len(), deployment.agents.len());
+    for relay in &mut deployment.relays {
+        relay.service.start();
+    }
     let api = Api::new(&deployment);
     assert!(wait_until(Duration::from_secs(30), || api.healthy()).await, "the relay answers /healthz; see its log");
     for agent in &mut deployment.agents {
@@ -141,8 +154,9 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
         let planned = per_account + usize::from(index < params.jobs % params.accounts);
         workers.spawn(workload::run_account(Arc::clone(&shared), index, user, planned));
     }
-    let hire_task = hires.map(|h| {
-        let shared = Arc::clone(&shared);
+    let hires = hires.map(Arc::new);
+    let hire_task = hires.as_ref().map(|h| {
+        let (h, shared) = (Arc::clone(h), Arc::clone(&shared));
         tokio::spawn(async move { h.run(shared).await })
     });
     let ticker = {
@@ -223,6 +237,15 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
         value: exits.len(),
         examples: exits,
     });
+    if let Some(hires) = &hires {
+        // At least once: a relay killed between Graph's answer and recording it resumes again.
+        let resumes = hires.resumes();
+        let distinct: std::collections::BTreeSet<&str> = resumes.iter().map(|(id, _)| id.as_str()).collect();
+        report.notes.push((
+            "new hires resumed / Graph resume calls".into(),
+            format!("{} of {} / {}", distinct.len(), hires.count(), resumes.len()),
+        ));
+    }
     for (kind, n) in &injector.counts {
         report.notes.push((format!("faults: {kind}"), n.to_string()));
     }

@@ -76,12 +76,14 @@ impl NewHires {
             url = cloud.url,
             ca = cloud.ca_file.display(),
         );
-        let mut text = std::fs::read_to_string(&deployment.relay_toml).expect("relay.toml is readable");
-        text.push_str(&section);
-        std::fs::write(&deployment.relay_toml, text).expect("relay.toml is written");
+        for toml in deployment.relay_tomls() {
+            let mut text = std::fs::read_to_string(toml).expect("relay.toml is readable");
+            text.push_str(&section);
+            std::fs::write(toml, text).expect("relay.toml is written");
+        }
         let output = std::process::Command::new(&bins.relay)
             .args(["clients", "add", "fault-helpdesk", "--operation", "lifecycle", "--config"])
-            .arg(&deployment.relay_toml)
+            .arg(&deployment.relays[0].toml)
             .output()
             .expect("pwrelay clients add runs");
         assert!(
@@ -118,8 +120,8 @@ impl NewHires {
     }
 
     /// Onboards every hire, spread over the fault phase; one [`AccountRun`] each.
-    pub(crate) async fn run(self, shared: Arc<Shared>) -> Vec<AccountRun> {
-        let this = Arc::new(self);
+    pub(crate) async fn run(self: Arc<Self>, shared: Arc<Shared>) -> Vec<AccountRun> {
+        let this = self;
         let schedule = shared.schedule;
         let count = this.hires.len();
         let mut tasks = tokio::task::JoinSet::new();
@@ -241,6 +243,29 @@ impl NewHires {
         record.secret = outcome;
         record.password = password;
         run(record)
+    }
+
+    /// How often Graph `resume` was called for each task processing result, and with which status.
+    pub(crate) fn resumes(&self) -> Vec<(String, String)> {
+        self.cloud.recorded(|r| {
+            r.resumes
+                .iter()
+                .map(|(id, body)| (id.clone(), body["data"]["operationStatus"].as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+    }
+
+    /// Makes the SMS gateway answer 500 to every send (`true`) or none (`false`): deliveries retry
+    /// meanwhile, holding their link keys.
+    #[allow(dead_code, reason = "tests/replicas.rs uses it; this suite's faults are the processes' and the DC's")]
+    pub(crate) fn sms_outage(&self, failing: bool) {
+        let failures = if failing { u32::MAX } else { 0 };
+        self.cloud.state.sms_failures.store(failures, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The new hires.
+    pub(crate) fn count(&self) -> usize {
+        self.hires.len()
     }
 
     /// Claims the link once and opens the ciphertext; then checks that a second claim is refused.

@@ -23,6 +23,10 @@ pub(crate) struct Params {
     pub(crate) new_hires: usize,
     /// Keep the run's directory (logs, store, agents' state) even when every figure is 0.
     pub(crate) keep_dir: bool,
+    /// The store: SQLite (`relay.db`) or a fresh database on the PostgreSQL test server.
+    pub(crate) postgres: bool,
+    /// Relay replicas sharing the store (more than one needs PostgreSQL).
+    pub(crate) replicas: usize,
 }
 
 fn number<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -37,7 +41,9 @@ fn number<T: std::str::FromStr>(name: &str, default: T) -> T {
 impl Params {
     /// Reads `FAULT_SEED` (random when unset), `FAULT_JOBS` (300), `FAULT_ACCOUNTS` (40),
     /// `FAULT_SECONDS` (80: the fault phase), `FAULT_DRAIN_SECONDS` (90), `FAULT_LEASE_SECONDS` (8),
-    /// `FAULT_MEAN_GAP_SECONDS` (3), `FAULT_NEW_HIRES` (6) and `FAULT_KEEP_DIR` (unset).
+    /// `FAULT_MEAN_GAP_SECONDS` (3), `FAULT_NEW_HIRES` (6), `FAULT_KEEP_DIR` (unset), `FAULT_STORE`
+    /// (`sqlite`, or `postgres`: a fresh database on `PWRELAY_TEST_POSTGRES_URL`'s server) and
+    /// `FAULT_REPLICAS` (1; more needs `FAULT_STORE=postgres`).
     pub(crate) fn from_env() -> Self {
         let seed = match std::env::var("FAULT_SEED") {
             Ok(text) if !text.trim().is_empty() => {
@@ -55,7 +61,17 @@ impl Params {
             mean_fault_gap: Duration::from_secs_f64(number("FAULT_MEAN_GAP_SECONDS", 3.0)),
             new_hires: number("FAULT_NEW_HIRES", 6),
             keep_dir: std::env::var_os("FAULT_KEEP_DIR").is_some(),
+            postgres: match std::env::var("FAULT_STORE").as_deref().map(str::trim) {
+                Err(_) | Ok("" | "sqlite") => false,
+                Ok("postgres") => true,
+                Ok(other) => panic!("FAULT_STORE={other:?}: use sqlite or postgres"),
+            },
+            replicas: number("FAULT_REPLICAS", 1),
         };
+        assert!(
+            params.replicas >= 1 && (params.replicas == 1 || params.postgres),
+            "FAULT_REPLICAS must be at least 1, and more than 1 only with FAULT_STORE=postgres"
+        );
         assert!(
             params.accounts > 0 && params.jobs >= params.accounts,
             "FAULT_JOBS must be at least FAULT_ACCOUNTS (> 0)"

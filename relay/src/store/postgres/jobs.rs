@@ -382,6 +382,7 @@ impl JobStore for PostgresStore {
                             &encoding,
                             &bytes,
                             &now,
+                            &self.replica.as_str(),
                         ],
                     )
                     .await
@@ -438,7 +439,12 @@ impl JobStore for PostgresStore {
             let duplicate = JobState::parse(&state).is_some_and(JobState::is_final)
                 && attempts == attempt_number
                 && lease_holder.as_deref() == Some(holder);
-            return Ok(if duplicate { Completion::Duplicate } else { Completion::Stale });
+            if !duplicate {
+                return Ok(Completion::Stale);
+            }
+            tx.execute(query!("jobs/result_resent"), &[&id_text, &self.replica.as_str()]).await.map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            return Ok(Completion::Duplicate);
         }
         settle_batches(&tx, now, &parents(&changed)).await?;
         tx.commit().await.map_err(db_err)?;
@@ -476,6 +482,9 @@ impl JobStore for PostgresStore {
     async fn expire_overdue(&self, policy: ClaimPolicy) -> Result<usize, StoreError> {
         let mut conn = self.client().await?;
         let tx = conn.transaction().await.map_err(db_err)?;
+        if !super::sweep_lock(&tx, super::Sweep::ExpireOverdue).await? {
+            return Ok(0);
+        }
         let now = Timestamp::now().0;
         let before = now.saturating_sub(ms(policy.time_to_live));
         let rows = tx
@@ -488,9 +497,14 @@ impl JobStore for PostgresStore {
     }
 
     async fn purge_idempotency_keys(&self, older_than: Duration) -> Result<usize, StoreError> {
-        let conn = self.client().await?;
+        let mut conn = self.client().await?;
+        let tx = conn.transaction().await.map_err(db_err)?;
+        if !super::sweep_lock(&tx, super::Sweep::IdempotencyKeys).await? {
+            return Ok(0);
+        }
         let before = Timestamp::now().0.saturating_sub(ms(older_than));
-        let purged = conn.execute(query!("jobs/purge_idempotency_keys"), &[&before]).await.map_err(db_err)?;
+        let purged = tx.execute(query!("jobs/purge_idempotency_keys"), &[&before]).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         Ok(usize::try_from(purged).unwrap_or(usize::MAX))
     }
 

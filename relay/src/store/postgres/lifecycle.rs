@@ -1,16 +1,18 @@
 //! New-hire requests and their one-time links in PostgreSQL (`lifecycle_requests`).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{PostgresStore, count, db_err, query};
 use crate::jobs::{JobId, Timestamp};
-use crate::store::StoreError;
 use crate::store::lifecycle::{
     CalloutInsertion, LifecycleRequest, LifecycleStore, LinkClaim, LinkState, NewRequest, ResumeResult, Stage,
-    constant_time_eq,
+    constant_time_eq, link_request_verdict,
 };
+use crate::store::{StoreError, replicas};
 
 fn read(row: &Row) -> Result<LifecycleRequest, StoreError> {
     let id: String = row.try_get(0).map_err(db_err)?;
@@ -43,6 +45,8 @@ fn read(row: &Row) -> Result<LifecycleRequest, StoreError> {
         link_views: count(16, "link views")?,
         created_at: Timestamp(row.try_get(17).map_err(db_err)?),
         next_attempt_ms: row.try_get(18).map_err(db_err)?,
+        key_holder: row.try_get(19).map_err(db_err)?,
+        reissues: count(20, "reissues")?,
     })
 }
 
@@ -79,11 +83,16 @@ impl LifecycleStore for PostgresStore {
         Ok(if hash == request.body_sha256 { CalloutInsertion::Repeated } else { CalloutInsertion::Conflict })
     }
 
-    async fn due_requests(&self, include_delivering: bool, limit: usize) -> Result<Vec<LifecycleRequest>, StoreError> {
+    async fn claim_requests(&self, lease: Duration, limit: usize) -> Result<Vec<LifecycleRequest>, StoreError> {
         let conn = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let now = Timestamp::now().0;
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         let rows = conn
-            .query(query!("lifecycle/due"), &[&Timestamp::now().0, &include_delivering, &limit])
+            .query(
+                query!("lifecycle/claim"),
+                &[&now, &self.replica.as_str(), &until, &limit, &replicas::alive_since(now)],
+            )
             .await
             .map_err(db_err)?;
         rows.iter().map(read).collect()
@@ -127,15 +136,40 @@ impl LifecycleStore for PostgresStore {
         link_id: &str,
         proof_sha256: [u8; 32],
         expires: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let conn = self.client().await?;
-        conn.execute(
-            query!("lifecycle/open_link"),
-            &[&id.to_string(), &link_id, &proof_sha256.as_slice(), &expires.0, &Timestamp::now().0],
-        )
-        .await
-        .map(drop)
-        .map_err(db_err)
+        let opened = conn
+            .execute(
+                query!("lifecycle/open_link"),
+                &[
+                    &id.to_string(),
+                    &link_id,
+                    &proof_sha256.as_slice(),
+                    &expires.0,
+                    &Timestamp::now().0,
+                    &self.replica.as_str(),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(opened == 1)
+    }
+
+    async fn reissue(&self, id: Uuid, reason: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let replica = self.replica.as_str();
+        let mut conn = self.client().await?;
+        let tx = conn.transaction().await.map_err(db_err)?;
+        if tx.query_opt(query!("lifecycle/lock_for_reissue"), &[&id, &replica]).await.map_err(db_err)?.is_none() {
+            return Ok(false);
+        }
+        tx.execute(query!("lifecycle/erase_ciphertext"), &[&id]).await.map_err(db_err)?;
+        let reissued = tx
+            .execute(query!("lifecycle/reissue"), &[&id, &replica, &reason, &Timestamp::now().0])
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(reissued == 1)
     }
 
     async fn set_delivery(&self, id: Uuid, delivery: &str, detail: &str) -> Result<(), StoreError> {
@@ -224,7 +258,35 @@ impl LifecycleStore for PostgresStore {
     }
 
     async fn expire_links(&self) -> Result<usize, StoreError> {
+        let mut conn = self.client().await?;
+        let tx = conn.transaction().await.map_err(db_err)?;
+        if !super::sweep_lock(&tx, super::Sweep::ExpiredLinks).await? {
+            return Ok(0);
+        }
+        let expired =
+            count(tx.execute(query!("lifecycle/expire_links"), &[&Timestamp::now().0]).await.map_err(db_err)?);
+        tx.commit().await.map_err(db_err)?;
+        Ok(expired)
+    }
+
+    async fn count_link_request(
+        &self,
+        link_id: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Result<(), u64>, StoreError> {
         let conn = self.client().await?;
-        Ok(count(conn.execute(query!("lifecycle/expire_links"), &[&Timestamp::now().0]).await.map_err(db_err)?))
+        let now = Timestamp::now().0;
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let Some(row) = conn
+            .query_opt(query!("lifecycle/count_link_request"), &[&link_id, &now, &window_ms])
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(Ok(()));
+        };
+        let start: i64 = row.try_get(0).map_err(db_err)?;
+        let requests: i32 = row.try_get(1).map_err(db_err)?;
+        Ok(link_request_verdict(start, i64::from(requests), limit, window, now))
     }
 }

@@ -16,11 +16,19 @@
 //! operation; the schema's versions are `migrations/NNNN_*.sql`, applied in order by [`open`]
 //! (under an advisory lock, so replicas starting together apply each once) and recorded in
 //! `schema_migrations`.
+//!
+//! Several replicas: each keeps one more connection that `LISTEN`s on `pwrelay_jobs`, which the
+//! `jobs_notify` trigger notifies on every job state change, and feeds it into its
+//! [`JobEvents`](crate::jobs::events::JobEvents) (`replicas.rs`). Background work is claimed
+//! (webhook deliveries, new-hire requests: an owner and an expiry, `FOR UPDATE SKIP LOCKED`), and
+//! each sweep runs under a transaction-level advisory lock: a replica that finds it taken skips
+//! that round, since another replica is doing the same work.
 
 mod clients;
 mod gauges;
 mod jobs;
 mod lifecycle;
+mod replicas;
 mod webhooks;
 
 use async_trait::async_trait;
@@ -41,7 +49,11 @@ macro_rules! query {
 pub(crate) use query;
 
 /// The schema's versions, in order: version `n` is `MIGRATIONS[n - 1]`.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_schema", include_str!("migrations/0001_schema.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_schema", include_str!("migrations/0001_schema.sql")),
+    ("0002_agents", include_str!("migrations/0002_agents.sql")),
+    ("0003_replicas", include_str!("migrations/0003_replicas.sql")),
+];
 
 /// The advisory lock key under which migrations run (any constant shared by every replica).
 const MIGRATION_LOCK: i64 = 0x7077_7265_6c61_7901;
@@ -51,6 +63,33 @@ const MIGRATION_LOCK: i64 = 0x7077_7265_6c61_7901;
 pub struct PostgresStore {
     pool: Pool,
     location: String,
+    replica: super::ReplicaId,
+    listen: Listen,
+}
+
+/// How the listening connection is made: the pool's settings, outside the pool.
+#[derive(Clone)]
+struct Listen {
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+/// The sweeps, each under its own advisory lock (`pg_try_advisory_xact_lock`).
+#[derive(Clone, Copy, Debug)]
+#[repr(i64)]
+pub(super) enum Sweep {
+    ExpireOverdue = 0x7077_7265_6c61_7910,
+    IdempotencyKeys = 0x7077_7265_6c61_7911,
+    PurgeFinished = 0x7077_7265_6c61_7912,
+    WebhookLog = 0x7077_7265_6c61_7913,
+    ExpiredLinks = 0x7077_7265_6c61_7914,
+}
+
+/// Takes `sweep`'s lock for the transaction; false when another replica holds it (and is doing
+/// the same work right now).
+pub(super) async fn sweep_lock(tx: &deadpool_postgres::Transaction<'_>, sweep: Sweep) -> Result<bool, StoreError> {
+    let row = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&(sweep as i64)]).await.map_err(db_err)?;
+    row.try_get(0).map_err(db_err)
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -139,13 +178,14 @@ impl PostgresStore {
         let tls = tls::database_client(anchors.as_ref())
             .map_err(|e| StoreError::Database(format!("store: database TLS: {e}")))?;
         let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+        let listen = Listen { config: connection.clone(), tls: connector.clone() };
         let manager =
             Manager::from_config(connection, connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .build()
             .map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
-        Ok(Self { pool, location: location(&config.connection) })
+        Ok(Self { pool, location: location(&config.connection), replica: super::ReplicaId::generate(), listen })
     }
 
     /// A pooled connection.
@@ -213,6 +253,9 @@ impl Store for PostgresStore {
     async fn purge_finished(&self, older_than: std::time::Duration) -> Result<super::Purged, StoreError> {
         let mut conn = self.client().await?;
         let tx = conn.transaction().await.map_err(db_err)?;
+        if !sweep_lock(&tx, Sweep::PurgeFinished).await? {
+            return Ok(super::Purged::default());
+        }
         let older = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
         let before = Timestamp::now().0.saturating_sub(older);
         let new_hires = tx.execute(super::PURGE_FINISHED_REQUESTS, &[&before]).await.map_err(db_err)?;
@@ -220,6 +263,14 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db_err)?;
         let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Ok(super::Purged { jobs: count(jobs), new_hires: count(new_hires) })
+    }
+
+    async fn forward_notifications(
+        &self,
+        events: std::sync::Arc<crate::jobs::events::JobEvents>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        self.listen(events, cancel).await;
     }
 }
 
@@ -303,7 +354,7 @@ mod tests {
         let config = fresh_database(&server).await;
         let (first, second) = tokio::join!(PostgresStore::open(&config), PostgresStore::open(&config));
         let (first, _second) = (first.expect("open"), second.expect("open concurrently"));
-        assert_eq!(first.schema_version().await.expect("version"), 1);
+        assert_eq!(first.schema_version().await.expect("version"), 3);
         assert!(first.location().starts_with("postgres://postgres@127.0.0.1:"), "{}", first.location());
         first
             .client()

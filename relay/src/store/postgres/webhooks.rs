@@ -54,10 +54,15 @@ impl WebhookStore for PostgresStore {
         Ok(conn.execute(query!("webhooks/remove"), &[&client]).await.map_err(db_err)? == 1)
     }
 
-    async fn due_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+    async fn claim_deliveries(&self, limit: usize, lease: Duration) -> Result<Vec<DueDelivery>, StoreError> {
         let conn = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = conn.query(query!("webhooks/due"), &[&Timestamp::now().0, &limit]).await.map_err(db_err)?;
+        let now = Timestamp::now().0;
+        let until = now.saturating_add(ms(lease));
+        let rows = conn
+            .query(query!("webhooks/claim"), &[&now, &limit, &self.replica.as_str(), &until])
+            .await
+            .map_err(db_err)?;
         let mut due = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.try_get(0).map_err(db_err)?;
@@ -125,7 +130,7 @@ impl WebhookStore for PostgresStore {
         };
         tx.execute(
             query!("webhooks/record"),
-            &[&event_id, &state.as_str(), &attempts, &next_ms, &finished, &error, &payload],
+            &[&event_id, &state.as_str(), &attempts, &next_ms, &finished, &error, &payload, &self.replica.as_str()],
         )
         .await
         .map_err(db_err)?;
@@ -176,8 +181,14 @@ impl WebhookStore for PostgresStore {
     }
 
     async fn prune_deliveries(&self, older_than: Duration) -> Result<usize, StoreError> {
-        let conn = self.client().await?;
+        let mut conn = self.client().await?;
+        let tx = conn.transaction().await.map_err(db_err)?;
+        if !super::sweep_lock(&tx, super::Sweep::WebhookLog).await? {
+            return Ok(0);
+        }
         let cutoff = Timestamp::now().0.saturating_sub(ms(older_than));
-        Ok(count(conn.execute(query!("webhooks/prune"), &[&cutoff]).await.map_err(db_err)?))
+        let pruned = count(tx.execute(query!("webhooks/prune"), &[&cutoff]).await.map_err(db_err)?);
+        tx.commit().await.map_err(db_err)?;
+        Ok(pruned)
     }
 }

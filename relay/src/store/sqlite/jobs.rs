@@ -416,6 +416,7 @@ impl JobStore for SqliteStore {
         outcome: Outcome,
     ) -> Result<Completion, StoreError> {
         let holder = holder.to_owned();
+        let replica = self.replica.as_str().to_owned();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
             let now = Timestamp::now().0;
@@ -443,7 +444,7 @@ impl JobStore for SqliteStore {
                                      account_state = ?8, notes = ?9,
                                      result_secret_encoding = ?10, result_secret = ?11,
                                      error_code = NULL, error_message = NULL, directory_code = NULL,
-                                     secret = NULL, finished_ms = ?12, updated_ms = ?12
+                                     secret = NULL, finished_ms = ?12, updated_ms = ?12, finished_by = ?13
                                  WHERE {FENCE}"
                             ),
                             params![
@@ -458,7 +459,8 @@ impl JobStore for SqliteStore {
                                 notes,
                                 secret_encoding,
                                 secret_bytes,
-                                now
+                                now,
+                                replica
                             ],
                         )
                         .map_err(db_err)?;
@@ -520,17 +522,27 @@ impl JobStore for SqliteStore {
                     )
                     .optional()
                     .map_err(db_err)?;
-                return Ok(match found {
-                    None => Completion::Unknown,
+                return match found {
+                    None => Ok(Completion::Unknown),
                     Some((state, lease_holder, attempts))
                         if JobState::parse(&state).is_some_and(JobState::is_final)
                             && attempts == attempt
                             && lease_holder.as_deref() == Some(holder.as_str()) =>
                     {
-                        Completion::Duplicate
+                        // This replica holds the link key of a resent initial password too.
+                        tx.execute(
+                            "UPDATE jobs SET finished_by = ?2
+                             WHERE id = ?1 AND state = 'succeeded'
+                               AND NOT EXISTS (SELECT 1 FROM lifecycle_requests l
+                                                WHERE l.job_id = ?1 AND l.stage <> 'applying')",
+                            params![id_text, replica],
+                        )
+                        .map_err(db_err)?;
+                        tx.commit().map_err(db_err)?;
+                        Ok(Completion::Duplicate)
                     }
-                    Some(_) => Completion::Stale,
-                });
+                    Some(_) => Ok(Completion::Stale),
+                };
             }
             settle_batches(&tx, now)?;
             tx.commit().map_err(db_err)?;

@@ -5,17 +5,20 @@ use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{SqliteStore, db_err};
+use std::time::Duration;
+
+use super::{SqliteStore, db_err, ms};
 use crate::jobs::{JobId, Timestamp};
-use crate::store::StoreError;
 use crate::store::lifecycle::{
     CalloutInsertion, LifecycleRequest, LifecycleStore, LinkClaim, LinkState, NewRequest, ResumeResult, Stage,
-    constant_time_eq,
+    constant_time_eq, link_request_verdict,
 };
+use crate::store::{StoreError, replicas};
 
 const COLUMNS: &str = "l.task_processing_result_id, l.tenant_id, l.workflow_id, l.task_id, l.subject_id, \
     l.display_name, l.stage, l.job_id, j.state, l.delivery, l.delivery_detail, l.outcome, l.outcome_reason, \
-    l.resume_attempts, l.link_expires_ms, l.link_claimed_ms, l.link_views, l.created_ms, l.next_attempt_ms";
+    l.resume_attempts, l.link_expires_ms, l.link_claimed_ms, l.link_views, l.created_ms, l.next_attempt_ms, \
+    CASE WHEN l.stage = 'delivering' THEN l.key_replica ELSE j.finished_by END, l.reissues";
 
 fn read(row: &rusqlite::Row<'_>) -> Result<LifecycleRequest, StoreError> {
     let id: String = row.get(0).map_err(db_err)?;
@@ -45,6 +48,8 @@ fn read(row: &rusqlite::Row<'_>) -> Result<LifecycleRequest, StoreError> {
         link_views: row.get(16).map_err(db_err)?,
         created_at: Timestamp(row.get(17).map_err(db_err)?),
         next_attempt_ms: row.get(18).map_err(db_err)?,
+        key_holder: row.get(19).map_err(db_err)?,
+        reissues: row.get(20).map_err(db_err)?,
     })
 }
 
@@ -105,23 +110,42 @@ impl LifecycleStore for SqliteStore {
         .await
     }
 
-    async fn due_requests(&self, include_delivering: bool, limit: usize) -> Result<Vec<LifecycleRequest>, StoreError> {
+    async fn claim_requests(&self, lease: Duration, limit: usize) -> Result<Vec<LifecycleRequest>, StoreError> {
+        let replica = self.replica.as_str().to_owned();
         self.run(move |conn| {
-            let sql = format!(
-                "SELECT {COLUMNS} FROM lifecycle_requests l LEFT JOIN jobs j ON j.id = l.job_id
-                 WHERE (l.stage IN ('resolving', 'resuming') AND l.next_attempt_ms <= ?1)
-                    OR (l.stage = 'applying' AND j.state IN ('succeeded', 'failed'))
-                    OR (l.stage = 'delivering' AND ?2)
-                 ORDER BY l.created_ms LIMIT ?3"
-            );
-            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
-            let mut rows = stmt
-                .query(params![Timestamp::now().0, include_delivering, i64::try_from(limit).unwrap_or(i64::MAX)])
-                .map_err(db_err)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(db_err)? {
-                out.push(read(row)?);
-            }
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let now = Timestamp::now().0;
+            let until = now + ms(lease);
+            tx.execute(
+                "UPDATE lifecycle_requests SET claimed_by = ?2, claimed_until_ms = ?3
+                 WHERE task_processing_result_id IN (
+                     SELECT l.task_processing_result_id FROM lifecycle_requests l LEFT JOIN jobs j ON j.id = l.job_id
+                      WHERE (l.claimed_until_ms IS NULL OR l.claimed_until_ms <= ?1)
+                        AND ((l.stage IN ('resolving', 'resuming') AND l.next_attempt_ms <= ?1)
+                          OR (l.stage = 'applying' AND j.state = 'failed')
+                          OR (l.stage = 'applying' AND j.state = 'succeeded'
+                              AND (j.finished_by = ?2 OR NOT EXISTS (
+                                  SELECT 1 FROM replicas r WHERE r.id = j.finished_by AND r.heartbeat_ms > ?5)))
+                          OR (l.stage = 'delivering' AND NOT EXISTS (
+                                  SELECT 1 FROM replicas r WHERE r.id = l.key_replica AND r.heartbeat_ms > ?5)))
+                      ORDER BY l.created_ms LIMIT ?4)",
+                params![now, replica, until, i64::try_from(limit).unwrap_or(i64::MAX), replicas::alive_since(now)],
+            )
+            .map_err(db_err)?;
+            let out = {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM lifecycle_requests l LEFT JOIN jobs j ON j.id = l.job_id
+                     WHERE l.claimed_by = ?1 AND l.claimed_until_ms = ?2 ORDER BY l.created_ms"
+                );
+                let mut stmt = tx.prepare_cached(&sql).map_err(db_err)?;
+                let mut rows = stmt.query(params![replica, until]).map_err(db_err)?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().map_err(db_err)? {
+                    out.push(read(row)?);
+                }
+                out
+            };
+            tx.commit().map_err(db_err)?;
             Ok(out)
         })
         .await
@@ -136,13 +160,15 @@ impl LifecycleStore for SqliteStore {
     }
 
     async fn set_applying(&self, id: Uuid, job: JobId) -> Result<(), StoreError> {
-        let sql = "UPDATE lifecycle_requests SET stage = 'applying', job_id = ?2, updated_ms = ?3
+        let sql = "UPDATE lifecycle_requests SET stage = 'applying', job_id = ?2, updated_ms = ?3,
+                 claimed_until_ms = NULL
              WHERE task_processing_result_id = ?1 AND stage = 'resolving'";
         self.update(id, sql, vec![Value::Text(job.to_string())]).await
     }
 
     async fn postpone(&self, id: Uuid, next_attempt_ms: i64, reason: &str) -> Result<(), StoreError> {
-        let sql = "UPDATE lifecycle_requests SET next_attempt_ms = ?2, outcome_reason = ?3, updated_ms = ?4
+        let sql = "UPDATE lifecycle_requests SET next_attempt_ms = ?2, outcome_reason = ?3, updated_ms = ?4,
+                 claimed_until_ms = NULL
              WHERE task_processing_result_id = ?1";
         self.update(id, sql, vec![Value::Integer(next_attempt_ms), Value::Text(reason.to_owned())]).await
     }
@@ -153,13 +179,55 @@ impl LifecycleStore for SqliteStore {
         link_id: &str,
         proof_sha256: [u8; 32],
         expires: Timestamp,
-    ) -> Result<(), StoreError> {
-        let sql = "UPDATE lifecycle_requests SET stage = 'delivering', delivery = 'pending', link_id = ?2,
-                 link_proof = ?3, link_expires_ms = ?4, updated_ms = ?5
-             WHERE task_processing_result_id = ?1 AND stage = 'applying'";
-        let values =
-            vec![Value::Text(link_id.to_owned()), Value::Blob(proof_sha256.to_vec()), Value::Integer(expires.0)];
-        self.update(id, sql, values).await
+    ) -> Result<bool, StoreError> {
+        let (link_id, replica) = (link_id.to_owned(), self.replica.as_str().to_owned());
+        self.run(move |conn| {
+            let opened = conn
+                .execute(
+                    "UPDATE lifecycle_requests SET stage = 'delivering', delivery = 'pending', link_id = ?2,
+                         link_proof = ?3, link_expires_ms = ?4, updated_ms = ?5, key_replica = ?6,
+                         claimed_until_ms = NULL
+                     WHERE task_processing_result_id = ?1 AND stage = 'applying'
+                       AND job_id IN (SELECT id FROM jobs WHERE finished_by = ?6)",
+                    params![id.to_string(), link_id, proof_sha256.as_slice(), expires.0, Timestamp::now().0, replica],
+                )
+                .map_err(db_err)?;
+            Ok(opened == 1)
+        })
+        .await
+    }
+
+    async fn reissue(&self, id: Uuid, reason: &str) -> Result<bool, StoreError> {
+        let (reason, replica) = (reason.to_owned(), self.replica.as_str().to_owned());
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let id = id.to_string();
+            let fence = "task_processing_result_id = ?1 AND reissues = 0 AND stage IN ('applying', 'delivering')
+                         AND claimed_by = ?2";
+            let held = tx
+                .query_row(&format!("SELECT 1 FROM lifecycle_requests WHERE {fence}"), params![id, replica], |_| Ok(()))
+                .optional()
+                .map_err(db_err)?
+                .is_some();
+            if !held {
+                return Ok(false);
+            }
+            tx.execute(ERASE_CIPHERTEXT, params![id]).map_err(db_err)?;
+            tx.execute(
+                &format!(
+                    "UPDATE lifecycle_requests SET stage = 'resolving', job_id = NULL, reissues = reissues + 1,
+                         delivery = NULL, delivery_detail = ?3, link_id = NULL, link_proof = NULL,
+                         link_expires_ms = NULL, link_views = 0, key_replica = NULL, next_attempt_ms = 0,
+                         claimed_until_ms = NULL, updated_ms = ?4
+                     WHERE {fence}"
+                ),
+                params![id, replica, reason, Timestamp::now().0],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn set_delivery(&self, id: Uuid, delivery: &str, detail: &str) -> Result<(), StoreError> {
@@ -177,7 +245,7 @@ impl LifecycleStore for SqliteStore {
             }
             tx.execute(
                 "UPDATE lifecycle_requests SET stage = 'resuming', outcome = ?2, outcome_reason = ?3,
-                     next_attempt_ms = 0, updated_ms = ?4
+                     next_attempt_ms = 0, updated_ms = ?4, claimed_until_ms = NULL
                  WHERE task_processing_result_id = ?1 AND stage IN ('resolving', 'applying', 'delivering')",
                 params![id.to_string(), if completed { "completed" } else { "failed" }, reason, Timestamp::now().0],
             )
@@ -199,7 +267,7 @@ impl LifecycleStore for SqliteStore {
                 "UPDATE lifecycle_requests SET stage = ?2, next_attempt_ms = ?3, resume_attempts = resume_attempts + 1,
                      delivery_detail = CASE WHEN ?4 IS NULL THEN delivery_detail
                                             ELSE coalesce(delivery_detail || '; ', '') || 'resume: ' || ?4 END,
-                     updated_ms = ?5
+                     updated_ms = ?5, claimed_until_ms = NULL
                  WHERE task_processing_result_id = ?1 AND stage = 'resuming'",
                 params![id.to_string(), stage, next, note, now],
             )
@@ -287,6 +355,37 @@ impl LifecycleStore for SqliteStore {
                 params![Timestamp::now().0],
             )
             .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn count_link_request(
+        &self,
+        link_id: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Result<(), u64>, StoreError> {
+        let link_id = link_id.to_owned();
+        self.run(move |conn| {
+            let now = Timestamp::now().0;
+            let counted: Option<(i64, i64)> = conn
+                .query_row(
+                    "UPDATE lifecycle_requests SET
+                         link_window_ms = CASE WHEN link_window_ms IS NULL OR link_window_ms + ?3 <= ?2
+                                               THEN ?2 ELSE link_window_ms END,
+                         link_requests = CASE WHEN link_window_ms IS NULL OR link_window_ms + ?3 <= ?2
+                                              THEN 1 ELSE link_requests + 1 END
+                     WHERE link_id = ?1
+                     RETURNING link_window_ms, link_requests",
+                    params![link_id, now, ms(window)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            Ok(match counted {
+                Some((start, requests)) => link_request_verdict(start, requests, limit, window, now),
+                None => Ok(()),
+            })
         })
         .await
     }

@@ -4,12 +4,14 @@
 //! One connection behind a mutex serves every call on the blocking pool; each call is one
 //! transaction, which makes [`JobStore::claim`](super::JobStore::claim) atomic. One file per
 //! trait: `jobs.rs`, `clients.rs`, `webhooks.rs` (the outbox is filled by the `jobs_final_webhook`
-//! trigger), `lifecycle.rs`; the schema and its migrations are in `schema.rs`.
+//! trigger), `lifecycle.rs`, `replicas.rs` (one process, but the same heartbeats and claims as
+//! PostgreSQL); the schema and its migrations are in `schema.rs`.
 
 mod clients;
 mod gauges;
 mod jobs;
 mod lifecycle;
+mod replicas;
 mod schema;
 mod webhooks;
 
@@ -27,6 +29,7 @@ use super::{Store, StoreError};
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    replica: super::ReplicaId,
 }
 
 pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
@@ -73,7 +76,7 @@ impl SqliteStore {
             // The database holds sealed secrets and token hashes: owner only.
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned(), replica: super::ReplicaId::generate() })
     }
 
     /// The database file.

@@ -1,8 +1,8 @@
 //! The SQLite schema: version 1 and the migrations after it, recorded in `PRAGMA user_version`.
-//! Version 7 is the one every backend mirrors (`store/postgres/migrations/`).
+//! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002`, 9 its `0003_replicas.sql`.
 
 /// Schema version written to `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 9;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -89,7 +89,30 @@ UPDATE jobs SET account_key = domain || '/' || target_kind || ':' || lower(targe
  WHERE kind != 'reconcile_batch';
 CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms);
 ",
+    // 7 → 8: a placeholder for the known-agents table, which its own change fills in.
+    "",
+    REPLICAS,
 ];
+
+/// Several relay replicas on one database (migration 8 → 9; PostgreSQL's `0003_replicas.sql`).
+/// An SQLite store has one process, so its claims are trivially its own, but it keeps the same
+/// columns and the same rules.
+const REPLICAS: &str = "
+CREATE TABLE IF NOT EXISTS replicas (
+    id           TEXT PRIMARY KEY,
+    started_ms   INTEGER NOT NULL,
+    heartbeat_ms INTEGER NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN finished_by TEXT;                   -- the replica that recorded the final result
+ALTER TABLE webhook_deliveries ADD COLUMN claimed_by TEXT;
+ALTER TABLE webhook_deliveries ADD COLUMN claimed_until_ms INTEGER;
+ALTER TABLE lifecycle_requests ADD COLUMN claimed_by TEXT;
+ALTER TABLE lifecycle_requests ADD COLUMN claimed_until_ms INTEGER;
+ALTER TABLE lifecycle_requests ADD COLUMN key_replica TEXT;     -- the replica delivering the link
+ALTER TABLE lifecycle_requests ADD COLUMN reissues INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE lifecycle_requests ADD COLUMN link_window_ms INTEGER;  -- the per-link rate limit's window
+ALTER TABLE lifecycle_requests ADD COLUMN link_requests INTEGER NOT NULL DEFAULT 0;
+";
 
 /// Version 1, which every database starts from.
 pub(super) const SCHEMA: &str = "

@@ -32,8 +32,9 @@ impl WebhookStore for SqliteStore {
         self.run(move |conn| remove_webhook(conn, &client)).await
     }
 
-    async fn due_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
-        self.run(move |conn| due(conn, limit)).await
+    async fn claim_deliveries(&self, limit: usize, lease: Duration) -> Result<Vec<DueDelivery>, StoreError> {
+        let replica = self.replica.as_str().to_owned();
+        self.run(move |conn| claim(conn, limit, lease, &replica)).await
     }
 
     async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -47,8 +48,8 @@ impl WebhookStore for SqliteStore {
         attempt: Option<Attempt>,
         next: AfterAttempt,
     ) -> Result<(), StoreError> {
-        let event_id = event_id.to_owned();
-        self.run(move |conn| record(conn, &event_id, payload, attempt, next)).await
+        let (event_id, replica) = (event_id.to_owned(), self.replica.as_str().to_owned());
+        self.run(move |conn| record(conn, &event_id, &replica, payload, attempt, next)).await
     }
 
     async fn deliveries(&self, client: &str, filter: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError> {
@@ -100,16 +101,35 @@ fn remove_webhook(conn: &Connection, client: &str) -> Result<bool, StoreError> {
     Ok(removed == 1)
 }
 
-fn due(conn: &Connection, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+fn claim(conn: &mut Connection, limit: usize, lease: Duration, replica: &str) -> Result<Vec<DueDelivery>, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+    let now = Timestamp::now().0;
+    let claimed = tx
+        .execute(
+            "UPDATE webhook_deliveries SET claimed_by = ?3, claimed_until_ms = ?4
+             WHERE id IN (SELECT id FROM webhook_deliveries
+                           WHERE state = 'pending' AND next_attempt_ms <= ?1
+                             AND (claimed_until_ms IS NULL OR claimed_until_ms <= ?1)
+                           ORDER BY next_attempt_ms, created_ms LIMIT ?2)",
+            params![now, i64::try_from(limit).unwrap_or(i64::MAX), replica, now + ms(lease)],
+        )
+        .map_err(db_err)?;
+    let due = if claimed == 0 { Vec::new() } else { claimed_by(&tx, replica, now + ms(lease))? };
+    tx.commit().map_err(db_err)?;
+    Ok(due)
+}
+
+/// The deliveries `replica` just claimed until `until`, with their client's webhook.
+fn claimed_by(conn: &Connection, replica: &str, until: i64) -> Result<Vec<DueDelivery>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT d.id, d.client, d.job_id, d.event, d.attempts, d.created_ms, d.payload, w.url, w.events, w.secret
              FROM webhook_deliveries d LEFT JOIN webhooks w ON w.client = d.client
-             WHERE d.state = 'pending' AND d.next_attempt_ms <= ?1
-             ORDER BY d.next_attempt_ms, d.created_ms LIMIT ?2",
+             WHERE d.state = 'pending' AND d.claimed_by = ?1 AND d.claimed_until_ms = ?2
+             ORDER BY d.next_attempt_ms, d.created_ms",
         )
         .map_err(db_err)?;
-    let mut rows = stmt.query(params![Timestamp::now().0, i64::try_from(limit).unwrap_or(i64::MAX)]).map_err(db_err)?;
+    let mut rows = stmt.query(params![replica, until]).map_err(db_err)?;
     let mut due = Vec::new();
     while let Some(row) = rows.next().map_err(db_err)? {
         let id: String = row.get(0).map_err(db_err)?;
@@ -139,7 +159,12 @@ fn due(conn: &Connection, limit: usize) -> Result<Vec<DueDelivery>, StoreError> 
 
 fn next_due(conn: &Connection) -> Result<Option<Timestamp>, StoreError> {
     let next: Option<i64> = conn
-        .query_row("SELECT min(next_attempt_ms) FROM webhook_deliveries WHERE state = 'pending'", [], |r| r.get(0))
+        .query_row(
+            "SELECT min(max(next_attempt_ms, coalesce(claimed_until_ms, 0))) FROM webhook_deliveries
+             WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )
         .map_err(db_err)?;
     Ok(next.map(Timestamp))
 }
@@ -147,6 +172,7 @@ fn next_due(conn: &Connection) -> Result<Option<Timestamp>, StoreError> {
 fn record(
     conn: &mut Connection,
     event_id: &str,
+    replica: &str,
     payload: Option<String>,
     attempt: Option<Attempt>,
     next: AfterAttempt,
@@ -178,9 +204,9 @@ fn record(
     tx.execute(
         "UPDATE webhook_deliveries SET state = ?2, attempts = coalesce(?3, attempts),
              next_attempt_ms = coalesce(?4, next_attempt_ms), finished_ms = ?5, error = ?6,
-             payload = coalesce(payload, ?7)
-         WHERE id = ?1 AND state = 'pending'",
-        params![event_id, state.as_str(), attempts, next_ms, finished, error, payload],
+             payload = coalesce(payload, ?7), claimed_until_ms = NULL
+         WHERE id = ?1 AND state = 'pending' AND claimed_by = ?8",
+        params![event_id, state.as_str(), attempts, next_ms, finished, error, payload, replica],
     )
     .map_err(db_err)?;
     tx.commit().map_err(db_err)
