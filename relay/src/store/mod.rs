@@ -6,12 +6,14 @@
 //! - [`ClientStore`] (`clients.rs`): API clients and their scopes.
 //! - [`WebhookStore`] (`webhooks.rs`): subscriptions, the outbox and the delivery log.
 //! - [`LifecycleStore`] (`lifecycle.rs`): new-hire requests and their one-time links.
+//! - [`AgentStore`] (`agents.rs`): the known agents, their state and DC health, shared by replicas.
 //!
 //! [`Store`] is all of them plus readiness: the relay holds one `Arc<dyn Store>` and hands it to
 //! the API, the agent link and the workers; [`open`] makes it from `[store]`. Each backend is a
 //! folder of the same shape, one file per trait: [`sqlite`] is the embedded default for one relay,
 //! [`postgres`] the one several relays can share. `tests.rs` is the contract both are held to.
 
+pub mod agents;
 mod clients;
 mod jobs;
 pub mod lifecycle;
@@ -25,6 +27,7 @@ use async_trait::async_trait;
 
 use crate::config::{StoreBackend, StoreConfig};
 
+pub use agents::{AgentState, AgentStore, AgentThresholds, KnownAgent};
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
 pub use jobs::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
 pub use lifecycle::LifecycleStore;
@@ -51,7 +54,7 @@ pub enum StoreError {
 
 /// Everything the relay keeps, in one backend.
 #[async_trait]
-pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore {
+pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore + AgentStore {
     /// Whether the store can be read and written (readiness).
     async fn check(&self) -> Result<(), StoreError>;
 

@@ -17,6 +17,7 @@
 //! (under an advisory lock, so replicas starting together apply each once) and recorded in
 //! `schema_migrations`.
 
+mod agents;
 mod clients;
 mod jobs;
 mod lifecycle;
@@ -40,7 +41,10 @@ macro_rules! query {
 pub(crate) use query;
 
 /// The schema's versions, in order: version `n` is `MIGRATIONS[n - 1]`.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_schema", include_str!("migrations/0001_schema.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_schema", include_str!("migrations/0001_schema.sql")),
+    ("0002_agents", include_str!("migrations/0002_agents.sql")),
+];
 
 /// The advisory lock key under which migrations run (any constant shared by every replica).
 const MIGRATION_LOCK: i64 = 0x7077_7265_6c61_7901;
@@ -302,7 +306,7 @@ mod tests {
         let config = fresh_database(&server).await;
         let (first, second) = tokio::join!(PostgresStore::open(&config), PostgresStore::open(&config));
         let (first, _second) = (first.expect("open"), second.expect("open concurrently"));
-        assert_eq!(first.schema_version().await.expect("version"), 1);
+        assert_eq!(first.schema_version().await.expect("version"), i32::try_from(MIGRATIONS.len()).expect("few"));
         assert!(first.location().starts_with("postgres://postgres@127.0.0.1:"), "{}", first.location());
         first
             .client()

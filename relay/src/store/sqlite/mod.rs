@@ -4,8 +4,9 @@
 //! One connection behind a mutex serves every call on the blocking pool; each call is one
 //! transaction, which makes [`JobStore::claim`](super::JobStore::claim) atomic. One file per
 //! trait: `jobs.rs`, `clients.rs`, `webhooks.rs` (the outbox is filled by the `jobs_final_webhook`
-//! trigger), `lifecycle.rs`; the schema and its migrations are in `schema.rs`.
+//! trigger), `lifecycle.rs`, `agents.rs` (the known agents); the schema and its migrations are in `schema.rs`.
 
+mod agents;
 mod clients;
 mod jobs;
 mod lifecycle;
