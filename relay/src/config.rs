@@ -150,7 +150,7 @@ impl Default for JobsFile {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AgentsFile {
     /// Default: twice `link.heartbeat_seconds`.
@@ -158,6 +158,12 @@ struct AgentsFile {
     down_after_seconds: Option<u64>,
     #[serde(default = "default_stale_after_days")]
     stale_after_days: u64,
+}
+
+impl Default for AgentsFile {
+    fn default() -> Self {
+        Self { down_after_seconds: None, stale_after_days: default_stale_after_days() }
+    }
 }
 
 fn default_stale_after_days() -> u64 {

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pwrelay_proto::agent::v1 as pb;
-use pwrelay_relay::store::ClientStore as _;
 use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::testkit::TestPki;
