@@ -164,7 +164,8 @@ fn print_table(agents: &[KnownAgent], thresholds: &AgentThresholds, now: Timesta
         eprintln!("no agent has connected yet");
         return;
     }
-    println!("{:<24} {:<10} {:<32} {:<25} {:<12} {}", "NAME", "STATE", "DOMAINS", "LAST SEEN", "VERSION", "DC HEALTH");
+    let header = ["NAME", "STATE", "DOMAINS", "LAST SEEN", "VERSION", "DC HEALTH"];
+    println!("{:<24} {:<10} {:<32} {:<25} {:<12} {}", header[0], header[1], header[2], header[3], header[4], header[5]);
     for agent in agents {
         println!(
             "{:<24} {:<10} {:<32} {:<25} {:<12} {}",
