@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Holds the relay's API to its own OpenAPI document: starts a relay alone (no agent, no DC) on
-# 127.0.0.1 and runs schemathesis (from PyPI, in a virtualenv) with every check against
+# 127.0.0.1 and runs schemathesis (from PyPI, in a virtualenv) with every check but one against
 # /v1/openapi.json, bounded in examples and time. Fails on any failing check.
+#
+# The one check left out is `use_after_free` (a read that succeeds after a successful DELETE):
+# `DELETE /v1/jobs/{id}` cancels a job, and the cancelled job stays readable as a record of what
+# was asked (state `cancelled`), as its documentation says; that is the contract, not a leak.
+# deploy/dev/contract_hooks.py gives generated requests the domains this relay serves, which
+# the document cannot list (see the file).
 #
 #   deploy/dev/contract.sh
 #
@@ -16,6 +22,7 @@ max_seconds=${CONTRACT_MAX_SECONDS:-300}
 seed=${CONTRACT_SEED:-1}
 venv=${CONTRACT_VENV:-target/contract-venv}
 schemathesis_version=4.32.5
+domains=corp.example.com,other.example.com
 
 if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/schemathesis" --version | grep -q "$schemathesis_version"; then
   echo "==> installing schemathesis $schemathesis_version into $venv"
@@ -43,7 +50,7 @@ link_port=$(free_port)
 # The rate limits are raised: schemathesis sends hundreds of requests a second from one address,
 # and the run is about the contract, not the limits (relay/tests/edge.rs tests those).
 cat > "$dir/relay.toml" <<TOML
-domains = ["corp.example.com", "other.example.com"]
+domains = ["${domains//,/\", \"}"]
 [api]
 listen = "127.0.0.1:$api_port"
 cert_file = "pki/relay.pem"
@@ -75,15 +82,20 @@ for _ in $(seq 1 100); do
 done
 curl -sf --cacert "$dir/pki/ca.pem" "$base/healthz" >/dev/null || { echo "the relay did not start; see $dir/relay.log" >&2; tail -20 "$dir/relay.log" >&2; exit 1; }
 
-echo "==> schemathesis: every check, at most $max_examples examples per operation and ${max_seconds}s, seed $seed"
+# Requests may take up to the 60 s long poll (`GET /v1/jobs/{id}?wait=60`), so the request timeout
+# and the response time check are above it.
+echo "==> schemathesis: every check but use_after_free, at most $max_examples examples per operation and ${max_seconds}s, seed $seed"
 status=0
+PYTHONPATH="$PWD/deploy/dev" SCHEMATHESIS_HOOKS=contract_hooks CONTRACT_DOMAINS="$domains" \
 timeout --kill-after=30 "$((max_seconds + 120))" \
   "$venv/bin/schemathesis" --no-color run "$base/v1/openapi.json" \
     --checks all \
+    --exclude-checks use_after_free \
     --max-examples "$max_examples" \
     --max-time "$max_seconds" \
     --seed "$seed" \
-    --request-timeout 30 \
+    --request-timeout 70 \
+    --max-response-time 65 \
     --tls-verify "$dir/pki/ca.pem" \
     --header "Authorization: Bearer $token" \
     --report junit --report-dir "$dir/report" || status=$?

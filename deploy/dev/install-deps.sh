@@ -6,11 +6,12 @@
 # headers and library the libgssapi crate binds to (libkrb5-dev, found with pkg-config), libclang
 # for its bindgen build step (libclang-dev), and kinit/klist for the tests (krb5-user); and
 # Chromium with its WebDriver (chromium, chromium-driver) for the one-time link page's browser test;
+# Python's venv module (python3-venv) for the API contract's schemathesis (deploy/dev/contract.sh);
 # and what the install test needs (listed below).
 # Debian/Ubuntu only; run as root. Does nothing when everything is present.
 set -euo pipefail
 packages=(samba samba-ad-provision samba-dsdb-modules samba-vfs-modules ldap-utils openssl curl postgresql
-  libkrb5-dev libclang-dev pkg-config krb5-user chromium chromium-driver)
+  libkrb5-dev libclang-dev pkg-config krb5-user chromium chromium-driver python3-venv)
 # The install test (deploy/dev/install-test.sh): dpkg's user creation (adduser), systemd-analyze
 # (systemd), the container image (buildah, ca-certificates), strace for the units' system call
 # filters, pgrep (procps).

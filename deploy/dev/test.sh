@@ -8,7 +8,9 @@
 # (deploy/dev/postgres.sh; its URL goes to the tests as PWRELAY_TEST_POSTGRES_URL, so the store's
 # contract tests run against both backends), runs `cargo test --workspace` once, with the agent's
 # `kerberos` feature (so its Kerberos bind is built and tested against the DC's KDC as well; the
-# rest of the workspace is the same either way), then the short run of the fault suite
+# rest of the workspace is the same either way), then the API contract (deploy/dev/contract.sh:
+# schemathesis against a relay alone, which needs python3-venv and PyPI), then the alert rules'
+# promtool checks (deploy/dev/monitoring-check.sh), then the short run of the fault suite
 # (relay/tests/fault_suite, see RELIABILITY.md; it halts and pauses this DC, so it runs alone, after
 # the other tests; seed 11 unless FAULT_SEED is set, and the other FAULT_* variables pass through),
 # then, as root, the install test (deploy/dev/install-test.sh: the Debian packages built, installed and
@@ -36,6 +38,10 @@ eval "$(as_root deploy/dev/postgres.sh env)"
 export PWRELAY_TEST_POSTGRES_URL PWRELAY_TEST_POSTGRES_PASSWORD_FILE PWRELAY_TEST_POSTGRES_CA_FILE
 echo "==> cargo test --workspace --features pwrelay-agent/kerberos"
 cargo test --workspace --features pwrelay-agent/kerberos "$@"
+echo "==> API contract: schemathesis (from PyPI, in target/contract-venv) against a live relay and its /v1/openapi.json (about 6 minutes)"
+deploy/dev/contract.sh
+echo "==> monitoring: promtool check and test the alert rules; the dashboard names only served metrics"
+deploy/dev/monitoring-check.sh
 if [ "$(id -u)" = 0 ]; then
   echo "==> fault suite, short run: the real relay and two agents under kills, pauses and DC outages (about two minutes)"
   FAULT_SEED=${FAULT_SEED:-11} FAULT_DC_EXCLUSIVE=1 FAULT_AGENT_FEATURES=kerberos \

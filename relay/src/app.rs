@@ -20,6 +20,7 @@ use crate::lifecycle::{self, Lifecycle};
 use crate::link::registry::AgentRegistry;
 use crate::link::{LinkContext, LinkService};
 use crate::listener::{AcceptLimits, LINK_MAX_CONNECTIONS, TlsIncoming};
+use crate::metrics::RelayMetrics;
 use crate::seal::{SealError, Sealer};
 use crate::store::{ClaimPolicy, Store, StoreError};
 use crate::supervisor::Supervisor;
@@ -78,6 +79,8 @@ pub enum AppError {
 pub struct App {
     api: TlsIncoming,
     link: TlsIncoming,
+    metrics_listener: Option<TcpListener>,
+    metrics: Arc<RelayMetrics>,
     api_state: Arc<ApiState>,
     link_context: Arc<LinkContext>,
     store: Arc<dyn Store>,
@@ -120,16 +123,30 @@ impl App {
             addr: config.link.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+                key: "metrics.listen",
+                addr,
+                source,
+            })?),
+            None => None,
+        };
+        let metrics = RelayMetrics::new(config.domains.iter().map(ToString::to_string));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bind_err = |key, addr| move |source| AppError::Bind { key, addr, source };
         let api_accept = AcceptLimits {
             max_connections: Some(config.api.limits.max_connections),
             handshake_timeout: config.api.limits.tls_handshake_timeout,
+            refusals: Some(metrics.handshake_refusals("api")),
         };
         let api = TlsIncoming::spawn_limited(api_listener, api_tls, "api", api_accept, cancel.child_token(), &tracker)
             .map_err(bind_err("api.listen", config.api.listen))?;
-        let link_accept = AcceptLimits { max_connections: Some(LINK_MAX_CONNECTIONS), ..AcceptLimits::default() };
+        let link_accept = AcceptLimits {
+            max_connections: Some(LINK_MAX_CONNECTIONS),
+            refusals: Some(metrics.handshake_refusals("link")),
+            ..AcceptLimits::default()
+        };
         let link =
             TlsIncoming::spawn_limited(link_listener, link_tls, "link", link_accept, cancel.child_token(), &tracker)
                 .map_err(bind_err("link.listen", config.link.listen))?;
@@ -171,6 +188,7 @@ impl App {
             max_body_bytes: config.api.max_body_bytes,
             lifecycle: lifecycle.clone(),
             edge: api::edge::Edge::new(config.api.limits.clone()),
+            metrics: Arc::clone(&metrics),
         });
         let link_context = Arc::new(LinkContext {
             store: Arc::clone(&store),
@@ -181,11 +199,21 @@ impl App {
             claim_policy,
             heartbeat: config.link.heartbeat,
             link_keys,
+            metrics: Arc::clone(&metrics),
         });
-        tracing::info!(api = %api.local_addr(), link = %link.local_addr(), store = %store.location(), "relay listening");
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        tracing::info!(
+            api = %api.local_addr(),
+            link = %link.local_addr(),
+            metrics = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            store = %store.location(),
+            "relay listening"
+        );
         Ok(Self {
             api,
             link,
+            metrics_listener,
+            metrics,
             api_state,
             link_context,
             store,
@@ -210,11 +238,18 @@ impl App {
         self.link.local_addr()
     }
 
+    /// The bound metrics address, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes (or a server fails), then drains for up to 10 s.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
         let Self {
             api,
             link,
+            metrics_listener,
+            metrics,
             api_state,
             link_context,
             store,
@@ -230,13 +265,11 @@ impl App {
         let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<AppError>(4);
 
         let api_limits = api_state.edge.limits().clone();
-        tracker.spawn(api::server::serve(
-            api,
-            api::router(api_state),
-            api_limits,
-            cancel.child_token(),
-            tracker.clone(),
-        ));
+        let registry = Arc::clone(&api_state.registry);
+        let router = api::router(api_state)
+            .route_layer(axum::middleware::from_fn(crate::metrics::mark_route))
+            .layer(axum::middleware::from_fn_with_state(Arc::clone(&metrics), crate::metrics::record_http));
+        tracker.spawn(api::server::serve(api, router, api_limits, cancel.child_token(), tracker.clone()));
 
         let link_cancel = cancel.child_token();
         let service = LinkService::new(link_context, cancel.child_token(), tracker.clone());
@@ -252,14 +285,30 @@ impl App {
             }
         });
 
+        if let Some(listener) = metrics_listener {
+            let scrape = crate::metrics::Scrape { metrics: Arc::clone(&metrics), store: Arc::clone(&store), registry };
+            let metrics_cancel = cancel.child_token();
+            let metrics_failed = failed_tx.clone();
+            tracker.spawn(async move {
+                let served = axum::serve(listener, crate::metrics::router(scrape))
+                    .with_graceful_shutdown(async move { metrics_cancel.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    let _ = metrics_failed.send(AppError::Serve { part: "metrics", message: e.to_string() }).await;
+                }
+            });
+        }
+
         // Background workers run supervised: one that panics or returns is logged and restarted.
         let workers = Supervisor::new(cancel.child_token(), tracker.clone());
         let webhook_events = Arc::clone(&events);
+        let sweep_metrics = Arc::clone(&metrics);
         workers.spawn("webhook delivery", move |cancel| webhooks.clone().run(webhook_events.changed(), cancel));
         workers.spawn("overdue job sweeper", move |cancel| {
             expire_overdue_jobs(
                 Arc::clone(&store),
                 Arc::clone(&events),
+                Arc::clone(&sweep_metrics),
                 Sweep { policy: claim_policy, idempotency_window, retention },
                 cancel,
             )
@@ -286,7 +335,13 @@ impl App {
 
 /// Expires overdue jobs, forgets old idempotency keys and deletes what is past its retention,
 /// every [`SWEEP_INTERVAL`] until `cancel`.
-async fn expire_overdue_jobs(store: Arc<dyn Store>, events: Arc<JobEvents>, sweep: Sweep, cancel: CancellationToken) {
+async fn expire_overdue_jobs(
+    store: Arc<dyn Store>,
+    events: Arc<JobEvents>,
+    metrics: Arc<RelayMetrics>,
+    sweep: Sweep,
+    cancel: CancellationToken,
+) {
     let Sweep { policy, idempotency_window, retention } = sweep;
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
@@ -298,6 +353,7 @@ async fn expire_overdue_jobs(store: Arc<dyn Store>, events: Arc<JobEvents>, swee
             Ok(0) => {}
             Ok(expired) => {
                 tracing::warn!(expired, "jobs expired without an agent finishing them");
+                metrics.jobs_expired(expired as u64);
                 events.job_changed();
             }
             Err(error) => tracing::error!(%error, "expiring overdue jobs failed"),

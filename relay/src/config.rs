@@ -32,7 +32,18 @@ struct RelayFile {
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
+    metrics: MetricsConfig,
+    #[serde(default)]
     lifecycle: Option<crate::lifecycle::config::LifecycleFile>,
+}
+
+/// `[metrics]`: where Prometheus scrapes the relay.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Plain-HTTP listener serving `GET /metrics` (OpenMetrics text); none when unset.
+    /// The figures name domains and agents, no accounts or secrets: bind it to a private address.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +297,8 @@ pub struct Config {
     pub agents: crate::store::AgentThresholds,
     /// Logging.
     pub log: LogConfig,
+    /// The Prometheus listener.
+    pub metrics: MetricsConfig,
     /// The new-hire flow (`[lifecycle]`), when configured.
     pub lifecycle: Option<crate::lifecycle::config::LifecycleConfig>,
 }
@@ -627,6 +640,7 @@ impl Config {
                 stale_after: Duration::from_secs(file.agents.stale_after_days.saturating_mul(86_400)),
             },
             log,
+            metrics: file.metrics,
             lifecycle,
         })
     }

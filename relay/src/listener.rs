@@ -21,6 +21,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{HandshakeRefusals, RefusalReason};
+
 /// How long a client may take to finish its TLS handshake, unless configured.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the server to pick them up.
@@ -28,18 +30,21 @@ const BACKLOG: usize = 64;
 /// Open connections of the agent link at once (agents hold one each; more is a flood).
 pub const LINK_MAX_CONNECTIONS: usize = 1024;
 
-/// How many connections a listener keeps open at once, and how long a handshake may take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How many connections a listener keeps open at once, how long a handshake may take, and
+/// where refused handshakes are counted.
+#[derive(Clone, Debug)]
 pub struct AcceptLimits {
     /// Open connections (handshakes included); `None` for no cap.
     pub max_connections: Option<usize>,
     /// Longest TLS handshake.
     pub handshake_timeout: Duration,
+    /// The metric refused handshakes are counted in, if any.
+    pub refusals: Option<HandshakeRefusals>,
 }
 
 impl Default for AcceptLimits {
     fn default() -> Self {
-        Self { max_connections: None, handshake_timeout: HANDSHAKE_TIMEOUT }
+        Self { max_connections: None, handshake_timeout: HANDSHAKE_TIMEOUT, refusals: None }
     }
 }
 
@@ -144,6 +149,7 @@ impl TlsIncoming {
         let handshakes = tracker.clone();
         let cap = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         let mut full_logged = false;
+        let AcceptLimits { max_connections, handshake_timeout, refusals } = limits;
         tracker.spawn(async move {
             loop {
                 let permit = match &cap {
@@ -152,7 +158,7 @@ impl TlsIncoming {
                         if cap.available_permits() == 0 && !std::mem::replace(&mut full_logged, true) {
                             tracing::warn!(
                                 listener = name,
-                                max_connections = limits.max_connections,
+                                max_connections,
                                 "connection cap reached; new connections wait until one closes"
                             );
                         }
@@ -180,19 +186,27 @@ impl TlsIncoming {
                         }
                     },
                 };
-                let (acceptor, tx, cancel) = (acceptor.clone(), tx.clone(), cancel.clone());
+                let (acceptor, tx, cancel, refusals) = (acceptor.clone(), tx.clone(), cancel.clone(), refusals.clone());
                 handshakes.spawn(async move {
-                    let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+                    let refused = |reason| {
+                        if let Some(refusals) = &refusals {
+                            refusals.record(reason);
+                        }
+                    };
+                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
                     let stream = tokio::select! {
                         () = cancel.cancelled() => return,
                         result = handshake => match result {
                             Ok(Ok(stream)) => stream,
                             Ok(Err(error)) => {
-                                tracing::warn!(listener = name, %peer, %error, "TLS handshake refused");
+                                let reason = RefusalReason::of(&error);
+                                tracing::warn!(listener = name, %peer, %error, reason = reason.as_str(), "TLS handshake refused");
+                                refused(reason);
                                 return;
                             }
                             Err(_) => {
                                 tracing::warn!(listener = name, %peer, "TLS handshake timed out");
+                                refused(RefusalReason::Timeout);
                                 return;
                             }
                         },

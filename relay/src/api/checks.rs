@@ -23,13 +23,20 @@ use crate::store::Operation;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct VerificationRequest {
-    /// The AD DNS domain; one of the relay's `domains`.
-    #[schema(example = "corp.example.com")]
+    /// The AD DNS domain: one of the relay's `domains` that the client's scopes cover (the operator
+    /// knows them; `GET /readyz` with a token lists them). Any other domain is refused with 422
+    /// `invalid_request` (`details.field` = `domain`), whose message lists the ones the client may use.
+    #[schema(
+        example = "corp.example.com",
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
+    )]
     domain: String,
     /// The account.
     target: TargetRequest,
-    /// The password to try (1-256 characters); stored sealed and erased when the job ends.
-    #[schema(value_type = String, format = Password, min_length = 1, max_length = 256, write_only)]
+    /// The password to try (1-256 characters, no control characters); stored sealed and erased when
+    /// the job ends.
+    #[schema(value_type = String, format = Password, min_length = 1, max_length = 256, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", write_only)]
     password: SecretString,
 }
 
@@ -37,8 +44,14 @@ pub(super) struct VerificationRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UnlockRequest {
-    /// The AD DNS domain; one of the relay's `domains`.
-    #[schema(example = "corp.example.com")]
+    /// The AD DNS domain: one of the relay's `domains` that the client's scopes cover (the operator
+    /// knows them; `GET /readyz` with a token lists them). Any other domain is refused with 422
+    /// `invalid_request` (`details.field` = `domain`), whose message lists the ones the client may use.
+    #[schema(
+        example = "corp.example.com",
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
+    )]
     domain: String,
     /// The account.
     target: TargetRequest,

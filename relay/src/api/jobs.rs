@@ -31,7 +31,11 @@ pub(super) struct ListQuery {
     /// Only jobs in this state.
     #[param(value_type = Option<JobState>)]
     state: Option<String>,
-    /// Only jobs of this AD domain.
+    /// Only jobs of this AD domain (a DNS name).
+    #[param(
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
+    )]
     domain: Option<String>,
     /// RFC 3339 time: only jobs created at or after it.
     #[param(format = DateTime)]
@@ -117,6 +121,7 @@ pub(super) async fn list(
 /// Cancel a job
 ///
 /// Cancels a job no agent has taken yet: it fails with `cancelled` and its password is erased.
+/// The job stays: `GET /v1/jobs/{id}` shows it as a record of what was asked.
 #[utoipa::path(
     delete,
     path = "/v1/jobs/{id}",
@@ -144,6 +149,9 @@ pub(super) async fn cancel(
         Cancellation::NotFound => return Err(ApiError::not_found(format!("no job {id} for this API client"))),
     }
     let job = state.store.job(id).await.map_err(|e| ApiError::unavailable(&e))?;
+    if let Some(job) = &job {
+        state.metrics.job_finished(job.kind, job.state, job.error.as_ref().map(|e| e.code), job.created_at);
+    }
     job.map(Json).ok_or_else(|| ApiError::not_found(format!("no job {id} for this API client")))
 }
 

@@ -110,6 +110,8 @@ pub struct ApiState {
     pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
     /// `[api.limits]` and the rate limiters.
     pub edge: edge::Edge,
+    /// Accepted and cancelled jobs are counted here.
+    pub metrics: Arc<crate::metrics::RelayMetrics>,
 }
 
 /// Every route, each with its OpenAPI path item (see "Adding a route" above).
@@ -150,7 +152,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut document = routes().into_openapi();
     // After the routes: they bring the schemas it tightens.
-    ExactlyOneTarget.modify(&mut document);
+    ExactlyOne.modify(&mut document);
     document
 }
 
@@ -212,17 +214,26 @@ impl Modify for BearerToken {
     }
 }
 
-/// `TargetRequest` takes exactly one field: utoipa writes its `max_properties` but drops
-/// `min_properties`, so the bound is set here.
-struct ExactlyOneTarget;
+/// What utoipa's attributes cannot say: `TargetRequest` takes exactly one field (utoipa writes its
+/// `max_properties` but drops `min_properties`), and a `RotationRequest` has exactly one of
+/// `password` and `generate`, and `recipient_public_key` only with `generate` (a `oneOf`, which
+/// utoipa has no attribute for on a struct, so it goes in as a raw schema keyword).
+struct ExactlyOne;
 
-impl Modify for ExactlyOneTarget {
+impl Modify for ExactlyOne {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{RefOr, schema::Schema};
         let schemas = &mut openapi.components.get_or_insert_with(Default::default).schemas;
         if let Some(RefOr::T(Schema::Object(target))) = schemas.get_mut("TargetRequest") {
             target.min_properties = Some(1);
             target.max_properties = Some(1);
+        }
+        if let Some(RefOr::T(Schema::Object(rotation))) = schemas.get_mut("RotationRequest") {
+            let one_of = serde_json::json!([
+                { "required": ["password"], "properties": { "generate": false, "recipient_public_key": false } },
+                { "required": ["generate"], "properties": { "password": false } },
+            ]);
+            rotation.extensions.get_or_insert_with(Default::default).insert("oneOf".to_owned(), one_of);
         }
     }
 }

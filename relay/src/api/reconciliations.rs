@@ -13,6 +13,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
+use pwrelay_shared::domain::DomainName;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -31,8 +32,14 @@ pub(super) const MAX_BATCH: usize = 1000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReconciliationRequest {
-    /// The AD DNS domain; one of the relay's `domains`.
-    #[schema(example = "corp.example.com")]
+    /// The AD DNS domain: one of the relay's `domains` that the client's scopes cover (the operator
+    /// knows them; `GET /readyz` with a token lists them). Any other domain is refused with 422
+    /// `invalid_request` (`details.field` = `domain`), whose message lists the ones the client may use.
+    #[schema(
+        example = "corp.example.com",
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
+    )]
     domain: String,
     /// The accounts, 1-1000.
     #[schema(min_items = 1, max_items = 1000)]
@@ -42,17 +49,46 @@ pub(super) struct ReconciliationRequest {
     unlock: bool,
 }
 
-/// The query of a CSV upload (ignored for a JSON body).
+/// The query of a CSV upload (checked for a JSON body too, and not used: the body has both).
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct CsvQuery {
-    /// With `Content-Type: text/csv`, required: the AD DNS domain of the accounts.
+    /// With `Content-Type: text/csv`, required: the AD DNS domain of the accounts (as a JSON
+    /// body's `domain`). OpenAPI cannot make a query parameter required for one content type only.
+    #[param(
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
+    )]
     domain: Option<String>,
     /// With `Content-Type: text/csv`: also clear each account's lockout.
     #[serde(default)]
     unlock: bool,
 }
+
+/// The body of a CSV upload as the document states it: a header row that is just `upn`, then one
+/// UPN per row (1-1000). The server reads more than this (other columns, quoted fields, `;` or tab
+/// separators, blank rows, as spreadsheets write them); the pattern is the plain form every
+/// client can send.
+pub(super) enum CsvUpload {}
+
+impl utoipa::PartialSchema for CsvUpload {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A header row with a `upn` column (any case; other columns are ignored; `,`, `;` or tab separated; \
+                 an optional UTF-8 byte order mark), then one account per row: a UPN with an `@`, at most 1024 \
+                 characters, no control characters. Needs `?domain=`.",
+            ))
+            .pattern(Some(
+                r#"^\ufeff?[Uu][Pp][Nn]\r?\n([^\u0000-\u0020\u007f-\u009f,;"@]+@[^\u0000-\u0020\u007f-\u009f,;"]+\r?\n){1,1000}$"#,
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for CsvUpload {}
 
 /// Queue a reconciliation
 ///
@@ -67,7 +103,7 @@ pub(super) struct CsvQuery {
     tag = "jobs",
     request_body(content(
         (ReconciliationRequest = "application/json"),
-        (String = "text/csv", example = json!("upn\njane.doe@corp.example.com\njohn.roe@corp.example.com\n")),
+        (inline(CsvUpload) = "text/csv", example = json!("upn\njane.doe@corp.example.com\njohn.roe@corp.example.com\n")),
     )),
     params(CsvQuery, IdempotencyKey),
     security(("bearer" = [])),
@@ -88,8 +124,12 @@ pub(super) async fn create(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/csv"));
+    // Checked for either body, so a malformed query is never silently ignored.
+    let Query(query) = query.map_err(|e| ApiError::query(&e, "domain, unlock"))?;
+    if query.domain.as_deref().is_some_and(|d| DomainName::parse(d).is_err()) {
+        return Err(ApiError::invalid_request("domain must be a DNS name like corp.example.com").field("domain"));
+    }
     let (domain, targets, unlock, sha256) = if is_csv {
-        let Query(query) = query.map_err(|e| ApiError::query(&e, "domain, unlock"))?;
         let domain = query
             .domain
             .ok_or_else(|| ApiError::invalid_request("a CSV upload needs ?domain=AD_DOMAIN").field("domain"))?;

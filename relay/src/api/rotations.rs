@@ -26,19 +26,27 @@ const MAX_GENERATED_CHARS: u32 = 128;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RotationRequest {
-    /// The AD DNS domain; one of the relay's `domains`.
-    #[schema(example = "corp.example.com")]
+    /// The AD DNS domain: one of the relay's `domains` that the client's scopes cover (the operator
+    /// knows them; `GET /readyz` with a token lists them). Any other domain is refused with 422
+    /// `invalid_request` (`details.field` = `domain`), whose message lists the ones the client may use.
+    #[schema(
+        example = "corp.example.com",
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
+    )]
     domain: String,
     /// The account.
     target: TargetRequest,
-    /// The new password (1-256 characters); stored sealed and erased when the job ends.
-    #[schema(value_type = Option<String>, format = Password, min_length = 1, max_length = 256, write_only)]
+    /// The new password (1-256 characters, no control characters); stored sealed and erased when
+    /// the job ends.
+    #[schema(value_type = String, required = false, nullable = false, format = Password, min_length = 1, max_length = 256, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", write_only)]
     password: Option<SecretString>,
     /// Instead of `password`: the agent generates a password that meets the account's policy.
+    #[schema(nullable = false)]
     generate: Option<GenerateRequest>,
-    /// With `generate`: base64 of a 32-byte X25519 public key; the password is then returned only
-    /// as a libsodium sealed box to it, so the relay never sees it.
-    #[schema(format = Byte)]
+    /// With `generate` only: base64 (standard alphabet, padded) of a 32-byte X25519 public key; the
+    /// password is then returned only as a libsodium sealed box to it, so the relay never sees it.
+    #[schema(nullable = false, format = Byte, pattern = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
     recipient_public_key: Option<String>,
     /// Require a change at next logon (`pwdLastSet = 0`); otherwise `pwdLastSet = -1`.
     #[serde(default)]
@@ -57,10 +65,23 @@ pub(super) struct RotationRequest {
 struct GenerateRequest {
     /// Characters, 8-128 (default 20); raised to the account's policy minimum.
     #[schema(minimum = 8, maximum = 128, default = 20)]
+    #[serde(default, deserialize_with = "whole_number")]
     length: Option<u32>,
     /// The kind of password (default `random`).
     #[schema(value_type = Option<GenerateMode>)]
     mode: Option<String>,
+}
+
+/// A JSON integer as JSON Schema has it: `20` or `20.0` (a number without a fractional part).
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else { return Ok(None) };
+    let whole = number.as_u64().or_else(|| {
+        number.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f)).map(|f| f as u64)
+    });
+    whole
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("a whole number of characters"))
 }
 
 /// Queue a rotation

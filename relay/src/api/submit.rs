@@ -41,7 +41,7 @@ pub(super) struct TargetRequest {
         nullable = false,
         min_length = 1,
         max_length = 1024,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     sam_account_name: Option<String>,
     /// objectGUID, with or without braces.
@@ -52,7 +52,7 @@ pub(super) struct TargetRequest {
         nullable = false,
         min_length = 1,
         max_length = 1024,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     dn: Option<String>,
 }
@@ -76,7 +76,11 @@ pub(super) enum IdempotencyKey {}
 
 impl IntoParams for IdempotencyKey {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        let schema = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(255));
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(255))
+            .pattern(Some("^[!-~]{1,255}$"));
         vec![
             ParameterBuilder::new()
                 .name(IDEMPOTENCY_KEY)
@@ -234,6 +238,7 @@ pub(super) async fn queue_all(
     let key = idempotency_key(headers)?;
     let Some(first) = jobs.first() else { return Err(ApiError::invalid_request("nothing to do")) };
     let (id, kind, domain, count): (JobId, _, _, _) = (first.id, first.kind, first.domain.clone(), jobs.len());
+    let kinds: Vec<_> = jobs.iter().map(|job| job.kind).collect();
     let inserted = state
         .store
         .insert_jobs_once(jobs, key.map(|k| (k, state.sealer.fingerprint(&body_sha256))))
@@ -243,6 +248,9 @@ pub(super) async fn queue_all(
     let id = match inserted {
         Insertion::Created => {
             state.events.job_queued();
+            for kind in kinds {
+                state.metrics.job_accepted(kind, 1);
+            }
             tracing::info!(job_id = %id, kind = kind.as_str(), client = %client.name, %domain, jobs = count, "job queued");
             id
         }

@@ -48,6 +48,8 @@ pub struct LinkContext {
     pub heartbeat: Duration,
     /// Where `initial_password` results leave their link keys for the delivery.
     pub link_keys: Arc<crate::lifecycle::keys::LinkKeys>,
+    /// Dispatch and completion metrics.
+    pub metrics: Arc<crate::metrics::RelayMetrics>,
 }
 
 /// The `AgentLink` gRPC service.

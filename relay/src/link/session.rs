@@ -10,7 +10,7 @@
 //! its unacknowledged results on its next stream, and the jobs of an agent that does not come back
 //! are taken over once their lease and the write timeout have passed (see [`crate::store`]).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +27,8 @@ use tracing::Instrument as _;
 use super::LinkContext;
 use super::registry::Registration;
 use crate::jobs::{
-    AccountState, ErrorCode, GenerateMode, JobError, JobId, JobSuccess, LeasedJob, Outcome, ResultSecret,
-    SecretEncoding, Timestamp,
+    AccountState, ErrorCode, GenerateMode, JobError, JobId, JobKind, JobState, JobSuccess, LeasedJob, Outcome,
+    ResultSecret, SecretEncoding, Timestamp,
 };
 use crate::store::Completion;
 use crate::store::agents::{
@@ -79,6 +79,8 @@ struct Active {
     /// Jobs leased to the holder that have not reported: dispatched on this stream, or named as
     /// running in a heartbeat (leased on an earlier stream of the same process).
     in_flight: HashSet<JobId>,
+    /// Kind and acceptance time of the jobs dispatched on this stream, for the metrics.
+    dispatched: HashMap<JobId, (JobKind, Timestamp)>,
     registration: Registration,
 }
 
@@ -202,7 +204,14 @@ impl Session {
             finished: JobCounts::default(),
         };
         let registration = self.context.registry.register(report).await;
-        Ok(Active { holder, domains, max_in_flight, in_flight: HashSet::new(), registration })
+        Ok(Active {
+            holder,
+            domains,
+            max_in_flight,
+            in_flight: HashSet::new(),
+            dispatched: HashMap::new(),
+            registration,
+        })
     }
 
     async fn serve(
@@ -332,9 +341,9 @@ impl Session {
                 retryable: false,
             },
         };
-        let state = match &outcome {
-            Outcome::Succeeded(..) => "succeeded",
-            Outcome::Failed { .. } => "failed",
+        let (state, error_code) = match &outcome {
+            Outcome::Succeeded(..) => (JobState::Succeeded, None),
+            Outcome::Failed { error, .. } => (JobState::Failed, Some(error.code)),
         };
         // A link key is in place before the job can be seen as final, and taken back unless this
         // result is the one that finished it.
@@ -347,26 +356,30 @@ impl Session {
         match completion {
             Ok(Completion::Finished) => {
                 active.in_flight.remove(&id);
-                active.registration.finished(state == "succeeded");
-                tracing::info!(job_id = %id, attempt, state, "job finished");
+                active.registration.finished(state == JobState::Succeeded);
+                tracing::info!(job_id = %id, attempt, state = state.as_str(), "job finished");
+                self.finished(active, id, state, error_code).await;
             }
             Ok(Completion::Requeued) => {
                 active.in_flight.remove(&id);
+                active.dispatched.remove(&id);
                 tracing::info!(job_id = %id, attempt, "job failed with a retryable error or was given back; queued again");
                 self.context.events.job_queued();
             }
             Ok(Completion::Duplicate) => {
                 active.in_flight.remove(&id);
+                active.dispatched.remove(&id);
                 tracing::info!(job_id = %id, attempt, "result sent again; already recorded");
             }
             Ok(Completion::Stale) => {
                 active.in_flight.remove(&id);
+                active.dispatched.remove(&id);
                 tracing::warn!(
                     target: "pwrelay::audit",
                     event = STALE_RESULT_EVENT,
                     job_id = %id,
                     attempt,
-                    state,
+                    state = state.as_str(),
                     "result of an attempt that no longer holds the job; it changed nothing"
                 );
             }
@@ -390,7 +403,11 @@ impl Session {
             .await
             .map_err(|e| End::Store(e.to_string()))?;
         for lease in leased {
-            let id = lease.job.job_id;
+            let (id, kind, created) = (lease.job.job_id, lease.job.kind, lease.job.created_at);
+            if lease.job.attempts <= 1 {
+                self.context.metrics.job_dispatched(kind, created);
+            }
+            active.dispatched.insert(id, (kind, created));
             match self.to_proto(lease) {
                 Ok(job) => {
                     active.in_flight.insert(id);
@@ -400,17 +417,33 @@ impl Session {
                 }
                 Err((attempt, error)) => {
                     tracing::error!(job_id = %id, error = %error.message, "job cannot be delivered");
+                    let code = error.code;
                     let outcome = Outcome::Failed { error, retryable: false };
-                    self.context
+                    let completion = self
+                        .context
                         .store
                         .complete(id, &active.holder, attempt, outcome)
                         .await
                         .map_err(|e| End::Store(e.to_string()))?;
+                    if completion == Completion::Finished {
+                        self.finished(active, id, JobState::Failed, Some(code)).await;
+                    }
                     self.context.events.job_changed();
                 }
             }
         }
         Ok(())
+    }
+
+    /// Counts a job this stream finished. One leased on an earlier stream is looked up.
+    async fn finished(&self, active: &mut Active, id: JobId, state: JobState, code: Option<ErrorCode>) {
+        let meter = match active.dispatched.remove(&id) {
+            Some(meter) => Some(meter),
+            None => self.context.store.job(id).await.ok().flatten().map(|job| (job.kind, job.created_at)),
+        };
+        if let Some((kind, created)) = meter {
+            self.context.metrics.job_finished(kind, state, code, created);
+        }
     }
 
     /// A success as the store keeps it. A returned plaintext password is sealed with the store key

@@ -222,7 +222,7 @@ pub enum ResumeResult {
     },
 }
 
-/// Compares without an early exit, so timing does not tell how much of a proof matched.
+/// Compares in constant time (`subtle`), so timing does not tell how much of a proof matched.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }

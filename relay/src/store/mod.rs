@@ -7,6 +7,7 @@
 //! - [`WebhookStore`] (`webhooks.rs`): subscriptions, the outbox and the delivery log.
 //! - [`LifecycleStore`] (`lifecycle.rs`): new-hire requests and their one-time links.
 //! - [`AgentStore`] (`agents.rs`): the known agents, their state and DC health, shared by replicas.
+//! - [`GaugeStore`] (`gauges.rs`): the counts the metrics read at each scrape.
 //!
 //! [`Store`] is all of them plus readiness: the relay holds one `Arc<dyn Store>` and hands it to
 //! the API, the agent link and the workers; [`open`] makes it from `[store]`. Each backend is a
@@ -15,6 +16,7 @@
 
 pub mod agents;
 mod clients;
+pub mod gauges;
 mod jobs;
 pub mod lifecycle;
 pub mod postgres;
@@ -29,6 +31,7 @@ use crate::config::{StoreBackend, StoreConfig};
 
 pub use agents::{AgentState, AgentStore, AgentThresholds, KnownAgent};
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
+pub use gauges::{GaugeStore, StoreGauges};
 pub use jobs::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
 pub use lifecycle::LifecycleStore;
 pub use webhooks::WebhookStore;
@@ -54,7 +57,7 @@ pub enum StoreError {
 
 /// Everything the relay keeps, in one backend.
 #[async_trait]
-pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore + AgentStore {
+pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore + AgentStore + GaugeStore {
     /// Whether the store can be read and written (readiness).
     async fn check(&self) -> Result<(), StoreError>;
 

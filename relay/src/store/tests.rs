@@ -94,6 +94,7 @@ contract!(
     a_new_hire_moves_through_its_stages_and_its_link_is_claimed_once,
     a_failed_new_hire_loses_its_ciphertext_and_expired_links_are_erased,
     the_store_is_ready,
+    gauges_count_the_queue_by_domain_and_the_outbox_by_state,
 );
 
 // ---- test data
@@ -829,6 +830,34 @@ async fn a_failed_new_hire_loses_its_ciphertext_and_expired_links_are_erased(sto
     assert_eq!(store.expire_links().await.expect("expire"), 1);
     assert_eq!(store.expire_links().await.expect("expire"), 0);
     assert_eq!(store.claim_link("link-expiring", [5; 32]).await.expect("claim"), LinkClaim::Expired);
+}
+
+// ---- gauges
+
+async fn gauges_count_the_queue_by_domain_and_the_outbox_by_state(store: &dyn Store) {
+    assert_eq!(store.gauges().await.expect("gauges"), super::StoreGauges::default());
+    two_clients(store).await;
+    store.set_webhook("pam", &hook(&[WebhookEvent::JobSucceeded])).await.expect("hook");
+    let first = user_job("a.test", "one@a.test");
+    let created = first.id;
+    store.insert_job(first).await.expect("insert");
+    store.insert_job(user_job("a.test", "two@a.test")).await.expect("insert");
+    store.insert_job(user_job("a.test", "three@a.test")).await.expect("insert");
+    store.insert_job(new_job("b.test")).await.expect("insert");
+    let leased = store.claim(&[d("a.test")], "h1", "agent-a", 2, policy()).await.expect("claim");
+    assert_eq!(leased.len(), 2);
+    let done = leased[0].job.job_id;
+    assert_eq!(store.complete(done, "h1", 1, ok()).await.expect("complete"), Completion::Finished);
+
+    let gauges = store.gauges().await.expect("gauges");
+    let queue: Vec<_> = gauges.queue.iter().map(|q| (q.domain.as_str(), q.queued, q.dispatched)).collect();
+    assert_eq!(queue, vec![("a.test", 1, 1), ("b.test", 1, 0)]);
+    let oldest = gauges.queue[0].oldest_queued.expect("a queued job");
+    let first_created = store.job(created).await.expect("read").expect("job").created_at;
+    assert!(oldest >= first_created && oldest <= Timestamp::now(), "{oldest:?}");
+    let webhooks: Vec<_> = gauges.webhooks.iter().map(|w| (w.state.as_str(), w.count)).collect();
+    assert_eq!(webhooks, vec![("pending", 1)]);
+    assert!(gauges.new_hires.is_empty());
 }
 
 async fn the_store_is_ready(store: &dyn Store) {

@@ -150,12 +150,12 @@ impl World {
     pub async fn start_relay_with(&self, overrides: pwrelay_relay::config::Overrides) -> Relay {
         let config = pwrelay_relay::Config::load(&self.path("relay.toml"), &overrides).expect("relay config");
         let app = pwrelay_relay::App::build(config).await.expect("relay builds");
-        let (api, link) = (app.api_addr(), app.link_addr());
+        let (api, link, metrics) = (app.api_addr(), app.link_addr(), app.metrics_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
             let _ = stopped.await;
         }));
-        Relay { api, link, stop: Some(stop), task }
+        Relay { api, link, metrics, stop: Some(stop), task }
     }
 
     /// Starts an agent named `name` whose certificate (from this world's CA) names `cert_domains`
@@ -304,7 +304,7 @@ fn relay_toml(domains: &[DomainName]) -> String {
         "domains = [{}]\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"pki/relay.pem\"\nkey_file = \"pki/relay.key\"\n\n\
          [link]\nlisten = \"127.0.0.1:0\"\ncert_file = \"pki/relay.pem\"\nkey_file = \"pki/relay.key\"\n\
          agent_ca_file = \"pki/ca.pem\"\nheartbeat_seconds = 2\nlease_seconds = 30\n\n\
-         [store]\npath = \"relay.db\"\nkey_file = \"store.key\"\n",
+         [store]\npath = \"relay.db\"\nkey_file = \"store.key\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         list.join(", ")
     )
 }
@@ -313,6 +313,8 @@ fn relay_toml(domains: &[DomainName]) -> String {
 pub struct Relay {
     pub api: SocketAddr,
     pub link: SocketAddr,
+    /// `[metrics] listen` (port chosen by the OS).
+    pub metrics: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), pwrelay_relay::app::AppError>>,
 }

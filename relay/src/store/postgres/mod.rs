@@ -19,6 +19,7 @@
 
 mod agents;
 mod clients;
+mod gauges;
 mod jobs;
 mod lifecycle;
 mod webhooks;

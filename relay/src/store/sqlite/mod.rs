@@ -8,6 +8,7 @@
 
 mod agents;
 mod clients;
+mod gauges;
 mod jobs;
 mod lifecycle;
 mod schema;
