@@ -161,7 +161,7 @@ impl App {
             time_to_live: config.jobs.time_to_live,
         };
         let events = Arc::new(JobEvents::default());
-        let registry = Arc::new(AgentRegistry::default());
+        let registry = Arc::new(AgentRegistry::new(Arc::clone(&store), config.agents));
         let domains = config.domains.iter().cloned().collect();
         let link_keys = Arc::new(LinkKeys::default());
         let lifecycle = match config.lifecycle {

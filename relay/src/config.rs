@@ -28,6 +28,8 @@ struct RelayFile {
     #[serde(default)]
     webhooks: WebhooksFile,
     #[serde(default)]
+    agents: AgentsFile,
+    #[serde(default)]
     log: LogConfig,
     #[serde(default)]
     metrics: MetricsConfig,
@@ -161,6 +163,26 @@ impl Default for JobsFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AgentsFile {
+    /// Default: twice `link.heartbeat_seconds`.
+    #[serde(default)]
+    down_after_seconds: Option<u64>,
+    #[serde(default = "default_stale_after_days")]
+    stale_after_days: u64,
+}
+
+impl Default for AgentsFile {
+    fn default() -> Self {
+        Self { down_after_seconds: None, stale_after_days: default_stale_after_days() }
+    }
+}
+
+fn default_stale_after_days() -> u64 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WebhooksFile {
     #[serde(default = "default_webhook_timeout_seconds")]
     timeout_seconds: u64,
@@ -271,6 +293,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Outbound webhooks.
     pub webhooks: WebhooksConfig,
+    /// When known agents count as down or stale (`[agents]`).
+    pub agents: crate::store::AgentThresholds,
     /// Logging.
     pub log: LogConfig,
     /// The Prometheus listener.
@@ -550,6 +574,20 @@ impl Config {
         if hooks.max_retry_seconds < hooks.first_retry_seconds {
             return Err(ConfigError::invalid("webhooks.max_retry_seconds", "must be at least first_retry_seconds"));
         }
+        let down_after = file.agents.down_after_seconds.unwrap_or(file.link.heartbeat_seconds.saturating_mul(2));
+        if down_after < file.link.heartbeat_seconds {
+            return Err(ConfigError::invalid(
+                "agents.down_after_seconds",
+                format!(
+                    "must be at least link.heartbeat_seconds ({}), or connected agents would show as down between \
+                     heartbeats",
+                    file.link.heartbeat_seconds
+                ),
+            ));
+        }
+        if !(1..=3650).contains(&file.agents.stale_after_days) {
+            return Err(ConfigError::invalid("agents.stale_after_days", "must be between 1 and 3650"));
+        }
         if file.api.max_body_bytes < 1024 {
             return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
         }
@@ -597,6 +635,10 @@ impl Config {
                 ca_file: file.webhooks.ca_file.map(resolve),
                 dangerous_allow_http: file.webhooks.dangerous_allow_http,
             },
+            agents: crate::store::AgentThresholds {
+                down_after: Duration::from_secs(down_after),
+                stale_after: Duration::from_secs(file.agents.stale_after_days.saturating_mul(86_400)),
+            },
             log,
             metrics: file.metrics,
             lifecycle,
@@ -636,6 +678,29 @@ key_file = "store.key"
         assert_eq!(c.webhooks.first_retry, Duration::from_secs(10));
         assert!(c.webhooks.ca_file.is_none() && !c.webhooks.dangerous_allow_http);
         assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.agents.down_after, Duration::from_secs(30), "two heartbeat intervals");
+        assert_eq!(c.agents.stale_after, Duration::from_secs(10 * 86_400));
+    }
+
+    #[test]
+    fn agents_follow_the_heartbeat_and_errors_name_their_keys() {
+        let parse = |text: &str| Config::parse(text, Path::new("/"), &Overrides::default());
+        let faster = MINIMAL.replace("agent_ca_file", "heartbeat_seconds = 4\nagent_ca_file");
+        assert_eq!(parse(&faster).expect("valid").agents.down_after, Duration::from_secs(8));
+        let set = format!("{MINIMAL}[agents]\ndown_after_seconds = 45\nstale_after_days = 2\n");
+        let c = parse(&set).expect("valid");
+        assert_eq!(
+            (c.agents.down_after, c.agents.stale_after),
+            (Duration::from_secs(45), Duration::from_secs(2 * 86_400))
+        );
+        for (agents, key) in [
+            ("down_after_seconds = 14", "agents.down_after_seconds"),
+            ("stale_after_days = 0", "agents.stale_after_days"),
+            ("stale_after_day = 3", "stale_after_day"),
+        ] {
+            let e = parse(&format!("{MINIMAL}[agents]\n{agents}\n")).expect_err(agents).to_string();
+            assert!(e.contains(key), "{agents}: {e}");
+        }
     }
 
     #[test]
@@ -644,6 +709,7 @@ key_file = "store.key"
         let c =
             Config::parse(text, Path::new("/etc/pwrelay"), &Overrides::default()).expect("relay.full.toml is valid");
         assert_eq!(c.link.lease, Duration::from_secs(60));
+        assert_eq!(c.agents.down_after, 2 * c.link.heartbeat, "relay.full.toml shows the default");
         assert_eq!(c.jobs.time_to_live, Duration::from_secs(24 * 3600));
         assert_eq!(c.jobs.idempotency_window, Duration::from_secs(24 * 3600));
         assert_eq!(c.jobs.retention, Duration::from_secs(30 * 86_400));

@@ -521,7 +521,7 @@ pub struct Scrape {
     pub metrics: Arc<RelayMetrics>,
     /// The store, for the gauges.
     pub store: Arc<dyn Store>,
-    /// The agent streams of this replica.
+    /// The known agents (from the store: the same on every replica).
     pub registry: Arc<AgentRegistry>,
 }
 
@@ -541,17 +541,28 @@ async fn serve_metrics(State(scrape): State<Scrape>) -> Response {
                 .into_response();
         }
     };
-    let agents: Vec<AgentGauge> = scrape
-        .registry
-        .snapshot()
+    let known = match scrape.registry.agents().await {
+        Ok(known) => known,
+        Err(error) => {
+            tracing::warn!(%error, "metrics: the known agents cannot be read");
+            return (StatusCode::SERVICE_UNAVAILABLE, "the store cannot be read; see the relay's log\n")
+                .into_response();
+        }
+    };
+    let (now, thresholds) = (Timestamp::now(), scrape.registry.thresholds());
+    let agents: Vec<AgentGauge> = known
         .into_iter()
         .map(|a| AgentGauge {
-            name: a.name,
-            connected: true,
+            connected: a.state(&thresholds, now) == crate::store::AgentState::Connected,
             domains: a.domains.iter().map(ToString::to_string).collect(),
             last_seen: a.last_seen,
-            certificate_expiry: None,
-            dcs: Vec::new(),
+            certificate_expiry: Some(a.certificate.expires),
+            dcs: a
+                .directories
+                .iter()
+                .flat_map(|d| d.dcs.iter().map(|dc| (d.domain.to_string(), dc.name.clone(), dc.bind_ok)))
+                .collect(),
+            name: a.name,
         })
         .collect();
     let text = scrape.metrics.render(&store, &agents).await;

@@ -475,16 +475,17 @@ async fn agents_and_readiness_show_only_what_the_scopes_cover() {
     };
     assert!(
         support::eventually(Duration::from_secs(10), || async {
-            agents(&relay.token).await.as_array().is_some_and(|a| a.len() == 3)
+            agents(&relay.token).await["agents"].as_array().is_some_and(|a| a.len() == 3)
         })
         .await,
         "the three agents connect: {}",
         agents(&relay.token).await
     );
     let scoped = agents(&relay.scoped).await;
-    let names: Vec<&str> = scoped.as_array().expect("list").iter().filter_map(|a| a["name"].as_str()).collect();
+    let listed = scoped["agents"].as_array().expect("list");
+    let names: Vec<&str> = listed.iter().filter_map(|a| a["name"].as_str()).collect();
     assert_eq!(names, ["agent-both", "agent-corp"], "{scoped}");
-    assert!(scoped.as_array().expect("list").iter().all(|a| a["domains"] == json!([DOMAIN])), "{scoped}");
+    assert!(listed.iter().all(|a| a["domains"] == json!([DOMAIN])), "{scoped}");
     assert!(!scoped.to_string().contains(OTHER), "{scoped}");
 
     let (status, _, text) = read(http.get(relay.url("/readyz")).send().await.expect("answer")).await;

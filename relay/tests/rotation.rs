@@ -235,13 +235,13 @@ async fn an_agent_only_receives_jobs_for_the_domains_in_its_certificate() {
     // This agent's configuration claims both domains, but its certificate names only other.test.
     let outsider = world.start_agent(&relay, "site-other", &[&other], &[&other, &dc.domain]).await;
     let connected = eventually(Duration::from_secs(15), || async {
-        let (_, agents) = world.get(&relay, "/v1/agents").await;
-        agents.as_array().is_some_and(|a| a.iter().any(|x| x["name"] == "site-other"))
+        let (_, fleet) = world.get(&relay, "/v1/agents").await;
+        fleet["agents"].as_array().is_some_and(|a| a.iter().any(|x| x["name"] == "site-other"))
     })
     .await;
     assert!(connected, "the outsider agent connects");
-    let (_, agents) = world.get(&relay, "/v1/agents").await;
-    assert_eq!(agents[0]["domains"], json!(["other.test"]), "authorized for its certificate's domains only");
+    let (_, fleet) = world.get(&relay, "/v1/agents").await;
+    assert_eq!(fleet["agents"][0]["domains"], json!(["other.test"]), "authorized for its certificate's domains only");
 
     let user = world.user("dom").await;
     let job_id = world
@@ -288,8 +288,8 @@ async fn an_agent_certificate_from_another_ca_is_refused() {
         eventually(Duration::from_secs(15), || async { logs().text().contains("TLS handshake refused") }).await;
     assert!(refused, "the relay logs the refused handshake");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, agents) = world.get(&relay, "/v1/agents").await;
-    assert_eq!(agents, json!([]), "no agent is registered");
+    let (_, fleet) = world.get(&relay, "/v1/agents").await;
+    assert_eq!(fleet["agents"], json!([]), "no agent is registered");
     let (_, job) = world.get(&relay, &format!("/v1/jobs/{job_id}")).await;
     assert_eq!(job["state"], "queued");
     assert!(dc.bind(&user.dn, user.password.expose_secret()).await.ok(), "the password is unchanged");
@@ -312,8 +312,8 @@ async fn the_agent_refuses_a_relay_certificate_without_the_expected_name() {
     })
     .await;
     assert!(refused, "the agent reports the name mismatch");
-    let (_, agents) = world.get(&relay, "/v1/agents").await;
-    assert_eq!(agents, json!([]), "the agent never connected");
+    let (_, fleet) = world.get(&relay, "/v1/agents").await;
+    assert_eq!(fleet["agents"], json!([]), "the agent never connected");
     assert_eq!(agent.readyz().await.0, 503);
     agent.stop().await;
     relay.stop().await;

@@ -239,6 +239,8 @@ pub struct DcHealth {
     pub ok: bool,
     /// The error, when it did not.
     pub detail: String,
+    /// How long connecting and binding took, when it got that far.
+    pub latency: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Directory {
@@ -528,7 +530,7 @@ impl Directory {
     pub async fn check_each_dc(&self) -> Vec<DcHealth> {
         let urls = match self.dc_urls().await {
             Ok(urls) => urls,
-            Err(e) => return vec![DcHealth { url: "dns-srv".into(), ok: false, detail: e.message }],
+            Err(e) => return vec![DcHealth { url: "dns-srv".into(), ok: false, detail: e.message, latency: None }],
         };
         let mut health = Vec::new();
         for dc in &urls {
@@ -536,12 +538,14 @@ impl Directory {
             let attempt = match self.service_attempt().await {
                 Ok(attempt) => attempt,
                 Err(e) => {
-                    health.push(DcHealth { url: dc.url.clone(), ok: false, detail: e.message });
+                    health.push(DcHealth { url: dc.url.clone(), ok: false, detail: e.message, latency: None });
                     continue;
                 }
             };
+            let started = tokio::time::Instant::now();
             let bound =
                 self.bind_to(std::slice::from_ref(dc), self.service_login(attempt.as_ref()), "health bind").await;
+            let latency = bound.is_ok().then(|| started.elapsed());
             let (ok, detail) = match bound {
                 Ok(bound) => match self.settle_service_bind(attempt, bound) {
                     Ok(mut conn) => {
@@ -552,7 +556,7 @@ impl Directory {
                 },
                 Err(e) => (false, e.message),
             };
-            health.push(DcHealth { url: dc.url.clone(), ok, detail });
+            health.push(DcHealth { url: dc.url.clone(), ok, detail, latency });
         }
         health
     }

@@ -431,6 +431,16 @@ impl LinkClient {
                     domain: domain.to_string(),
                     bind_ok: status.bind_ok,
                     detail: status.detail,
+                    dcs: status
+                        .dcs
+                        .into_iter()
+                        .map(|dc| pb::DcHealth {
+                            name: dc.url,
+                            bind_ok: dc.ok,
+                            detail: dc.detail,
+                            latency_ms: dc.latency.map(|l| u32::try_from(l.as_millis()).unwrap_or(u32::MAX)),
+                        })
+                        .collect(),
                 })
                 .collect(),
             ping_nonce,

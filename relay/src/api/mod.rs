@@ -12,7 +12,7 @@
 //! | `DELETE /v1/jobs/{id}` | token | cancel a job no agent has taken yet |
 //! | `GET /v1/jobs/{id}/secret` | token | a generated password, exactly once (then 410) |
 //! | `GET /v1/webhooks/deliveries[?state=&limit=]` | token | the client's webhook and delivery log, newest first |
-//! | `GET /v1/agents` | token | connected agents of the domains the client's scopes cover |
+//! | `GET /v1/agents` | token | known agents of the domains the client's scopes cover (state, DC health, certificate expiry, job counts), and those domains no connected agent serves |
 //! | `GET /v1/openapi.json` | none | this API's OpenAPI 3 document (it holds no secret) |
 //! | `POST /v1/lifecycle/callouts` | Entra token or HMAC signature | a Lifecycle Workflows callout → 202 |
 //! | `GET /v1/lifecycle/requests/{id}` | token (`lifecycle` scope) | a new-hire request's stage, delivery and resume state |
@@ -100,7 +100,7 @@ pub struct ApiState {
     pub sealer: Arc<Sealer>,
     /// Job signals (long-poll wake-ups, dispatch wake-ups).
     pub events: Arc<JobEvents>,
-    /// Connected agents.
+    /// The known agents (from the store, so the same on every replica).
     pub registry: Arc<AgentRegistry>,
     /// Domains this relay serves.
     pub domains: BTreeSet<DomainName>,

@@ -268,6 +268,6 @@ pub(super) async fn queue_all(
             .job(original));
         }
     };
-    let agent_connected = state.registry.serves(&domain);
+    let agent_connected = state.registry.serves(&domain).await;
     Ok((StatusCode::ACCEPTED, reply_headers, Json(JobAccepted { job_id: id, agent_connected })))
 }

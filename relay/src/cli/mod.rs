@@ -1,5 +1,6 @@
 //! The `pwrelay` command line: `serve` runs the relay; the other commands prepare and operate it.
 
+mod agents;
 mod client;
 mod clients;
 mod password;
@@ -36,6 +37,9 @@ enum Command {
     /// Create the private CA, the relay's link certificate, and agent certificates.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// See the known agents (from the store, as every replica sees them) and forget gone ones.
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
     /// Manage API clients (the PAMs and workflows that call the API).
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
@@ -75,6 +79,7 @@ impl Cli {
         match self.command {
             Command::Serve(args) => serve::run(args),
             Command::Pki(command) => pki::run(command),
+            Command::Agents(command) => agents::run(command),
             Command::Clients(command) => clients::run(command),
             Command::StoreKey(StoreKeyCommand::Generate { out }) => generate_store_key(&out),
             Command::Password(command) => password::run(command),

@@ -1,8 +1,9 @@
 //! The agent link: the gRPC `AgentLink` service agents dial into over mutual TLS.
 //!
 //! The TLS layer ([`crate::listener`], with [`pwrelay_shared::tls::link_server`]) admits only
-//! clients whose certificate chains to the agent CA. This module reads the agent's identity from
-//! that certificate and runs one [`session`] per stream.
+//! clients whose certificate chains to the agent CA. This module reads the agent's identity (and
+//! the certificate's serial and expiry, for the known agents of [`registry`]) from that
+//! certificate and runs one [`session`] per stream.
 
 pub mod registry;
 mod session;
@@ -21,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::jobs::Timestamp;
 use crate::jobs::events::JobEvents;
 use crate::seal::Sealer;
+use crate::store::agents::AgentCertificate;
 use crate::store::{ClaimPolicy, Store};
 use registry::AgentRegistry;
 
@@ -35,7 +38,7 @@ pub struct LinkContext {
     pub sealer: Arc<Sealer>,
     /// Job signals.
     pub events: Arc<JobEvents>,
-    /// Connected agents.
+    /// The known agents, in the store; each session writes its agent through.
     pub registry: Arc<AgentRegistry>,
     /// Domains this relay serves.
     pub relay_domains: BTreeSet<DomainName>,
@@ -78,11 +81,25 @@ impl AgentLink for LinkService {
             tracing::warn!(error = %e, "agent certificate carries no usable identity");
             Status::permission_denied(e.to_string())
         })?;
+        let certificate = certificate_facts(leaf).map_err(|e| {
+            tracing::warn!(error = %e, "agent certificate cannot be read");
+            Status::permission_denied(e)
+        })?;
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (outbound, rx) = mpsc::channel(32);
-        let session = session::Session::new(Arc::clone(&self.context), identity, peer, outbound);
+        let session = session::Session::new(Arc::clone(&self.context), identity, certificate, peer, outbound);
         self.tracker.spawn(session.run(inbound, self.cancel.child_token()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The serial (hexadecimal) and expiry of a DER certificate.
+fn certificate_facts(der: &[u8]) -> Result<AgentCertificate, String> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|e| format!("the client certificate cannot be parsed: {e}"))?;
+    let serial = cert.tbs_certificate.raw_serial().iter().map(|b| format!("{b:02x}")).collect();
+    let expires = Timestamp(cert.validity().not_after.timestamp().saturating_mul(1000));
+    Ok(AgentCertificate { serial, expires })
 }

@@ -1,6 +1,10 @@
 //! One agent stream: hello and authorization, then claiming jobs for the agent, delivering them,
 //! renewing the leases of the jobs it runs and recording its results, until the stream ends.
 //!
+//! The agent is written through to the known agents ([`super::registry`]): at hello, with every
+//! heartbeat (its DC health, jobs in flight, and the jobs it finished since the last one), and when
+//! the stream ends.
+//!
 //! Jobs are leased to the agent's *holder*: its certificate name and the instance id of its
 //! process. A stream that ends takes no lease away: the same process renews its leases and resends
 //! its unacknowledged results on its next stream, and the jobs of an agent that does not come back
@@ -21,12 +25,16 @@ use tonic::{Status, Streaming};
 use tracing::Instrument as _;
 
 use super::LinkContext;
-use super::registry::{ConnectedAgent, Registration};
+use super::registry::Registration;
 use crate::jobs::{
     AccountState, ErrorCode, GenerateMode, JobError, JobId, JobKind, JobState, JobSuccess, LeasedJob, Outcome,
     ResultSecret, SecretEncoding, Timestamp,
 };
 use crate::store::Completion;
+use crate::store::agents::{
+    AgentCertificate, AgentReport, AgentStream, DcHealth, DirectoryHealth, JobCounts, MAX_DCS, MAX_DETAIL_CHARS,
+    MAX_DIRECTORIES, MAX_VERSION_CHARS, bounded_text,
+};
 
 /// The audit event of a result that changed nothing because it is not from the current attempt.
 const STALE_RESULT_EVENT: &str = "link.stale_result";
@@ -48,6 +56,7 @@ type Outbound = mpsc::Sender<Result<pb::RelayMessage, Status>>;
 pub(super) struct Session {
     context: Arc<LinkContext>,
     identity: AgentIdentity,
+    certificate: AgentCertificate,
     peer: Option<SocketAddr>,
     outbound: Outbound,
 }
@@ -79,10 +88,11 @@ impl Session {
     pub(super) fn new(
         context: Arc<LinkContext>,
         identity: AgentIdentity,
+        certificate: AgentCertificate,
         peer: Option<SocketAddr>,
         outbound: Outbound,
     ) -> Self {
-        Self { context, identity, peer, outbound }
+        Self { context, identity, certificate, peer, outbound }
     }
 
     pub(super) async fn run(self, inbound: Streaming<pb::AgentMessage>, cancel: CancellationToken) {
@@ -105,7 +115,7 @@ impl Session {
             }
             Err(_) => return self.refuse(Status::deadline_exceeded("no hello within 10 s")).await,
         };
-        let mut active = match self.authorize(&hello) {
+        let mut active = match self.authorize(&hello).await {
             Ok(active) => active,
             Err(status) => return self.refuse(status).await,
         };
@@ -138,7 +148,7 @@ impl Session {
             // next stream, reports them, or their lease and the write timeout pass.
             tracing::info!(jobs = active.in_flight.len(), "the agent's unfinished jobs stay leased to it");
         }
-        drop(active.registration);
+        active.registration.close().await;
     }
 
     async fn refuse(&self, status: Status) {
@@ -146,7 +156,7 @@ impl Session {
         let _gone = self.outbound.send(Err(status)).await;
     }
 
-    fn authorize(&self, hello: &pb::Hello) -> Result<Active, Status> {
+    async fn authorize(&self, hello: &pb::Hello) -> Result<Active, Status> {
         let mut asked = BTreeSet::new();
         for name in &hello.domains {
             let domain =
@@ -177,18 +187,23 @@ impl Session {
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         let holder = format!("{}#{instance}", self.identity.name);
         let now = Timestamp::now();
-        let registration = self.context.registry.register(
-            holder.clone(),
-            ConnectedAgent {
-                name: self.identity.name.to_string(),
-                domains: domains.clone(),
-                version: hello.agent_version.chars().take(64).collect(),
-                peer: self.peer,
-                connected_at: now,
-                last_seen: now,
-                jobs_in_flight: 0,
+        let report = AgentReport {
+            name: self.identity.name.to_string(),
+            domains: domains.clone(),
+            version: bounded_text(&hello.agent_version, MAX_VERSION_CHARS),
+            certificate: self.certificate.clone(),
+            stream: AgentStream {
+                replica: self.context.registry.replica().to_owned(),
+                id: uuid::Uuid::new_v4().to_string(),
+                peer: self.peer.map(|p| p.to_string()),
+                opened: now,
             },
-        );
+            seen: now,
+            directories: None,
+            jobs_in_flight: 0,
+            finished: JobCounts::default(),
+        };
+        let registration = self.context.registry.register(report).await;
         Ok(Active {
             holder,
             domains,
@@ -246,11 +261,14 @@ impl Session {
         use pb::agent_message::Body;
         match message.body {
             Some(Body::Result(result)) => self.record(active, result).await?,
-            Some(Body::Heartbeat(heartbeat)) => self.renew(active, heartbeat).await?,
+            Some(Body::Heartbeat(mut heartbeat)) => {
+                let directories = directory_health(std::mem::take(&mut heartbeat.directories), &active.domains);
+                self.renew(active, heartbeat).await?;
+                active.registration.heartbeat(directories, active.in_flight.len()).await;
+            }
             Some(Body::Hello(_)) => tracing::warn!("agent sent a second hello; ignoring it"),
             None => tracing::warn!("agent sent an empty message; ignoring it"),
         }
-        active.registration.touch(active.in_flight.len());
         Ok(())
     }
 
@@ -338,6 +356,7 @@ impl Session {
         match completion {
             Ok(Completion::Finished) => {
                 active.in_flight.remove(&id);
+                active.registration.finished(state == JobState::Succeeded);
                 tracing::info!(job_id = %id, attempt, state = state.as_str(), "job finished");
                 self.finished(active, id, state, error_code).await;
             }
@@ -413,7 +432,6 @@ impl Session {
                 }
             }
         }
-        active.registration.touch(active.in_flight.len());
         Ok(())
     }
 
@@ -539,6 +557,29 @@ impl Session {
     async fn send(&self, body: pb::relay_message::Body) -> Result<(), End> {
         self.outbound.send(Ok(pb::RelayMessage { body: Some(body) })).await.map_err(|_| End::OutboundClosed)
     }
+}
+
+/// A heartbeat's DC health as it is kept: only the stream's domains, bounded in number and length.
+fn directory_health(reported: Vec<pb::DirectoryHealth>, served: &[DomainName]) -> Vec<DirectoryHealth> {
+    reported
+        .into_iter()
+        .filter_map(|d| {
+            let domain = DomainName::parse(&d.domain).ok().filter(|domain| served.contains(domain))?;
+            let dcs = d
+                .dcs
+                .into_iter()
+                .take(MAX_DCS)
+                .map(|dc| DcHealth {
+                    name: bounded_text(&dc.name, MAX_DETAIL_CHARS),
+                    bind_ok: dc.bind_ok,
+                    detail: bounded_text(&dc.detail, MAX_DETAIL_CHARS),
+                    latency_ms: dc.latency_ms,
+                })
+                .collect();
+            Some(DirectoryHealth { domain, bind_ok: d.bind_ok, detail: bounded_text(&d.detail, MAX_DETAIL_CHARS), dcs })
+        })
+        .take(MAX_DIRECTORIES)
+        .collect()
 }
 
 fn duration_ms(duration: Duration) -> u64 {

@@ -6,6 +6,7 @@
 //! - [`ClientStore`] (`clients.rs`): API clients and their scopes.
 //! - [`WebhookStore`] (`webhooks.rs`): subscriptions, the outbox and the delivery log.
 //! - [`LifecycleStore`] (`lifecycle.rs`): new-hire requests and their one-time links.
+//! - [`AgentStore`] (`agents.rs`): the known agents, their state and DC health, shared by replicas.
 //! - [`GaugeStore`] (`gauges.rs`): the counts the metrics read at each scrape.
 //! - [`ReplicaStore`] (`replicas.rs`): the relay processes sharing the store, with heartbeats.
 //!
@@ -14,6 +15,7 @@
 //! folder of the same shape, one file per trait: [`sqlite`] is the embedded default for one relay,
 //! [`postgres`] the one several relays can share. `tests.rs` is the contract both are held to.
 
+pub mod agents;
 mod clients;
 pub mod gauges;
 mod jobs;
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{StoreBackend, StoreConfig};
 use crate::jobs::events::JobEvents;
 
+pub use agents::{AgentState, AgentStore, AgentThresholds, KnownAgent};
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
 pub use gauges::{GaugeStore, StoreGauges};
 pub use jobs::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
@@ -59,7 +62,9 @@ pub enum StoreError {
 
 /// Everything the relay keeps, in one backend.
 #[async_trait]
-pub trait Store: JobStore + ClientStore + WebhookStore + LifecycleStore + ReplicaStore + GaugeStore {
+pub trait Store:
+    JobStore + ClientStore + WebhookStore + LifecycleStore + ReplicaStore + AgentStore + GaugeStore
+{
     /// Whether the store can be read and written (readiness).
     async fn check(&self) -> Result<(), StoreError>;
 

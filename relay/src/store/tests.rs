@@ -1075,3 +1075,152 @@ async fn sweeps_run_at_once_on_two_replicas_do_the_work_once(a: &dyn Store, b: &
     }
     assert_eq!(purged.jobs, 40, "each job deleted once");
 }
+
+// ---- known agents
+
+mod agents {
+    use super::*;
+    use crate::store::agents::{
+        AgentCertificate, AgentReport, AgentStream, DcHealth, DirectoryHealth, Forgetting, JobCounts,
+    };
+    use crate::store::{AgentState, AgentThresholds};
+
+    contract!(
+        an_agent_is_recorded_at_hello_and_with_every_heartbeat,
+        a_stream_that_ends_leaves_the_agent_down_unless_a_newer_one_is_open,
+        connected_domains_are_those_of_agents_heard_from_recently,
+        an_agent_is_forgotten_only_when_not_connected_unless_forced,
+    );
+
+    fn report(name: &str, stream: &str, seen: i64) -> AgentReport {
+        AgentReport {
+            name: name.into(),
+            domains: vec![d("a.test"), d("b.test")],
+            version: "1.2.3".into(),
+            certificate: AgentCertificate { serial: "0a1b".into(), expires: Timestamp(9_000_000_000_000) },
+            stream: AgentStream {
+                replica: "relay-1".into(),
+                id: stream.into(),
+                peer: Some("10.0.0.5:50123".into()),
+                opened: Timestamp(seen),
+            },
+            seen: Timestamp(seen),
+            directories: None,
+            jobs_in_flight: 0,
+            finished: JobCounts::default(),
+        }
+    }
+
+    fn health() -> Vec<DirectoryHealth> {
+        vec![DirectoryHealth {
+            domain: d("a.test"),
+            bind_ok: false,
+            detail: "ldaps://dc2: connection refused".into(),
+            dcs: vec![
+                DcHealth { name: "ldaps://dc1".into(), bind_ok: true, detail: String::new(), latency_ms: Some(12) },
+                DcHealth {
+                    name: "ldaps://dc2".into(),
+                    bind_ok: false,
+                    detail: "connection refused".into(),
+                    latency_ms: None,
+                },
+            ],
+        }]
+    }
+
+    const THRESHOLDS: AgentThresholds =
+        AgentThresholds { down_after: Duration::from_secs(30), stale_after: Duration::from_secs(10 * 86_400) };
+
+    async fn an_agent_is_recorded_at_hello_and_with_every_heartbeat(store: &dyn Store) {
+        let now = Timestamp::now().0;
+        store.record_agent(&report("site-a", "s1", now - 5000)).await.expect("hello");
+        let hello = store.agent("site-a").await.expect("read").expect("known");
+        assert_eq!((hello.first_seen, hello.last_seen), (Timestamp(now - 5000), Timestamp(now - 5000)));
+        assert!(hello.connected && hello.directories.is_empty());
+        assert_eq!(hello.domains, vec![d("a.test"), d("b.test")]);
+        assert_eq!(hello.certificate.serial, "0a1b");
+        assert_eq!(hello.stream.peer.as_deref(), Some("10.0.0.5:50123"));
+        assert_eq!(hello.state(&THRESHOLDS, Timestamp(now)), AgentState::Connected);
+
+        let beat = AgentReport {
+            directories: Some(health()),
+            jobs_in_flight: 3,
+            finished: JobCounts { done: 4, failed: 1 },
+            ..report("site-a", "s1", now)
+        };
+        store.record_agent(&beat).await.expect("heartbeat");
+        store
+            .record_agent(&AgentReport { finished: JobCounts { done: 2, failed: 0 }, ..beat.clone() })
+            .await
+            .expect("again");
+        // A hello (no health) keeps the health of the last heartbeat.
+        store.record_agent(&report("site-a", "s2", now)).await.expect("hello again");
+        let agent = store.agent("site-a").await.expect("read").expect("known");
+        assert_eq!(agent.first_seen, Timestamp(now - 5000), "the first sighting is kept");
+        assert_eq!(agent.last_seen, Timestamp(now));
+        assert_eq!(agent.directories, health());
+        assert_eq!((agent.jobs_done, agent.jobs_failed), (6, 1), "counters add up");
+        assert_eq!(agent.stream.id, "s2");
+        // An older report never moves last_seen back.
+        store.record_agent(&report("site-a", "s2", now - 60_000)).await.expect("late");
+        assert_eq!(store.agent("site-a").await.expect("read").expect("known").last_seen, Timestamp(now));
+
+        store.record_agent(&report("site-b", "t1", now)).await.expect("other");
+        let names: Vec<String> = store.agents().await.expect("list").into_iter().map(|a| a.name).collect();
+        assert_eq!(names, ["site-a", "site-b"]);
+        assert_eq!(store.agent("nobody").await.expect("read"), None);
+    }
+
+    async fn a_stream_that_ends_leaves_the_agent_down_unless_a_newer_one_is_open(store: &dyn Store) {
+        let now = Timestamp::now().0;
+        store.record_agent(&report("site-a", "s1", now)).await.expect("first stream");
+        store.record_agent(&report("site-a", "s2", now)).await.expect("second stream");
+        let older = JobCounts { done: 1, failed: 0 };
+        assert!(!store.agent_disconnected("site-a", "s1", older).await.expect("end s1"), "s1 is not current");
+        let agent = store.agent("site-a").await.expect("read").expect("known");
+        assert!(agent.connected, "the newer stream is still open");
+        assert_eq!(agent.jobs_done, 1, "the ended stream's counts are kept");
+        assert!(store.agent_disconnected("site-a", "s2", JobCounts::default()).await.expect("end s2"));
+        let agent = store.agent("site-a").await.expect("read").expect("known");
+        assert!(!agent.connected);
+        assert_eq!(agent.state(&THRESHOLDS, Timestamp(now)), AgentState::Down);
+        assert!(!store.agent_disconnected("nobody", "x", JobCounts::default()).await.expect("unknown"));
+        // Silent for longer than stale_after: stale.
+        let later = Timestamp(now + 11 * 86_400_000);
+        assert_eq!(agent.state(&THRESHOLDS, later), AgentState::Stale);
+    }
+
+    async fn connected_domains_are_those_of_agents_heard_from_recently(store: &dyn Store) {
+        let now = Timestamp::now().0;
+        store.record_agent(&report("site-a", "s1", now)).await.expect("a");
+        store
+            .record_agent(&AgentReport { domains: vec![d("c.test")], ..report("site-c", "s3", now - 60_000) })
+            .await
+            .expect("c, silent");
+        store
+            .record_agent(&AgentReport { domains: vec![d("e.test")], ..report("site-e", "s5", now) })
+            .await
+            .expect("e");
+        store.agent_disconnected("site-e", "s5", JobCounts::default()).await.expect("e ends");
+        let served = store.connected_domains(THRESHOLDS.heard_since(Timestamp(now))).await.expect("domains");
+        assert_eq!(served.into_iter().collect::<Vec<_>>(), vec![d("a.test"), d("b.test")]);
+    }
+
+    async fn an_agent_is_forgotten_only_when_not_connected_unless_forced(store: &dyn Store) {
+        let now = Timestamp::now();
+        store.record_agent(&report("site-a", "s1", now.0)).await.expect("a");
+        let since = Some(THRESHOLDS.heard_since(now));
+        assert_eq!(store.forget_agent("site-a", since).await.expect("forget"), Forgetting::Connected);
+        assert!(store.agent("site-a").await.expect("read").is_some(), "a connected agent stays");
+        assert_eq!(store.forget_agent("site-a", None).await.expect("force"), Forgetting::Forgotten);
+        assert_eq!(store.agent("site-a").await.expect("read"), None);
+        assert_eq!(store.forget_agent("site-a", None).await.expect("again"), Forgetting::Unknown);
+        store.record_agent(&report("site-b", "s2", now.0)).await.expect("b");
+        store.agent_disconnected("site-b", "s2", JobCounts::default()).await.expect("b ends");
+        assert_eq!(store.forget_agent("site-b", since).await.expect("forget"), Forgetting::Forgotten, "down");
+        // Connected, but silent for longer than down_after: forgettable without force.
+        store.record_agent(&report("site-c", "s3", now.0 - 60_000)).await.expect("c");
+        assert_eq!(store.forget_agent("site-c", since).await.expect("forget"), Forgetting::Forgotten, "silent");
+        assert!(store.agents().await.expect("list").is_empty());
+    }
+}

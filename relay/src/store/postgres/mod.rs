@@ -24,6 +24,7 @@
 //! each sweep runs under a transaction-level advisory lock: a replica that finds it taken skips
 //! that round, since another replica is doing the same work.
 
+mod agents;
 mod clients;
 mod gauges;
 mod jobs;
@@ -354,7 +355,7 @@ mod tests {
         let config = fresh_database(&server).await;
         let (first, second) = tokio::join!(PostgresStore::open(&config), PostgresStore::open(&config));
         let (first, _second) = (first.expect("open"), second.expect("open concurrently"));
-        assert_eq!(first.schema_version().await.expect("version"), 3);
+        assert_eq!(first.schema_version().await.expect("version"), i32::try_from(MIGRATIONS.len()).expect("few"));
         assert!(first.location().starts_with("postgres://postgres@127.0.0.1:"), "{}", first.location());
         first
             .client()

@@ -1,5 +1,5 @@
 //! The SQLite schema: version 1 and the migrations after it, recorded in `PRAGMA user_version`.
-//! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002`, 9 its `0003_replicas.sql`.
+//! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002_agents.sql`, 9 its `0003_replicas.sql`.
 
 /// Schema version written to `PRAGMA user_version`.
 pub(super) const SCHEMA_VERSION: i64 = 9;
@@ -89,8 +89,7 @@ UPDATE jobs SET account_key = domain || '/' || target_kind || ':' || lower(targe
  WHERE kind != 'reconcile_batch';
 CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms);
 ",
-    // 7 → 8: a placeholder for the known-agents table, which its own change fills in.
-    "",
+    AGENTS,
     REPLICAS,
 ];
 
@@ -149,6 +148,28 @@ CREATE TABLE IF NOT EXISTS api_clients (
     name         TEXT PRIMARY KEY,
     token_sha256 BLOB NOT NULL UNIQUE,
     created_ms   INTEGER NOT NULL
+);
+";
+
+/// The known agents (migration 7 → 8; PostgreSQL's `0002_agents.sql`).
+const AGENTS: &str = "
+CREATE TABLE IF NOT EXISTS agents (
+    name            TEXT PRIMARY KEY,          -- from the agent's certificate
+    domains         TEXT NOT NULL,             -- JSON array: the domains its last stream serves
+    version         TEXT NOT NULL,
+    cert_serial     TEXT NOT NULL,             -- hexadecimal
+    cert_expires_ms INTEGER NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    last_seen_ms    INTEGER NOT NULL,
+    connected       INTEGER NOT NULL,          -- 1 while the stream below is open
+    replica         TEXT NOT NULL,             -- the relay replica of its last stream
+    stream          TEXT NOT NULL,             -- that stream's id
+    peer            TEXT,                      -- address:port it connected from
+    opened_ms       INTEGER NOT NULL,          -- when that stream opened
+    directories     TEXT NOT NULL DEFAULT '[]', -- JSON: the DC health of its last heartbeat
+    jobs_in_flight  INTEGER NOT NULL DEFAULT 0,
+    jobs_done       INTEGER NOT NULL DEFAULT 0,
+    jobs_failed     INTEGER NOT NULL DEFAULT 0
 );
 ";
 

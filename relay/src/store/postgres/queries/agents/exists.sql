@@ -1,0 +1,2 @@
+-- Whether agent $1 is known.
+SELECT 1 FROM agents WHERE name = $1

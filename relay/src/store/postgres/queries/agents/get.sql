@@ -1,0 +1,4 @@
+-- One agent.
+SELECT name, domains, version, cert_serial, cert_expires_ms, first_seen_ms, last_seen_ms, connected,
+       replica, stream, peer, opened_ms, directories, jobs_in_flight, jobs_done, jobs_failed
+  FROM agents WHERE name = $1
