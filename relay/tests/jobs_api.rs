@@ -42,7 +42,8 @@ async fn a_client_may_only_do_what_its_scopes_allow() {
     assert_eq!(reply["error"]["code"], "invalid_request", "{reply}");
     assert!(!reply.to_string().contains("other.test"), "{reply}");
     let (unserved_status, unserved) =
-        post("/v1/verifications", json!({ "domain": "nowhere.test", "target": target, "password": "Xx1!xxxxxx" })).await;
+        post("/v1/verifications", json!({ "domain": "nowhere.test", "target": target, "password": "Xx1!xxxxxx" }))
+            .await;
     assert_eq!((unserved_status, &unserved), (status, &reply), "the same answer for both");
     relay.stop().await;
 }
