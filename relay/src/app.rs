@@ -173,6 +173,7 @@ impl App {
                         sealer: Arc::clone(&sealer),
                         events: Arc::clone(&events),
                         keys: Arc::clone(&link_keys),
+                        metrics: Arc::clone(&metrics),
                         domains: config.domains.clone(),
                     },
                 )

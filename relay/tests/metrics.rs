@@ -79,10 +79,18 @@ async fn relay_and_agent_metrics_show_what_happened() {
     expect("pwrelay_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}", 1.0);
     let refusals = sample(&text, "pwrelay_tls_handshakes_refused_total{listener=\"link\",reason=\"no_certificate\"}");
     assert!(refusals >= Some(1.0), "{text}");
-    // Bounded labels: no account, job id or address in any series.
-    for secretish in [user.upn.as_str(), good.as_str(), waiting.as_str(), "127.0.0.1", "Metrics-Pass-42!"] {
+    // Bounded labels: no account, job id, password or client address in any series (the test DC's
+    // URL, ldaps://127.0.0.1, is a DC name as the agent's configuration gives it).
+    for secretish in [user.upn.as_str(), good.as_str(), waiting.as_str(), "Metrics-Pass-42!"] {
         assert!(!text.contains(secretish), "{secretish} must not be a label:\n{text}");
     }
+    let addressed: Vec<&str> =
+        text.lines().filter(|l| l.contains("127.0.0.1") && !l.starts_with("pwrelay_agent_dc_up{")).collect();
+    assert!(addressed.is_empty(), "no client address in a label: {addressed:?}");
+    assert!(
+        text.contains(&format!("pwrelay_agent_dc_up{{agent=\"site-m\",domain=\"{domain}\",dc=\"")),
+        "the agent's DC health from its heartbeat: {text}"
+    );
 
     let agent_text = scrape(agent.health).await;
     assert_eq!(

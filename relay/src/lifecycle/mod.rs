@@ -68,6 +68,8 @@ pub struct Lifecycle {
     pub events: Arc<JobEvents>,
     /// Link keys on their way from the agent session to the delivery.
     pub keys: Arc<LinkKeys>,
+    /// The jobs it creates are counted here.
+    pub metrics: Arc<crate::metrics::RelayMetrics>,
     /// Graph.
     pub graph: GraphClient,
     /// The SMS gateway, when configured.
@@ -97,6 +99,8 @@ pub struct Parts {
     pub events: Arc<JobEvents>,
     /// Link keys.
     pub keys: Arc<LinkKeys>,
+    /// The relay's metrics.
+    pub metrics: Arc<crate::metrics::RelayMetrics>,
     /// Served domains.
     pub domains: Vec<pwrelay_shared::domain::DomainName>,
 }
@@ -117,6 +121,7 @@ impl Lifecycle {
             sealer: parts.sealer,
             events: parts.events,
             keys: parts.keys,
+            metrics: parts.metrics,
             domains: parts.domains,
             client_limiter,
             wake: tokio::sync::Notify::new(),

@@ -253,9 +253,12 @@ async fn resolve(lifecycle: &Lifecycle, request: &LifecycleRequest) -> StepResul
         n => format!("lifecycle:{id}:reissue-{n}"),
     };
     let key = (name, Sha256::digest(id.as_bytes()).into());
-    let (new_id, domain, account) = (job.id, job.domain.clone(), job.target.value());
+    let (new_id, kind, domain, account) = (job.id, job.kind, job.domain.clone(), job.target.value());
     let job_id = match lifecycle.store.insert_jobs_once(vec![job], Some(key)).await? {
-        Insertion::Created => new_id,
+        Insertion::Created => {
+            lifecycle.metrics.job_accepted(kind, 1);
+            new_id
+        }
         Insertion::Replayed(existing) | Insertion::KeyConflict(existing) => existing,
     };
     lifecycle.store.set_applying(id, job_id).await?;
