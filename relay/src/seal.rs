@@ -81,7 +81,8 @@ impl Sealer {
         let unbound = UnboundKey::new(&AES_256_GCM, key.expose_secret())
             .map_err(|_| SealError::Key { path: "<key>".into(), reason: format!("must hold {KEY_LEN} bytes") })?;
         let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose_secret());
-        let derive = |label: &[u8]| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ring::hmac::sign(&master, label).as_ref());
+        let derive =
+            |label: &[u8]| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ring::hmac::sign(&master, label).as_ref());
         Ok(Self {
             key: LessSafeKey::new(unbound),
             fingerprint_key: derive(FINGERPRINT_LABEL),

@@ -90,7 +90,8 @@ async fn an_operator_logs_in_in_a_real_browser_and_sees_agents_health_queues_and
     let operator = add_client(&world, "operator", &status_scope(None)).await;
 
     // One failed job (a password the agent's policy check refuses) and one waiting for an agent.
-    let short = world.rotate(&relay, json!({ "domain": domain, "target": { "upn": user.upn }, "password": "Ab1!" })).await;
+    let short =
+        world.rotate(&relay, json!({ "domain": domain, "target": { "upn": user.upn }, "password": "Ab1!" })).await;
     assert_eq!(world.wait_final(&relay, &short, JOB_LIMIT).await["error"]["code"], "policy_violation");
     world
         .rotate(&relay, json!({ "domain": UNSERVED, "target": { "upn": "someone@branch.status.example.com" }, "password": "Never-Sent-42!" }))
@@ -255,7 +256,8 @@ async fn only_a_client_with_the_status_scope_gets_a_session_and_it_ends_with_the
     // Login attempts are limited per address: a correct token is refused too once over the limit.
     let mut limited = None;
     for _ in 0..12 {
-        let response = http.post(url(&relay, "/status/login")).form(&[("token", "pwr_guess")]).send().await.expect("ok");
+        let response =
+            http.post(url(&relay, "/status/login")).form(&[("token", "pwr_guess")]).send().await.expect("ok");
         if response.status() == 429 {
             limited = Some(response);
             break;

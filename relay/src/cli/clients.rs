@@ -114,8 +114,9 @@ fn scopes(domains: &[String], operations: &[String]) -> Result<Scopes, String> {
             operations
                 .iter()
                 .map(|o| {
-                    Operation::parse(o)
-                        .ok_or_else(|| format!("--operation {o:?}: use rotate, verify, unlock, reconcile, lifecycle or status"))
+                    Operation::parse(o).ok_or_else(|| {
+                        format!("--operation {o:?}: use rotate, verify, unlock, reconcile, lifecycle or status")
+                    })
                 })
                 .collect::<Result<_, _>>()?,
         )

@@ -980,11 +980,8 @@ async fn recent_failures_are_counted_by_domain_and_error_code(store: &dyn Store)
         .into_iter()
         .map(|f| (f.domain, f.error_code, f.count))
         .collect();
-    let expected = [
-        ("a.test", "policy_violation", 2),
-        ("a.test", "account_not_found", 1),
-        ("b.test", "policy_violation", 1),
-    ];
+    let expected =
+        [("a.test", "account_not_found", 1), ("a.test", "policy_violation", 2), ("b.test", "policy_violation", 1)];
     assert_eq!(failures, expected.map(|(d, c, n)| (d.to_owned(), c.to_owned(), n)));
     let later = Timestamp(Timestamp::now().0 + 1000);
     assert!(store.failures_since(later).await.expect("failures").is_empty(), "older failures are not counted");

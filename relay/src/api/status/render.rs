@@ -46,7 +46,11 @@ fn document(title: &str, body: &str, refresh: bool) -> String {
 
 /// A page with a title and one sentence (both plain text).
 pub(super) fn message(title: &str, text: &str) -> String {
-    document(title, &format!("<main class=\"narrow\">\n<h1>{}</h1>\n<p>{}</p>\n</main>", escape(title), escape(text)), false)
+    document(
+        title,
+        &format!("<main class=\"narrow\">\n<h1>{}</h1>\n<p>{}</p>\n</main>", escape(title), escape(text)),
+        false,
+    )
 }
 
 /// The body of a redirect, for clients that do not follow it.
@@ -100,8 +104,14 @@ impl View {
             })
             .collect();
         let gauges = state.store.gauges().await?;
-        let mut queues: BTreeMap<String, DomainQueue> = gauges.queue.into_iter().map(|q| (q.domain.clone(), q)).collect();
-        let domains = state.domains.iter().filter(|d| covers(client, d)).map(|d| (d.clone(), queues.remove(d.as_str()))).collect();
+        let mut queues: BTreeMap<String, DomainQueue> =
+            gauges.queue.into_iter().map(|q| (q.domain.clone(), q)).collect();
+        let domains = state
+            .domains
+            .iter()
+            .filter(|d| covers(client, d))
+            .map(|d| (d.clone(), queues.remove(d.as_str())))
+            .collect();
         let since = Timestamp(now.0.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX)));
         let failures = state
             .store
@@ -146,10 +156,10 @@ impl View {
         let _ = write!(body, "<section class=\"domain\" id=\"{}\">\n<h2>{}</h2>\n", escape(&id), escape(name));
         let (queued, dispatched) = queue.map_or((0, 0), |q| (q.queued, q.dispatched));
         let oldest = queue.and_then(|q| q.oldest_queued).map_or_else(|| "none".to_owned(), |t| age(self.now, t));
-        let _ = write!(
+        let _ = writeln!(
             body,
             "<p class=\"queue\">Queued: <strong>{queued}</strong> · with an agent: <strong>{dispatched}</strong> · \
-             oldest queued: <strong>{}</strong></p>\n",
+             oldest queued: <strong>{}</strong></p>",
             escape(&oldest)
         );
         if !self.served.contains(name) {
@@ -167,11 +177,12 @@ impl View {
         for agent in agents {
             let state = agent.state.as_str();
             let expires = agent.certificate.expires;
-            let expiring = expires.0.saturating_sub(self.now.0) < i64::try_from(CERTIFICATE_WARNING.as_millis()).unwrap_or(i64::MAX);
-            let _ = write!(
+            let expiring = expires.0.saturating_sub(self.now.0)
+                < i64::try_from(CERTIFICATE_WARNING.as_millis()).unwrap_or(i64::MAX);
+            let _ = writeln!(
                 body,
                 "<tr class=\"agent\"><td class=\"name\">{}</td><td class=\"state {state}\">{state}</td><td>{}</td>\
-                 <td title=\"{}\">{}</td><td class=\"dcs\">{}</td><td class=\"cert{}\">{} ({})</td></tr>\n",
+                 <td title=\"{}\">{}</td><td class=\"dcs\">{}</td><td class=\"cert{}\">{} ({})</td></tr>",
                 escape(&agent.name),
                 escape(&agent.version),
                 escape(&agent.last_seen.to_rfc3339()),
@@ -193,9 +204,9 @@ impl View {
         }
         body.push_str("<table>\n<thead><tr><th>Domain</th><th>Error code</th><th>Jobs</th></tr></thead>\n<tbody>\n");
         for f in &self.failures {
-            let _ = write!(
+            let _ = writeln!(
                 body,
-                "<tr class=\"failure\"><td>{}</td><td class=\"code\">{}</td><td class=\"count\">{}</td></tr>\n",
+                "<tr class=\"failure\"><td>{}</td><td class=\"code\">{}</td><td class=\"count\">{}</td></tr>",
                 escape(&f.domain),
                 escape(&f.error_code),
                 f.count
@@ -213,9 +224,9 @@ impl View {
         body.push_str("<table>\n<thead><tr><th>State</th><th>Count</th><th>Oldest</th></tr></thead>\n<tbody>\n");
         for c in counts {
             let oldest = c.oldest.map_or_else(|| "-".to_owned(), |t| age(self.now, t));
-            let _ = write!(
+            let _ = writeln!(
                 body,
-                "<tr><td>{}</td><td class=\"count\">{}</td><td>{}</td></tr>\n",
+                "<tr><td>{}</td><td class=\"count\">{}</td><td>{}</td></tr>",
                 escape(&c.state),
                 c.count,
                 escape(&oldest)
@@ -293,7 +304,10 @@ mod tests {
 
     #[test]
     fn markup_in_values_is_escaped() {
-        assert_eq!(escape("<script>alert('x')</script> & \"y\""), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;");
+        assert_eq!(
+            escape("<script>alert('x')</script> & \"y\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
+        );
         let page = login(Some("<b>"));
         assert!(page.contains("&lt;b&gt;") && !page.contains("<b>"));
     }
