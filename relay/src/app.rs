@@ -192,6 +192,7 @@ impl App {
             lifecycle: lifecycle.clone(),
             edge: api::edge::Edge::new(config.api.limits.clone()),
             metrics: Arc::clone(&metrics),
+            status_logins: api::status::login_limiter(),
         });
         let link_context = Arc::new(LinkContext {
             store: Arc::clone(&store),

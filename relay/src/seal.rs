@@ -36,11 +36,16 @@ pub enum SealError {
 /// What the fingerprint key is derived for (HMAC-SHA256 of this label under the store key).
 const FINGERPRINT_LABEL: &[u8] = b"pwrelay idempotency fingerprint v1";
 
-/// Seals and opens secrets with the store key, and fingerprints request bodies with a key derived
-/// from it.
+/// What the status page's session key is derived for (HMAC-SHA256 of this label under the store
+/// key): every replica with the same store key accepts the same sessions.
+const SESSION_LABEL: &[u8] = b"pwrelay status session v1";
+
+/// Seals and opens secrets with the store key, and fingerprints request bodies and signs status
+/// page sessions with keys derived from it.
 pub struct Sealer {
     key: LessSafeKey,
     fingerprint_key: ring::hmac::Key,
+    session_key: ring::hmac::Key,
     rng: SystemRandom,
 }
 
@@ -75,10 +80,28 @@ impl Sealer {
     pub fn from_key(key: &SecretBytes) -> Result<Self, SealError> {
         let unbound = UnboundKey::new(&AES_256_GCM, key.expose_secret())
             .map_err(|_| SealError::Key { path: "<key>".into(), reason: format!("must hold {KEY_LEN} bytes") })?;
-        let derived =
-            ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose_secret()), FINGERPRINT_LABEL);
-        let fingerprint_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref());
-        Ok(Self { key: LessSafeKey::new(unbound), fingerprint_key, rng: SystemRandom::new() })
+        let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose_secret());
+        let derive =
+            |label: &[u8]| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ring::hmac::sign(&master, label).as_ref());
+        Ok(Self {
+            key: LessSafeKey::new(unbound),
+            fingerprint_key: derive(FINGERPRINT_LABEL),
+            session_key: derive(SESSION_LABEL),
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The tag of a status page session's text, under the session key derived from the store key.
+    pub fn session_tag(&self, session: &[u8]) -> [u8; 32] {
+        let tag = ring::hmac::sign(&self.session_key, session);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Whether `tag` is the session key's tag of `session` (compared in constant time).
+    pub fn session_tag_matches(&self, session: &[u8], tag: &[u8]) -> bool {
+        ring::hmac::verify(&self.session_key, session, tag).is_ok()
     }
 
     /// The fingerprint stored with an idempotency key: an HMAC of the request body's SHA-256
@@ -169,6 +192,21 @@ mod tests {
         assert_ne!(s.fingerprint(&digest), s.fingerprint(&[8u8; 32]));
         let other = Sealer::from_key(&SecretBytes::new(vec![8u8; KEY_LEN])).expect("key");
         assert_ne!(other.fingerprint(&digest), s.fingerprint(&digest), "another store key, another fingerprint");
+    }
+
+    #[test]
+    fn session_tags_use_their_own_key_derived_from_the_store_key() {
+        let s = sealer();
+        let tag = s.session_tag(b"ops.1700000000");
+        assert!(s.session_tag_matches(b"ops.1700000000", &tag));
+        assert!(!s.session_tag_matches(b"ops.1700000001", &tag));
+        assert!(!s.session_tag_matches(b"ops.1700000000", &tag[..31]));
+        assert_ne!(tag, s.fingerprint(&[0u8; 32]), "not the fingerprint key");
+        let mut digest = [0u8; 32];
+        digest[..14].copy_from_slice(b"ops.1700000000");
+        assert_ne!(s.session_tag(&digest), s.fingerprint(&digest), "a separate derivation");
+        let other = Sealer::from_key(&SecretBytes::new(vec![8u8; KEY_LEN])).expect("key");
+        assert!(!other.session_tag_matches(b"ops.1700000000", &tag), "another store key, another session key");
     }
 
     #[test]

@@ -116,28 +116,28 @@ pub(super) struct Fleet {
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct AgentView {
     /// The agent name from its certificate.
-    name: String,
+    pub(super) name: String,
     /// `connected` (stream open, heard from within `agents.down_after_seconds`), `down`, or
     /// `stale` (not heard from for `agents.stale_after_days`).
-    state: AgentState,
+    pub(super) state: AgentState,
     /// The domains it serves that the client's scopes cover.
-    domains: Vec<String>,
+    pub(super) domains: Vec<String>,
     /// The agent's version, from its hello.
-    version: String,
+    pub(super) version: String,
     /// Its client certificate: serial and expiry.
-    certificate: AgentCertificate,
+    pub(super) certificate: AgentCertificate,
     /// Its first hello.
-    first_seen: Timestamp,
+    pub(super) first_seen: Timestamp,
     /// When it was last heard from (hello or heartbeat).
-    last_seen: Timestamp,
+    pub(super) last_seen: Timestamp,
     /// The stream it was last recorded through: relay replica, stream id, peer address, opening
     /// time (open while `state` is `connected`).
-    stream: AgentStream,
+    pub(super) stream: AgentStream,
     /// Each covered domain's DC health from its last heartbeat.
-    directories: Vec<DirectoryHealth>,
+    pub(super) directories: Vec<DirectoryHealth>,
     /// Its job counts; absent when they would include domains the client's scopes do not cover.
     #[serde(skip_serializing_if = "Option::is_none")]
-    jobs: Option<AgentJobs>,
+    pub(super) jobs: Option<AgentJobs>,
 }
 
 /// An agent's jobs.
@@ -152,8 +152,9 @@ pub(super) struct AgentJobs {
 }
 
 impl AgentView {
-    /// The agent as `client` may see it, or `None` when it serves none of the client's domains.
-    fn visible_to(agent: KnownAgent, state: AgentState, client: &ApiClient) -> Option<Self> {
+    /// The agent as `client` may see it, or `None` when it serves none of the client's domains
+    /// (the status page shows the same).
+    pub(super) fn visible_to(agent: KnownAgent, state: AgentState, client: &ApiClient) -> Option<Self> {
         let domains: Vec<String> = agent.domains.iter().filter(|d| covers(client, d)).map(|d| d.to_string()).collect();
         if domains.is_empty() {
             return None;

@@ -20,12 +20,18 @@
 //! | `POST /r/{id}/claim` | proof of the link key | the encrypted password, once |
 //! | `GET /r/assets/reveal.js` | none | the page's script |
 //! | `GET /r/assets/reveal.css` | none | the page's style |
+//! | `GET /status` | session cookie (`status` scope) | the operators' status page (HTML), or a 303 to the login |
+//! | `GET /status/login` | none | the status page's login form |
+//! | `POST /status/login` | form token (`status` scope; rate-limited) | a session cookie and a 303 to `/status` |
+//! | `POST /status/logout` | none | clears the session cookie |
+//! | `GET /status/assets/status.css` | none | the status page's style |
 //! | `GET /healthz` | none | the process is alive |
 //! | `GET /readyz` | none (a token adds the domains its scopes cover) | the job store answers |
 //!
 //! Every error is `{"error": {"code", "message", "details"}}` ([`error`]); an unknown route gets
 //! `not_found` and a known route with another method `method_not_allowed`; axum's own rejections
-//! are typed too ([`edge`]), and the link pages under `/r/` answer errors as HTML.
+//! are typed too ([`edge`]), and the link pages under `/r/` answer errors as HTML (the status
+//! pages ([`status`]) answer their own refusals as HTML; the edge's limits answer them in JSON).
 //!
 //! The server ([`server`]) and the middleware every request passes ([`edge`]) enforce
 //! `[api.limits]` ([`limits`]): connection, header, body, request and idle timeouts, connection
@@ -67,6 +73,7 @@ mod reconciliations;
 mod reveal;
 mod rotations;
 pub mod server;
+pub mod status;
 mod submit;
 mod webhooks;
 
@@ -112,6 +119,8 @@ pub struct ApiState {
     pub edge: edge::Edge,
     /// Accepted and cancelled jobs are counted here.
     pub metrics: Arc<crate::metrics::RelayMetrics>,
+    /// Status page login attempts per client address ([`status::login_limiter`]).
+    pub status_logins: rate_limit::RateLimiter<std::net::IpAddr>,
 }
 
 /// Every route, each with its OpenAPI path item (see "Adding a route" above).
@@ -131,6 +140,10 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(reveal::claim))
         .routes(routes!(reveal::script))
         .routes(routes!(reveal::style))
+        .routes(routes!(status::page))
+        .routes(routes!(status::login_form, status::login))
+        .routes(routes!(status::logout))
+        .routes(routes!(status::style))
         .routes(routes!(health::agents))
         .routes(routes!(openapi_document))
         .routes(routes!(health::alive))
@@ -176,6 +189,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         (name = "agents", description = "The connected on-prem agents"),
         (name = "webhooks", description = "The client's webhook and its delivery log"),
         (name = "new hires", description = "Lifecycle Workflows callouts, their requests, and the one-time link pages"),
+        (name = "status", description = "The operators' status page (HTML), behind a login with an API token"),
         (name = "health", description = "Probes, no token"),
         (name = "meta", description = "This document, no token"),
     ),

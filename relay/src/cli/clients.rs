@@ -23,8 +23,8 @@ pub(crate) enum ClientsCommand {
         #[arg(long = "domain")]
         domains: Vec<String>,
         /// Limit the client to this operation: rotate, verify, unlock, reconcile, lifecycle (reading
-        /// new-hire requests) (repeatable;
-        /// default: all).
+        /// new-hire requests; only when listed), status (the operators' status page at /status)
+        /// (repeatable; default: all).
         #[arg(long = "operation")]
         operations: Vec<String>,
         /// The relay configuration (for store.path).
@@ -114,8 +114,9 @@ fn scopes(domains: &[String], operations: &[String]) -> Result<Scopes, String> {
             operations
                 .iter()
                 .map(|o| {
-                    Operation::parse(o)
-                        .ok_or_else(|| format!("--operation {o:?}: use rotate, verify, unlock, reconcile or lifecycle"))
+                    Operation::parse(o).ok_or_else(|| {
+                        format!("--operation {o:?}: use rotate, verify, unlock, reconcile, lifecycle or status")
+                    })
                 })
                 .collect::<Result<_, _>>()?,
         )

@@ -39,6 +39,8 @@ pub enum Operation {
     Reconcile,
     /// Read new-hire (Lifecycle Workflows) requests and their jobs.
     Lifecycle,
+    /// See the operators' status page (`GET /status`) for the client's domains.
+    Status,
 }
 
 impl Operation {
@@ -50,12 +52,13 @@ impl Operation {
             Self::Unlock => "unlock",
             Self::Reconcile => "reconcile",
             Self::Lifecycle => "lifecycle",
+            Self::Status => "status",
         }
     }
 
     /// Parses a scope name.
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Rotate, Self::Verify, Self::Unlock, Self::Reconcile, Self::Lifecycle]
+        [Self::Rotate, Self::Verify, Self::Unlock, Self::Reconcile, Self::Lifecycle, Self::Status]
             .into_iter()
             .find(|o| o.as_str() == text)
     }
@@ -78,6 +81,12 @@ impl Scopes {
         }
         None
     }
+
+    /// Whether the client may use `operation` at all: its scopes list it, or list no operation
+    /// (all operations; [`Self::names`] is for those that must be granted explicitly).
+    pub fn allows(&self, operation: Operation) -> bool {
+        self.operations.as_ref().is_none_or(|ops| ops.contains(&operation))
+    }
 }
 
 /// API clients, found by the SHA-256 of their bearer token.
@@ -94,4 +103,8 @@ pub trait ClientStore: Send + Sync + 'static {
 
     /// The client whose token hashes to `token_sha256`.
     async fn client_by_token(&self, token_sha256: [u8; 32]) -> Result<Option<ApiClient>, StoreError>;
+
+    /// The client named `name` (a status page session names its client, and is good only while
+    /// the client exists).
+    async fn client_by_name(&self, name: &str) -> Result<Option<ApiClient>, StoreError>;
 }

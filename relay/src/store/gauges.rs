@@ -1,6 +1,7 @@
 //! What the relay's metrics read from the store at each scrape: the job queue by domain, the
 //! webhook outbox and the new-hire requests by state. Every replica reads the same numbers, so a
-//! gauge of one replica is the fleet's (alert on `max`, not `sum`).
+//! gauge of one replica is the fleet's (alert on `max`, not `sum`). The status page reads them
+//! too, and the recent failures by domain and error code ([`GaugeStore::failures_since`]).
 //!
 //! Each is one grouped count over indexed columns, the same statement on both backends.
 
@@ -44,11 +45,25 @@ pub struct StoreGauges {
     pub new_hires: Vec<StateCount>,
 }
 
+/// Jobs of one domain that failed with one error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureCount {
+    /// The AD domain.
+    pub domain: String,
+    /// The job's error code (`policy_violation`, `no_agent`, ...).
+    pub error_code: String,
+    /// Jobs that failed with it.
+    pub count: u64,
+}
+
 /// Reads [`StoreGauges`].
 #[async_trait]
 pub trait GaugeStore: Send + Sync {
     /// The current gauges.
     async fn gauges(&self) -> Result<StoreGauges, StoreError>;
+
+    /// Jobs that failed at or after `since`, by domain and error code (ordered so).
+    async fn failures_since(&self, since: Timestamp) -> Result<Vec<FailureCount>, StoreError>;
 }
 
 /// Unfinished jobs by domain: domain, queued, dispatched, oldest queued (Unix ms).
@@ -68,6 +83,15 @@ pub(crate) const WEBHOOKS: &str =
 /// New-hire requests by stage: stage, count, oldest (Unix ms).
 pub(crate) const NEW_HIRES: &str =
     "SELECT stage, COUNT(*), MIN(created_ms) FROM lifecycle_requests GROUP BY stage ORDER BY stage";
+
+/// Failed jobs by domain and error code since `$1` (Unix ms): domain, error code, count. `$1` is
+/// a positional parameter in both PostgreSQL and SQLite. Batch jobs are not counted (their
+/// children are).
+pub(crate) const FAILURES: &str = "SELECT domain, COALESCE(error_code, 'unknown'), COUNT(*)
+  FROM jobs
+ WHERE state = 'failed' AND finished_ms >= $1 AND kind <> 'reconcile_batch'
+ GROUP BY domain, COALESCE(error_code, 'unknown')
+ ORDER BY domain, COALESCE(error_code, 'unknown')";
 
 /// A count read from the database (never negative).
 pub(crate) fn count(n: i64) -> u64 {

@@ -151,6 +151,8 @@ contract!(
     a_failed_new_hire_loses_its_ciphertext_and_expired_links_are_erased,
     the_store_is_ready,
     gauges_count_the_queue_by_domain_and_the_outbox_by_state,
+    recent_failures_are_counted_by_domain_and_error_code,
+    a_client_is_found_by_name_until_it_is_revoked,
 );
 
 // ---- test data
@@ -628,6 +630,24 @@ async fn clients_are_unique_found_by_token_rotated_and_revoked(store: &dyn Store
     assert_eq!(store.client_by_token([6; 32]).await.expect("read"), None);
 }
 
+async fn a_client_is_found_by_name_until_it_is_revoked(store: &dyn Store) {
+    let scopes = Scopes {
+        domains: Some([d("a.test")].into_iter().collect()),
+        operations: Some([Operation::Status].into_iter().collect()),
+    };
+    store.add_client("ops", [9; 32], &scopes).await.expect("client");
+    store.add_client("plain", [8; 32], &Scopes::default()).await.expect("client");
+    let found = store.client_by_name("ops").await.expect("read").expect("found");
+    assert_eq!((found.name.as_str(), &found.scopes), ("ops", &scopes));
+    assert_eq!(store.client_by_name("plain").await.expect("read").map(|c| c.scopes), Some(Scopes::default()));
+    assert_eq!(store.client_by_name("nobody").await.expect("read"), None);
+    assert_eq!(store.client_by_name("OPS").await.expect("read"), None, "names are exact");
+    assert!(store.rotate_client_token("ops", [7; 32]).await.expect("rotate"));
+    assert_eq!(store.client_by_name("ops").await.expect("read").map(|c| c.name), Some("ops".into()));
+    assert!(store.revoke_client("ops").await.expect("revoke"));
+    assert_eq!(store.client_by_name("ops").await.expect("read"), None, "a revoked client is gone at once");
+}
+
 // ---- webhooks
 
 async fn a_job_becoming_final_enqueues_one_delivery_for_its_subscribed_client(store: &dyn Store) {
@@ -922,6 +942,49 @@ async fn gauges_count_the_queue_by_domain_and_the_outbox_by_state(store: &dyn St
     let webhooks: Vec<_> = gauges.webhooks.iter().map(|w| (w.state.as_str(), w.count)).collect();
     assert_eq!(webhooks, vec![("pending", 1)]);
     assert!(gauges.new_hires.is_empty());
+}
+
+async fn recent_failures_are_counted_by_domain_and_error_code(store: &dyn Store) {
+    let before = Timestamp::now();
+    assert!(store.failures_since(before).await.expect("failures").is_empty());
+    let jobs = [
+        user_job("a.test", "one@a.test"),
+        user_job("a.test", "two@a.test"),
+        user_job("a.test", "three@a.test"),
+        user_job("a.test", "four@a.test"),
+        new_job("b.test"),
+    ];
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    for job in jobs {
+        store.insert_job(job).await.expect("insert");
+    }
+    let leased = store.claim(&[d("a.test"), d("b.test")], "h1", "agent", 5, policy()).await.expect("claim");
+    assert_eq!(leased.len(), 5);
+    let outcomes = [
+        failed(ErrorCode::PolicyViolation, false),
+        failed(ErrorCode::PolicyViolation, false),
+        failed(ErrorCode::AccountNotFound, false),
+        ok(),
+        failed(ErrorCode::PolicyViolation, false),
+    ];
+    for (id, outcome) in ids.iter().zip(outcomes) {
+        assert_eq!(store.complete(*id, "h1", 1, outcome).await.expect("complete"), Completion::Finished);
+    }
+    // A queued job is no failure.
+    store.insert_job(user_job("a.test", "five@a.test")).await.expect("insert");
+
+    let failures: Vec<_> = store
+        .failures_since(before)
+        .await
+        .expect("failures")
+        .into_iter()
+        .map(|f| (f.domain, f.error_code, f.count))
+        .collect();
+    let expected =
+        [("a.test", "account_not_found", 1), ("a.test", "policy_violation", 2), ("b.test", "policy_violation", 1)];
+    assert_eq!(failures, expected.map(|(d, c, n)| (d.to_owned(), c.to_owned(), n)));
+    let later = Timestamp(Timestamp::now().0 + 1000);
+    assert!(store.failures_since(later).await.expect("failures").is_empty(), "older failures are not counted");
 }
 
 async fn the_store_is_ready(store: &dyn Store) {

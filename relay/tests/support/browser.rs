@@ -100,6 +100,17 @@ impl Browser {
         self.command(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
     }
 
+    /// Types `text` into the element matching `css` (a form field).
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css).await;
+        self.command(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({"text": text}))).await;
+    }
+
+    /// The URL the browser is on.
+    pub async fn url(&self) -> String {
+        self.command(reqwest::Method::GET, "/url", None).await.as_str().unwrap_or_default().to_owned()
+    }
+
     pub async fn text(&self, css: &str) -> String {
         let id = self.find(css).await;
         self.command(reqwest::Method::GET, &format!("/element/{id}/text"), None)
@@ -123,11 +134,16 @@ impl Browser {
 
     /// Saves a PNG of the page to `$PWRELAY_TEST_SCREENSHOTS/<name>.png` when that variable is set.
     pub async fn screenshot(&self, name: &str) {
-        use base64::Engine as _;
         let Some(dir) = std::env::var_os("PWRELAY_TEST_SCREENSHOTS") else { return };
+        self.screenshot_to(&std::path::Path::new(&dir).join(format!("{name}.png"))).await;
+    }
+
+    /// Saves a PNG of the page to `path`.
+    pub async fn screenshot_to(&self, path: &std::path::Path) {
+        use base64::Engine as _;
         let png = self.command(reqwest::Method::GET, "/screenshot", None).await;
         let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap_or_default()).expect("png");
-        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), bytes).expect("write screenshot");
+        std::fs::write(path, bytes).expect("write screenshot");
     }
 
     pub async fn page_text(&self) -> String {

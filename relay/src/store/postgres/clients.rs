@@ -33,17 +33,24 @@ impl ClientStore for PostgresStore {
 
     async fn client_by_token(&self, token_sha256: [u8; 32]) -> Result<Option<ApiClient>, StoreError> {
         let conn = self.client().await?;
-        let Some(row) =
-            conn.query_opt(query!("clients/by_token"), &[&token_sha256.as_slice()]).await.map_err(db_err)?
-        else {
-            return Ok(None);
-        };
-        let name: String = row.try_get(0).map_err(db_err)?;
-        let scopes = match row.try_get::<_, Option<String>>(1).map_err(db_err)? {
-            Some(json) => serde_json::from_str(&json)
-                .map_err(|_| StoreError::Corrupt { id: name.clone(), reason: "bad scopes".into() })?,
-            None => Scopes::default(),
-        };
-        Ok(Some(ApiClient { name, scopes }))
+        let row = conn.query_opt(query!("clients/by_token"), &[&token_sha256.as_slice()]).await.map_err(db_err)?;
+        row.map(|row| client(&row)).transpose()
     }
+
+    async fn client_by_name(&self, name: &str) -> Result<Option<ApiClient>, StoreError> {
+        let conn = self.client().await?;
+        let row = conn.query_opt(query!("clients/by_name"), &[&name]).await.map_err(db_err)?;
+        row.map(|row| client(&row)).transpose()
+    }
+}
+
+/// A client row: its name and its scopes as stored (JSON; none for an unrestricted client).
+fn client(row: &tokio_postgres::Row) -> Result<ApiClient, StoreError> {
+    let name: String = row.try_get(0).map_err(db_err)?;
+    let scopes = match row.try_get::<_, Option<String>>(1).map_err(db_err)? {
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|_| StoreError::Corrupt { id: name.clone(), reason: "bad scopes".into() })?,
+        None => Scopes::default(),
+    };
+    Ok(ApiClient { name, scopes })
 }

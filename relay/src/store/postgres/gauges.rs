@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use super::{PostgresStore, db_err};
 use crate::jobs::Timestamp;
 use crate::store::StoreError;
-use crate::store::gauges::{self, DomainQueue, GaugeStore, StateCount, StoreGauges, count};
+use crate::store::gauges::{self, DomainQueue, FailureCount, GaugeStore, StateCount, StoreGauges, count};
 
 #[async_trait]
 impl GaugeStore for PostgresStore {
@@ -39,5 +39,14 @@ impl GaugeStore for PostgresStore {
         let new_hires = by_state.pop().unwrap_or_default();
         let webhooks = by_state.pop().unwrap_or_default();
         Ok(StoreGauges { queue, webhooks, new_hires })
+    }
+
+    async fn failures_since(&self, since: Timestamp) -> Result<Vec<FailureCount>, StoreError> {
+        let conn = self.client().await?;
+        let rows = conn.query(gauges::FAILURES, &[&since.0]).await.map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| FailureCount { domain: r.get(0), error_code: r.get(1), count: count(r.get(2)) })
+            .collect())
     }
 }

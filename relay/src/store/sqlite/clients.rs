@@ -50,7 +50,7 @@ impl ClientStore for SqliteStore {
 
     async fn client_by_token(&self, token_sha256: [u8; 32]) -> Result<Option<ApiClient>, StoreError> {
         self.run(move |conn| {
-            let row: Option<(String, Option<String>)> = conn
+            let row = conn
                 .query_row(
                     "SELECT name, scopes FROM api_clients WHERE token_sha256 = ?1",
                     params![token_sha256.as_slice()],
@@ -58,14 +58,32 @@ impl ClientStore for SqliteStore {
                 )
                 .optional()
                 .map_err(db_err)?;
-            let Some((name, scopes)) = row else { return Ok(None) };
-            let scopes = match scopes {
-                Some(json) => serde_json::from_str(&json)
-                    .map_err(|_| StoreError::Corrupt { id: name.clone(), reason: "bad scopes".into() })?,
-                None => Scopes::default(),
-            };
-            Ok(Some(ApiClient { name, scopes }))
+            row.map(|(name, scopes)| client(name, scopes)).transpose()
         })
         .await
     }
+
+    async fn client_by_name(&self, name: &str) -> Result<Option<ApiClient>, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| {
+            let row = conn
+                .query_row("SELECT name, scopes FROM api_clients WHERE name = ?1", params![name], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(db_err)?;
+            row.map(|(name, scopes)| client(name, scopes)).transpose()
+        })
+        .await
+    }
+}
+
+/// A client row: its name and its scopes as stored (JSON; none for an unrestricted client).
+fn client(name: String, scopes: Option<String>) -> Result<ApiClient, StoreError> {
+    let scopes = match scopes {
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|_| StoreError::Corrupt { id: name.clone(), reason: "bad scopes".into() })?,
+        None => Scopes::default(),
+    };
+    Ok(ApiClient { name, scopes })
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use super::{SqliteStore, db_err};
 use crate::jobs::Timestamp;
 use crate::store::StoreError;
-use crate::store::gauges::{self, DomainQueue, GaugeStore, StateCount, StoreGauges, count};
+use crate::store::gauges::{self, DomainQueue, FailureCount, GaugeStore, StateCount, StoreGauges, count};
 
 #[async_trait]
 impl GaugeStore for SqliteStore {
@@ -43,6 +43,20 @@ impl GaugeStore for SqliteStore {
             let webhooks = by_state(gauges::WEBHOOKS)?;
             let new_hires = by_state(gauges::NEW_HIRES)?;
             Ok(StoreGauges { queue, webhooks, new_hires })
+        })
+        .await
+    }
+
+    async fn failures_since(&self, since: Timestamp) -> Result<Vec<FailureCount>, StoreError> {
+        self.run(move |conn| {
+            conn.prepare_cached(gauges::FAILURES)
+                .map_err(db_err)?
+                .query_map([since.0], |r| {
+                    Ok(FailureCount { domain: r.get(0)?, error_code: r.get(1)?, count: count(r.get(2)?) })
+                })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)
         })
         .await
     }
