@@ -204,6 +204,7 @@ impl App {
             heartbeat: config.link.heartbeat,
             link_keys,
             metrics: Arc::clone(&metrics),
+            claim_interval: config.link.claim_interval,
         });
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(

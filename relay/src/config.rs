@@ -73,6 +73,12 @@ struct LinkFile {
     heartbeat_seconds: u64,
     #[serde(default = "default_write_timeout_seconds")]
     write_timeout_seconds: u64,
+    #[serde(default = "default_claim_interval_ms")]
+    claim_interval_ms: u64,
+}
+
+fn default_claim_interval_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,6 +343,9 @@ pub struct LinkConfig {
     /// The longest an agent's LDAP write may take: agents cap their writes to it, and a lapsed
     /// lease is taken over only once this has passed on top of it.
     pub write_timeout: Duration,
+    /// How often each agent stream looks for claimable jobs without being woken: lapsed leases,
+    /// jobs whose back-off ended, a wake-up another replica's notification missed.
+    pub claim_interval: Duration,
 }
 
 /// `[store]`.
@@ -524,6 +533,9 @@ impl Config {
         if file.link.heartbeat_seconds == 0 {
             return Err(ConfigError::invalid("link.heartbeat_seconds", "must be at least 1"));
         }
+        if !(50..=60_000).contains(&file.link.claim_interval_ms) {
+            return Err(ConfigError::invalid("link.claim_interval_ms", "must be between 50 and 60000"));
+        }
         if file.link.write_timeout_seconds == 0 {
             return Err(ConfigError::invalid("link.write_timeout_seconds", "must be at least 1"));
         }
@@ -615,6 +627,7 @@ impl Config {
                 lease: Duration::from_secs(file.link.lease_seconds),
                 heartbeat: Duration::from_secs(file.link.heartbeat_seconds),
                 write_timeout: Duration::from_secs(file.link.write_timeout_seconds),
+                claim_interval: Duration::from_millis(file.link.claim_interval_ms),
             },
             store,
             jobs: JobsConfig {

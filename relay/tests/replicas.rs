@@ -95,7 +95,8 @@ struct Replica {
 }
 
 impl Replicas {
-    async fn start(server: &PgServer, count: usize) -> Self {
+    /// `count` replicas whose agent streams look for jobs unwoken every `claim_interval_ms`.
+    async fn start(server: &PgServer, count: usize, claim_interval_ms: u64) -> Self {
         support::logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let pki_dir = dir.path().join("pki");
@@ -107,8 +108,8 @@ impl Replicas {
         let toml = format!(
             "domains = [\"{DOMAIN}\"]\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"pki/relay.pem\"\n\
              key_file = \"pki/relay.key\"\n\n[link]\nlisten = \"127.0.0.1:0\"\ncert_file = \"pki/relay.pem\"\n\
-             key_file = \"pki/relay.key\"\nagent_ca_file = \"pki/ca.pem\"\nheartbeat_seconds = 2\nlease_seconds = 30\n\n\
-             [webhooks]\npoll_seconds = 30\n\n{}key_file = \"store.key\"\n",
+             key_file = \"pki/relay.key\"\nagent_ca_file = \"pki/ca.pem\"\nheartbeat_seconds = 2\nlease_seconds = 30\n\
+             claim_interval_ms = {claim_interval_ms}\n\n[webhooks]\npoll_seconds = 30\n\n{}key_file = \"store.key\"\n",
             server.store_section(&url)
         );
         let config_path = dir.path().join("relay.toml");
@@ -213,11 +214,14 @@ async fn link_channel(dir: &Path, anchors: &TrustAnchors, link: SocketAddr) -> t
 /// other replica's agent in under 300 ms, eight times in a row, came through the notification
 /// (by the timer alone, each would have a chance of at most 0.3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_accepted_by_one_replica_reaches_an_agent_on_another_within_milliseconds() {
-    let Some(server) = postgres("a_job_accepted_by_one_replica_reaches_an_agent_on_another_within_milliseconds") else {
+async fn a_job_accepted_by_one_replica_is_woken_to_an_agent_on_another_not_found_by_the_timer() {
+    let Some(server) = postgres("a_job_accepted_by_one_replica_is_woken_to_an_agent_on_another_not_found_by_the_timer")
+    else {
         return;
     };
-    let replicas = Replicas::start(&server, 2).await;
+    // The streams' own look for jobs is 30 s apart: a job that reaches the agent in seconds was
+    // brought by the notification, not found by the timer.
+    let replicas = Replicas::start(&server, 2, 30_000).await;
     let (a, b) = (&replicas.running[0], &replicas.running[1]);
     let mut jobs = agent_stand_in(&replicas, b.link, "agent-on-b").await;
     let http = replicas.http();
@@ -230,7 +234,10 @@ async fn a_job_accepted_by_one_replica_reaches_an_agent_on_another_within_millis
                 .send()
                 .await;
             match agents {
-                Ok(r) => r.json::<serde_json::Value>().await.is_ok_and(|v| v.as_array().is_some_and(|a| !a.is_empty())),
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|v| v["agents"].as_array().is_some_and(|a| a.iter().any(|a| a["state"] == "connected"))),
                 Err(_) => false,
             }
         })
@@ -239,7 +246,7 @@ async fn a_job_accepted_by_one_replica_reaches_an_agent_on_another_within_millis
     );
     let mut latencies = Vec::new();
     for n in 0..8 {
-        // Off the 1 s claim timer's phase.
+        // Past the claim the stream makes when it opens, and at no fixed phase to it.
         tokio::time::sleep(Duration::from_millis(137 * (n + 1))).await;
         let body = json!({"domain": DOMAIN, "target": {"upn": format!("user{n}@{DOMAIN}")}, "password": "Correct-Horse-7-Battery"});
         let sent = Instant::now();
@@ -261,8 +268,10 @@ async fn a_job_accepted_by_one_replica_reaches_an_agent_on_another_within_millis
         latencies.push(at.duration_since(sent));
     }
     println!("accepted by A → sent by B to its agent: {latencies:?}");
-    let slow: Vec<_> = latencies.iter().filter(|l| **l >= Duration::from_millis(300)).collect();
-    assert!(slow.is_empty(), "every job crossed replicas in under 300 ms: {latencies:?}");
+    // 12-43 ms each on an idle machine; the bound only has to be well
+    // below the 30 s timer, so a loaded machine does not fail it.
+    let slow: Vec<_> = latencies.iter().filter(|l| **l >= Duration::from_secs(10)).collect();
+    assert!(slow.is_empty(), "every job was woken across replicas, not found by the 30 s timer: {latencies:?}");
     replicas.stop().await;
 }
 

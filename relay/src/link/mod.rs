@@ -50,6 +50,8 @@ pub struct LinkContext {
     pub link_keys: Arc<crate::lifecycle::keys::LinkKeys>,
     /// Dispatch and completion metrics.
     pub metrics: Arc<crate::metrics::RelayMetrics>,
+    /// `link.claim_interval_ms`: how often a stream looks for claimable jobs unwoken.
+    pub claim_interval: Duration,
 }
 
 /// The `AgentLink` gRPC service.

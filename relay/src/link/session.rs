@@ -42,8 +42,6 @@ use pwrelay_shared::secret::{SecretBytes, SecretString};
 
 /// How long an agent has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a session looks for claimable jobs without being woken (lapsed leases, other replicas).
-const CLAIM_INTERVAL: Duration = Duration::from_secs(1);
 /// Missed heartbeats after which a silent stream is closed.
 const MISSED_HEARTBEATS: u32 = 3;
 /// Upper bound on what an agent may ask for.
@@ -221,7 +219,7 @@ impl Session {
         cancel: &CancellationToken,
     ) -> End {
         let mut queued = self.context.events.queued();
-        let mut tick = tokio::time::interval(CLAIM_INTERVAL);
+        let mut tick = tokio::time::interval(self.context.claim_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silence_limit = self.context.heartbeat * MISSED_HEARTBEATS;
         let mut last_heard = Instant::now();
