@@ -95,6 +95,11 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Open file descriptors of process `pid` (its streams, plus a few files and listeners).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
 /// The PKI, store key, API client and configurations of the relays, in one directory.
 struct Deployment {
     dir: PathBuf,
@@ -508,13 +513,14 @@ async fn idle(args: &[String]) {
     let rss_before = rss_kib(pid);
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
-    // At most 64 handshakes at once.
+    // At most 64 handshakes at once; the spawning waits inside the time limit too (a relay that
+    // stops welcoming holds the permits).
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
-    for _ in 0..streams {
-        let permit = Arc::clone(&gate).acquire_owned().await.expect("gate");
-        tokio::spawn(stand_in(Arc::clone(&tls), link, false, Arc::clone(&counters), Some(permit)));
-    }
     let connected = tokio::time::timeout(Duration::from_secs(600), async {
+        for _ in 0..streams {
+            let permit = Arc::clone(&gate).acquire_owned().await.expect("gate");
+            tokio::spawn(stand_in(Arc::clone(&tls), link, false, Arc::clone(&counters), Some(permit)));
+        }
         while counters.welcomed.load(Ordering::Relaxed) < streams {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -522,9 +528,11 @@ async fn idle(args: &[String]) {
     .await;
     let welcomed = counters.welcomed.load(Ordering::Relaxed);
     println!(
-        "\nidle agent streams: {welcomed} of {streams} welcomed in {:.1} s{} (link.max_connections = {cap}, open files {open_files})",
+        "\nidle agent streams: {welcomed} of {streams} welcomed in {:.1} s{}, {} open on the relay \
+         (link.max_connections = {cap}, open files {open_files})",
         started.elapsed().as_secs_f64(),
-        if connected.is_err() { " (gave up after 600 s)" } else { "" }
+        if connected.is_err() { " (gave up after 600 s)" } else { "" },
+        open_fds(pid)
     );
     println!("  load average: {}", load());
     println!("  relay VmRSS before the streams: {:.1} MiB", rss_before as f64 / 1024.0);
@@ -533,16 +541,20 @@ async fn idle(args: &[String]) {
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_secs(10)).await;
         peak = peak.max(rss_kib(pid));
-        println!("  relay VmRSS with the streams open: {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
+        println!(
+            "  relay VmRSS with the streams open: {:.1} MiB, {} descriptors open",
+            rss_kib(pid) as f64 / 1024.0,
+            open_fds(pid)
+        );
     }
     let cpu = cpu_seconds(pid) - cpu0;
-    let rss = rss_kib(pid);
+    let (rss, open) = (rss_kib(pid), open_fds(pid));
     println!(
         "  after 60 s idle: VmRSS {:.1} MiB (peak seen {:.1} MiB) = {:.1} KiB per stream over the empty relay; \
-         relay CPU while idle {:.2} cores; load average {}",
+         relay CPU while idle {:.2} cores; load average {}; {open} descriptors open",
         rss as f64 / 1024.0,
         peak as f64 / 1024.0,
-        (rss.saturating_sub(rss_before)) as f64 / welcomed.max(1) as f64,
+        (rss.saturating_sub(rss_before)) as f64 / open.max(1) as f64,
         cpu / 60.0,
         load()
     );
