@@ -19,7 +19,7 @@ use crate::lifecycle::keys::LinkKeys;
 use crate::lifecycle::{self, Lifecycle};
 use crate::link::registry::AgentRegistry;
 use crate::link::{LinkContext, LinkService};
-use crate::listener::{AcceptLimits, LINK_MAX_CONNECTIONS, TlsIncoming};
+use crate::listener::{AcceptLimits, TlsIncoming};
 use crate::metrics::RelayMetrics;
 use crate::seal::{SealError, Sealer};
 use crate::store::{ClaimPolicy, Store, StoreError, replicas};
@@ -145,7 +145,7 @@ impl App {
         let api = TlsIncoming::spawn_limited(api_listener, api_tls, "api", api_accept, cancel.child_token(), &tracker)
             .map_err(bind_err("api.listen", config.api.listen))?;
         let link_accept = AcceptLimits {
-            max_connections: Some(LINK_MAX_CONNECTIONS),
+            max_connections: Some(config.link.max_connections),
             refusals: Some(metrics.handshake_refusals("link")),
             ..AcceptLimits::default()
         };

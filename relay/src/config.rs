@@ -73,6 +73,8 @@ struct LinkFile {
     heartbeat_seconds: u64,
     #[serde(default = "default_write_timeout_seconds")]
     write_timeout_seconds: u64,
+    #[serde(default = "default_link_max_connections")]
+    max_connections: usize,
     #[serde(default = "default_claim_interval_ms")]
     claim_interval_ms: u64,
 }
@@ -266,6 +268,10 @@ fn default_max_body_bytes() -> usize {
 fn default_lease_seconds() -> u64 {
     60
 }
+fn default_link_max_connections() -> usize {
+    crate::listener::LINK_MAX_CONNECTIONS
+}
+
 fn default_heartbeat_seconds() -> u64 {
     15
 }
@@ -346,6 +352,9 @@ pub struct LinkConfig {
     /// How often each agent stream looks for claimable jobs without being woken: lapsed leases,
     /// jobs whose back-off ended, a wake-up another replica's notification missed.
     pub claim_interval: Duration,
+    /// Open link connections at once (each agent holds one); further ones wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
 }
 
 /// `[store]`.
@@ -539,6 +548,12 @@ impl Config {
         if file.link.write_timeout_seconds == 0 {
             return Err(ConfigError::invalid("link.write_timeout_seconds", "must be at least 1"));
         }
+        if file.link.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "link.max_connections",
+                "must be at least 1 (every agent holds one connection)",
+            ));
+        }
         // An agent starts a write only with more than the write timeout (plus 2 s) left on its
         // lease, and renews the lease with every heartbeat.
         let needed = file.link.heartbeat_seconds.saturating_add(file.link.write_timeout_seconds).saturating_add(2);
@@ -628,6 +643,7 @@ impl Config {
                 heartbeat: Duration::from_secs(file.link.heartbeat_seconds),
                 write_timeout: Duration::from_secs(file.link.write_timeout_seconds),
                 claim_interval: Duration::from_millis(file.link.claim_interval_ms),
+                max_connections: file.link.max_connections,
             },
             store,
             jobs: JobsConfig {
@@ -693,6 +709,17 @@ key_file = "store.key"
         assert_eq!(c.log, LogConfig::default());
         assert_eq!(c.agents.down_after, Duration::from_secs(30), "two heartbeat intervals");
         assert_eq!(c.agents.stale_after, Duration::from_secs(10 * 86_400));
+        assert_eq!(c.link.max_connections, 1024);
+    }
+
+    #[test]
+    fn the_link_connection_cap_is_configurable_and_not_zero() {
+        let parse = |text: &str| Config::parse(text, Path::new("/"), &Overrides::default());
+        let more = MINIMAL.replace("agent_ca_file", "max_connections = 12000\nagent_ca_file");
+        assert_eq!(parse(&more).expect("valid").link.max_connections, 12_000);
+        let none = MINIMAL.replace("agent_ca_file", "max_connections = 0\nagent_ca_file");
+        let e = parse(&none).expect_err("zero").to_string();
+        assert!(e.contains("link.max_connections"), "{e}");
     }
 
     #[test]
@@ -722,6 +749,7 @@ key_file = "store.key"
         let c =
             Config::parse(text, Path::new("/etc/pwrelay"), &Overrides::default()).expect("relay.full.toml is valid");
         assert_eq!(c.link.lease, Duration::from_secs(60));
+        assert_eq!(c.link.max_connections, crate::listener::LINK_MAX_CONNECTIONS, "relay.full.toml shows the default");
         assert_eq!(c.agents.down_after, 2 * c.link.heartbeat, "relay.full.toml shows the default");
         assert_eq!(c.jobs.time_to_live, Duration::from_secs(24 * 3600));
         assert_eq!(c.jobs.idempotency_window, Duration::from_secs(24 * 3600));

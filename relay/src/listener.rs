@@ -27,7 +27,8 @@ use crate::metrics::{HandshakeRefusals, RefusalReason};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the server to pick them up.
 const BACKLOG: usize = 64;
-/// Open connections of the agent link at once (agents hold one each; more is a flood).
+/// Open connections of the agent link at once unless `link.max_connections` says otherwise
+/// (agents hold one each; more is a flood).
 pub const LINK_MAX_CONNECTIONS: usize = 1024;
 
 /// How many connections a listener keeps open at once, how long a handshake may take, and

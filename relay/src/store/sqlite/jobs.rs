@@ -732,6 +732,23 @@ mod tests {
         store.check().await.expect("ready");
     }
 
+    /// Claims and results settle the open batches in the same transaction: the statements read the
+    /// batches through their index, not every job kept.
+    #[test]
+    fn settling_batches_reads_the_open_batches_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("relay.db");
+        drop(SqliteStore::open(&path).expect("open"));
+        let conn = Connection::open(&path).expect("open");
+        for statement in SETTLE_BATCHES.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {statement}")).expect("plan");
+            let plan: Vec<String> =
+                stmt.query_map(params![0], |r| r.get::<_, String>(3)).expect("plan").map(|r| r.expect("row")).collect();
+            let outer = plan.first().map(String::as_str).unwrap_or_default();
+            assert!(outer.contains("USING INDEX jobs_batch_state"), "{statement}\nplanned as {plan:?}");
+        }
+    }
+
     #[tokio::test]
     async fn a_version_1_database_is_migrated_in_place() {
         let dir = tempfile::tempdir().expect("dir");

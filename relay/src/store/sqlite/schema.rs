@@ -1,8 +1,9 @@
 //! The SQLite schema: version 1 and the migrations after it, recorded in `PRAGMA user_version`.
-//! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002_agents.sql`, 9 its `0003_replicas.sql`.
+//! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002_agents.sql`, 9 its `0003_replicas.sql`;
+//! 10 is an index of SQLite's own (PostgreSQL settles batches by id).
 
 /// Schema version written to `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 9;
+pub(super) const SCHEMA_VERSION: i64 = 10;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -91,7 +92,16 @@ CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms)
 ",
     AGENTS,
     REPLICAS,
+    BATCH_INDEX,
 ];
+
+/// The batches by state (migration 9 → 10). Every transaction that can change a child's state
+/// settles the open batches (`SETTLE_BATCHES` in `jobs.rs`); without this index each such
+/// statement read every row of `jobs`, so a claim and a result cost time in proportion to all the
+/// jobs kept. With it they read the open batches only.
+const BATCH_INDEX: &str = "
+CREATE INDEX IF NOT EXISTS jobs_batch_state ON jobs (state) WHERE kind = 'reconcile_batch';
+";
 
 /// Several relay replicas on one database (migration 8 → 9; PostgreSQL's `0003_replicas.sql`).
 /// An SQLite store has one process, so its claims are trivially its own, but it keeps the same
