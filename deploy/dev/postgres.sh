@@ -86,7 +86,12 @@ start() {
     -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c ssl=on \
         -c ssl_cert_file=$PG_DIR/tls/cert.pem -c ssl_key_file=$PG_DIR/tls/key.pem \
         -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
-    start >/dev/null
+    start >/dev/null || {
+    # `stop` deletes the directory, and its log with it: show why here.
+    echo "PostgreSQL did not start; the end of $PG_DIR/log:" >&2
+    tail -n 20 "$PG_DIR/log" >&2 || true
+    exit 1
+  }
   local waited=0
   until ready; do
     if [ "$waited" -ge "$READY_TIMEOUT" ]; then
