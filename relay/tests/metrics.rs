@@ -87,9 +87,16 @@ async fn relay_and_agent_metrics_show_what_happened() {
     let addressed: Vec<&str> =
         text.lines().filter(|l| l.contains("127.0.0.1") && !l.starts_with("pwrelay_agent_dc_up{")).collect();
     assert!(addressed.is_empty(), "no client address in a label: {addressed:?}");
+    // The DC health arrives with a heartbeat after the agent's first bind check.
+    let dc_series = format!("pwrelay_agent_dc_up{{agent=\"site-m\",domain=\"{domain}\",dc=\"");
+    let metrics_addr = relay_metrics(&relay);
     assert!(
-        text.contains(&format!("pwrelay_agent_dc_up{{agent=\"site-m\",domain=\"{domain}\",dc=\"")),
-        "the agent's DC health from its heartbeat: {text}"
+        support::eventually(Duration::from_secs(20), || {
+            let dc_series = dc_series.clone();
+            async move { scrape(metrics_addr).await.contains(&dc_series) }
+        })
+        .await,
+        "the agent's DC health from its heartbeat reaches the relay's metrics"
     );
 
     let agent_text = scrape(agent.health).await;
