@@ -1,6 +1,7 @@
 //! pwrelay-proto: the gRPC contract between the relay and its agents.
 //!
-//! Generated from `pwrelay/agent/v1/agent_link.proto`; this crate holds no logic. The field
+//! Generated from `pwrelay/agent/v1/agent_link.proto` (the link) and `enrollment.proto`
+//! (enrollment and renewal); this crate holds no logic. The field
 //! documentation lives in the `.proto` file and is carried into the generated code.
 
 /// `pwrelay.agent.v1`: the agent link.

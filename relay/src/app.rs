@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pwrelay_proto::agent::v1::agent_enrollment_server::AgentEnrollmentServer;
 use pwrelay_proto::agent::v1::agent_link_server::AgentLinkServer;
 use pwrelay_shared::tls::{self, CertifiedKey, TrustAnchors};
 use tokio::net::TcpListener;
@@ -17,7 +18,9 @@ use crate::config::Config;
 use crate::jobs::events::JobEvents;
 use crate::lifecycle::keys::LinkKeys;
 use crate::lifecycle::{self, Lifecycle};
+use crate::link::enroll::{EnrollmentService, Issuer, IssuerError};
 use crate::link::registry::AgentRegistry;
+use crate::link::revocation::Revocations;
 use crate::link::{LinkContext, LinkService};
 use crate::listener::{AcceptLimits, TlsIncoming};
 use crate::metrics::RelayMetrics;
@@ -61,6 +64,9 @@ pub enum AppError {
     /// The new-hire flow's settings or credentials are unusable.
     #[error("{0}")]
     Lifecycle(String),
+    /// The online issuer of agent certificates (`[enrollment]`) is unusable.
+    #[error(transparent)]
+    Enrollment(#[from] IssuerError),
     /// The webhook delivery worker cannot be set up.
     #[error(transparent)]
     Webhooks(#[from] WorkerError),
@@ -83,6 +89,7 @@ pub struct App {
     metrics: Arc<RelayMetrics>,
     api_state: Arc<ApiState>,
     link_context: Arc<LinkContext>,
+    enrollment: EnrollmentService,
     store: Arc<dyn Store>,
     lifecycle: Option<Arc<Lifecycle>>,
     webhooks: DeliveryWorker,
@@ -102,18 +109,33 @@ impl App {
                 .map_err(|source| AppError::Tls { section: "api", source })?,
         )
         .map_err(|source| AppError::Tls { section: "api", source })?;
-        let agent_ca = TrustAnchors::from_file(&config.link.agent_ca_file)
-            .map_err(|source| AppError::Tls { section: "link", source })?;
-        let link_tls = tls::link_server(
-            CertifiedKey::from_files(&config.link.cert_file, &config.link.key_file)
-                .map_err(|source| AppError::Tls { section: "link", source })?,
-            &agent_ca,
-        )
-        .map_err(|source| AppError::Tls { section: "link", source })?;
+        let link_err = |source| AppError::Tls { section: "link", source };
+        let agent_ca = TrustAnchors::from_file(&config.link.agent_ca_file).map_err(link_err)?;
+        let agent_ca_pem = std::fs::read_to_string(&config.link.agent_ca_file).map_err(|e| {
+            link_err(tls::TlsError::File { path: config.link.agent_ca_file.display().to_string(), reason: e.to_string() })
+        })?;
+        let mut link_identity =
+            CertifiedKey::from_files(&config.link.cert_file, &config.link.key_file).map_err(link_err)?;
+        // Served after the link certificate, so that an enrolling agent finds the CA its token pins.
+        if let Some(Ok(ca)) = <rustls_pki_types::CertificateDer<'static> as rustls_pki_types::pem::PemObject>::pem_slice_iter(agent_ca_pem.as_bytes()).next() {
+            link_identity.append_to_chain(ca);
+        }
+        let issuer = config.enrollment.as_ref().map(|e| Issuer::load(e, &agent_ca_pem)).transpose()?.map(Arc::new);
         let sealer = Arc::new(Sealer::from_key_file(&config.store.key_file)?);
         let store = crate::store::open(&config.store).await?;
         // Alive before it serves: other replicas leave the work this one holds alone from now on.
         store.heartbeat().await?;
+        // The deny list is in force from the first handshake.
+        let revocations = Arc::new(Revocations::default());
+        revocations.reload(store.as_ref()).await?;
+        let link_tls = tls::link_server(link_identity, &agent_ca, Arc::clone(&revocations) as Arc<dyn tls::ClientCertificateCheck>)
+            .map_err(link_err)?;
+        let enrollment = EnrollmentService::new(
+            issuer,
+            Arc::clone(&store),
+            Arc::clone(&revocations),
+            config.enrollment.as_ref().map_or(10, |e| e.per_address_per_minute),
+        );
 
         let api_listener = TcpListener::bind(config.api.listen).await.map_err(|source| AppError::Bind {
             key: "api.listen",
@@ -205,6 +227,7 @@ impl App {
             link_keys,
             metrics: Arc::clone(&metrics),
             claim_interval: config.link.claim_interval,
+            revocations,
         });
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(
@@ -222,6 +245,7 @@ impl App {
             metrics,
             api_state,
             link_context,
+            enrollment,
             store,
             lifecycle,
             webhooks,
@@ -258,6 +282,7 @@ impl App {
             metrics,
             api_state,
             link_context,
+            enrollment,
             store,
             lifecycle,
             webhooks,
@@ -278,12 +303,14 @@ impl App {
         tracker.spawn(api::server::serve(api, router, api_limits, cancel.child_token(), tracker.clone()));
 
         let link_cancel = cancel.child_token();
+        let revocations = Arc::clone(&link_context.revocations);
         let service = LinkService::new(link_context, cancel.child_token(), tracker.clone());
         let link_failed = failed_tx.clone();
         tracker.spawn(async move {
             let served = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(AgentLinkServer::new(service))
+                .add_service(AgentEnrollmentServer::new(enrollment))
                 .serve_with_incoming_shutdown(link.into_stream(), async move { link_cancel.cancelled().await })
                 .await;
             if let Err(e) = served {
@@ -312,6 +339,8 @@ impl App {
             let (store, events) = (Arc::clone(&notified_store), Arc::clone(&notified_events));
             async move { store.forward_notifications(events, cancel).await }
         });
+        let denying = Arc::clone(&store);
+        workers.spawn("revocation watch", move |cancel| Arc::clone(&revocations).watch(Arc::clone(&denying), cancel));
         let beating = Arc::clone(&store);
         workers.spawn("replica heartbeat", move |cancel| heartbeat(Arc::clone(&beating), cancel));
         let retiring = Arc::clone(&store);

@@ -35,7 +35,31 @@ struct RelayFile {
     metrics: MetricsConfig,
     #[serde(default)]
     lifecycle: Option<crate::lifecycle::config::LifecycleFile>,
+    #[serde(default)]
+    enrollment: Option<EnrollmentFile>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollmentFile {
+    issuer_cert_file: PathBuf,
+    issuer_key_file: PathBuf,
+    #[serde(default = "default_certificate_lifetime_seconds")]
+    certificate_lifetime_seconds: u64,
+    #[serde(default = "default_enrollments_per_minute")]
+    per_address_per_minute: u32,
+}
+
+/// Agent certificates from enrollment and renewal last 14 days unless configured.
+fn default_certificate_lifetime_seconds() -> u64 {
+    14 * 86_400
+}
+fn default_enrollments_per_minute() -> u32 {
+    10
+}
+
+/// The longest agent certificate lifetime (that of `pki issue-agent`'s default, 397 days).
+const MAX_CERTIFICATE_LIFETIME_SECONDS: u64 = 397 * 86_400;
 
 /// `[metrics]`: where Prometheus scrapes the relay.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -313,6 +337,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The new-hire flow (`[lifecycle]`), when configured.
     pub lifecycle: Option<crate::lifecycle::config::LifecycleConfig>,
+    /// Online signing of agent certificates (enrollment and renewal), when `[enrollment]` is
+    /// present.
+    pub enrollment: Option<EnrollmentConfig>,
 }
 
 /// `[api]`.
@@ -328,6 +355,21 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// `[api.limits]`: timeouts, connection and stream caps, request rates, trusted proxies.
     pub limits: crate::api::limits::ApiLimits,
+}
+
+/// `[enrollment]`: agents enroll with a one-time token and renew their certificates over the
+/// link; the relay signs with the issuer named here.
+#[derive(Debug, Clone)]
+pub struct EnrollmentConfig {
+    /// The issuing CA certificate (`pki init`'s `ca.pem`, or an intermediate from
+    /// `pki intermediate`), PEM.
+    pub issuer_cert_file: PathBuf,
+    /// Its private key, PEM (mode 0600).
+    pub issuer_key_file: PathBuf,
+    /// How long an enrolled or renewed agent certificate lasts; agents renew at two thirds.
+    pub certificate_lifetime: Duration,
+    /// Enrollment attempts per client address and minute (each replica counts its own).
+    pub per_address_per_minute: u32,
 }
 
 /// `[link]`.
@@ -621,6 +663,26 @@ impl Config {
         let limits = file.api.limits.validate()?;
         let store = file.store.validate(resolve)?;
         let lifecycle = file.lifecycle.map(|l| l.validate(resolve)).transpose()?;
+        let enrollment = match file.enrollment {
+            None => None,
+            Some(e) => {
+                if !(5..=MAX_CERTIFICATE_LIFETIME_SECONDS).contains(&e.certificate_lifetime_seconds) {
+                    return Err(ConfigError::invalid(
+                        "enrollment.certificate_lifetime_seconds",
+                        format!("must be between 5 and {MAX_CERTIFICATE_LIFETIME_SECONDS} (397 days)"),
+                    ));
+                }
+                if e.per_address_per_minute == 0 {
+                    return Err(ConfigError::invalid("enrollment.per_address_per_minute", "must be at least 1"));
+                }
+                Some(EnrollmentConfig {
+                    issuer_cert_file: resolve(e.issuer_cert_file),
+                    issuer_key_file: resolve(e.issuer_key_file),
+                    certificate_lifetime: Duration::from_secs(e.certificate_lifetime_seconds),
+                    per_address_per_minute: e.per_address_per_minute,
+                })
+            }
+        };
         let mut log = file.log;
         if let Some(level) = &overrides.log_level {
             log.level.clone_from(level);
@@ -671,6 +733,7 @@ impl Config {
             log,
             metrics: file.metrics,
             lifecycle,
+            enrollment,
         })
     }
 }

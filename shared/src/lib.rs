@@ -14,6 +14,7 @@
 pub mod config;
 pub mod derive;
 pub mod domain;
+pub mod enrollment;
 pub mod identity;
 pub mod password;
 pub mod pki;

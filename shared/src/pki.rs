@@ -59,6 +59,9 @@ pub enum PkiError {
     /// The OS random generator failed.
     #[error("the system random generator failed")]
     Random,
+    /// A certificate signing request is unusable.
+    #[error("the certificate signing request is refused: {0}")]
+    Request(String),
 }
 
 /// A certificate with its private key, both PEM.
@@ -94,6 +97,30 @@ impl CertificateAuthority {
         let issued = IssuedCertificate { cert_pem: cert.pem(), key_pem: SecretString::new(key.serialize_pem()) };
         let ca = Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) };
         Ok((ca, issued))
+    }
+
+    /// Makes a new root CA valid for `days` that may sign one level of intermediates (the
+    /// two-level PKI: keep this one offline, put an intermediate on the relay).
+    pub fn generate_root(common_name: &str, days: i64) -> Result<(Self, IssuedCertificate), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = base_params(common_name, days)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&key)?;
+        let issued = IssuedCertificate { cert_pem: cert.pem(), key_pem: SecretString::new(key.serialize_pem()) };
+        let ca = Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) };
+        Ok((ca, issued))
+    }
+
+    /// Issues an intermediate CA valid for `days` that signs agent certificates (and no further
+    /// CAs): the relay's online issuer in a two-level PKI.
+    pub fn issue_intermediate(&self, common_name: &str, days: i64) -> Result<IssuedCertificate, PkiError> {
+        let mut params = base_params(common_name, days)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        self.sign(params)
     }
 
     /// Loads a CA from its PEM certificate and key.
@@ -141,11 +168,90 @@ impl CertificateAuthority {
         self.sign(params)
     }
 
+    /// Issues an agent client certificate for a key the agent holds (from its certificate
+    /// signing request), carrying `identity` and valid from now for `lifetime`. Its notBefore is
+    /// the moment of issue (whole seconds), which is what a revocation compares against.
+    pub fn issue_agent_for_key(
+        &self,
+        identity: &AgentIdentity,
+        request: &AgentRequest,
+        lifetime: std::time::Duration,
+    ) -> Result<String, PkiError> {
+        let mut params = base_params(identity.name.as_str(), 1)?;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now.replace_nanosecond(0).unwrap_or(now);
+        params.not_after = now + Duration::seconds(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2));
+        for uri in identity.uris() {
+            params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
+    }
+
     fn sign(&self, params: CertificateParams) -> Result<IssuedCertificate, PkiError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCertificate { cert_pem: cert.pem(), key_pem: SecretString::new(key.serialize_pem()) })
     }
+}
+
+/// A verified certificate signing request from an agent: its public key and the agent URI SANs
+/// it asked for (which can only be checked against what the relay grants, never widen it).
+#[derive(Debug)]
+pub struct AgentRequest {
+    public_key: rcgen::PublicKey,
+    /// The `urn:pwrelay:` URI SANs the request names.
+    pub requested_uris: Vec<String>,
+}
+
+impl AgentRequest {
+    /// Parses a DER request and checks its signature and key type (ECDSA P-256 or P-384, or
+    /// Ed25519); everything else it asks for is ignored except its pwrelay URI SANs.
+    pub fn from_der(der: &[u8]) -> Result<Self, PkiError> {
+        let csr = rustls_pki_types::CertificateSigningRequestDer::from(der);
+        let parsed = rcgen::CertificateSigningRequestParams::from_der(&csr).map_err(|e| {
+            PkiError::Request(match e {
+                rcgen::Error::InvalidCertificationRequestSignature => "its signature does not verify".to_owned(),
+                rcgen::Error::UnsupportedSignatureAlgorithm => {
+                    "its key type is not supported; use ECDSA P-256 (what pwrelay-agent enroll makes)".to_owned()
+                }
+                other => format!("it cannot be parsed ({other})"),
+            })
+        })?;
+        let alg = parsed.public_key.algorithm();
+        let allowed = [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
+        if !allowed.iter().any(|a| *a == alg) {
+            return Err(PkiError::Request(
+                "its key type is not supported; use ECDSA P-256 (what pwrelay-agent enroll makes)".into(),
+            ));
+        }
+        let requested_uris = parsed
+            .params
+            .subject_alt_names
+            .iter()
+            .filter_map(|san| match san {
+                SanType::URI(uri) => Some(uri.as_str().to_owned()),
+                _ => None,
+            })
+            .filter(|uri| uri.starts_with("urn:pwrelay:"))
+            .collect();
+        Ok(Self { public_key: parsed.public_key, requested_uris })
+    }
+}
+
+/// A fresh ECDSA P-256 key and a certificate signing request for it (DER), naming `identity`
+/// when given (the relay decides the identity; the request's names can only narrow it).
+pub fn certificate_request(identity: Option<&AgentIdentity>) -> Result<(Vec<u8>, SecretString), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    if let Some(identity) = identity {
+        for uri in identity.uris() {
+            params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+        }
+    }
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.der().to_vec(), SecretString::new(key.serialize_pem())))
 }
 
 fn base_params(common_name: &str, days: i64) -> Result<CertificateParams, PkiError> {

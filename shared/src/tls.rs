@@ -1,9 +1,11 @@
 //! Every rustls configuration of the product is built here, with the ring provider and TLS 1.2+.
 //!
-//! - [`link_server`]: the relay's agent-link listener; requires a client certificate from the
-//!   agent CA.
+//! - [`link_server`]: the relay's agent-link listener; a client certificate, when presented, must
+//!   chain to the agent CA and pass the relay's deny list; a client without one reaches only the
+//!   enrollment call (every other call refuses it).
 //! - [`link_client`]: the agent's side of the link; presents its client certificate and checks the
-//!   relay's chain and name.
+//!   relay's chain and name. [`enrollment_client`]: the agent before it has a certificate; trusts
+//!   the CA whose fingerprint its enrollment token carries, found in the chain the relay presents.
 //! - [`https_server`]: the relay's public HTTPS API (no client certificates).
 //! - [`ldap_client`]: the agent's LDAPS/StartTLS connections to domain controllers.
 //! - [`https_client`]: HTTPS to a server of a private CA; [`public_https_client`]: HTTPS to
@@ -69,6 +71,14 @@ impl CertifiedKey {
     /// The DER of the chain's first (leaf) certificate.
     pub fn leaf(&self) -> Option<&[u8]> {
         self.chain.first().map(|der| der.as_ref())
+    }
+
+    /// Appends `certificate` to the chain unless it is already in it (the relay serves its agent
+    /// CA with its link certificate, so that an enrolling agent can pin it by fingerprint).
+    pub fn append_to_chain(&mut self, certificate: CertificateDer<'static>) {
+        if !self.chain.contains(&certificate) {
+            self.chain.push(certificate);
+        }
     }
 
     /// Parses PEM text (certificate chain, private key).
@@ -145,12 +155,36 @@ fn client_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsV
         .map_err(|source| TlsError::Rustls { context: "tls versions", source })
 }
 
-/// The relay's agent-link listener: HTTP/2 only, client certificate required and verified against
-/// `agent_ca`.
-pub fn link_server(identity: CertifiedKey, agent_ca: &TrustAnchors) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(agent_ca.0.clone(), provider())
+/// Decides whether a client certificate that chains to the agent CA is still admitted (the
+/// relay's deny list of revoked agents). Called during the handshake; it must not block.
+pub trait ClientCertificateCheck: Send + Sync + std::fmt::Debug {
+    /// `Err(reason)` refuses the certificate (DER of the leaf).
+    fn admit(&self, leaf: &[u8]) -> Result<(), String>;
+}
+
+/// Admits every certificate that chains to the agent CA (tests, and relays without a store).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdmitEvery;
+
+impl ClientCertificateCheck for AdmitEvery {
+    fn admit(&self, _leaf: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The relay's agent-link listener: HTTP/2 only. A client certificate, when presented, must chain
+/// to `agent_ca` and pass `check`; a client may also come without one, which only the enrollment
+/// call accepts (the link service refuses such a peer on every other call).
+pub fn link_server(
+    identity: CertifiedKey,
+    agent_ca: &TrustAnchors,
+    check: Arc<dyn ClientCertificateCheck>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let inner = WebPkiClientVerifier::builder_with_provider(agent_ca.0.clone(), provider())
+        .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(CheckedClientVerifier { inner, check });
     let mut config = server_builder()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain, identity.key)
@@ -180,6 +214,131 @@ pub fn link_client(identity: CertifiedKey, relay_ca: &TrustAnchors) -> Result<Ar
         .map_err(|source| TlsError::Rustls { context: "agent client certificate", source })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The agent before it holds a certificate (`pwrelay-agent enroll`): HTTP/2, no client
+/// certificate, and the relay is trusted only if the chain it presents holds a CA certificate
+/// whose SHA-256 is `ca_fingerprint` and its certificate chains to that CA for the expected name.
+/// Nothing is sent to a relay that fails this (the token's secret included).
+pub fn enrollment_client(ca_fingerprint: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = Arc::new(PinnedCaVerifier { fingerprint: ca_fingerprint, provider: provider() });
+    let mut config = client_builder()?.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Verifies the relay against the CA in its own chain whose fingerprint the token pins.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let pinned = intermediates
+            .iter()
+            .find(|cert| crate::enrollment::sha256(cert.as_ref()) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the relay presented no CA certificate with the enrollment token's fingerprint {}; check the \
+                     relay URL, or make a new token on this relay",
+                    crate::enrollment::fingerprint_text(&self.fingerprint)
+                ))
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(pinned.clone().into_owned())?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&self.provider))
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The agent CA's verification, then the relay's deny list.
+#[derive(Debug)]
+struct CheckedClientVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    check: Arc<dyn ClientCertificateCheck>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for CheckedClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        // The check logs its own reason; the listener logs the refused handshake.
+        self.check
+            .admit(end_entity.as_ref())
+            .map_err(|_reason| rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// An HTTPS client that trusts only `ca` (tests, the CLI client against a private-CA relay).
@@ -224,7 +383,7 @@ mod tests {
         let anchors = TrustAnchors::from_pem(&ca_files.cert_pem).expect("anchors");
         let server = ca.issue_server(&["relay.test".into()], 1).expect("server");
         let key = |c: &crate::pki::IssuedCertificate| CertifiedKey::from_pem(&c.cert_pem, c.key_pem.expose_secret());
-        assert_eq!(link_server(key(&server).expect("k"), &anchors).expect("link").alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(link_server(key(&server).expect("k"), &anchors, Arc::new(AdmitEvery)).expect("link").alpn_protocols, vec![b"h2".to_vec()]);
         assert!(https_server(key(&server).expect("k")).is_ok());
         let agent = ca.issue_agent(
             &crate::identity::AgentIdentity {

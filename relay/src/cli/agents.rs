@@ -1,5 +1,6 @@
 //! `pwrelay agents`: the known agents, read from the store the relay configuration names (the
-//! same on every replica): list them, show one, forget one that is gone.
+//! same on every replica): list them, show one, forget one that is gone; make an enrollment
+//! token and revoke an agent (`enrollment.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,21 @@ pub(crate) enum AgentsCommand {
         #[arg(long, env = "PWRELAY_CONFIG", default_value = "/etc/pwrelay/relay.toml")]
         config: PathBuf,
     },
+    /// Print a one-time enrollment token for a new agent (once; the store keeps only its hash).
+    ///
+    /// On the member server: `pwrelay-agent enroll --relay https://RELAY:7443 --token TOKEN --out DIR`.
+    /// The certificate it buys names the agent and domains given here; the token also pins this
+    /// relay's CA, so the agent needs no copied ca.pem.
+    EnrollToken(super::enrollment::EnrollTokenArgs),
+    /// Revoke an agent: its open streams close within seconds on every replica, its certificates
+    /// issued until now are refused, and its leased jobs are released.
+    Revoke {
+        /// The agent's name (from its certificate).
+        name: String,
+        /// The relay configuration (for [store]).
+        #[arg(long, env = "PWRELAY_CONFIG", default_value = "/etc/pwrelay/relay.toml")]
+        config: PathBuf,
+    },
     /// Remove an agent that is gone from the known agents (it is recorded anew if it connects).
     ///
     /// A connected agent is not removed unless --force is given; revoke its certificate first if
@@ -61,7 +77,9 @@ pub(crate) fn run(command: AgentsCommand) -> ExitCode {
     let path = match &command {
         AgentsCommand::List { config, .. }
         | AgentsCommand::Show { config, .. }
-        | AgentsCommand::Forget { config, .. } => config,
+        | AgentsCommand::Forget { config, .. }
+        | AgentsCommand::Revoke { config, .. }
+        | AgentsCommand::EnrollToken(super::enrollment::EnrollTokenArgs { config, .. }) => config,
     };
     let config = match Config::load(path, &Overrides::default()) {
         Ok(config) => config,
@@ -82,6 +100,8 @@ async fn execute(command: AgentsCommand, config: &Config) -> anyhow::Result<Exit
     let thresholds = config.agents;
     let now = Timestamp::now();
     match command {
+        AgentsCommand::EnrollToken(args) => super::enrollment::enroll_token(&args, config, store.as_ref()).await,
+        AgentsCommand::Revoke { name, .. } => super::enrollment::revoke(&name, store.as_ref()).await,
         AgentsCommand::List { json, .. } => {
             let agents = store.agents().await?;
             if json {

@@ -3,6 +3,7 @@
 mod agents;
 mod client;
 mod clients;
+mod enrollment;
 mod password;
 mod pki;
 mod serve;

@@ -1,11 +1,14 @@
 //! The agent link: the gRPC `AgentLink` service agents dial into over mutual TLS.
 //!
-//! The TLS layer ([`crate::listener`], with [`pwrelay_shared::tls::link_server`]) admits only
-//! clients whose certificate chains to the agent CA. This module reads the agent's identity (and
-//! the certificate's serial and expiry, for the known agents of [`registry`]) from that
-//! certificate and runs one [`session`] per stream.
+//! The TLS layer ([`crate::listener`], with [`pwrelay_shared::tls::link_server`]) admits clients
+//! whose certificate chains to the agent CA and is not revoked ([`revocation`]), and clients
+//! without a certificate, which only [`enroll`]'s `Enroll` call serves: `Open` refuses them. This
+//! module reads the agent's identity (and the certificate's serial and expiry, for the known
+//! agents of [`registry`]) from that certificate and runs one [`session`] per stream.
 
+pub mod enroll;
 pub mod registry;
+pub mod revocation;
 mod session;
 
 use std::collections::BTreeSet;
@@ -52,6 +55,8 @@ pub struct LinkContext {
     pub metrics: Arc<crate::metrics::RelayMetrics>,
     /// `link.claim_interval_ms`: how often a stream looks for claimable jobs unwoken.
     pub claim_interval: Duration,
+    /// The deny list; it closes the streams of agents revoked while connected.
+    pub revocations: Arc<revocation::Revocations>,
 }
 
 /// The `AgentLink` gRPC service.
@@ -87,11 +92,18 @@ impl AgentLink for LinkService {
             tracing::warn!(error = %e, "agent certificate cannot be read");
             Status::permission_denied(e)
         })?;
+        let not_before_ms = revocation::subject_of(leaf).map_or(i64::MIN, |(_, not_before)| not_before);
+        if self.context.revocations.refusal(identity.name.as_str(), not_before_ms).is_some() {
+            tracing::warn!(target: "pwrelay::audit", event = "agent.revoked_certificate_refused", agent = %identity.name, "refused a stream of a revoked agent");
+            return Err(Status::permission_denied(format!("agent {} is revoked", identity.name)));
+        }
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (outbound, rx) = mpsc::channel(32);
+        let cancel = self.cancel.child_token();
+        self.context.revocations.follow(identity.name.as_str(), not_before_ms, cancel.clone(), outbound.clone());
         let session = session::Session::new(Arc::clone(&self.context), identity, certificate, peer, outbound);
-        self.tracker.spawn(session.run(inbound, self.cancel.child_token()));
+        self.tracker.spawn(session.run(inbound, cancel));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -9,6 +9,8 @@
 //! - [`AgentStore`] (`agents.rs`): the known agents, their state and DC health, shared by replicas.
 //! - [`GaugeStore`] (`gauges.rs`): the counts the metrics read at each scrape.
 //! - [`ReplicaStore`] (`replicas.rs`): the relay processes sharing the store, with heartbeats.
+//! - [`EnrollmentStore`] (`enrollment.rs`): one-time enrollment tokens, used atomically, and the
+//!   deny list of revoked agents.
 //!
 //! [`Store`] is all of them plus readiness: the relay holds one `Arc<dyn Store>` and hands it to
 //! the API, the agent link and the workers; [`open`] makes it from `[store]`. Each backend is a
@@ -17,6 +19,7 @@
 
 pub mod agents;
 mod clients;
+pub mod enrollment;
 pub mod gauges;
 mod jobs;
 pub mod lifecycle;
@@ -35,6 +38,7 @@ use crate::jobs::events::JobEvents;
 
 pub use agents::{AgentState, AgentStore, AgentThresholds, KnownAgent};
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
+pub use enrollment::EnrollmentStore;
 pub use gauges::{GaugeStore, StoreGauges};
 pub use jobs::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
 pub use lifecycle::LifecycleStore;
@@ -63,7 +67,7 @@ pub enum StoreError {
 /// Everything the relay keeps, in one backend.
 #[async_trait]
 pub trait Store:
-    JobStore + ClientStore + WebhookStore + LifecycleStore + ReplicaStore + AgentStore + GaugeStore
+    JobStore + ClientStore + WebhookStore + LifecycleStore + ReplicaStore + AgentStore + GaugeStore + EnrollmentStore
 {
     /// Whether the store can be read and written (readiness).
     async fn check(&self) -> Result<(), StoreError>;

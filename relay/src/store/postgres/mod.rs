@@ -26,6 +26,7 @@
 
 mod agents;
 mod clients;
+mod enrollment;
 mod gauges;
 mod jobs;
 mod lifecycle;
@@ -54,6 +55,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_schema", include_str!("migrations/0001_schema.sql")),
     ("0002_agents", include_str!("migrations/0002_agents.sql")),
     ("0003_replicas", include_str!("migrations/0003_replicas.sql")),
+    ("0004_enrollment", include_str!("migrations/0004_enrollment.sql")),
 ];
 
 /// The advisory lock key under which migrations run (any constant shared by every replica).

@@ -9,6 +9,7 @@
 
 mod agents;
 mod clients;
+mod enrollment;
 mod gauges;
 mod jobs;
 mod lifecycle;

@@ -1,9 +1,10 @@
 //! The SQLite schema: version 1 and the migrations after it, recorded in `PRAGMA user_version`.
 //! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002_agents.sql`, 9 its `0003_replicas.sql`;
-//! 10 is an index of SQLite's own (PostgreSQL settles batches by id).
+//! 10 is an index of SQLite's own (PostgreSQL settles batches by id); 11 is PostgreSQL's
+//! `0004_enrollment.sql`.
 
 /// Schema version written to `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 10;
+pub(super) const SCHEMA_VERSION: i64 = 11;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -93,7 +94,27 @@ CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms)
     AGENTS,
     REPLICAS,
     BATCH_INDEX,
+    ENROLLMENT,
 ];
+
+/// Enrollment tokens and the deny list of revoked agents (migration 10 → 11; PostgreSQL's
+/// `0004_enrollment.sql`).
+const ENROLLMENT: &str = "
+CREATE TABLE IF NOT EXISTS enrollment_tokens (
+    id            TEXT PRIMARY KEY,   -- hexadecimal: the token's id
+    secret_sha256 BLOB NOT NULL,      -- the token's secret is never stored
+    agent         TEXT NOT NULL,      -- the name the certificate will carry
+    domains       TEXT NOT NULL,      -- JSON array: the domains it will carry
+    created_ms    INTEGER NOT NULL,
+    expires_ms    INTEGER NOT NULL,
+    used_ms       INTEGER,            -- set once, by the enrollment that used it
+    used_by       TEXT                -- the address that used it
+);
+CREATE TABLE IF NOT EXISTS agent_revocations (
+    agent      TEXT PRIMARY KEY,
+    revoked_ms INTEGER NOT NULL       -- the agent's certificates issued before this are refused
+);
+";
 
 /// The batches by state (migration 9 → 10). Every transaction that can change a child's state
 /// settles the open batches (`SETTLE_BATCHES` in `jobs.rs`); without this index each such

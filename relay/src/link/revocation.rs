@@ -1,0 +1,143 @@
+//! The deny list of revoked agents, as this replica enforces it.
+//!
+//! `pwrelay agents revoke NAME` writes the revocation to the store
+//! ([`EnrollmentStore::revoke_agent`]); every replica reloads the list every
+//! [`REFRESH_INTERVAL`] (and once before it serves), so a revocation holds across replicas
+//! within that time. The list is checked in three places:
+//! - at the TLS handshake of the link port ([`ClientCertificateCheck`]): a revoked certificate
+//!   never gets a connection;
+//! - when a stream opens and when a renewal is asked for ([`Revocations::refusal`]), for a
+//!   connection made before the list changed;
+//! - on open streams: each reload closes the streams of certificates it now refuses, with
+//!   `PERMISSION_DENIED` (the agent's next connection fails at the handshake).
+//!
+//! A revocation refuses the certificates of the agent issued (notBefore) before it, so the agent
+//! can be enrolled again with a new token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use pwrelay_proto::agent::v1::RelayMessage;
+use pwrelay_shared::identity::AgentIdentity;
+use pwrelay_shared::tls::ClientCertificateCheck;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::store::{Store, StoreError};
+
+/// How often each replica reloads the deny list from the store.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The deny list and the open streams it may close.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    /// Agent name → revoked at (Unix ms).
+    denied: RwLock<HashMap<String, i64>>,
+    streams: Mutex<Vec<OpenStream>>,
+}
+
+#[derive(Debug)]
+struct OpenStream {
+    agent: String,
+    not_before_ms: i64,
+    cancel: CancellationToken,
+    outbound: mpsc::Sender<Result<RelayMessage, Status>>,
+}
+
+/// The agent name and notBefore (Unix ms) of a DER certificate.
+pub(crate) fn subject_of(der: &[u8]) -> Option<(String, i64)> {
+    use x509_parser::prelude::FromDer as _;
+    let identity = AgentIdentity::from_certificate_der(der).ok()?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some((identity.name.to_string(), cert.validity().not_before.timestamp().saturating_mul(1000)))
+}
+
+impl Revocations {
+    /// When the certificate of `agent` issued at `not_before_ms` is refused: the revocation time.
+    pub fn refusal(&self, agent: &str, not_before_ms: i64) -> Option<i64> {
+        let denied = self.denied.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        denied.get(agent).copied().filter(|revoked| not_before_ms < *revoked)
+    }
+
+    /// Follows a stream: it is closed (`cancel`, after `PERMISSION_DENIED` on `outbound`) once a
+    /// reload refuses its certificate.
+    pub fn follow(
+        &self,
+        agent: &str,
+        not_before_ms: i64,
+        cancel: CancellationToken,
+        outbound: mpsc::Sender<Result<RelayMessage, Status>>,
+    ) {
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        streams.retain(|s| !s.cancel.is_cancelled() && !s.outbound.is_closed());
+        streams.push(OpenStream { agent: agent.to_owned(), not_before_ms, cancel, outbound });
+    }
+
+    /// Reloads the list from the store and closes the streams it now refuses; how many.
+    pub async fn reload(&self, store: &dyn Store) -> Result<usize, StoreError> {
+        let list = store.revocations().await?;
+        let fresh: HashMap<String, i64> = list.into_iter().map(|r| (r.agent, r.revoked.0)).collect();
+        *self.denied.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        let closing: Vec<OpenStream> = {
+            let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (closing, open) = std::mem::take(&mut *streams)
+                .into_iter()
+                .filter(|s| !s.cancel.is_cancelled() && !s.outbound.is_closed())
+                .partition(|s| self.refusal(&s.agent, s.not_before_ms).is_some());
+            *streams = open;
+            closing
+        };
+        let closed = closing.len();
+        for stream in closing {
+            tracing::warn!(target: "pwrelay::audit", event = "agent.stream_closed_revoked", agent = %stream.agent, "closing the stream of a revoked agent");
+            let _gone = stream.outbound.try_send(Err(Status::permission_denied(format!(
+                "agent {} was revoked (pwrelay agents revoke); enroll it again with a new token",
+                stream.agent
+            ))));
+            stream.cancel.cancel();
+        }
+        Ok(closed)
+    }
+
+    /// Reloads every [`REFRESH_INTERVAL`] until `cancel`.
+    pub async fn watch(self: Arc<Self>, store: Arc<dyn Store>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match self.reload(store.as_ref()).await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("the deny list of revoked agents is read again");
+                }
+                Ok(_) => {}
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "reading the deny list of revoked agents failed; the last one read stays in force");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl ClientCertificateCheck for Revocations {
+    fn admit(&self, leaf: &[u8]) -> Result<(), String> {
+        let Some((agent, not_before_ms)) = subject_of(leaf) else {
+            // No agent identity: the link refuses it after the handshake, with the reason.
+            return Ok(());
+        };
+        match self.refusal(&agent, not_before_ms) {
+            None => Ok(()),
+            Some(_) => {
+                tracing::warn!(target: "pwrelay::audit", event = "agent.revoked_certificate_refused", %agent, "refused the certificate of a revoked agent at the handshake");
+                Err(format!("agent {agent} is revoked"))
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+SELECT agent, revoked_ms FROM agent_revocations
