@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pwrelay_shared::tls::{self, CertifiedKey, TrustAnchors};
+use pwrelay_shared::tls::{self, TrustAnchors};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,6 +19,8 @@ use crate::health::{self, HealthState};
 use crate::jobs::JobContext;
 use crate::jobs::journal::Journal;
 use crate::link::LinkClient;
+use crate::link::identity::LinkIdentity;
+use crate::link::renewal::Renewal;
 
 /// How long the rest of the agent (the health listener, the bind check) gets beyond the link's
 /// own drain (`relay.shutdown_grace_seconds`) before the process stops anyway.
@@ -66,10 +68,11 @@ impl App {
     /// Loads TLS material for the relay and every domain, and binds the health listener.
     pub async fn build(config: Config) -> Result<Self, AppError> {
         let relay_tls = |source| AppError::Tls { key: "relay".into(), source };
-        let identity = CertifiedKey::from_files(&config.relay.cert_file, &config.relay.key_file).map_err(relay_tls)?;
-        let certificate = identity.leaf().and_then(certificate_status);
         let relay_ca = TrustAnchors::from_file(&config.relay.ca_file).map_err(relay_tls)?;
-        let link_tls = tls::link_client(identity, &relay_ca).map_err(relay_tls)?;
+        let identity = Arc::new(
+            LinkIdentity::load(&config.relay.cert_file, &config.relay.key_file, relay_ca).map_err(relay_tls)?,
+        );
+        let certificate = certificate_status(&identity.leaf());
         let mut directories = BTreeMap::new();
         for (i, domain) in config.domains.into_iter().enumerate() {
             let name = domain.name.clone();
@@ -110,7 +113,7 @@ impl App {
             host: config.relay.host,
             port: config.relay.port,
             server_name: config.relay.server_name,
-            tls: link_tls,
+            identity,
             max_jobs_in_flight: config.relay.max_jobs_in_flight,
             heartbeat: config.relay.heartbeat,
             shutdown_grace: config.relay.shutdown_grace,
@@ -150,6 +153,14 @@ impl App {
                 tracing::error!(%error, "health endpoint failed");
             }
         });
+        let renewal = Renewal {
+            host: link.host.clone(),
+            port: link.port,
+            server_name: link.server_name.clone(),
+            identity: Arc::clone(&link.identity),
+            health: Arc::clone(&health),
+        };
+        tracker.spawn(renewal.run(cancel.child_token()));
         tracker.spawn(link.run(cancel.child_token()));
 
         shutdown.await;
@@ -166,12 +177,14 @@ impl App {
     }
 }
 
-/// The identity and expiry of the agent's certificate (DER).
-fn certificate_status(der: &[u8]) -> Option<health::CertificateStatus> {
+/// The identity and validity of the agent's certificate (DER).
+pub(crate) fn certificate_status(der: &[u8]) -> Option<health::CertificateStatus> {
     let identity = pwrelay_shared::identity::AgentIdentity::from_certificate_der(der).ok()?;
+    let (issued_unix, expires_unix) = pwrelay_shared::identity::certificate_validity_unix(der)?;
     Some(health::CertificateStatus {
         agent: identity.name.to_string(),
         domains: identity.domains.iter().map(ToString::to_string).collect(),
-        expires_unix: pwrelay_shared::identity::certificate_expiry_unix(der)?,
+        issued_unix,
+        expires_unix,
     })
 }

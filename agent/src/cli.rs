@@ -46,6 +46,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Enroll this agent with a one-time token from `pwrelay agents enroll-token`.
+    ///
+    /// Makes the key here (agent.key, mode 0600; it never leaves the host), sends a certificate
+    /// request over the relay's link port, and writes agent.pem, ca.pem and a starting agent.toml
+    /// into --out. The token pins the relay's CA: no ca.pem needs copying.
+    Enroll {
+        /// The relay's link port, https://HOST:PORT (link.listen; 7443 by default).
+        #[arg(long)]
+        relay: String,
+        /// The one-time token (better from the environment than the command line, which other
+        /// users can see).
+        #[arg(long, env = "PWRELAY_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The directory to write agent.key, agent.pem, ca.pem and agent.toml to.
+        #[arg(long)]
+        out: PathBuf,
+        /// The name the relay's certificate carries, when not the URL's host.
+        #[arg(long)]
+        server_name: Option<String>,
+    },
     /// Validate the configuration and exit (0 when valid).
     CheckConfig {
         /// The agent configuration.
@@ -64,6 +84,12 @@ impl Cli {
         match self.command {
             Command::Run { config, log_level } => run(&config, log_level),
             Command::Status { config, address, json } => status(&config, address, json),
+            Command::Enroll { relay, token, out, server_name } => enroll(crate::enroll::EnrollOptions {
+                relay,
+                server_name,
+                token: pwrelay_shared::secret::SecretString::new(token),
+                out,
+            }),
             Command::CheckConfig { config } => match Config::load(&config) {
                 Ok(c) => {
                     let names: Vec<&str> = c.domains.iter().map(|d| d.name.as_str()).collect();
@@ -119,6 +145,36 @@ fn status(path: &std::path::Path, address: Option<std::net::SocketAddr>, json: b
         print!("{}", crate::status::render(&status, addr));
     }
     if status.ready() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+fn enroll(options: crate::enroll::EnrollOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(crate::enroll::enroll(&options)) {
+        Ok(enrolled) => {
+            println!(
+                "enrolled agent {} for {} (certificate valid until Unix time {}, renewed automatically);
+                 wrote agent.key (0600), agent.pem, ca.pem and {} in {}:
+                 fill in its [[domains]] tables, then `pwrelay-agent check-config --config {}`",
+                enrolled.agent,
+                enrolled.domains.join(", "),
+                enrolled.expires_unix,
+                crate::enroll::CONFIG_FILE,
+                options.out.display(),
+                enrolled.config.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {

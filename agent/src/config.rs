@@ -707,7 +707,7 @@ fn reconcile_config(
     Ok(ReconcileConfig { salt, params })
 }
 
-fn split_host_port(authority: &str) -> Option<(String, u16)> {
+pub(crate) fn split_host_port(authority: &str) -> Option<(String, u16)> {
     let (host, port) = authority.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || authority.contains('/') {

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod enroll;
 pub mod health;
 pub mod jobs;
 pub mod link;

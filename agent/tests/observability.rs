@@ -138,6 +138,7 @@ async fn status_shows_the_link_the_certificate_each_dc_and_recent_jobs_without_a
     agent.health.set_certificate(CertificateStatus {
         agent: "agent-status".into(),
         domains: vec![dc.domain.to_string()],
+        issued_unix: expires - 30 * 86_400,
         expires_unix: expires,
     });
     checked(&agent).await;

@@ -86,3 +86,10 @@ pub fn certificate_expiry_unix(der: &[u8]) -> Option<i64> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     Some(cert.validity().not_after.timestamp())
 }
+
+/// When a DER-encoded certificate starts and stops being valid (notBefore, notAfter: Unix
+/// seconds); `None` when unparsable.
+pub fn certificate_validity_unix(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
+}

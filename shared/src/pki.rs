@@ -285,6 +285,11 @@ pub fn write_private(path: &Path, key: &SecretString, overwrite: bool) -> Result
     write_file(path, key.expose_secret().as_bytes(), 0o600, overwrite)
 }
 
+/// Writes `contents` to `path` with `mode`, replacing what is there (renewal's temporary files).
+pub fn write_file_mode(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    write_file(path, contents, mode, true)
+}
+
 fn write_file(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), PkiError> {
     let io_err = |source| PkiError::Io { path: path.display().to_string(), source };
     if !overwrite && path.exists() {

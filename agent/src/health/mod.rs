@@ -46,8 +46,18 @@ pub struct CertificateStatus {
     pub agent: String,
     /// The domains it names.
     pub domains: Vec<String>,
+    /// When it became valid (notBefore, Unix seconds).
+    pub issued_unix: i64,
     /// When it expires (Unix seconds).
     pub expires_unix: i64,
+}
+
+impl CertificateStatus {
+    /// Near its expiry: past two thirds of its life, when renewal is due (and, done, would have
+    /// replaced it).
+    pub fn near_expiry(&self, now_unix: i64) -> bool {
+        now_unix >= self.issued_unix + (self.expires_unix - self.issued_unix) * 2 / 3
+    }
 }
 
 /// The relay link as the agent last saw it.
@@ -187,11 +197,24 @@ async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], Stri
 
 async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
     let ready = shared.health.ready(shared.jobs.directories.len());
-    let body = json!({
+    let mut body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "relay_connected": shared.health.relay_connected(),
         "directories": directories(&shared.health),
     });
+    // The certificate shows only when its expiry is near (renewal due or failing).
+    let now = crate::jobs::unix_seconds();
+    if let Some(certificate) = lock(&shared.health.certificate).clone().filter(|c| c.near_expiry(now)) {
+        body["certificate"] = json!({
+            "expires_unix": certificate.expires_unix,
+            "expires_in_seconds": certificate.expires_unix - now,
+            "detail": if certificate.expires_unix <= now {
+                "the agent certificate has expired; the relay refuses it: enroll again with a new token"
+            } else {
+                "the agent certificate is near its expiry and not renewed yet; see the agent's log"
+            },
+        });
+    }
     (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }
 

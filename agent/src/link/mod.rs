@@ -13,24 +13,22 @@
 //! meanwhile.
 
 pub mod backoff;
+pub(crate) mod dial;
+pub mod identity;
+pub mod renewal;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use pwrelay_proto::agent::v1 as pb;
 use pwrelay_proto::agent::v1::agent_link_client::AgentLinkClient;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Endpoint, Uri};
 
 use crate::health::HealthState;
 use crate::jobs::lease::{self, JobLease};
@@ -74,6 +72,8 @@ pub enum LinkError {
 enum SessionEnd {
     Shutdown,
     RelayClosed,
+    /// The certificate was renewed: reconnect with it at once.
+    Renewed,
 }
 
 /// Everything the link needs.
@@ -85,8 +85,8 @@ pub struct LinkClient {
     pub port: u16,
     /// Name the relay certificate must carry.
     pub server_name: String,
-    /// mTLS client configuration (from `shared::tls::link_client`).
-    pub tls: Arc<rustls::ClientConfig>,
+    /// The agent's certificate and key as the link presents them; renewal swaps them.
+    pub identity: Arc<identity::LinkIdentity>,
     /// Jobs at once.
     pub max_jobs_in_flight: u32,
     /// Heartbeat interval.
@@ -197,6 +197,11 @@ impl LinkClient {
             match result {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::RelayClosed) => tracing::info!("the relay closed the agent link; reconnecting"),
+                Ok(SessionEnd::Renewed) => {
+                    tracing::info!("reconnecting with the renewed certificate");
+                    backoff.reset();
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "agent link down");
                     self.health.set_relay_error(error.to_string());
@@ -229,34 +234,7 @@ impl LinkClient {
     }
 
     async fn connect(&self) -> Result<AgentLinkClient<tonic::transport::Channel>, LinkError> {
-        let address = if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        };
-        let server_name = ServerName::try_from(self.server_name.clone())
-            .map_err(|_| LinkError::ServerName(self.server_name.clone()))?;
-        let connector = TlsConnector::from(Arc::clone(&self.tls));
-        let (host, port) = (self.host.clone(), self.port);
-        let dial = tower::service_fn(move |_: Uri| {
-            let (connector, server_name, host) = (connector.clone(), server_name.clone(), host.clone());
-            async move {
-                let tcp = TcpStream::connect((host.as_str(), port)).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        });
-        let connect_err =
-            |e: &dyn std::error::Error| LinkError::Connect { address: address.clone(), message: error_chain(e) };
-        let channel = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| connect_err(&e))?
-            .connect_timeout(Duration::from_secs(10))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_with_connector(dial)
-            .await
-            .map_err(|e| connect_err(&e))?;
+        let channel = dial::dial(&self.host, self.port, &self.server_name, self.identity.config()).await?;
         Ok(AgentLinkClient::new(channel))
     }
 
@@ -266,6 +244,8 @@ impl LinkClient {
         tasks: &TaskTracker,
         stop: &CancellationToken,
     ) -> Result<SessionEnd, LinkError> {
+        let mut certificate_renewed = self.identity.subscribe();
+        certificate_renewed.mark_unchanged();
         let mut client = tokio::select! {
             () = stop.cancelled() => return Ok(SessionEnd::Shutdown),
             client = self.connect() => client?,
@@ -327,6 +307,7 @@ impl LinkClient {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok(SessionEnd::Shutdown),
+                Ok(()) = certificate_renewed.changed() => return Ok(SessionEnd::Renewed),
                 () = state.finished.notified() => flush(state, &mut stream).await?,
                 message = inbound.message() => match message {
                     Ok(Some(pb::RelayMessage { body: Some(body) })) => match body {
