@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use super::{LinkError, error_chain};
 
 /// Connects to `host:port`, expecting the relay's certificate to carry `server_name`.
-pub(crate) async fn dial(
+pub async fn dial(
     host: &str,
     port: u16,
     server_name: &str,

@@ -13,7 +13,7 @@
 //! meanwhile.
 
 pub mod backoff;
-pub(crate) mod dial;
+pub mod dial;
 pub mod identity;
 pub mod renewal;
 
