@@ -449,3 +449,89 @@ async fn reused_expired_forged_wrong_ca_and_widening_enrollments_are_refused() {
         assert!(log.contains(&format!("reason=\"{reason}\"")), "{reason} is audited: {log}");
     }
 }
+
+/// The agent certificate's notAfter (Unix seconds) and the key file's text.
+fn certificate_of(dir: &Path) -> (i64, String, String) {
+    let cert = std::fs::read_to_string(dir.join("agent.pem")).expect("agent.pem");
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c)
+        .expect("a certificate");
+    let (_, not_after) = pwrelay_shared::identity::certificate_validity_unix(&der).expect("validity");
+    (not_after, cert, std::fs::read_to_string(dir.join("agent.key")).expect("agent.key"))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_certificates_are_renewed_over_the_link_and_the_agent_keeps_working() {
+    // 8 s certificates: renewed about every 5 s, so the first has expired well within the test.
+    let world = World::new(8).await;
+    let domain = world.dc.domain.to_string();
+    let token = world.enroll_token("renewing-a", &[&domain], "10m");
+    let dir = world.path("agent-renewing");
+    let (ok, out, err) = world.enroll(&token, &dir);
+    assert!(ok, "enrollment succeeds: {out}{err}");
+    let (first_expiry, first_cert, first_key) = certificate_of(&dir);
+    let (agent, health) = world.start_agent(&dir);
+    world.wait_ready(health, &agent).await;
+
+    // Two renewals, and past the first certificate's expiry.
+    let renewed = eventually(Duration::from_secs(40), || async {
+        world.relay_log().matches("agent.certificate_renewed").count() >= 2 && unix_now() > first_expiry + 1
+    })
+    .await;
+    assert!(renewed, "the certificate is renewed twice before the first expires: {}\nagent: {}", world.relay_log(), agent.log());
+    let (expiry, cert, key) = certificate_of(&dir);
+    assert!(expiry > first_expiry, "the certificate on disk is a newer one");
+    assert_ne!(cert, first_cert);
+    assert_ne!(key, first_key, "each renewal uses a fresh key");
+    assert_eq!(mode(&dir.join("agent.key")), 0o600, "the renewed key is the owner's only");
+    assert!(agent.log().contains("reconnecting with the renewed certificate"), "no restart: {}", agent.log());
+
+    // The old certificate is expired; the agent carries on with the new one.
+    world.wait_ready(health, &agent).await;
+    let user = world.dc.create_user_in(&world.ou, "ren").await;
+    let job = world.rotate(&user, "Renewed!Rotation-5522").await;
+    assert_eq!(job["state"], "succeeded", "{job}\nagent: {}", agent.log());
+    assert_eq!(job["agent"], "renewing-a");
+    assert!(world.dc.bind(&user.dn, "Renewed!Rotation-5522").await.ok(), "the new password binds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_is_disconnected_and_refused_until_enrolled_again() {
+    let world = World::new(14 * 86_400).await;
+    let domain = world.dc.domain.to_string();
+    let token = world.enroll_token("revoked-a", &[&domain], "10m");
+    let dir = world.path("agent-revoked");
+    assert!(world.enroll(&token, &dir).0, "enrollment succeeds");
+    let (agent, health) = world.start_agent(&dir);
+    world.wait_ready(health, &agent).await;
+
+    let config = world.config();
+    let (ok, _, err) = run(&world.relay_bin, &["agents", "revoke", "revoked-a", "--config", &config]);
+    assert!(ok, "revoke: {err}");
+    let connected = || async {
+        World::readyz(health).await.is_some_and(|(_, body)| body["relay_connected"] == true)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async { !connected().await }).await,
+        "the open stream is closed: {}",
+        world.relay_log()
+    );
+    // It keeps trying and is refused at the handshake.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!connected().await, "the revoked agent stays disconnected: {}", agent.log());
+    let log = world.relay_log();
+    assert!(log.contains("agent.stream_closed_revoked"), "{log}");
+    assert!(log.contains("agent.revoked_certificate_refused"), "its certificate is refused from then on: {log}");
+    drop(agent);
+
+    // A new token enrolls it again with a new certificate, which the deny list does not refuse.
+    let again = world.enroll_token("revoked-a", &[&domain], "10m");
+    let fresh = world.path("agent-revoked-again");
+    assert!(world.enroll(&again, &fresh).0, "enrolling again succeeds");
+    let (agent, health) = world.start_agent(&fresh);
+    world.wait_ready(health, &agent).await;
+}
