@@ -1,6 +1,6 @@
 //! Both `/metrics` endpoints after a scenario: a rotation that succeeds, one the agent's policy
-//! check refuses, one for a domain no agent serves, an agent-link handshake without a
-//! certificate. The figures scraped are the ones the scenario produced, and every metric the alert
+//! check refuses, one for a domain no agent serves, an agent-link handshake with a certificate
+//! of another CA. The figures scraped are the ones the scenario produced, and every metric the alert
 //! rules and the dashboard name (deploy/monitoring/) is served by the relay or the agent.
 
 mod support;
@@ -54,9 +54,25 @@ async fn relay_and_agent_metrics_show_what_happened() {
     let (status, _) = world.get(&relay, "/v1/no-such-route").await;
     assert_eq!(status, 404);
 
-    // A client without a certificate is refused by the agent link.
-    let refused = world.http.get(format!("https://127.0.0.1:{}/", relay.link.port())).send().await;
-    assert!(refused.is_err(), "the link takes no client without a certificate");
+    // A client whose certificate another CA issued is refused at the link's handshake. (One
+    // without a certificate completes TLS, for enrollment, and is refused by every other call.)
+    let (foreign, _) = pwrelay_shared::pki::CertificateAuthority::generate("foreign CA", 1).expect("ca");
+    let stranger = pwrelay_shared::identity::AgentIdentity {
+        name: pwrelay_shared::domain::AgentName::parse("stranger").expect("name"),
+        domains: [dc.domain.clone()].into(),
+    };
+    let issued = foreign.issue_agent(&stranger, 1).expect("certificate");
+    let anchors = pwrelay_shared::tls::TrustAnchors::from_file(&world.path("pki/ca.pem")).expect("ca");
+    let key = pwrelay_shared::tls::CertifiedKey::from_pem(&issued.cert_pem, issued.key_pem.expose_secret()).expect("key");
+    let connector = tokio_rustls::TlsConnector::from(pwrelay_shared::tls::link_client(key, &anchors).expect("tls"));
+    let tcp = tokio::net::TcpStream::connect(relay.link).await.expect("tcp");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    if let Ok(mut stream) = connector.connect(name, tcp).await {
+        // TLS 1.3: the client finishes first and learns of the refusal on its first read.
+        let mut buf = [0u8; 1];
+        let read = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+        assert!(!matches!(read, Ok(n) if n > 0), "the link takes no certificate of another CA");
+    }
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let text = scrape(relay_metrics(&relay)).await;
@@ -77,7 +93,7 @@ async fn relay_and_agent_metrics_show_what_happened() {
     expect("pwrelay_agent_up{agent=\"site-m\"}", 1.0);
     expect("pwrelay_http_requests_total{route=\"/v1/rotations\",method=\"POST\",status=\"202\"}", 3.0);
     expect("pwrelay_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}", 1.0);
-    let refusals = sample(&text, "pwrelay_tls_handshakes_refused_total{listener=\"link\",reason=\"no_certificate\"}");
+    let refusals = sample(&text, "pwrelay_tls_handshakes_refused_total{listener=\"link\",reason=\"bad_certificate\"}");
     assert!(refusals >= Some(1.0), "{text}");
     // Bounded labels: no account, job id, password or client address in any series (the test DC's
     // URL, ldaps://127.0.0.1, is a DC name as the agent's configuration gives it).

@@ -1287,3 +1287,82 @@ mod agents {
         assert!(store.agents().await.expect("list").is_empty());
     }
 }
+
+// ---- enrollment tokens and revocations
+
+mod enrollment {
+    use super::*;
+    use crate::store::enrollment::NewEnrollmentToken;
+    use pwrelay_shared::domain::AgentName;
+
+    contract!(
+        an_enrollment_token_is_used_once_even_by_two_enrollments_at_once,
+        an_expired_or_mismatched_token_is_not_used,
+        revoking_an_agent_denies_it_and_ends_only_its_leases,
+    );
+
+    fn token(id: &str, expires_in_ms: i64) -> NewEnrollmentToken {
+        let now = Timestamp::now();
+        NewEnrollmentToken {
+            id: id.into(),
+            secret_sha256: [7; 32],
+            agent: AgentName::parse("site-e").expect("name"),
+            domains: [d("a.test"), d("b.test")].into(),
+            created: now,
+            expires: Timestamp(now.0 + expires_in_ms),
+        }
+    }
+
+    async fn an_enrollment_token_is_used_once_even_by_two_enrollments_at_once(store: &dyn Store) {
+        store.add_enrollment_token(&token("t1", 60_000)).await.expect("add");
+        let stored = store.enrollment_token("t1").await.expect("read").expect("stored");
+        assert_eq!(stored.secret_sha256, vec![7; 32]);
+        assert_eq!(stored.agent.as_str(), "site-e");
+        assert_eq!(stored.domains, [d("a.test"), d("b.test")].into());
+        assert!(stored.used.is_none());
+        let now = Timestamp::now();
+        let (first, second) = tokio::join!(
+            store.use_enrollment_token("t1", &[7; 32], now, "10.0.0.1:1"),
+            store.use_enrollment_token("t1", &[7; 32], now, "10.0.0.2:2"),
+        );
+        let used = [first.expect("use"), second.expect("use")];
+        assert_eq!(used.iter().filter(|u| **u).count(), 1, "exactly one of two concurrent uses wins: {used:?}");
+        assert!(store.enrollment_token("t1").await.expect("read").expect("kept").used.is_some());
+        assert!(!store.use_enrollment_token("t1", &[7; 32], Timestamp::now(), "x").await.expect("use"));
+        assert!(store.enrollment_token("nope").await.expect("read").is_none());
+    }
+
+    async fn an_expired_or_mismatched_token_is_not_used(store: &dyn Store) {
+        store.add_enrollment_token(&token("t2", -1)).await.expect("add");
+        assert!(!store.use_enrollment_token("t2", &[7; 32], Timestamp::now(), "x").await.expect("use"), "expired");
+        store.add_enrollment_token(&token("t3", 60_000)).await.expect("add");
+        assert!(!store.use_enrollment_token("t3", &[8; 32], Timestamp::now(), "x").await.expect("use"), "other hash");
+        assert!(store.use_enrollment_token("t3", &[7; 32], Timestamp::now(), "x").await.expect("use"));
+    }
+
+    async fn revoking_an_agent_denies_it_and_ends_only_its_leases(store: &dyn Store) {
+        let short =
+            ClaimPolicy { lease: Duration::from_secs(60), write_timeout: Duration::from_millis(200), ..policy() };
+        let (mine, other) = (user_job("a.test", "one@a.test"), user_job("a.test", "two@a.test"));
+        let (mine_id, other_id) = (mine.id, other.id);
+        store.insert_job(mine).await.expect("insert");
+        store.insert_job(other).await.expect("insert");
+        assert_eq!(store.claim(&[d("a.test")], "site-r#i1", "site-r", 1, short).await.expect("claim").len(), 1);
+        // A name that merely starts with the revoked one keeps its lease.
+        assert_eq!(store.claim(&[d("a.test")], "site-r2#i1", "site-r2", 1, short).await.expect("claim").len(), 1);
+        let at = Timestamp::now();
+        let revoked = store.revoke_agent(&AgentName::parse("site-r").expect("name"), at).await.expect("revoke");
+        assert_eq!(revoked.leases_released, 1);
+        let list = store.revocations().await.expect("list");
+        assert_eq!(list, vec![crate::store::enrollment::Revocation { agent: "site-r".into(), revoked: at }]);
+        // Revoking again moves the time on, never back.
+        store.revoke_agent(&AgentName::parse("site-r").expect("name"), Timestamp(at.0 - 1000)).await.expect("again");
+        assert_eq!(store.revocations().await.expect("list")[0].revoked, at);
+        // The released job is claimable once the write timeout has passed; the other is not.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let taken = store.claim(&[d("a.test")], "site-s#i1", "site-s", 10, short).await.expect("claim");
+        assert_eq!(ids(&taken), vec![mine_id]);
+        assert!(taken[0].earlier_attempt_unresolved, "the revoked agent may have written: the claim says so");
+        assert_eq!(state(store, other_id).await, JobState::Dispatched);
+    }
+}
