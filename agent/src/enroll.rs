@@ -110,7 +110,10 @@ pub async fn enroll(options: &EnrollOptions) -> Result<Enrolled, EnrollError> {
     pki::write_public(&out.join(files::AGENT_CERT), &response.certificate_chain_pem, false)?;
     pki::write_public(&out.join(files::CA_CERT), &response.ca_pem, false)?;
     let config = out.join(CONFIG_FILE);
-    pki::write_public(&config, &starting_config(&options.relay, options.server_name.as_deref(), &response), false)?;
+    // Absolute paths, so the file can be moved (to /etc/pwrelay/agent.toml) as it is.
+    let base = std::fs::canonicalize(out).unwrap_or_else(|_| out.clone());
+    let text = starting_config(&options.relay, options.server_name.as_deref(), &base, &response);
+    pki::write_public(&config, &text, false)?;
     Ok(Enrolled {
         agent: response.agent,
         domains: response.domains,
@@ -121,7 +124,13 @@ pub async fn enroll(options: &EnrollOptions) -> Result<Enrolled, EnrollError> {
 
 /// A starting `agent.toml`: the relay section complete, one `[[domains]]` table per domain with
 /// what only the operator knows left to fill in.
-fn starting_config(relay: &str, server_name: Option<&str>, response: &pwrelay_proto::agent::v1::EnrollResponse) -> String {
+fn starting_config(
+    relay: &str,
+    server_name: Option<&str>,
+    base: &std::path::Path,
+    response: &pwrelay_proto::agent::v1::EnrollResponse,
+) -> String {
+    let path = |name: &str| toml::Value::String(base.join(name).display().to_string()).to_string();
     let mut text = format!(
         "# Written by `pwrelay-agent enroll` for agent {agent}. The relay renews agent.pem and agent.key\n\
          # over the link before they expire; keep them writable by the agent.\n\
@@ -136,10 +145,10 @@ fn starting_config(relay: &str, server_name: Option<&str>, response: &pwrelay_pr
     }
     let _ = write!(
         text,
-        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-        files::CA_CERT,
-        files::AGENT_CERT,
-        files::AGENT_KEY
+        "ca_file = {}\ncert_file = {}\nkey_file = {}\n",
+        path(files::CA_CERT),
+        path(files::AGENT_CERT),
+        path(files::AGENT_KEY)
     );
     for domain in &response.domains {
         let _ = write!(

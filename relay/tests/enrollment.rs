@@ -131,7 +131,10 @@ struct World {
 }
 
 impl World {
-    async fn new(certificate_lifetime_seconds: u64) -> Self {
+    /// A relay whose enrolled certificates last `certificate_lifetime_seconds`, signed by the
+    /// one CA of `pki init`, or with `two_level` by the issuing intermediate under an offline
+    /// root (`pki init --two-level`).
+    async fn new(certificate_lifetime_seconds: u64, two_level: bool) -> Self {
         tls::install_default_provider();
         let (relay_bin, agent_bin) = tokio::task::spawn_blocking(binaries).await.expect("binaries");
         let dc = testkit::dc();
@@ -140,9 +143,14 @@ impl World {
         dc.delegate_password_rights(&ou, &service).await;
         let dir = tempfile::Builder::new().prefix("pwrelay-enroll-").tempdir().expect("temp dir");
         let path = |p: &str| dir.path().join(p).display().to_string();
-        let (ok, _, err) =
-            run(&relay_bin, &["pki", "init", "--dir", &path("pki"), "--relay-name", "localhost", "--relay-name", "127.0.0.1"]);
+        let pki_dir = path("pki");
+        let mut init = vec!["pki", "init", "--dir", &pki_dir, "--relay-name", "localhost", "--relay-name", "127.0.0.1"];
+        if two_level {
+            init.push("--two-level");
+        }
+        let (ok, _, err) = run(&relay_bin, &init);
         assert!(ok, "pki init: {err}");
+        let issuer = if two_level { "issuing-ca" } else { "ca" };
         let (ok, _, err) = run(&relay_bin, &["store-key", "generate", "--out", &path("store.key")]);
         assert!(ok, "store-key: {err}");
         let (api_port, link_port) = (free_port(), free_port());
@@ -153,7 +161,7 @@ impl World {
                  key_file = \"pki/relay.key\"\n\n[link]\nlisten = \"127.0.0.1:{link_port}\"\ncert_file = \"pki/relay.pem\"\n\
                  key_file = \"pki/relay.key\"\nagent_ca_file = \"pki/ca.pem\"\nheartbeat_seconds = 1\nlease_seconds = 20\n\
                  write_timeout_seconds = 5\n\n[store]\npath = \"relay.db\"\nkey_file = \"store.key\"\n\n\
-                 [enrollment]\nissuer_cert_file = \"pki/ca.pem\"\nissuer_key_file = \"pki/ca.key\"\n\
+                 [enrollment]\nissuer_cert_file = \"pki/{issuer}.pem\"\nissuer_key_file = \"pki/{issuer}.key\"\n\
                  certificate_lifetime_seconds = {certificate_lifetime_seconds}\nper_address_per_minute = 60\n\n\
                  [log]\nlevel = \"pwrelay_relay=debug,info\"\n",
                 domain = dc.domain
@@ -327,7 +335,7 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_enrolls_with_a_token_and_runs_a_rotation() {
-    let world = World::new(14 * 86_400).await;
+    let world = World::new(14 * 86_400, false).await;
     let domain = world.dc.domain.to_string();
     let token = world.enroll_token("enrolled-a", &[&domain], "10m");
     let dir = world.path("agent-a");
@@ -364,7 +372,7 @@ async fn an_agent_enrolls_with_a_token_and_runs_a_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_expired_forged_wrong_ca_and_widening_enrollments_are_refused() {
-    let world = World::new(14 * 86_400).await;
+    let world = World::new(14 * 86_400, false).await;
     let domain = world.dc.domain.to_string();
 
     // Reused.
@@ -467,7 +475,7 @@ fn unix_now() -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_certificates_are_renewed_over_the_link_and_the_agent_keeps_working() {
     // 8 s certificates: renewed about every 5 s, so the first has expired well within the test.
-    let world = World::new(8).await;
+    let world = World::new(8, false).await;
     let domain = world.dc.domain.to_string();
     let token = world.enroll_token("renewing-a", &[&domain], "10m");
     let dir = world.path("agent-renewing");
@@ -501,7 +509,7 @@ async fn short_lived_certificates_are_renewed_over_the_link_and_the_agent_keeps_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_agent_is_disconnected_and_refused_until_enrolled_again() {
-    let world = World::new(14 * 86_400).await;
+    let world = World::new(14 * 86_400, false).await;
     let domain = world.dc.domain.to_string();
     let token = world.enroll_token("revoked-a", &[&domain], "10m");
     let dir = world.path("agent-revoked");
@@ -534,4 +542,47 @@ async fn a_revoked_agent_is_disconnected_and_refused_until_enrolled_again() {
     assert!(world.enroll(&again, &fresh).0, "enrolling again succeeds");
     let (agent, health) = world.start_agent(&fresh);
     world.wait_ready(health, &agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_offline_root_the_relay_enrolls_under_its_intermediate() {
+    let mut world = World::new(14 * 86_400, true).await;
+    let domain = world.dc.domain.to_string();
+    let token = world.enroll_token("two-level-a", &[&domain], "10m");
+    let dir = world.path("agent-two-level");
+    let (ok, out, err) = world.enroll(&token, &dir);
+    assert!(ok, "enrollment succeeds: {out}{err}\nrelay: {}", world.relay_log());
+    let chain = std::fs::read_to_string(dir.join("agent.pem")).expect("agent.pem");
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "the agent certificate and the intermediate");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ca.pem")).expect("ca.pem"),
+        std::fs::read_to_string(world.path("pki/ca.pem")).expect("root"),
+        "the agent trusts the root"
+    );
+    let (agent, health) = world.start_agent(&dir);
+    world.wait_ready(health, &agent).await;
+    let user = world.dc.create_user_in(&world.ou, "two").await;
+    let job = world.rotate(&user, "TwoLevel!Rotation-7733").await;
+    assert_eq!(job["state"], "succeeded", "{job}\nagent: {}", agent.log());
+    assert!(world.dc.bind(&user.dn, "TwoLevel!Rotation-7733").await.ok(), "the new password binds");
+
+    // The next intermediate, made with the root: the relay signs with it after a restart, and
+    // the agent enrolled under the previous one still connects.
+    let (ok, _, err) = run(
+        &world.relay_bin,
+        &["pki", "intermediate", "--ca-dir", &world.path("pki").display().to_string(), "--out", &world.path("next").display().to_string()],
+    );
+    assert!(ok, "pki intermediate: {err}");
+    assert_eq!(mode(&world.path("next/issuing-ca.key")), 0o600);
+    world.relay = None;
+    let toml = std::fs::read_to_string(world.path("relay.toml")).expect("relay.toml");
+    std::fs::write(world.path("relay.toml"), toml.replace("pki/issuing-ca.", "next/issuing-ca.")).expect("relay.toml");
+    world.start_relay().await;
+    world.wait_ready(health, &agent).await;
+    let token = world.enroll_token("two-level-b", &[&domain], "10m");
+    let dir = world.path("agent-two-level-b");
+    assert!(world.enroll(&token, &dir).0, "enrollment under the next intermediate");
+    let chain = std::fs::read_to_string(dir.join("agent.pem")).expect("agent.pem");
+    let next = std::fs::read_to_string(world.path("next/issuing-ca.pem")).expect("next");
+    assert!(chain.ends_with(&next), "the chain carries the next intermediate");
 }

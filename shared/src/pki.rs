@@ -34,6 +34,10 @@ pub mod files {
     pub const AGENT_CERT: &str = "agent.pem";
     /// An agent's client private key.
     pub const AGENT_KEY: &str = "agent.key";
+    /// The relay's issuing intermediate in a two-level PKI (`pki init --two-level`).
+    pub const ISSUING_CERT: &str = "issuing-ca.pem";
+    /// Its private key.
+    pub const ISSUING_KEY: &str = "issuing-ca.key";
 }
 
 /// Why a PKI operation failed.
