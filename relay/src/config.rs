@@ -757,6 +757,28 @@ key_file = "store.key"
 "#;
 
     #[test]
+    fn enrollment_is_off_unless_configured_and_its_errors_name_the_key() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/pwrelay"), &Overrides::default()).expect("valid");
+        assert!(c.enrollment.is_none());
+        let on = format!("{MINIMAL}[enrollment]\nissuer_cert_file = \"pki/ca.pem\"\nissuer_key_file = \"pki/ca.key\"\n");
+        let c = Config::parse(&on, Path::new("/etc/pwrelay"), &Overrides::default()).expect("valid");
+        let enrollment = c.enrollment.expect("on");
+        assert_eq!(enrollment.issuer_key_file, Path::new("/etc/pwrelay/pki/ca.key"));
+        assert_eq!(enrollment.certificate_lifetime, Duration::from_secs(14 * 86_400));
+        assert_eq!(enrollment.per_address_per_minute, 10);
+        for (line, key) in [
+            ("certificate_lifetime_seconds = 1", "enrollment.certificate_lifetime_seconds"),
+            ("certificate_lifetime_seconds = 40000000", "enrollment.certificate_lifetime_seconds"),
+            ("per_address_per_minute = 0", "enrollment.per_address_per_minute"),
+        ] {
+            let e = Config::parse(&format!("{on}{line}\n"), Path::new("/"), &Overrides::default())
+                .expect_err("invalid")
+                .to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
+
+    #[test]
     fn minimal_file_gets_defaults_and_resolved_paths() {
         let c = Config::parse(MINIMAL, Path::new("/etc/pwrelay"), &Overrides::default()).expect("valid");
         assert_eq!(c.api.listen, "0.0.0.0:8443".parse().expect("addr"));
@@ -817,6 +839,9 @@ key_file = "store.key"
         assert_eq!(c.jobs.time_to_live, Duration::from_secs(24 * 3600));
         assert_eq!(c.jobs.idempotency_window, Duration::from_secs(24 * 3600));
         assert_eq!(c.jobs.retention, Duration::from_secs(30 * 86_400));
+        let enrollment = c.enrollment.expect("relay.full.toml shows [enrollment]");
+        assert_eq!(enrollment.certificate_lifetime, Duration::from_secs(default_certificate_lifetime_seconds()));
+        assert_eq!(enrollment.per_address_per_minute, default_enrollments_per_minute());
         assert_eq!(
             c.api.limits,
             crate::api::limits::ApiLimits::default(),
