@@ -69,9 +69,8 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, AppError> {
         let relay_tls = |source| AppError::Tls { key: "relay".into(), source };
         let relay_ca = TrustAnchors::from_file(&config.relay.ca_file).map_err(relay_tls)?;
-        let identity = Arc::new(
-            LinkIdentity::load(&config.relay.cert_file, &config.relay.key_file, relay_ca).map_err(relay_tls)?,
-        );
+        let identity =
+            Arc::new(LinkIdentity::load(&config.relay.cert_file, &config.relay.key_file, relay_ca).map_err(relay_tls)?);
         let certificate = certificate_status(&identity.leaf());
         let mut directories = BTreeMap::new();
         for (i, domain) in config.domains.into_iter().enumerate() {

@@ -104,7 +104,9 @@ pub async fn enroll(options: &EnrollOptions) -> Result<Enrolled, EnrollError> {
     }
     // The certificate must fit the key made here and name an agent.
     pwrelay_shared::tls::CertifiedKey::from_pem(&response.certificate_chain_pem, key_pem.expose_secret())
-        .and_then(|key| pwrelay_shared::tls::link_client(key, &pwrelay_shared::tls::TrustAnchors::from_pem(&response.ca_pem)?))
+        .and_then(|key| {
+            pwrelay_shared::tls::link_client(key, &pwrelay_shared::tls::TrustAnchors::from_pem(&response.ca_pem)?)
+        })
         .map_err(|e| EnrollError::Answer(e.to_string()))?;
     pki::write_private(&out.join(files::AGENT_KEY), &key_pem, false)?;
     pki::write_public(&out.join(files::AGENT_CERT), &response.certificate_chain_pem, false)?;
@@ -114,12 +116,7 @@ pub async fn enroll(options: &EnrollOptions) -> Result<Enrolled, EnrollError> {
     let base = std::fs::canonicalize(out).unwrap_or_else(|_| out.clone());
     let text = starting_config(&options.relay, options.server_name.as_deref(), &base, &response);
     pki::write_public(&config, &text, false)?;
-    Ok(Enrolled {
-        agent: response.agent,
-        domains: response.domains,
-        expires_unix: response.expires_unix,
-        config,
-    })
+    Ok(Enrolled { agent: response.agent, domains: response.domains, expires_unix: response.expires_unix, config })
 }
 
 /// A starting `agent.toml`: the relay section complete, one `[[domains]]` table per domain with

@@ -112,12 +112,20 @@ impl App {
         let link_err = |source| AppError::Tls { section: "link", source };
         let agent_ca = TrustAnchors::from_file(&config.link.agent_ca_file).map_err(link_err)?;
         let agent_ca_pem = std::fs::read_to_string(&config.link.agent_ca_file).map_err(|e| {
-            link_err(tls::TlsError::File { path: config.link.agent_ca_file.display().to_string(), reason: e.to_string() })
+            link_err(tls::TlsError::File {
+                path: config.link.agent_ca_file.display().to_string(),
+                reason: e.to_string(),
+            })
         })?;
         let mut link_identity =
             CertifiedKey::from_files(&config.link.cert_file, &config.link.key_file).map_err(link_err)?;
         // Served after the link certificate, so that an enrolling agent finds the CA its token pins.
-        if let Some(Ok(ca)) = <rustls_pki_types::CertificateDer<'static> as rustls_pki_types::pem::PemObject>::pem_slice_iter(agent_ca_pem.as_bytes()).next() {
+        if let Some(Ok(ca)) =
+            <rustls_pki_types::CertificateDer<'static> as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+                agent_ca_pem.as_bytes(),
+            )
+            .next()
+        {
             link_identity.append_to_chain(ca);
         }
         let issuer = config.enrollment.as_ref().map(|e| Issuer::load(e, &agent_ca_pem)).transpose()?.map(Arc::new);
@@ -128,8 +136,12 @@ impl App {
         // The deny list is in force from the first handshake.
         let revocations = Arc::new(Revocations::default());
         revocations.reload(store.as_ref()).await?;
-        let link_tls = tls::link_server(link_identity, &agent_ca, Arc::clone(&revocations) as Arc<dyn tls::ClientCertificateCheck>)
-            .map_err(link_err)?;
+        let link_tls = tls::link_server(
+            link_identity,
+            &agent_ca,
+            Arc::clone(&revocations) as Arc<dyn tls::ClientCertificateCheck>,
+        )
+        .map_err(link_err)?;
         let enrollment = EnrollmentService::new(
             issuer,
             Arc::clone(&store),

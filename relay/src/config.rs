@@ -760,7 +760,8 @@ key_file = "store.key"
     fn enrollment_is_off_unless_configured_and_its_errors_name_the_key() {
         let c = Config::parse(MINIMAL, Path::new("/etc/pwrelay"), &Overrides::default()).expect("valid");
         assert!(c.enrollment.is_none());
-        let on = format!("{MINIMAL}[enrollment]\nissuer_cert_file = \"pki/ca.pem\"\nissuer_key_file = \"pki/ca.key\"\n");
+        let on =
+            format!("{MINIMAL}[enrollment]\nissuer_cert_file = \"pki/ca.pem\"\nissuer_key_file = \"pki/ca.key\"\n");
         let c = Config::parse(&on, Path::new("/etc/pwrelay"), &Overrides::default()).expect("valid");
         let enrollment = c.enrollment.expect("on");
         assert_eq!(enrollment.issuer_key_file, Path::new("/etc/pwrelay/pki/ca.key"));

@@ -97,7 +97,11 @@ impl Drop for Process {
 /// A command's exit success, standard output and standard error.
 fn run(bin: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin).args(args).stdin(Stdio::null()).output().expect("the command runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
@@ -412,8 +416,9 @@ async fn reused_expired_forged_wrong_ca_and_widening_enrollments_are_refused() {
     assert!(!ok && err.contains("fingerprint"), "a token pinning another CA is refused by the agent: {err}");
     // A client that ignores the pin is refused by the relay.
     let relay_pinned = tls::enrollment_client(fingerprint).expect("tls");
-    let channel =
-        pwrelay_agent::link::dial::dial("127.0.0.1", world.link_port, "localhost", relay_pinned.clone()).await.expect("dial");
+    let channel = pwrelay_agent::link::dial::dial("127.0.0.1", world.link_port, "localhost", relay_pinned.clone())
+        .await
+        .expect("dial");
     let (csr_der, _key) = pwrelay_shared::pki::certificate_request(None).expect("csr");
     let refused = AgentEnrollmentClient::new(channel.clone())
         .enroll(EnrollRequest { token: other_ca.expose_secret().to_owned(), csr_der: csr_der.clone() })
@@ -490,7 +495,12 @@ async fn short_lived_certificates_are_renewed_over_the_link_and_the_agent_keeps_
         world.relay_log().matches("agent.certificate_renewed").count() >= 2 && unix_now() > first_expiry + 1
     })
     .await;
-    assert!(renewed, "the certificate is renewed twice before the first expires: {}\nagent: {}", world.relay_log(), agent.log());
+    assert!(
+        renewed,
+        "the certificate is renewed twice before the first expires: {}\nagent: {}",
+        world.relay_log(),
+        agent.log()
+    );
     let (expiry, cert, key) = certificate_of(&dir);
     assert!(expiry > first_expiry, "the certificate on disk is a newer one");
     assert_ne!(cert, first_cert);
@@ -520,9 +530,7 @@ async fn a_revoked_agent_is_disconnected_and_refused_until_enrolled_again() {
     let config = world.config();
     let (ok, _, err) = run(&world.relay_bin, &["agents", "revoke", "revoked-a", "--config", &config]);
     assert!(ok, "revoke: {err}");
-    let connected = || async {
-        World::readyz(health).await.is_some_and(|(_, body)| body["relay_connected"] == true)
-    };
+    let connected = || async { World::readyz(health).await.is_some_and(|(_, body)| body["relay_connected"] == true) };
     assert!(
         eventually(Duration::from_secs(10), || async { !connected().await }).await,
         "the open stream is closed: {}",
@@ -570,7 +578,14 @@ async fn with_an_offline_root_the_relay_enrolls_under_its_intermediate() {
     // the agent enrolled under the previous one still connects.
     let (ok, _, err) = run(
         &world.relay_bin,
-        &["pki", "intermediate", "--ca-dir", &world.path("pki").display().to_string(), "--out", &world.path("next").display().to_string()],
+        &[
+            "pki",
+            "intermediate",
+            "--ca-dir",
+            &world.path("pki").display().to_string(),
+            "--out",
+            &world.path("next").display().to_string(),
+        ],
     );
     assert!(ok, "pki intermediate: {err}");
     assert_eq!(mode(&world.path("next/issuing-ca.key")), 0o600);

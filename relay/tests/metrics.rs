@@ -63,7 +63,8 @@ async fn relay_and_agent_metrics_show_what_happened() {
     };
     let issued = foreign.issue_agent(&stranger, 1).expect("certificate");
     let anchors = pwrelay_shared::tls::TrustAnchors::from_file(&world.path("pki/ca.pem")).expect("ca");
-    let key = pwrelay_shared::tls::CertifiedKey::from_pem(&issued.cert_pem, issued.key_pem.expose_secret()).expect("key");
+    let key =
+        pwrelay_shared::tls::CertifiedKey::from_pem(&issued.cert_pem, issued.key_pem.expose_secret()).expect("key");
     let connector = tokio_rustls::TlsConnector::from(pwrelay_shared::tls::link_client(key, &anchors).expect("tls"));
     let tcp = tokio::net::TcpStream::connect(relay.link).await.expect("tcp");
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");

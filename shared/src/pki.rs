@@ -225,7 +225,7 @@ impl AgentRequest {
         })?;
         let alg = parsed.public_key.algorithm();
         let allowed = [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
-        if !allowed.iter().any(|a| *a == alg) {
+        if !allowed.contains(&alg) {
             return Err(PkiError::Request(
                 "its key type is not supported; use ECDSA P-256 (what pwrelay-agent enroll makes)".into(),
             ));

@@ -383,7 +383,10 @@ mod tests {
         let anchors = TrustAnchors::from_pem(&ca_files.cert_pem).expect("anchors");
         let server = ca.issue_server(&["relay.test".into()], 1).expect("server");
         let key = |c: &crate::pki::IssuedCertificate| CertifiedKey::from_pem(&c.cert_pem, c.key_pem.expose_secret());
-        assert_eq!(link_server(key(&server).expect("k"), &anchors, Arc::new(AdmitEvery)).expect("link").alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(
+            link_server(key(&server).expect("k"), &anchors, Arc::new(AdmitEvery)).expect("link").alpn_protocols,
+            vec![b"h2".to_vec()]
+        );
         assert!(https_server(key(&server).expect("k")).is_ok());
         let agent = ca.issue_agent(
             &crate::identity::AgentIdentity {

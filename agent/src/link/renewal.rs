@@ -90,7 +90,8 @@ impl Renewal {
     }
 
     async fn renew_once(&self) -> Result<Validity, RenewError> {
-        let identity = AgentIdentity::from_certificate_der(&self.identity.leaf()).map_err(|_| RenewError::NoIdentity)?;
+        let identity =
+            AgentIdentity::from_certificate_der(&self.identity.leaf()).map_err(|_| RenewError::NoIdentity)?;
         let (csr_der, key_pem) = pwrelay_shared::pki::certificate_request(Some(&identity))?;
         let channel = super::dial::dial(&self.host, self.port, &self.server_name, self.identity.config()).await?;
         let response = AgentEnrollmentClient::new(channel)

@@ -52,11 +52,18 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-pub(crate) async fn enroll_token(args: &EnrollTokenArgs, config: &Config, store: &dyn Store) -> anyhow::Result<ExitCode> {
+pub(crate) async fn enroll_token(
+    args: &EnrollTokenArgs,
+    config: &Config,
+    store: &dyn Store,
+) -> anyhow::Result<ExitCode> {
     let name = AgentName::parse(&args.name)?;
-    let domains = args.domains.iter().map(|d| DomainName::parse(d)).collect::<Result<std::collections::BTreeSet<_>, _>>()?;
+    let domains =
+        args.domains.iter().map(|d| DomainName::parse(d)).collect::<Result<std::collections::BTreeSet<_>, _>>()?;
     if let Some(unserved) = domains.iter().find(|d| !config.domains.contains(d)) {
-        eprintln!("error: this relay does not serve {unserved} (its configuration's domains); add it there or drop --domain {unserved}");
+        eprintln!(
+            "error: this relay does not serve {unserved} (its configuration's domains); add it there or drop --domain {unserved}"
+        );
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
     if config.enrollment.is_none() {
@@ -68,8 +75,9 @@ pub(crate) async fn enroll_token(args: &EnrollTokenArgs, config: &Config, store:
     }
     let ca_pem = std::fs::read_to_string(&config.link.agent_ca_file)
         .map_err(|e| anyhow::anyhow!("link.agent_ca_file {}: {e}", config.link.agent_ca_file.display()))?;
-    let fingerprint = ca_fingerprint(&ca_pem)
-        .ok_or_else(|| anyhow::anyhow!("link.agent_ca_file {} holds no PEM certificate", config.link.agent_ca_file.display()))?;
+    let fingerprint = ca_fingerprint(&ca_pem).ok_or_else(|| {
+        anyhow::anyhow!("link.agent_ca_file {} holds no PEM certificate", config.link.agent_ca_file.display())
+    })?;
     let token = EnrollmentToken::generate(fingerprint)?;
     let created = Timestamp::now();
     let ttl_ms = i64::try_from(args.ttl.as_millis()).unwrap_or(i64::MAX);

@@ -104,7 +104,8 @@ fn init(
     days: i64,
     two_level: bool,
 ) -> anyhow::Result<()> {
-    let made = [files::CA_CERT, files::CA_KEY, files::RELAY_CERT, files::RELAY_KEY, files::ISSUING_CERT, files::ISSUING_KEY];
+    let made =
+        [files::CA_CERT, files::CA_KEY, files::RELAY_CERT, files::RELAY_KEY, files::ISSUING_CERT, files::ISSUING_KEY];
     if made.iter().any(|f| dir.join(f).exists()) {
         anyhow::bail!("{} already holds a PKI; use another --dir", dir.display());
     }
@@ -124,7 +125,10 @@ fn init(
         let issuing = ca.issue_intermediate("pwrelay agent issuing CA", 730)?;
         pki::write_private(&dir.join(files::ISSUING_KEY), &issuing.key_pem, false)?;
         pki::write_public(&dir.join(files::ISSUING_CERT), &issuing.cert_pem, false)?;
-        eprintln!("  {}  root CA private key (0600): move it offline now; it is needed only for `pki intermediate`", files::CA_KEY);
+        eprintln!(
+            "  {}  root CA private key (0600): move it offline now; it is needed only for `pki intermediate`",
+            files::CA_KEY
+        );
         eprintln!(
             "  {} / {}  the issuing intermediate (730 days): [enrollment] issuer_cert_file / issuer_key_file",
             files::ISSUING_CERT,

@@ -211,11 +211,20 @@ impl EnrollmentService {
         })
     }
 
-    async fn enroll_checked(&self, peer: Option<SocketAddr>, request: EnrollRequest) -> Result<EnrollResponse, (Refusal, Status)> {
+    async fn enroll_checked(
+        &self,
+        peer: Option<SocketAddr>,
+        request: EnrollRequest,
+    ) -> Result<EnrollResponse, (Refusal, Status)> {
         let issuer = self.issuer().map_err(|s| (Refusal::NotConfigured, s))?;
         if let Some(ip) = peer.map(|p| p.ip()) {
             self.limiter.check(&ip).map_err(|wait| {
-                (Refusal::RateLimited, Status::resource_exhausted(format!("too many enrollments from this address; try again in {wait} s")))
+                (
+                    Refusal::RateLimited,
+                    Status::resource_exhausted(format!(
+                        "too many enrollments from this address; try again in {wait} s"
+                    )),
+                )
             })?;
         }
         let token = EnrollmentToken::parse(&request.token)
@@ -236,8 +245,14 @@ impl EnrollmentService {
             tracing::error!(error = %e, "the enrollment store failed");
             (Refusal::NotConfigured, Status::unavailable("the relay's store failed; try again"))
         };
-        let invalid = "the enrollment token is not valid: unknown or forged; make a new one with `pwrelay agents enroll-token`";
-        let stored = self.store.enrollment_token(&id).await.map_err(store_failed)?.ok_or_else(|| denied(Refusal::Unknown, invalid))?;
+        let invalid =
+            "the enrollment token is not valid: unknown or forged; make a new one with `pwrelay agents enroll-token`";
+        let stored = self
+            .store
+            .enrollment_token(&id)
+            .await
+            .map_err(store_failed)?
+            .ok_or_else(|| denied(Refusal::Unknown, invalid))?;
         let hash = token.secret_sha256();
         if !bool::from(hash.as_slice().ct_eq(stored.secret_sha256.as_slice())) {
             return Err(denied(Refusal::Forged, invalid));
@@ -249,7 +264,8 @@ impl EnrollmentService {
         if stored.expires <= now {
             return Err(denied(Refusal::Expired, "the enrollment token has expired; make a new one"));
         }
-        let csr = AgentRequest::from_der(&request.csr_der).map_err(|e| (Refusal::BadRequest, Status::invalid_argument(e.to_string())))?;
+        let csr = AgentRequest::from_der(&request.csr_der)
+            .map_err(|e| (Refusal::BadRequest, Status::invalid_argument(e.to_string())))?;
         let identity = AgentIdentity { name: stored.agent.clone(), domains: stored.domains.clone() };
         check_requested_names(&csr, &identity).map_err(|m| denied(Refusal::Widening, &m))?;
         let peer_text = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
@@ -298,7 +314,10 @@ fn check_requested_names(request: &AgentRequest, granted: &AgentIdentity) -> Res
                 ));
             }
         } else {
-            return Err(format!("the certificate request asks for {}, which pwrelay does not issue", crate::untrusted::Untrusted(uri)));
+            return Err(format!(
+                "the certificate request asks for {}, which pwrelay does not issue",
+                crate::untrusted::Untrusted(uri)
+            ));
         }
     }
     Ok(())
@@ -334,7 +353,8 @@ impl AgentEnrollment for EnrollmentService {
             tracing::warn!(target: "pwrelay::audit", event = "agent.renew_refused", agent, peer = ?peer, error = %status.message(), "renewal refused");
             status
         };
-        let identity = AgentIdentity::from_certificate_der(&leaf).map_err(|e| refuse(Status::permission_denied(e.to_string()), "unknown"))?;
+        let identity = AgentIdentity::from_certificate_der(&leaf)
+            .map_err(|e| refuse(Status::permission_denied(e.to_string()), "unknown"))?;
         let agent = identity.name.to_string();
         let issuer = self.issuer().map_err(|s| refuse(s, &agent))?;
         if let Some((_, not_before_ms)) = subject_of(&leaf) {

@@ -120,5 +120,11 @@ pub(crate) fn token_from_row(
     let names: Vec<String> = serde_json::from_str(domains).map_err(|e| corrupt(e.to_string()))?;
     let domains =
         names.iter().map(|d| DomainName::parse(d)).collect::<Result<_, _>>().map_err(|e| corrupt(e.to_string()))?;
-    Ok(StoredEnrollmentToken { secret_sha256, agent, domains, expires: Timestamp(expires_ms), used: used_ms.map(Timestamp) })
+    Ok(StoredEnrollmentToken {
+        secret_sha256,
+        agent,
+        domains,
+        expires: Timestamp(expires_ms),
+        used: used_ms.map(Timestamp),
+    })
 }

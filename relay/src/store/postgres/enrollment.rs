@@ -76,7 +76,12 @@ impl EnrollmentStore for PostgresStore {
         let conn = self.client().await?;
         let rows = conn.query(query!("enrollment/revocations"), &[]).await.map_err(db_err)?;
         rows.iter()
-            .map(|r| Ok(Revocation { agent: r.try_get(0).map_err(db_err)?, revoked: Timestamp(r.try_get(1).map_err(db_err)?) }))
+            .map(|r| {
+                Ok(Revocation {
+                    agent: r.try_get(0).map_err(db_err)?,
+                    revoked: Timestamp(r.try_get(1).map_err(db_err)?),
+                })
+            })
             .collect()
     }
 }

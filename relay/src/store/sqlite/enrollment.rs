@@ -27,7 +27,14 @@ impl EnrollmentStore for SqliteStore {
             tx.execute(
                 "INSERT INTO enrollment_tokens (id, secret_sha256, agent, domains, created_ms, expires_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![token.id, token.secret_sha256.to_vec(), token.agent.as_str(), domains, token.created.0, token.expires.0],
+                params![
+                    token.id,
+                    token.secret_sha256.to_vec(),
+                    token.agent.as_str(),
+                    domains,
+                    token.created.0,
+                    token.expires.0
+                ],
             )
             .map_err(db_err)?;
             tx.commit().map_err(db_err)
