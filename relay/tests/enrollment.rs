@@ -17,6 +17,10 @@ use pwrelay_shared::testkit::{self, TestDc, TestUser};
 use pwrelay_shared::tls::{self, TrustAnchors};
 use serde_json::{Value, json};
 
+#[path = "fault_suite/store.rs"]
+#[allow(dead_code)]
+mod store;
+
 /// The relay binary cargo built for this test, and `pwrelay-agent` next to it (built here, so it
 /// is never older than the agent's sources).
 fn binaries() -> (PathBuf, PathBuf) {
@@ -139,6 +143,11 @@ impl World {
     /// one CA of `pki init`, or with `two_level` by the issuing intermediate under an offline
     /// root (`pki init --two-level`).
     async fn new(certificate_lifetime_seconds: u64, two_level: bool) -> Self {
+        Self::with_store(certificate_lifetime_seconds, two_level, "[store]\npath = \"relay.db\"\n").await
+    }
+
+    /// Like [`World::new`], with `store` as the `[store]` section (without `key_file`).
+    async fn with_store(certificate_lifetime_seconds: u64, two_level: bool, store: &str) -> Self {
         tls::install_default_provider();
         let (relay_bin, agent_bin) = tokio::task::spawn_blocking(binaries).await.expect("binaries");
         let dc = testkit::dc();
@@ -164,7 +173,7 @@ impl World {
                 "domains = [\"{domain}\"]\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ncert_file = \"pki/relay.pem\"\n\
                  key_file = \"pki/relay.key\"\n\n[link]\nlisten = \"127.0.0.1:{link_port}\"\ncert_file = \"pki/relay.pem\"\n\
                  key_file = \"pki/relay.key\"\nagent_ca_file = \"pki/ca.pem\"\nheartbeat_seconds = 1\nlease_seconds = 20\n\
-                 write_timeout_seconds = 5\n\n[store]\npath = \"relay.db\"\nkey_file = \"store.key\"\n\n\
+                 write_timeout_seconds = 5\n\n{store}key_file = \"store.key\"\n\n\
                  [enrollment]\nissuer_cert_file = \"pki/{issuer}.pem\"\nissuer_key_file = \"pki/{issuer}.key\"\n\
                  certificate_lifetime_seconds = {certificate_lifetime_seconds}\nper_address_per_minute = 60\n\n\
                  [log]\nlevel = \"pwrelay_relay=debug,info\"\n",
@@ -243,7 +252,12 @@ impl World {
 
     /// `pwrelay-agent enroll` into `dir`: success, standard output and error.
     fn enroll(&self, token: &str, dir: &Path) -> (bool, String, String) {
-        let relay = format!("https://127.0.0.1:{}", self.link_port);
+        self.enroll_at(self.link_port, token, dir)
+    }
+
+    /// `pwrelay-agent enroll` at the relay whose link port is `link_port`.
+    fn enroll_at(&self, link_port: u16, token: &str, dir: &Path) -> (bool, String, String) {
+        let relay = format!("https://127.0.0.1:{link_port}");
         let out = dir.display().to_string();
         let output = Command::new(&self.agent_bin)
             .args(["enroll", "--relay", &relay, "--server-name", "localhost", "--out", &out])
@@ -600,4 +614,59 @@ async fn with_an_offline_root_the_relay_enrolls_under_its_intermediate() {
     let chain = std::fs::read_to_string(dir.join("agent.pem")).expect("agent.pem");
     let next = std::fs::read_to_string(world.path("next/issuing-ca.pem")).expect("next");
     assert!(chain.ends_with(&next), "the chain carries the next intermediate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_replica_disconnects_the_agent_from_another() {
+    let Some(server) = store::PgServer::from_env() else {
+        eprintln!("skipped: PWRELAY_TEST_POSTGRES_URL is not set (deploy/dev/postgres.sh)");
+        return;
+    };
+    let section = server.store_section(&server.fresh_database().await);
+    let world = World::with_store(14 * 86_400, false, &section).await;
+    // A second replica on the same database, with its own ports.
+    let (api_2, link_2) = (free_port(), free_port());
+    let toml = std::fs::read_to_string(world.path("relay.toml")).expect("relay.toml")
+        .replace(&format!("127.0.0.1:{}", world.api_port), &format!("127.0.0.1:{api_2}"))
+        .replace(&format!("127.0.0.1:{}", world.link_port), &format!("127.0.0.1:{link_2}"));
+    std::fs::write(world.path("relay-2.toml"), toml).expect("relay-2.toml");
+    let config_2 = world.path("relay-2.toml").display().to_string();
+    let replica_2 = Process::start(&world.relay_bin, &["serve", "--config", &config_2], world.path("relay-2.log"));
+    let http = world.http.clone();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let http = http.clone();
+            async move { http.get(format!("https://127.0.0.1:{api_2}/healthz")).send().await.is_ok() }
+        })
+        .await,
+        "the second replica answers: {}",
+        replica_2.log()
+    );
+
+    // A token made with the first replica's configuration, used at the second.
+    let domain = world.dc.domain.to_string();
+    let token = world.enroll_token("replicated-a", &[&domain], "10m");
+    let dir = world.path("agent-replicated");
+    let (ok, out, err) = world.enroll_at(link_2, &token, &dir);
+    assert!(ok, "enrollment at the second replica: {out}{err}\n{}", replica_2.log());
+    let (agent, health) = world.start_agent(&dir);
+    world.wait_ready(health, &agent).await;
+
+    let config = world.config();
+    let (ok, _, err) = run(&world.relay_bin, &["agents", "revoke", "replicated-a", "--config", &config]);
+    assert!(ok, "revoke: {err}");
+    let connected =
+        || async { World::readyz(health).await.is_some_and(|(_, body)| body["relay_connected"] == true) };
+    assert!(
+        eventually(Duration::from_secs(10), || async { !connected().await }).await,
+        "the stream on the other replica is closed: {}",
+        replica_2.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async { replica_2.log().contains("agent.revoked_certificate_refused") })
+            .await,
+        "and its certificate is refused there: {}",
+        replica_2.log()
+    );
+    assert!(!connected().await, "the revoked agent stays disconnected");
 }

@@ -282,3 +282,21 @@ fn directories(health: &HealthState) -> serde_json::Map<String, Value> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_is_near_its_expiry_from_two_thirds_of_its_life() {
+        let certificate = CertificateStatus {
+            agent: "a".into(),
+            domains: vec![],
+            issued_unix: 1_000,
+            expires_unix: 1_000 + 30 * 86_400,
+        };
+        assert!(!certificate.near_expiry(1_000 + 19 * 86_400));
+        assert!(certificate.near_expiry(1_000 + 20 * 86_400));
+        assert!(certificate.near_expiry(1_000 + 31 * 86_400));
+    }
+}

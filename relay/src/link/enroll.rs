@@ -171,6 +171,7 @@ enum Refusal {
     Expired,
     BadRequest,
     Widening,
+    Internal,
 }
 
 impl Refusal {
@@ -186,6 +187,7 @@ impl Refusal {
             Self::Expired => "expired_token",
             Self::BadRequest => "bad_request",
             Self::Widening => "widening",
+            Self::Internal => "internal",
         }
     }
 }
@@ -243,7 +245,7 @@ impl EnrollmentService {
         let id = token.id.hex();
         let store_failed = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "the enrollment store failed");
-            (Refusal::NotConfigured, Status::unavailable("the relay's store failed; try again"))
+            (Refusal::Internal, Status::unavailable("the relay's store failed; try again"))
         };
         let invalid =
             "the enrollment token is not valid: unknown or forged; make a new one with `pwrelay agents enroll-token`";
@@ -272,7 +274,7 @@ impl EnrollmentService {
         if !self.store.use_enrollment_token(&id, &hash, now, &peer_text).await.map_err(store_failed)? {
             return Err(denied(Refusal::Used, "the enrollment token was used already; make a new one"));
         }
-        let (chain, expires_unix) = issuer.issue(&identity, &csr).map_err(|s| (Refusal::BadRequest, s))?;
+        let (chain, expires_unix) = issuer.issue(&identity, &csr).map_err(|s| (Refusal::Internal, s))?;
         tracing::info!(
             target: "pwrelay::audit",
             event = "agent.enrolled",
@@ -368,5 +370,56 @@ impl AgentEnrollment for EnrollmentService {
         let (chain, expires_unix) = issuer.issue(&identity, &csr).map_err(|s| refuse(s, &agent))?;
         tracing::info!(target: "pwrelay::audit", event = "agent.certificate_renewed", %agent, peer = ?peer, expires_unix, "agent certificate renewed");
         Ok(Response::new(RenewResponse { certificate_chain_pem: chain, expires_unix }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, issuer: &pwrelay_shared::pki::IssuedCertificate) -> EnrollmentConfig {
+        std::fs::write(dir.join("issuer.pem"), &issuer.cert_pem).expect("write");
+        std::fs::write(dir.join("issuer.key"), issuer.key_pem.expose_secret()).expect("write");
+        EnrollmentConfig {
+            issuer_cert_file: dir.join("issuer.pem"),
+            issuer_key_file: dir.join("issuer.key"),
+            certificate_lifetime: Duration::from_secs(60),
+            per_address_per_minute: 10,
+        }
+    }
+
+    #[test]
+    fn the_issuer_is_the_agent_ca_or_an_intermediate_it_signed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (root, root_files) = CertificateAuthority::generate_root("root", 30).expect("root");
+        let (_, stranger_files) = CertificateAuthority::generate("stranger", 30).expect("stranger");
+        let intermediate = root.issue_intermediate("issuing", 30).expect("intermediate");
+
+        let same = Issuer::load(&config(dir.path(), &root_files), &root_files.cert_pem).expect("the CA itself");
+        assert!(same.intermediate_pem.is_none());
+        let under = Issuer::load(&config(dir.path(), &intermediate), &root_files.cert_pem).expect("an intermediate");
+        assert!(under.intermediate_pem.is_some(), "its certificate goes with every agent certificate");
+        let foreign = Issuer::load(&config(dir.path(), &stranger_files), &root_files.cert_pem);
+        assert!(matches!(foreign, Err(IssuerError::NotUnderAgentCa)), "{foreign:?}");
+    }
+
+    #[test]
+    fn a_request_may_repeat_the_grant_but_not_widen_it() {
+        let granted = AgentIdentity {
+            name: pwrelay_shared::domain::AgentName::parse("site-a").expect("name"),
+            domains: [DomainName::parse("a.test").expect("d")].into(),
+        };
+        let request = |identity: Option<&AgentIdentity>| {
+            let (der, _) = pwrelay_shared::pki::certificate_request(identity).expect("csr");
+            AgentRequest::from_der(&der).expect("parses")
+        };
+        assert!(check_requested_names(&request(None), &granted).is_ok());
+        assert!(check_requested_names(&request(Some(&granted)), &granted).is_ok());
+        let renamed = AgentIdentity { name: pwrelay_shared::domain::AgentName::parse("site-b").expect("n"), ..granted.clone() };
+        assert!(check_requested_names(&request(Some(&renamed)), &granted).unwrap_err().contains("site-b"));
+        let mut wider = granted.clone();
+        wider.domains.insert(DomainName::parse("b.test").expect("d"));
+        assert!(check_requested_names(&request(Some(&wider)), &granted).unwrap_err().contains("b.test"));
+        assert!(AgentRequest::from_der(b"not a request").is_err());
     }
 }

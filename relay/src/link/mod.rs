@@ -101,7 +101,7 @@ impl AgentLink for LinkService {
         let inbound = request.into_inner();
         let (outbound, rx) = mpsc::channel(32);
         let cancel = self.cancel.child_token();
-        self.context.revocations.follow(identity.name.as_str(), not_before_ms, cancel.clone(), outbound.clone());
+        self.context.revocations.follow(identity.name.as_str(), not_before_ms, cancel.clone(), &outbound);
         let session = session::Session::new(Arc::clone(&self.context), identity, certificate, peer, outbound);
         self.tracker.spawn(session.run(inbound, cancel));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -43,7 +43,14 @@ struct OpenStream {
     agent: String,
     not_before_ms: i64,
     cancel: CancellationToken,
-    outbound: mpsc::Sender<Result<RelayMessage, Status>>,
+    /// Weak: the stream ends when its session drops the last sender, as it would untracked.
+    outbound: mpsc::WeakSender<Result<RelayMessage, Status>>,
+}
+
+impl OpenStream {
+    fn ended(&self) -> bool {
+        self.cancel.is_cancelled() || self.outbound.strong_count() == 0
+    }
 }
 
 /// The agent name and notBefore (Unix ms) of a DER certificate.
@@ -68,11 +75,11 @@ impl Revocations {
         agent: &str,
         not_before_ms: i64,
         cancel: CancellationToken,
-        outbound: mpsc::Sender<Result<RelayMessage, Status>>,
+        outbound: &mpsc::Sender<Result<RelayMessage, Status>>,
     ) {
         let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        streams.retain(|s| !s.cancel.is_cancelled() && !s.outbound.is_closed());
-        streams.push(OpenStream { agent: agent.to_owned(), not_before_ms, cancel, outbound });
+        streams.retain(|s| !s.ended());
+        streams.push(OpenStream { agent: agent.to_owned(), not_before_ms, cancel, outbound: outbound.downgrade() });
     }
 
     /// Reloads the list from the store and closes the streams it now refuses; how many.
@@ -84,7 +91,7 @@ impl Revocations {
             let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let (closing, open) = std::mem::take(&mut *streams)
                 .into_iter()
-                .filter(|s| !s.cancel.is_cancelled() && !s.outbound.is_closed())
+                .filter(|s| !s.ended())
                 .partition(|s| self.refusal(&s.agent, s.not_before_ms).is_some());
             *streams = open;
             closing
@@ -92,10 +99,12 @@ impl Revocations {
         let closed = closing.len();
         for stream in closing {
             tracing::warn!(target: "pwrelay::audit", event = "agent.stream_closed_revoked", agent = %stream.agent, "closing the stream of a revoked agent");
-            let _gone = stream.outbound.try_send(Err(Status::permission_denied(format!(
-                "agent {} was revoked (pwrelay agents revoke); enroll it again with a new token",
-                stream.agent
-            ))));
+            if let Some(outbound) = stream.outbound.upgrade() {
+                let _gone = outbound.try_send(Err(Status::permission_denied(format!(
+                    "agent {} was revoked (pwrelay agents revoke); enroll it again with a new token",
+                    stream.agent
+                ))));
+            }
             stream.cancel.cancel();
         }
         Ok(closed)
