@@ -28,6 +28,10 @@ fn binaries() -> (PathBuf, PathBuf) {
     let agent = relay.with_file_name(format!("pwrelay-agent{}", std::env::consts::EXE_SUFFIX));
     let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     build.args(["build", "--offline", "-p", "pwrelay-agent", "--bin", "pwrelay-agent"]);
+    // The features deploy/dev/test.sh builds the agent with, so the two builds do not undo each other.
+    if let Ok(features) = std::env::var("FAULT_AGENT_FEATURES") {
+        build.args(["--features", &features]);
+    }
     if let Some(target) = relay.parent().and_then(Path::parent) {
         build.env("CARGO_TARGET_DIR", target);
     }
@@ -357,7 +361,9 @@ async fn an_agent_enrolls_with_a_token_and_runs_a_rotation() {
     let domain = world.dc.domain.to_string();
     let token = world.enroll_token("enrolled-a", &[&domain], "10m");
     let dir = world.path("agent-a");
+    let started = std::time::Instant::now();
     let (ok, out, err) = world.enroll(&token, &dir);
+    println!("==> pwrelay-agent enroll took {} ms (process start to files written)", started.elapsed().as_millis());
     assert!(ok, "enrollment succeeds: {out}{err}\nrelay: {}", world.relay_log());
     assert_eq!(mode(&dir.join("agent.key")), 0o600, "the key is the owner's only");
     let cert = std::fs::read_to_string(dir.join("agent.pem")).expect("agent.pem");
@@ -503,6 +509,7 @@ async fn short_lived_certificates_are_renewed_over_the_link_and_the_agent_keeps_
     let (first_expiry, first_cert, first_key) = certificate_of(&dir);
     let (agent, health) = world.start_agent(&dir);
     world.wait_ready(health, &agent).await;
+    let started = std::time::Instant::now();
 
     // Two renewals, and past the first certificate's expiry.
     let renewed = eventually(Duration::from_secs(40), || async {
@@ -514,6 +521,11 @@ async fn short_lived_certificates_are_renewed_over_the_link_and_the_agent_keeps_
         "the certificate is renewed twice before the first expires: {}\nagent: {}",
         world.relay_log(),
         agent.log()
+    );
+    println!(
+        "==> {} renewals of 8 s certificates in {:.1} s",
+        world.relay_log().matches("agent.certificate_renewed").count(),
+        started.elapsed().as_secs_f64()
     );
     let (expiry, cert, key) = certificate_of(&dir);
     assert!(expiry > first_expiry, "the certificate on disk is a newer one");
@@ -626,7 +638,8 @@ async fn a_revocation_on_one_replica_disconnects_the_agent_from_another() {
     let world = World::with_store(14 * 86_400, false, &section).await;
     // A second replica on the same database, with its own ports.
     let (api_2, link_2) = (free_port(), free_port());
-    let toml = std::fs::read_to_string(world.path("relay.toml")).expect("relay.toml")
+    let toml = std::fs::read_to_string(world.path("relay.toml"))
+        .expect("relay.toml")
         .replace(&format!("127.0.0.1:{}", world.api_port), &format!("127.0.0.1:{api_2}"))
         .replace(&format!("127.0.0.1:{}", world.link_port), &format!("127.0.0.1:{link_2}"));
     std::fs::write(world.path("relay-2.toml"), toml).expect("relay-2.toml");
@@ -655,8 +668,7 @@ async fn a_revocation_on_one_replica_disconnects_the_agent_from_another() {
     let config = world.config();
     let (ok, _, err) = run(&world.relay_bin, &["agents", "revoke", "replicated-a", "--config", &config]);
     assert!(ok, "revoke: {err}");
-    let connected =
-        || async { World::readyz(health).await.is_some_and(|(_, body)| body["relay_connected"] == true) };
+    let connected = || async { World::readyz(health).await.is_some_and(|(_, body)| body["relay_connected"] == true) };
     assert!(
         eventually(Duration::from_secs(10), || async { !connected().await }).await,
         "the stream on the other replica is closed: {}",

@@ -415,7 +415,8 @@ mod tests {
         };
         assert!(check_requested_names(&request(None), &granted).is_ok());
         assert!(check_requested_names(&request(Some(&granted)), &granted).is_ok());
-        let renamed = AgentIdentity { name: pwrelay_shared::domain::AgentName::parse("site-b").expect("n"), ..granted.clone() };
+        let renamed =
+            AgentIdentity { name: pwrelay_shared::domain::AgentName::parse("site-b").expect("n"), ..granted.clone() };
         assert!(check_requested_names(&request(Some(&renamed)), &granted).unwrap_err().contains("site-b"));
         let mut wider = granted.clone();
         wider.domains.insert(DomainName::parse("b.test").expect("d"));
