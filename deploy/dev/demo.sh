@@ -50,9 +50,8 @@ LDIF
 echo "created $user_dn"
 
 step "creating the private PKI, the store key and an API client"
-rm -rf "$demo" && mkdir -p "$demo"
+rm -rf "$demo" && mkdir -p "$demo/agent"
 "$bin/pwrelay" pki init --dir "$demo/pki" --relay-name localhost --relay-name 127.0.0.1
-"$bin/pwrelay" pki issue-agent --ca-dir "$demo/pki" --name demo-agent --domain pwrelay.test --out "$demo/agent"
 "$bin/pwrelay" store-key generate --out "$demo/store.key"
 printf '%s' "$PWRELAY_TEST_ADMIN_PASS" > "$demo/agent/bind.secret" && chmod 600 "$demo/agent/bind.secret"
 cat > "$demo/relay.toml" <<TOML
@@ -66,10 +65,25 @@ listen = "127.0.0.1:7443"
 cert_file = "pki/relay.pem"
 key_file = "pki/relay.key"
 agent_ca_file = "pki/ca.pem"
+[enrollment]
+issuer_cert_file = "pki/ca.pem"
+issuer_key_file = "pki/ca.key"
 [store]
 path = "relay.db"
 key_file = "store.key"
 TOML
+token=$("$bin/pwrelay" clients add demo-pam --config "$demo/relay.toml" 2>/dev/null)
+
+step "starting the relay (API 127.0.0.1:8443, agent link 127.0.0.1:7443)"
+"$bin/pwrelay" serve --config "$demo/relay.toml" > "$demo/relay.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do
+  curl -sf --cacert "$demo/pki/ca.pem" https://127.0.0.1:8443/healthz >/dev/null 2>&1 && break
+  sleep 0.2
+done
+
+step "enrolling the agent: a one-time token on the relay, the key made on the agent's side"
+enroll_token=$("$bin/pwrelay" agents enroll-token --name demo-agent --domain pwrelay.test --ttl 10m --config "$demo/relay.toml" 2>/dev/null)
+PWRELAY_ENROLL_TOKEN=$enroll_token "$bin/pwrelay-agent" enroll --relay https://127.0.0.1:7443 --server-name localhost --out "$demo/agent"
 cat > "$demo/agent/agent.toml" <<TOML
 [relay]
 url = "https://127.0.0.1:7443"
@@ -88,10 +102,8 @@ ca_file = "$LDAPTLS_CACERT"
 bind_dn = "$PWRELAY_TEST_ADMIN_DN"
 bind_password_file = "bind.secret"
 TOML
-token=$("$bin/pwrelay" clients add demo-pam --config "$demo/relay.toml" 2>/dev/null)
 
-step "starting the relay (API 127.0.0.1:8443, agent link 127.0.0.1:7443) and the agent"
-"$bin/pwrelay" serve --config "$demo/relay.toml" > "$demo/relay.log" 2>&1 & pids+=($!)
+step "starting the agent"
 "$bin/pwrelay-agent" run --config "$demo/agent/agent.toml" > "$demo/agent.log" 2>&1 & pids+=($!)
 for _ in $(seq 1 100); do
   curl -sf http://127.0.0.1:9444/readyz >/dev/null 2>&1 && break

@@ -205,7 +205,7 @@ token=$(runuser -u pwrelay -- pwrelay clients add install-test --config /etc/pwr
 [ -n "$token" ] || fail "pwrelay clients add printed no token"
 check "relay.db, made by clients add as pwrelay, is pwrelay's 600" owner_mode /var/lib/pwrelay/relay.db "pwrelay:pwrelay 600"
 
-step "agent set-up as in the README (certificate, service account password, agent.toml)"
+step "agent set-up as in the README's air-gapped path (pki issue-agent, service account password, agent.toml)"
 pwrelay pki issue-agent --ca-dir /etc/pwrelay/pki --name install-agent --domain "$PWRELAY_TEST_REALM" --out "$work/agent" >/dev/null
 printf '%s' "$PWRELAY_TEST_ADMIN_PASS" > "$work/svc.secret"
 install -m 0644 "$work/agent/ca.pem" "$work/agent/agent.pem" /etc/pwrelay/
