@@ -35,6 +35,40 @@ struct RelayFile {
     metrics: MetricsConfig,
     #[serde(default)]
     lifecycle: Option<crate::lifecycle::config::LifecycleFile>,
+    #[serde(default)]
+    audit: AuditFile,
+}
+
+/// `[audit]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditFile {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    stdout: bool,
+    #[serde(default = "default_audit_retention_days")]
+    retention_days: u64,
+    #[serde(default = "default_audit_unauthenticated_per_minute")]
+    unauthenticated_per_minute: u32,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        Self {
+            file: None,
+            stdout: false,
+            retention_days: default_audit_retention_days(),
+            unauthenticated_per_minute: default_audit_unauthenticated_per_minute(),
+        }
+    }
+}
+
+fn default_audit_retention_days() -> u64 {
+    crate::audit::DEFAULT_RETENTION_DAYS
+}
+fn default_audit_unauthenticated_per_minute() -> u32 {
+    crate::audit::DEFAULT_UNAUTHENTICATED_PER_MINUTE
 }
 
 /// `[metrics]`: where Prometheus scrapes the relay.
@@ -313,6 +347,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The new-hire flow (`[lifecycle]`), when configured.
     pub lifecycle: Option<crate::lifecycle::config::LifecycleConfig>,
+    /// The audit trail (`[audit]`).
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[api]`.
@@ -618,6 +654,15 @@ impl Config {
         if file.api.max_body_bytes < 1024 {
             return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
         }
+        if !(1..=3650).contains(&file.audit.retention_days) {
+            return Err(ConfigError::invalid("audit.retention_days", "must be between 1 and 3650"));
+        }
+        if file.audit.unauthenticated_per_minute > 100_000 {
+            return Err(ConfigError::invalid("audit.unauthenticated_per_minute", "must be at most 100000"));
+        }
+        if file.audit.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(ConfigError::invalid("audit.file", "is empty; name a file or leave the key out"));
+        }
         let limits = file.api.limits.validate()?;
         let store = file.store.validate(resolve)?;
         let lifecycle = file.lifecycle.map(|l| l.validate(resolve)).transpose()?;
@@ -671,6 +716,12 @@ impl Config {
             log,
             metrics: file.metrics,
             lifecycle,
+            audit: crate::audit::AuditConfig {
+                file: file.audit.file.map(resolve),
+                stdout: file.audit.stdout,
+                retention: Duration::from_secs(file.audit.retention_days.saturating_mul(86_400)),
+                unauthenticated_per_minute: file.audit.unauthenticated_per_minute,
+            },
         })
     }
 }

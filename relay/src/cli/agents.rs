@@ -1,6 +1,7 @@
 //! `pwrelay agents`: the known agents, read from the store the relay configuration names (the
 //! same on every replica): list them, show one, forget one that is gone.
 
+use crate::audit::{Event, Kind};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -110,6 +111,8 @@ async fn execute(command: AgentsCommand, config: &Config) -> anyhow::Result<Exit
             let unless = (!force).then(|| thresholds.heard_since(now));
             Ok(match store.forget_agent(&name, unless).await? {
                 Forgetting::Forgotten => {
+                    let event = Event::new(Kind::AgentForgotten).agent(&name).detail("forced", force);
+                    super::record_audit(&store, event).await?;
                     eprintln!("agent {name:?} forgotten");
                     ExitCode::SUCCESS
                 }

@@ -8,7 +8,8 @@ use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::secret::SecretString;
 
 use super::webhooks::{self, WebhookCommand};
-use super::{EXIT_CONFIG, EXIT_FAILURE, current_thread_runtime};
+use super::{EXIT_CONFIG, EXIT_FAILURE, current_thread_runtime, record_audit};
+use crate::audit::{Event, Kind};
 use crate::api::auth;
 use crate::config::{Config, Overrides, StoreConfig};
 use crate::store::{Operation, Scopes};
@@ -23,8 +24,9 @@ pub(crate) enum ClientsCommand {
         #[arg(long = "domain")]
         domains: Vec<String>,
         /// Limit the client to this operation: rotate, verify, unlock, reconcile, lifecycle (reading
-        /// new-hire requests; only when listed), status (the operators' status page at /status)
-        /// (repeatable; default: all).
+        /// new-hire requests; only when listed), status (the operators' status page at /status),
+        /// audit (reading the audit trail, GET /v1/audit; only when listed) (repeatable; default: all
+        /// but lifecycle and audit).
         #[arg(long = "operation")]
         operations: Vec<String>,
         /// The relay configuration (for store.path).
@@ -115,7 +117,7 @@ fn scopes(domains: &[String], operations: &[String]) -> Result<Scopes, String> {
                 .iter()
                 .map(|o| {
                     Operation::parse(o).ok_or_else(|| {
-                        format!("--operation {o:?}: use rotate, verify, unlock, reconcile, lifecycle or status")
+                        format!("--operation {o:?}: use rotate, verify, unlock, reconcile, lifecycle, status or audit")
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -133,6 +135,7 @@ fn add(store_config: &StoreConfig, name: &str, scopes: &Scopes) -> anyhow::Resul
         let store = crate::store::open(store_config).await?;
         let (token, hash) = auth::new_token().map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
         store.add_client(name, hash, scopes).await?;
+        record_audit(&store, scope_details(Event::new(Kind::ClientAdded).client(name), scopes)).await?;
         Ok::<_, anyhow::Error>(token)
     })?;
     eprintln!("API client {name:?} added. Its token is shown only now; store it in your PAM's vault:");
@@ -147,6 +150,7 @@ fn rotate(store_config: &StoreConfig, name: &str) -> anyhow::Result<()> {
         if !store.rotate_client_token(name, hash).await? {
             anyhow::bail!("no API client named {name:?}");
         }
+        record_audit(&store, Event::new(Kind::ClientTokenRotated).client(name)).await?;
         Ok(token)
     })?;
     eprintln!("API client {name:?} has a new token; the old one no longer works. The new one is shown only now:");
@@ -157,11 +161,28 @@ fn rotate(store_config: &StoreConfig, name: &str) -> anyhow::Result<()> {
 fn revoke(store_config: &StoreConfig, name: &str) -> anyhow::Result<()> {
     let removed = current_thread_runtime()?.block_on(async {
         let store = crate::store::open(store_config).await?;
-        Ok::<_, anyhow::Error>(store.revoke_client(name).await?)
+        let removed = store.revoke_client(name).await?;
+        if removed {
+            record_audit(&store, Event::new(Kind::ClientRevoked).client(name)).await?;
+        }
+        Ok::<_, anyhow::Error>(removed)
     })?;
     if !removed {
         anyhow::bail!("no API client named {name:?}");
     }
     eprintln!("API client {name:?} revoked; its token no longer works");
     Ok(())
+}
+
+/// A client's scopes as audit details: the operations and domains it is limited to, or `all`.
+fn scope_details(event: Event, scopes: &Scopes) -> Event {
+    let operations: serde_json::Value = match &scopes.operations {
+        Some(ops) => ops.iter().map(|o| o.as_str()).collect::<Vec<_>>().into(),
+        None => "all".into(),
+    };
+    let domains: serde_json::Value = match &scopes.domains {
+        Some(domains) => domains.iter().map(ToString::to_string).collect::<Vec<_>>().into(),
+        None => "all".into(),
+    };
+    event.detail("operations", operations).detail("domains", domains)
 }

@@ -1,6 +1,7 @@
 //! The `pwrelay` command line: `serve` runs the relay; the other commands prepare and operate it.
 
 mod agents;
+mod audit;
 mod client;
 mod clients;
 mod password;
@@ -40,6 +41,9 @@ enum Command {
     /// See the known agents (from the store, as every replica sees them) and forget gone ones.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
+    /// Read the audit trail the relay keeps in its store.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Manage API clients (the PAMs and workflows that call the API).
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
@@ -80,6 +84,7 @@ impl Cli {
             Command::Serve(args) => serve::run(args),
             Command::Pki(command) => pki::run(command),
             Command::Agents(command) => agents::run(command),
+            Command::Audit(command) => audit::run(command),
             Command::Clients(command) => clients::run(command),
             Command::StoreKey(StoreKeyCommand::Generate { out }) => generate_store_key(&out),
             Command::Password(command) => password::run(command),
@@ -109,6 +114,17 @@ fn generate_store_key(out: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Records what an operator's command changed in the store's audit trail (the command line writes
+/// no audit lines: those are the serving relay's). The change is made by then: a failure says so.
+pub(crate) async fn record_audit(store: &std::sync::Arc<dyn crate::store::Store>, event: crate::audit::Event) -> anyhow::Result<()> {
+    let (audit, writer) = crate::audit::Audit::store_only(std::sync::Arc::clone(store) as _, "cli");
+    let kind = event.kind();
+    audit.record(event);
+    writer.flush().await.map_err(|e| {
+        anyhow::anyhow!("the change is made, but its audit event {} ({}) could not be stored: {e}", kind.id(), kind.name())
+    })
 }
 
 pub(crate) fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -2,6 +2,7 @@
 //! log. The signing secret is shown once, when it is made; the store keeps it sealed with the
 //! store key.
 
+use crate::audit::{Event, Kind};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -152,6 +153,12 @@ fn set(
         if !store.set_webhook(name, &webhook).await? {
             anyhow::bail!("no API client named {name:?}; add it with `pwrelay clients add {name}`");
         }
+        let event = Event::new(Kind::WebhookSet)
+            .client(name)
+            .detail("url_host", url.url().host_str().unwrap_or_default())
+            .detail("events", events.iter().map(|e| e.as_str()).collect::<Vec<_>>())
+            .detail("secret_rotated", new_secret.is_some());
+        super::record_audit(&store, event).await?;
         Ok(new_secret)
     })?;
     eprintln!("API client {name:?} webhook: POST {} on {}", url.as_str(), event_list(&events));
@@ -168,7 +175,11 @@ fn set(
 fn remove(config: &Config, name: &str) -> anyhow::Result<()> {
     let removed = current_thread_runtime()?.block_on(async {
         let store = crate::store::open(&config.store).await?;
-        Ok::<_, anyhow::Error>(store.remove_webhook(name).await?)
+        let removed = store.remove_webhook(name).await?;
+        if removed {
+            super::record_audit(&store, Event::new(Kind::WebhookRemoved).client(name)).await?;
+        }
+        Ok::<_, anyhow::Error>(removed)
     })?;
     if !removed {
         anyhow::bail!("API client {name:?} has no webhook");

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::audit::{Event, Kind};
 use crate::jobs::Timestamp;
 use crate::jobs::events::JobEvents;
 use crate::seal::Sealer;
@@ -52,6 +53,8 @@ pub struct LinkContext {
     pub metrics: Arc<crate::metrics::RelayMetrics>,
     /// `link.claim_interval_ms`: how often a stream looks for claimable jobs unwoken.
     pub claim_interval: Duration,
+    /// The audit trail.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// The `AgentLink` gRPC service.
@@ -79,15 +82,24 @@ impl AgentLink for LinkService {
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("the agent link requires a client certificate"))?;
         let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+        let peer = request.remote_addr();
+        let refused = |reason: &'static str, message: &str| {
+            let event = Event::new(Kind::AgentRefused).detail("reason", reason).untrusted("message", message);
+            self.context.audit.record(match peer {
+                Some(peer) => event.address(peer.ip()),
+                None => event,
+            });
+        };
         let identity = AgentIdentity::from_certificate_der(leaf).map_err(|e| {
             tracing::warn!(error = %e, "agent certificate carries no usable identity");
+            refused("no_identity", &e.to_string());
             Status::permission_denied(e.to_string())
         })?;
         let certificate = certificate_facts(leaf).map_err(|e| {
             tracing::warn!(error = %e, "agent certificate cannot be read");
+            refused("unreadable_certificate", &e);
             Status::permission_denied(e)
         })?;
-        let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (outbound, rx) = mpsc::channel(32);
         let session = session::Session::new(Arc::clone(&self.context), identity, certificate, peer, outbound);

@@ -9,6 +9,7 @@
 //! - [`AgentStore`] (`agents.rs`): the known agents, their state and DC health, shared by replicas.
 //! - [`GaugeStore`] (`gauges.rs`): the counts the metrics read at each scrape.
 //! - [`ReplicaStore`] (`replicas.rs`): the relay processes sharing the store, with heartbeats.
+//! - [`AuditStore`] (`audit.rs`): the audit trail of every replica, and its retention.
 //!
 //! [`Store`] is all of them plus readiness: the relay holds one `Arc<dyn Store>` and hands it to
 //! the API, the agent link and the workers; [`open`] makes it from `[store]`. Each backend is a
@@ -16,6 +17,7 @@
 //! [`postgres`] the one several relays can share. `tests.rs` is the contract both are held to.
 
 pub mod agents;
+pub mod audit;
 mod clients;
 pub mod gauges;
 mod jobs;
@@ -34,6 +36,7 @@ use crate::config::{StoreBackend, StoreConfig};
 use crate::jobs::events::JobEvents;
 
 pub use agents::{AgentState, AgentStore, AgentThresholds, KnownAgent};
+pub use audit::{AuditFilter, AuditStore};
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
 pub use gauges::{GaugeStore, StoreGauges};
 pub use jobs::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
@@ -63,7 +66,7 @@ pub enum StoreError {
 /// Everything the relay keeps, in one backend.
 #[async_trait]
 pub trait Store:
-    JobStore + ClientStore + WebhookStore + LifecycleStore + ReplicaStore + AgentStore + GaugeStore
+    JobStore + ClientStore + WebhookStore + LifecycleStore + ReplicaStore + AgentStore + GaugeStore + AuditStore
 {
     /// Whether the store can be read and written (readiness).
     async fn check(&self) -> Result<(), StoreError>;

@@ -1,9 +1,9 @@
 //! The SQLite schema: version 1 and the migrations after it, recorded in `PRAGMA user_version`.
 //! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002_agents.sql`, 9 its `0003_replicas.sql`;
-//! 10 is an index of SQLite's own (PostgreSQL settles batches by id).
+//! 10 is an index of SQLite's own (PostgreSQL settles batches by id); 11 is its `0004_audit.sql`.
 
 /// Schema version written to `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 10;
+pub(super) const SCHEMA_VERSION: i64 = 11;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -93,7 +93,27 @@ CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms)
     AGENTS,
     REPLICAS,
     BATCH_INDEX,
+    AUDIT,
 ];
+
+/// The audit trail (migration 10 → 11; PostgreSQL's `0004_audit.sql`).
+const AUDIT: &str = "
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms    INTEGER NOT NULL,
+    event_id INTEGER NOT NULL,   -- the stable id (docs/operating.md)
+    event    TEXT NOT NULL,      -- the stable name
+    replica  TEXT NOT NULL,      -- the replica that recorded it, or 'cli'
+    client   TEXT,
+    agent    TEXT,
+    domain   TEXT,
+    job_id   TEXT,
+    address  TEXT,
+    details  TEXT NOT NULL       -- JSON object
+);
+CREATE INDEX IF NOT EXISTS audit_events_at ON audit_events (at_ms);
+CREATE INDEX IF NOT EXISTS audit_events_job ON audit_events (job_id) WHERE job_id IS NOT NULL;
+";
 
 /// The batches by state (migration 9 → 10). Every transaction that can change a child's state
 /// settles the open batches (`SETTLE_BATCHES` in `jobs.rs`); without this index each such
