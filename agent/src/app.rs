@@ -91,7 +91,7 @@ impl App {
         let journal_path = config.state_dir.join("journal.jsonl");
         let journal = Journal::open(&journal_path).map_err(state_err(&journal_path))?;
         let audit_path = config.state_dir.join("audit.jsonl");
-        let audit = AuditLog::open(&audit_path).map_err(state_err(&audit_path))?;
+        let audit = AuditLog::configured(&audit_path, &config.audit).map_err(state_err(&audit_path))?;
         let jobs = Arc::new(JobContext::new(directories, journal, audit));
         let health_listener = TcpListener::bind(config.health.listen)
             .await

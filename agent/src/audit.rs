@@ -1,6 +1,11 @@
 //! The agent's audit log: append-only JSON lines, one event per decision and per write, with
 //! stable event ids. It holds no secret: passwords never reach an event.
 //!
+//! Each event goes to `STATE_DIR/audit.jsonl` (`[audit] file`, on by default) and/or to syslog
+//! (`[audit] syslog`): one RFC 5424 message per event on the local datagram socket
+//! (`audit.syslog_socket`, `/dev/log`, where journald listens too), with the event name as
+//! MSGID, the event id in structured data, and the JSON line as the message.
+//!
 //! | id | event |
 //! |---|---|
 //! | 4100 | job received |
@@ -122,28 +127,28 @@ struct Line<'a> {
     event: &'a Event,
 }
 
-/// The append-only audit file.
+/// Where audit events go: the append-only file and/or syslog.
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
-    file: Arc<Mutex<File>>,
+    file: Option<Arc<Mutex<File>>>,
+    syslog: Option<Arc<crate::syslog::Syslog>>,
 }
 
 impl AuditLog {
     /// Opens (creating, mode 0600) the audit file for appending.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let mut options = OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let file = options.open(path)?;
-        Ok(Self { path: path.to_owned(), file: Arc::new(Mutex::new(file)) })
+        Ok(Self { path: path.to_owned(), file: Some(Arc::new(Mutex::new(open_append(path)?))), syslog: None })
     }
 
-    /// The file.
+    /// The sinks `[audit]` names: the file at `path` when `audit.file` is on, and syslog.
+    pub fn configured(path: &Path, config: &crate::config::AuditConfig) -> std::io::Result<Self> {
+        let file = if config.file { Some(Arc::new(Mutex::new(open_append(path)?))) } else { None };
+        let syslog = config.syslog.as_ref().map(|s| Arc::new(crate::syslog::Syslog::new(s)));
+        Ok(Self { path: path.to_owned(), file, syslog })
+    }
+
+    /// The file (whether or not `audit.file` is on).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -160,19 +165,39 @@ impl AuditLog {
                 return;
             }
         };
-        line.push(b'\n');
-        let file = Arc::clone(&self.file);
+        let (file, syslog) = (self.file.clone(), self.syslog.clone());
+        let (event_id, name) = (event.event_id, event.event);
         let written = tokio::task::spawn_blocking(move || {
-            // Appends are single writes; a panicked holder leaves whole lines behind.
-            let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            file.write_all(&line).and_then(|()| file.sync_data())
+            let sent = syslog.map(|syslog| syslog.send(event_id, name, &line));
+            line.push(b'\n');
+            let appended = file.map(|file| {
+                // Appends are single writes; a panicked holder leaves whole lines behind.
+                let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                file.write_all(&line).and_then(|()| file.sync_data())
+            });
+            (appended, sent)
         })
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        if let Err(error) = written {
+        .unwrap_or_else(|e| (Some(Err(std::io::Error::other(e))), None));
+        if let (Some(Err(error)), _) = &written {
             tracing::error!(%error, path = %self.path.display(), "audit event could not be written");
         }
+        if let (_, Some(Err(error))) = &written {
+            tracing::error!(%error, "audit event could not be sent to syslog (audit.syslog_socket)");
+        }
     }
+}
+
+/// Opens `path` for appending, creating it with mode 0600.
+fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
 }
 
 #[cfg(test)]

@@ -371,3 +371,63 @@ async fn a_job_taken_over_from_a_silent_attempt_is_audited_as_applied_again() {
     let written = audit.lines().position(|l| l.contains("\"event_id\":4101"));
     assert!(reissued.is_some() && reissued < written, "audited before the write: {audit}");
 }
+
+/// With `audit.syslog` on and `audit.file` off, every event of a real job reaches a syslog
+/// socket (here a datagram socket bound in a temporary directory, as `/dev/log` is) as one
+/// RFC 5424 message whose MSGID is the event and whose message is its JSON line, and no file is
+/// written.
+#[tokio::test]
+async fn audit_events_go_to_syslog_as_rfc_5424_messages() {
+    use pwrelay_agent::config::AuditConfig;
+    use pwrelay_agent::syslog::SyslogConfig;
+    let dc = testkit::dc();
+    let dir = tempfile::tempdir().expect("dir");
+    let socket_path = dir.path().join("log");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind");
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+    let audit = AuditConfig { file: false, syslog: Some(SyslogConfig { socket: socket_path, facility: 10 }) };
+    let config = DomainConfig { verify_bind: true, ..support::domain_config(dc) };
+    let directories = BTreeMap::from([(dc.domain.clone(), Directory::new(config).expect("directory"))]);
+    let context = JobContext::new(
+        directories,
+        Journal::open(&dir.path().join("journal.jsonl")).expect("journal"),
+        AuditLog::configured(&dir.path().join("audit.jsonl"), &audit).expect("audit"),
+    );
+    let user = dc.create_user("sysl").await;
+    let password = "Syslog!Audit-Passw0rd-5";
+    let result = jobs::execute(&context, job("job-syslog-1", pb::JobKind::SetPassword, dc, &user.upn, Some(password))).await;
+    success(&result);
+    let result =
+        jobs::execute(&context, job("job-syslog-2", pb::JobKind::SetPassword, dc, "nobody@nowhere.invalid", Some(password)))
+            .await;
+    failure(&result);
+
+    let mut messages = Vec::new();
+    let mut buffer = vec![0u8; 65_536];
+    while let Ok(n) = socket.recv(&mut buffer) {
+        messages.push(String::from_utf8(buffer[..n].to_vec()).expect("utf-8"));
+        if messages.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(messages.len(), 4, "received: {messages:#?}");
+    let header = |m: &str| m.splitn(8, ' ').take(7).map(str::to_owned).collect::<Vec<_>>();
+    for (message, (priority, id, name)) in messages.iter().zip([
+        ("<85>1", 4100, "job_received"),
+        ("<85>1", 4101, "password_set"),
+        ("<85>1", 4100, "job_received"),
+    ]) {
+        let fields = header(message);
+        assert_eq!(fields[0], priority, "authpriv.notice: {message}");
+        assert_eq!((fields[3].as_str(), fields[5].as_str()), ("pwrelay-agent", name), "{message}");
+        assert_eq!(fields[4], std::process::id().to_string());
+        assert!(message.contains(&format!("[pwrelay@32473 event_id=\"{id}\"] {{")), "{message}");
+        let json: serde_json::Value =
+            serde_json::from_str(message.split_once("\"] ").expect("message").1).expect("the message is the JSON line");
+        assert_eq!(json["event_id"], id);
+    }
+    let refused = header(&messages[3]);
+    assert!(refused[0] == "<84>1" && (refused[5].starts_with("refused") || refused[5] == "job_failed"), "a failure is a warning: {}", messages[3]);
+    assert!(messages.iter().all(|m| !m.contains(password)), "no password reaches syslog");
+    assert!(!dir.path().join("audit.jsonl").exists(), "audit.file = false writes no file");
+}

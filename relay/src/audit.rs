@@ -20,7 +20,7 @@
 //!
 //! One line in the [`audit_events!`] table below (a doc comment, the variant, the next free id of
 //! its group, the dotted name, and `Authenticated` or `Unauthenticated`), a row in the table of
-//! `docs/operating.md` (`tests/operating_docs.rs` holds the two together), and at the place it
+//! `docs/audit-events.md` (`tests/audit_events.rs` holds the two together), and at the place it
 //! happens: `audit.record(Event::new(Kind::X).client(...).domain(...).detail("k", v))`.
 //! The groups: 50xx jobs, 51xx API clients and webhooks, 52xx API access, 53xx agents and the
 //! agent link, 54xx new hires, 59xx the audit trail itself. The agent's events are 41xx
@@ -246,7 +246,7 @@ pub struct AuditRecord {
     pub seq: Option<i64>,
     /// When it happened (RFC 3339, UTC).
     pub time: Timestamp,
-    /// The stable event id (the table in docs/operating.md).
+    /// The stable event id (the table in docs/audit-events.md).
     pub event_id: u16,
     /// The stable event name.
     pub event: String,
@@ -355,6 +355,7 @@ pub struct Audit {
     queue: mpsc::Sender<AuditRecord>,
     gate: Mutex<Gate>,
     per_minute: u32,
+    window: Duration,
     replica: String,
     written_errors: AtomicU64,
 }
@@ -394,6 +395,7 @@ impl Audit {
             queue,
             gate: Mutex::new(Gate { window_start: Timestamp::now().0, ..Gate::default() }),
             per_minute: config.unauthenticated_per_minute,
+            window: WINDOW,
             replica: replica.to_owned(),
             written_errors: AtomicU64::new(0),
         });
@@ -445,7 +447,7 @@ impl Audit {
 
     /// Ends the window if a minute has passed: the `audit.suppressed` events of what it counted.
     fn roll(&self, gate: &mut Gate, now: Timestamp) -> Vec<AuditRecord> {
-        let window = i64::try_from(WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
         if now.0.saturating_sub(gate.window_start) < window {
             return Vec::new();
         }
@@ -459,7 +461,7 @@ impl Audit {
                     .detail("of_event", kind.name())
                     .detail("count", counted)
                     .detail("reason", "rate_limited")
-                    .detail("window_seconds", WINDOW.as_secs());
+                    .detail("window_seconds", self.window.as_secs());
                 AuditRecord::of(event, &self.replica, now)
             })
             .collect();
@@ -598,6 +600,42 @@ impl AuditWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::AuditFilter;
+
+    #[tokio::test]
+    async fn a_flood_of_unauthenticated_refusals_is_stored_as_the_allowance_and_one_count() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store: Arc<dyn AuditStore> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.path().join("relay.db")).expect("open"));
+        let lines = dir.path().join("audit.jsonl");
+        let config = AuditConfig { file: Some(lines.clone()), unauthenticated_per_minute: 3, ..AuditConfig::default() };
+        let (audit, writer) = Audit::open(&config, Arc::clone(&store), "r1").expect("open");
+        let AuditWriter { store: stored_in, receiver, audit: held } = writer;
+        drop(held);
+        let mut audit = Arc::into_inner(audit).expect("only owner");
+        audit.window = Duration::from_millis(200);
+        let audit = Arc::new(audit);
+        let writer = AuditWriter { audit: Arc::clone(&audit), store: stored_in, receiver };
+        for _ in 0..50 {
+            audit.record(Event::new(Kind::TokenRefused).detail("reason", "unknown_token"));
+        }
+        audit.record(Event::new(Kind::JobCancelled).client("pam"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        audit.tick();
+        writer.flush().await.expect("stored");
+        let stored = store.audit_events(&AuditFilter { limit: 100, ..AuditFilter::default() }).await.expect("list");
+        let names: Vec<_> = stored.iter().map(|r| r.event.as_str()).collect();
+        assert_eq!(
+            names,
+            ["api.token_refused", "api.token_refused", "api.token_refused", "job.cancelled", "audit.suppressed"],
+            "authenticated events are always stored"
+        );
+        let summary = &stored[4].details;
+        assert_eq!((summary["of_event_id"].as_u64(), summary["count"].as_u64()), (Some(5201), Some(47)), "{summary}");
+        let written = std::fs::read_to_string(&lines).expect("lines");
+        assert_eq!(written.lines().filter(|l| l.contains("\"event\":\"api.token_refused\"")).count(), 50, "every line is written");
+        assert_eq!(written.lines().filter(|l| l.contains("\"event\":\"audit.suppressed\"")).count(), 1);
+    }
 
     #[test]
     fn ids_and_names_are_unique_and_in_their_groups() {

@@ -810,6 +810,25 @@ key_file = "store.key"
             crate::api::limits::ApiLimits::default(),
             "relay.full.toml shows the limits' defaults"
         );
+        assert_eq!(c.audit, crate::audit::AuditConfig::default(), "relay.full.toml shows the [audit] defaults");
+    }
+
+    #[test]
+    fn audit_settings_are_checked_and_errors_name_the_key() {
+        let with = |lines: &str| format!("{MINIMAL}\n[audit]\n{lines}\n");
+        let c = Config::parse(&with("file = \"audit.jsonl\"\nstdout = true\nretention_days = 7"), Path::new("/etc/pwrelay"), &Overrides::default())
+            .expect("valid");
+        assert_eq!(c.audit.file.as_deref(), Some(Path::new("/etc/pwrelay/audit.jsonl")));
+        assert!(c.audit.stdout);
+        assert_eq!(c.audit.retention, Duration::from_secs(7 * 86_400));
+        for (lines, key) in [
+            ("retention_days = 0", "audit.retention_days"),
+            ("unauthenticated_per_minute = 1000000", "audit.unauthenticated_per_minute"),
+            ("file = \"\"", "audit.file"),
+        ] {
+            let e = Config::parse(&with(lines), Path::new("/"), &Overrides::default()).expect_err(lines).to_string();
+            assert!(e.starts_with(key), "{lines}: {e}");
+        }
     }
 
     #[test]

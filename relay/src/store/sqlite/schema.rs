@@ -101,7 +101,7 @@ const AUDIT: &str = "
 CREATE TABLE IF NOT EXISTS audit_events (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ms    INTEGER NOT NULL,
-    event_id INTEGER NOT NULL,   -- the stable id (docs/operating.md)
+    event_id INTEGER NOT NULL,   -- the stable id (docs/audit-events.md)
     event    TEXT NOT NULL,      -- the stable name
     replica  TEXT NOT NULL,      -- the replica that recorded it, or 'cli'
     client   TEXT,

@@ -3,7 +3,7 @@
 CREATE TABLE audit_events (
     seq      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at_ms    BIGINT NOT NULL,
-    event_id INTEGER NOT NULL,   -- the stable id (docs/operating.md)
+    event_id INTEGER NOT NULL,   -- the stable id (docs/audit-events.md)
     event    TEXT NOT NULL,      -- the stable name
     replica  TEXT NOT NULL,      -- the replica that recorded it, or 'cli'
     client   TEXT,
