@@ -104,6 +104,8 @@ audit_events! {
     ClientRevoked = 5102, "client.revoked", Authenticated;
     /// An API client's token was replaced; the old one stopped working
     ClientTokenRotated = 5103, "client.token_rotated", Authenticated;
+    /// An API client's scopes were replaced (`operations`, `domains`)
+    ClientScopesChanged = 5104, "client.scopes_changed", Authenticated;
     /// A client's webhook was set or changed (`url_host`, `events`, `secret_rotated`)
     WebhookSet = 5110, "webhook.set", Authenticated;
     /// A client's webhook was removed
@@ -405,16 +407,6 @@ impl Audit {
             receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
         };
         Ok((audit, writer))
-    }
-
-    /// A sink that writes no lines, for tests and the command line (which records in the store).
-    pub fn store_only(store: Arc<dyn AuditStore>, replica: &str) -> (Arc<Self>, AuditWriter) {
-        let config = AuditConfig::default();
-        match Self::open(&config, store, replica) {
-            Ok(pair) => pair,
-            // Without a file nothing can fail to open.
-            Err(AuditError::File { .. }) => unreachable!("no audit.file to open"),
-        }
     }
 
     /// Records `event`: its JSON line now, the store soon (unless an unauthenticated kind is over

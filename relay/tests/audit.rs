@@ -143,15 +143,19 @@ impl Relay {
 
 /// `pwrelay clients add NAME ARGS`: the token it prints.
 fn add_client(config: &Path, name: &str, args: &[&str]) -> String {
+    pwrelay(config, &[&["clients", "add", name], args].concat())
+}
+
+/// `pwrelay ARGS --config CONFIG`, which must succeed: what it prints on stdout.
+fn pwrelay(config: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_pwrelay"))
-        .args(["clients", "add", name])
         .args(args)
         .arg("--config")
         .arg(config)
         .output()
         .expect("pwrelay runs");
-    assert!(out.status.success(), "clients add: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("token").trim().to_owned()
+    assert!(out.status.success(), "pwrelay {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
 }
 
 /// An agent over the real mTLS link: hello, then a heartbeat a second until `close` (the stream
@@ -260,8 +264,10 @@ async fn scenario(store_lines: &str) {
     let _ = close.send(());
 
     // Every part of the scenario is in the store, as GET /v1/audit shows it.
+    pwrelay(&world.config_path(), &["clients", "scopes", "pam", "--operation", "rotate", "--operation", "unlock"]);
     let expected = [
         "client.added",
+        "client.scopes_changed",
         "job.created",
         "job.cancelled",
         "api.token_refused",
@@ -282,6 +288,14 @@ async fn scenario(store_lines: &str) {
     assert!(added.iter().all(|e| e["event_id"] == 5101 && e["replica"] == "cli"));
     let scoped = added.iter().find(|e| e["client"] == "scoped-auditor").expect("scoped-auditor added");
     assert_eq!(scoped["details"], json!({ "operations": ["audit"], "domains": [DOMAIN] }));
+
+    let changed = named(&events, "client.scopes_changed");
+    assert_eq!(changed[0]["details"], json!({ "operations": ["rotate", "unlock"], "domains": "all" }));
+
+    // The command line reads the same trail.
+    let listed = pwrelay(&world.config_path(), &["audit", "list", "--event", "5101"]);
+    let listed: Vec<Value> = listed.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(listed.iter().map(|e| e["client"].as_str()).collect::<Vec<_>>(), [Some("pam"), Some("auditor"), Some("scoped-auditor")]);
 
     let created = named(&events, "job.created");
     assert_eq!(created.len(), 2, "{created:#?}");
@@ -323,9 +337,14 @@ async fn scenario(store_lines: &str) {
     assert_eq!(names, ["job.created", "job.cancelled"]);
     let middle = events.iter().find(|e| e["event"] == "job.cancelled").expect("cancelled")["time"].as_str().expect("time");
     let before = world.audit(&relay, &format!("until={middle}")).await;
-    assert!(before.iter().all(|e| e["time"].as_str() < Some(middle)) && !before.is_empty());
+    let at = |e: &Value| {
+        let text = e["time"].as_str().expect("time");
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).expect("RFC 3339")
+    };
+    let middle_at = at(&json!({ "time": middle }));
+    assert!(before.iter().all(|e| at(e) < middle_at) && !before.is_empty(), "{before:#?}");
     let since = world.audit(&relay, &format!("since={middle}")).await;
-    assert!(since.iter().all(|e| e["time"].as_str() >= Some(middle)) && !since.is_empty());
+    assert!(since.iter().all(|e| at(e) >= middle_at) && !since.is_empty(), "{since:#?}");
     assert_eq!(before.len() + since.len(), events.len());
     let (_, first) = world.get(&relay, &world.auditor, "/v1/audit?limit=2").await;
     let cursor = first["next_cursor"].as_str().expect("a next page");
@@ -334,7 +353,7 @@ async fn scenario(store_lines: &str) {
     assert_eq!(second["events"][0], events[2]);
     for bad in ["event=9999x", "since=yesterday", "cursor=-1", "limit=0", "job_id=nope", "colour=red"] {
         let (status, body) = world.get(&relay, &world.auditor, &format!("/v1/audit?{bad}")).await;
-        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_request")), "{bad}: {body}");
     }
 
     // A domain-scoped auditor sees its domain's events only.

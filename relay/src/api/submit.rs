@@ -193,9 +193,8 @@ pub(super) fn authorize(client: &ApiClient, operation: Operation, domain: &Domai
     match client.scopes.missing(operation, domain) {
         None => Ok(()),
         Some(scope) => Err(ApiError::forbidden(format!(
-            "API client {} lacks the scope {scope}; an operator can grant it with `pwrelay clients add` (scopes are \
-             set when a client is created)",
-            client.name
+            "API client {} lacks the scope {scope}; an operator can grant it with `pwrelay clients scopes {}`",
+            client.name, client.name
         ))
         .missing_scope(scope)),
     }

@@ -108,11 +108,12 @@ async fn execute(command: AgentsCommand, config: &Config) -> anyhow::Result<Exit
             }
         },
         AgentsCommand::Forget { name, force, .. } => {
+            let recorder = super::Recorder::open(&config.audit, &store)?;
             let unless = (!force).then(|| thresholds.heard_since(now));
             Ok(match store.forget_agent(&name, unless).await? {
                 Forgetting::Forgotten => {
                     let event = Event::new(Kind::AgentForgotten).agent(&name).detail("forced", force);
-                    super::record_audit(&store, event).await?;
+                    recorder.record(event).await?;
                     eprintln!("agent {name:?} forgotten");
                     ExitCode::SUCCESS
                 }

@@ -12,6 +12,7 @@ mod webhooks;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::config::Config;
 use crate::seal::Sealer;
 use clap::{Parser, Subcommand};
 
@@ -116,15 +117,43 @@ fn generate_store_key(out: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Records what an operator's command changed in the store's audit trail (the command line writes
-/// no audit lines: those are the serving relay's). The change is made by then: a failure says so.
-pub(crate) async fn record_audit(store: &std::sync::Arc<dyn crate::store::Store>, event: crate::audit::Event) -> anyhow::Result<()> {
-    let (audit, writer) = crate::audit::Audit::store_only(std::sync::Arc::clone(store) as _, "cli");
-    let kind = event.kind();
-    audit.record(event);
-    writer.flush().await.map_err(|e| {
-        anyhow::anyhow!("the change is made, but its audit event {} ({}) could not be stored: {e}", kind.id(), kind.name())
-    })
+/// Records what an operator's command changes: in the store's audit trail, and as a line in
+/// `[audit] file` when one is set (never on stdout, which carries the commands' output). Opened
+/// before the change, so a file the operator cannot write stops the command before it changes
+/// anything.
+pub(crate) struct Recorder {
+    audit: std::sync::Arc<crate::audit::Audit>,
+    writer: crate::audit::AuditWriter,
+}
+
+impl Recorder {
+    /// The recorder of `config`'s `[audit]` into `store`.
+    pub(crate) fn open(config: &crate::audit::AuditConfig, store: &std::sync::Arc<dyn crate::store::Store>) -> anyhow::Result<Self> {
+        let config = crate::audit::AuditConfig { stdout: false, ..config.clone() };
+        let (audit, writer) = crate::audit::Audit::open(&config, std::sync::Arc::clone(store) as _, "cli")
+            .map_err(|e| anyhow::anyhow!("{e} (run the command as the relay's user)"))?;
+        Ok(Self { audit, writer })
+    }
+
+    /// Records `event` and stores it at once. The change is made by then: a failure says so.
+    pub(crate) async fn record(&self, event: crate::audit::Event) -> anyhow::Result<()> {
+        let kind = event.kind();
+        self.audit.record(event);
+        self.writer.flush().await.map_err(|e| {
+            anyhow::anyhow!(
+                "the change is made, but its audit event {} ({}) could not be stored: {e}",
+                kind.id(),
+                kind.name()
+            )
+        })
+    }
+}
+
+/// The store of `config`, and the recorder of the changes a command makes to it.
+pub(crate) async fn open_audited(config: &Config) -> anyhow::Result<(std::sync::Arc<dyn crate::store::Store>, Recorder)> {
+    let store = crate::store::open(&config.store).await?;
+    let recorder = Recorder::open(&config.audit, &store)?;
+    Ok((store, recorder))
 }
 
 pub(crate) fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

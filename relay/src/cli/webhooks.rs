@@ -139,7 +139,7 @@ fn set(
 ) -> anyhow::Result<()> {
     let sealer = Sealer::from_key_file(&config.store.key_file)?;
     let new_secret = current_thread_runtime()?.block_on(async {
-        let store = crate::store::open(&config.store).await?;
+        let (store, recorder) = super::open_audited(config).await?;
         let existing = store.webhook(name).await?;
         let (sealed_secret, new_secret) = match existing {
             Some(existing) if !rotate_secret => (existing.sealed_secret, None),
@@ -158,7 +158,7 @@ fn set(
             .detail("url_host", url.url().host_str().unwrap_or_default())
             .detail("events", events.iter().map(|e| e.as_str()).collect::<Vec<_>>())
             .detail("secret_rotated", new_secret.is_some());
-        super::record_audit(&store, event).await?;
+        recorder.record(event).await?;
         Ok(new_secret)
     })?;
     eprintln!("API client {name:?} webhook: POST {} on {}", url.as_str(), event_list(&events));
@@ -174,10 +174,10 @@ fn set(
 
 fn remove(config: &Config, name: &str) -> anyhow::Result<()> {
     let removed = current_thread_runtime()?.block_on(async {
-        let store = crate::store::open(&config.store).await?;
+        let (store, recorder) = super::open_audited(config).await?;
         let removed = store.remove_webhook(name).await?;
         if removed {
-            super::record_audit(&store, Event::new(Kind::WebhookRemoved).client(name)).await?;
+            recorder.record(Event::new(Kind::WebhookRemoved).client(name)).await?;
         }
         Ok::<_, anyhow::Error>(removed)
     })?;

@@ -101,6 +101,9 @@ pub trait ClientStore: Send + Sync + 'static {
     /// Replaces a client's token (the old one stops working at once). False when no such client.
     async fn rotate_client_token(&self, name: &str, token_sha256: [u8; 32]) -> Result<bool, StoreError>;
 
+    /// Replaces a client's scopes (they hold from its next request on). False when no such client.
+    async fn set_client_scopes(&self, name: &str, scopes: &Scopes) -> Result<bool, StoreError>;
+
     /// Removes a client (its token stops working; its jobs stay). False when no such client.
     async fn revoke_client(&self, name: &str) -> Result<bool, StoreError>;
 

@@ -625,6 +625,10 @@ async fn clients_are_unique_found_by_token_rotated_and_revoked(store: &dyn Store
     assert!(!store.rotate_client_token("nobody", [5; 32]).await.expect("rotate"));
     assert_eq!(store.client_by_token([9; 32]).await.expect("read"), None, "the old token stops working");
     assert_eq!(store.client_by_token([6; 32]).await.expect("read").map(|c| c.name), Some("pam".into()));
+    let narrower = Scopes { domains: None, operations: Some([Operation::Audit].into_iter().collect()) };
+    assert!(store.set_client_scopes("pam", &narrower).await.expect("set scopes"));
+    assert!(!store.set_client_scopes("nobody", &narrower).await.expect("set scopes"));
+    assert_eq!(store.client_by_token([6; 32]).await.expect("read").map(|c| c.scopes), Some(narrower));
     assert!(store.revoke_client("pam").await.expect("revoke"));
     assert!(!store.revoke_client("pam").await.expect("revoke"));
     assert_eq!(store.client_by_token([6; 32]).await.expect("read"), None);
