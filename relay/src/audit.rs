@@ -328,6 +328,10 @@ const WINDOW: Duration = Duration::from_secs(60);
 const QUEUE: usize = 8192;
 /// Events stored in one transaction at most.
 const BATCH: usize = 256;
+/// At shutdown, the writer stores what comes in until the queue is quiet this long...
+const DRAIN_QUIET: Duration = Duration::from_millis(300);
+/// ...or this has passed.
+const DRAIN: Duration = Duration::from_secs(3);
 
 /// Why the audit sink could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -542,12 +546,25 @@ impl AuditWriter {
                 }
             }
         }
+        // The relay is stopping: what its parts record as they end (agents disconnected) still
+        // comes in for a moment. Store until the queue has been quiet for a while, within a bound.
+        self.audit.tick();
+        self.store(&mut batch).await;
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        while let Ok(received) = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + DRAIN_QUIET),
+            receiver.recv_many(&mut batch, BATCH),
+        )
+        .await
+        {
+            if received == 0 {
+                break;
+            }
+            self.store(&mut batch).await;
+        }
         self.audit.tick();
         while let Ok(record) = receiver.try_recv() {
             batch.push(record);
-            if batch.len() == BATCH {
-                self.store(&mut batch).await;
-            }
         }
         self.store(&mut batch).await;
     }
