@@ -101,9 +101,7 @@ impl AuditFile {
         if self.syslog_socket.as_os_str().is_empty() {
             return Err(ConfigError::invalid("audit.syslog_socket", "names no socket; the default is /dev/log"));
         }
-        let syslog = self
-            .syslog
-            .then(|| crate::syslog::SyslogConfig { socket: resolve(self.syslog_socket), facility });
+        let syslog = self.syslog.then(|| crate::syslog::SyslogConfig { socket: resolve(self.syslog_socket), facility });
         Ok(AuditConfig { file: self.file, syslog })
     }
 }
@@ -923,8 +921,12 @@ bind_password_env = "BIND_PW"
     #[test]
     fn audit_goes_to_the_file_syslog_or_both_and_errors_name_the_key() {
         let with = |lines: &str| format!("{MINIMAL}\n[audit]\n{lines}\n");
-        let c = Config::parse(&with("syslog = true\nsyslog_socket = \"run/log\"\nsyslog_facility = \"local3\""), Path::new("/etc/x"), &env)
-            .expect("valid");
+        let c = Config::parse(
+            &with("syslog = true\nsyslog_socket = \"run/log\"\nsyslog_facility = \"local3\""),
+            Path::new("/etc/x"),
+            &env,
+        )
+        .expect("valid");
         let syslog = crate::syslog::SyslogConfig { socket: "/etc/x/run/log".into(), facility: 19 };
         assert_eq!(c.audit, AuditConfig { file: true, syslog: Some(syslog) });
         let e = Config::parse(&with("file = false"), Path::new("/"), &env).expect_err("nowhere").to_string();

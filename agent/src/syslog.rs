@@ -96,7 +96,9 @@ fn hostname() -> String {
 }
 
 fn timestamp() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "-".into())
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "-".into())
 }
 
 #[cfg(test)]

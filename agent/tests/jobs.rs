@@ -395,11 +395,14 @@ async fn audit_events_go_to_syslog_as_rfc_5424_messages() {
     );
     let user = dc.create_user("sysl").await;
     let password = "Syslog!Audit-Passw0rd-5";
-    let result = jobs::execute(&context, job("job-syslog-1", pb::JobKind::SetPassword, dc, &user.upn, Some(password))).await;
-    success(&result);
     let result =
-        jobs::execute(&context, job("job-syslog-2", pb::JobKind::SetPassword, dc, "nobody@nowhere.invalid", Some(password)))
-            .await;
+        jobs::execute(&context, job("job-syslog-1", pb::JobKind::SetPassword, dc, &user.upn, Some(password))).await;
+    success(&result);
+    let result = jobs::execute(
+        &context,
+        job("job-syslog-2", pb::JobKind::SetPassword, dc, "nobody@nowhere.invalid", Some(password)),
+    )
+    .await;
     failure(&result);
 
     let mut messages = Vec::new();

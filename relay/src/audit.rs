@@ -10,8 +10,8 @@
 //! Refusals of callers nobody has authenticated (a wrong token, a refused TLS handshake, a link
 //! page asked for) are always written as lines, but only `audit.unauthenticated_per_minute` of
 //! each kind per minute reach the store; the rest are counted in one `audit.suppressed` (5901)
-//! event per kind and minute, so a flood cannot grow the store without bound. A full queue is
-//! counted the same way.
+//! event per kind and minute, so a flood cannot grow the store without bound. When the queue is
+//! full, such refusals are counted the same way; every other event waits in memory for the writer.
 //!
 //! No event holds a secret: no password, token, link key or link id (a link is named by its
 //! job), and text from the network goes in only through [`Event::untrusted`].
@@ -359,6 +359,8 @@ pub struct Audit {
     lines: Mutex<Vec<Box<dyn Write + Send>>>,
     line_sinks: usize,
     queue: mpsc::Sender<AuditRecord>,
+    /// Authenticated events that found the queue full: never dropped, stored after the queue.
+    overflow: Mutex<Vec<AuditRecord>>,
     gate: Mutex<Gate>,
     per_minute: u32,
     window: Duration,
@@ -368,7 +370,10 @@ pub struct Audit {
 
 impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Audit").field("line_sinks", &self.line_sinks).field("replica", &self.replica).finish_non_exhaustive()
+        f.debug_struct("Audit")
+            .field("line_sinks", &self.line_sinks)
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
     }
 }
 
@@ -399,17 +404,15 @@ impl Audit {
             line_sinks: lines.len(),
             lines: Mutex::new(lines),
             queue,
+            overflow: Mutex::new(Vec::new()),
             gate: Mutex::new(Gate { window_start: Timestamp::now().0, ..Gate::default() }),
             per_minute: config.unauthenticated_per_minute,
             window: WINDOW,
             replica: replica.to_owned(),
             written_errors: AtomicU64::new(0),
         });
-        let writer = AuditWriter {
-            audit: Arc::clone(&audit),
-            store,
-            receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
-        };
+        let writer =
+            AuditWriter { audit: Arc::clone(&audit), store, receiver: Arc::new(tokio::sync::Mutex::new(receiver)) };
         Ok((audit, writer))
     }
 
@@ -433,8 +436,14 @@ impl Audit {
                     false
                 }
             };
-            if stored && self.queue.try_send(record).is_err() {
-                gate.queue_full += 1;
+            if stored {
+                if let Err(full) = self.queue.try_send(record) {
+                    match kind.caller() {
+                        // Bounded by what authenticated parties do: kept until the writer takes it.
+                        Caller::Authenticated => self.overflowed().push(full.into_inner()),
+                        Caller::Unauthenticated => gate.queue_full += 1,
+                    }
+                }
             }
             summaries
         };
@@ -473,10 +482,14 @@ impl Audit {
     fn store_summaries(&self, summaries: Vec<AuditRecord>) {
         for summary in summaries {
             self.write_line(&summary);
-            if self.queue.try_send(summary).is_err() {
-                tracing::error!("the audit queue is full; an audit.suppressed event reached only the audit lines");
+            if let Err(full) = self.queue.try_send(summary) {
+                self.overflowed().push(full.into_inner());
             }
         }
+    }
+
+    fn overflowed(&self) -> std::sync::MutexGuard<'_, Vec<AuditRecord>> {
+        self.overflow.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Emits the summaries of a window that ended with nothing after it.
@@ -537,12 +550,16 @@ impl AuditWriter {
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
-                _ = tick.tick() => self.audit.tick(),
+                _ = tick.tick() => {
+                    self.audit.tick();
+                    self.store_overflow().await;
+                }
                 received = receiver.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
                         break;
                     }
                     self.store(&mut batch).await;
+                    self.store_overflow().await;
                 }
             }
         }
@@ -567,6 +584,17 @@ impl AuditWriter {
             batch.push(record);
         }
         self.store(&mut batch).await;
+        self.store_overflow().await;
+    }
+
+    /// Stores what found the queue full, in batches.
+    async fn store_overflow(&self) {
+        let mut overflow = std::mem::take(&mut *self.audit.overflowed());
+        while !overflow.is_empty() {
+            let rest = overflow.split_off(overflow.len().min(BATCH));
+            self.store(&mut overflow).await;
+            overflow = rest;
+        }
     }
 
     /// Stores what is queued now (the command line calls it before it exits).
@@ -576,6 +604,7 @@ impl AuditWriter {
         while let Ok(record) = receiver.try_recv() {
             batch.push(record);
         }
+        batch.append(&mut self.audit.overflowed());
         if batch.is_empty() {
             return Ok(());
         }
@@ -642,7 +671,11 @@ mod tests {
         let summary = &stored[4].details;
         assert_eq!((summary["of_event_id"].as_u64(), summary["count"].as_u64()), (Some(5201), Some(47)), "{summary}");
         let written = std::fs::read_to_string(&lines).expect("lines");
-        assert_eq!(written.lines().filter(|l| l.contains("\"event\":\"api.token_refused\"")).count(), 50, "every line is written");
+        assert_eq!(
+            written.lines().filter(|l| l.contains("\"event\":\"api.token_refused\"")).count(),
+            50,
+            "every line is written"
+        );
         assert_eq!(written.lines().filter(|l| l.contains("\"event\":\"audit.suppressed\"")).count(), 1);
     }
 

@@ -816,8 +816,12 @@ key_file = "store.key"
     #[test]
     fn audit_settings_are_checked_and_errors_name_the_key() {
         let with = |lines: &str| format!("{MINIMAL}\n[audit]\n{lines}\n");
-        let c = Config::parse(&with("file = \"audit.jsonl\"\nstdout = true\nretention_days = 7"), Path::new("/etc/pwrelay"), &Overrides::default())
-            .expect("valid");
+        let c = Config::parse(
+            &with("file = \"audit.jsonl\"\nstdout = true\nretention_days = 7"),
+            Path::new("/etc/pwrelay"),
+            &Overrides::default(),
+        )
+        .expect("valid");
         assert_eq!(c.audit.file.as_deref(), Some(Path::new("/etc/pwrelay/audit.jsonl")));
         assert!(c.audit.stdout);
         assert_eq!(c.audit.retention, Duration::from_secs(7 * 86_400));

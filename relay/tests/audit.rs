@@ -295,7 +295,10 @@ async fn scenario(store_lines: &str) {
     // The command line reads the same trail.
     let listed = pwrelay(&world.config_path(), &["audit", "list", "--event", "5101"]);
     let listed: Vec<Value> = listed.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
-    assert_eq!(listed.iter().map(|e| e["client"].as_str()).collect::<Vec<_>>(), [Some("pam"), Some("auditor"), Some("scoped-auditor")]);
+    assert_eq!(
+        listed.iter().map(|e| e["client"].as_str()).collect::<Vec<_>>(),
+        [Some("pam"), Some("auditor"), Some("scoped-auditor")]
+    );
 
     let created = named(&events, "job.created");
     assert_eq!(created.len(), 2, "{created:#?}");
@@ -313,7 +316,10 @@ async fn scenario(store_lines: &str) {
         "the agent's version is escaped: {connected:#?}"
     );
     let refused = named(&events, "agent.refused");
-    assert_eq!((refused[0]["agent"].as_str(), refused[0]["details"]["reason"].as_str()), (Some("site-x"), Some("no_domain_to_serve")));
+    assert_eq!(
+        (refused[0]["agent"].as_str(), refused[0]["details"]["reason"].as_str()),
+        (Some("site-x"), Some("no_domain_to_serve"))
+    );
     let disconnected = named(&events, "agent.disconnected");
     assert_eq!(disconnected[0]["details"]["reason"], "agent_closed", "{disconnected:#?}");
     let token_refused = named(&events, "api.token_refused");
@@ -335,7 +341,8 @@ async fn scenario(store_lines: &str) {
     let of_job = world.audit(&relay, &format!("job_id={cancelled}")).await;
     let names: Vec<_> = of_job.iter().map(|e| e["event"].as_str().expect("name")).collect();
     assert_eq!(names, ["job.created", "job.cancelled"]);
-    let middle = events.iter().find(|e| e["event"] == "job.cancelled").expect("cancelled")["time"].as_str().expect("time");
+    let middle =
+        events.iter().find(|e| e["event"] == "job.cancelled").expect("cancelled")["time"].as_str().expect("time");
     let before = world.audit(&relay, &format!("until={middle}")).await;
     let at = |e: &Value| {
         let text = e["time"].as_str().expect("time");
@@ -349,7 +356,10 @@ async fn scenario(store_lines: &str) {
     let (_, first) = world.get(&relay, &world.auditor, "/v1/audit?limit=2").await;
     let cursor = first["next_cursor"].as_str().expect("a next page");
     let (_, second) = world.get(&relay, &world.auditor, &format!("/v1/audit?limit=2&cursor={cursor}")).await;
-    assert_eq!(first["events"][1]["seq"].as_i64().map(|s| s < second["events"][0]["seq"].as_i64().unwrap_or(0)), Some(true));
+    assert_eq!(
+        first["events"][1]["seq"].as_i64().map(|s| s < second["events"][0]["seq"].as_i64().unwrap_or(0)),
+        Some(true)
+    );
     assert_eq!(second["events"][0], events[2]);
     for bad in ["event=9999x", "since=yesterday", "cursor=-1", "limit=0", "job_id=nope", "colour=red"] {
         let (status, body) = world.get(&relay, &world.auditor, &format!("/v1/audit?{bad}")).await;
@@ -383,7 +393,8 @@ async fn scenario(store_lines: &str) {
         assert!(!named(&lines, name).is_empty(), "{name} has its line");
     }
     assert!(lines.iter().all(|l| l.get("seq").is_none() && l["time"].as_str().is_some_and(|t| t.ends_with('Z'))));
-    let everything = format!("{}\n{}", std::fs::read_to_string(world.dir.path().join("audit.jsonl")).expect("lines"), json!(events));
+    let everything =
+        format!("{}\n{}", std::fs::read_to_string(world.dir.path().join("audit.jsonl")).expect("lines"), json!(events));
     for secret in [PASSWORD, world.pam.as_str(), world.auditor.as_str(), world.scoped_auditor.as_str(), "pwr_"] {
         assert!(!everything.contains(secret), "a secret ({}…) is in the audit trail", &secret[..4]);
     }

@@ -36,7 +36,8 @@ fn agent_ids() -> Vec<u32> {
 fn every_event_id_of_relay_and_agent_is_in_the_table_and_nothing_else() {
     let mut rows = rows();
     for kind in Kind::ALL {
-        let row = rows.remove(&u32::from(kind.id())).unwrap_or_else(|| panic!("{} ({}) has no row", kind.id(), kind.name()));
+        let row =
+            rows.remove(&u32::from(kind.id())).unwrap_or_else(|| panic!("{} ({}) has no row", kind.id(), kind.name()));
         assert_eq!(row, ("relay".to_owned(), kind.name().to_owned()), "the row of {}", kind.id());
     }
     let agent = agent_ids();

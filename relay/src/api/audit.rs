@@ -126,8 +126,7 @@ pub(super) async fn list(
             .as_deref()
             .map(|e| {
                 event_id(e).ok_or_else(|| {
-                    ApiError::invalid_request("event must be an event id or name (docs/audit-events.md)")
-                        .field("event")
+                    ApiError::invalid_request("event must be an event id or name (docs/audit-events.md)").field("event")
                 })
             })
             .transpose()?,

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::ApiState;
 use super::edge::ClientIp;
-use crate::audit::{Event, Kind};
 use super::error::ApiError;
+use crate::audit::{Event, Kind};
 use crate::store::ApiClient;
 
 /// Prefix of every token (lets secret scanners recognise them).

@@ -6,9 +6,9 @@
 //! answered 202 at once; the work happens in the background. The same callout again is answered
 //! 202 with `Idempotent-Replayed: true` and starts nothing; the same id with another body is 409.
 
-use axum::Extension;
 use super::edge::ClientIp;
 use crate::audit::{Event, Kind};
+use axum::Extension;
 use std::sync::Arc;
 
 use axum::Json;
@@ -86,7 +86,9 @@ pub(super) async fn callout(
             }
             other => {
                 tracing::warn!(error = %other, "callout refused");
-                state.audit.record(callout_refused(address, "unauthenticated").detail("message", other.public_message()));
+                state
+                    .audit
+                    .record(callout_refused(address, "unauthenticated").detail("message", other.public_message()));
                 ApiError::unauthenticated(other.public_message())
             }
         })?;

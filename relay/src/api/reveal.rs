@@ -190,9 +190,9 @@ pub(super) async fn show(
         LinkState::NotFound => "unknown",
     };
     tracing::info!(link = %link_ref(&id), %client, state = shown, "one-time link page opened");
-    state.audit.record(
-        Event::new(Kind::LinkViewed).address(client).detail("link_ref", link_ref(&id)).detail("state", shown),
-    );
+    state
+        .audit
+        .record(Event::new(Kind::LinkViewed).address(client).detail("link_ref", link_ref(&id)).detail("state", shown));
     match link {
         LinkState::Active { expires, must_change } => {
             let expires =
@@ -286,15 +286,18 @@ async fn claim_inner(
     let refused = |reason: &'static str| {
         tracing::info!(link = %link_ref(id), %client, reason, "one-time link claim refused");
         state.audit.record(
-            Event::new(Kind::LinkClaimRefused).address(client).detail("link_ref", link_ref(id)).detail("reason", reason),
+            Event::new(Kind::LinkClaimRefused)
+                .address(client)
+                .detail("link_ref", link_ref(id))
+                .detail("reason", reason),
         );
     };
     match claimed {
         LinkClaim::Taken { job_id, sealed } => {
             tracing::info!(link = %link_ref(id), %client, job_id = %job_id, "one-time link claimed");
-            state.audit.record(
-                Event::new(Kind::LinkClaimed).address(client).job(job_id).detail("link_ref", link_ref(id)),
-            );
+            state
+                .audit
+                .record(Event::new(Kind::LinkClaimed).address(client).job(job_id).detail("link_ref", link_ref(id)));
             let ciphertext =
                 state.sealer.open_bytes(&job_id.to_string(), &sealed).map_err(|e| ApiError::unavailable(&e))?;
             let body = ClaimedCiphertext {

@@ -50,11 +50,23 @@ pub(crate) fn run(command: AuditCommand) -> ExitCode {
     };
     let parsed = (|| {
         Ok::<_, String>(AuditFilter {
-            since: since.as_deref().map(|t| crate::api::audit::parse_time(t).ok_or("--since: use an RFC 3339 time like 2026-11-22T08:00:00Z")).transpose()?,
-            until: until.as_deref().map(|t| crate::api::audit::parse_time(t).ok_or("--until: use an RFC 3339 time like 2026-11-22T08:00:00Z")).transpose()?,
+            since: since
+                .as_deref()
+                .map(|t| {
+                    crate::api::audit::parse_time(t).ok_or("--since: use an RFC 3339 time like 2026-11-22T08:00:00Z")
+                })
+                .transpose()?,
+            until: until
+                .as_deref()
+                .map(|t| {
+                    crate::api::audit::parse_time(t).ok_or("--until: use an RFC 3339 time like 2026-11-22T08:00:00Z")
+                })
+                .transpose()?,
             event_id: event
                 .as_deref()
-                .map(|e| crate::api::audit::event_id(e).ok_or("--event: use an event id or name from docs/audit-events.md"))
+                .map(|e| {
+                    crate::api::audit::event_id(e).ok_or("--event: use an event id or name from docs/audit-events.md")
+                })
                 .transpose()?,
             client,
             agent,

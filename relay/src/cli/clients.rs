@@ -9,8 +9,8 @@ use pwrelay_shared::secret::SecretString;
 
 use super::webhooks::{self, WebhookCommand};
 use super::{EXIT_CONFIG, EXIT_FAILURE, current_thread_runtime, open_audited};
-use crate::audit::{Event, Kind};
 use crate::api::auth;
+use crate::audit::{Event, Kind};
 use crate::config::{Config, Overrides};
 use crate::store::{Operation, Scopes};
 

@@ -128,7 +128,10 @@ pub(crate) struct Recorder {
 
 impl Recorder {
     /// The recorder of `config`'s `[audit]` into `store`.
-    pub(crate) fn open(config: &crate::audit::AuditConfig, store: &std::sync::Arc<dyn crate::store::Store>) -> anyhow::Result<Self> {
+    pub(crate) fn open(
+        config: &crate::audit::AuditConfig,
+        store: &std::sync::Arc<dyn crate::store::Store>,
+    ) -> anyhow::Result<Self> {
         let config = crate::audit::AuditConfig { stdout: false, ..config.clone() };
         let (audit, writer) = crate::audit::Audit::open(&config, std::sync::Arc::clone(store) as _, "cli")
             .map_err(|e| anyhow::anyhow!("{e} (run the command as the relay's user)"))?;
@@ -150,7 +153,9 @@ impl Recorder {
 }
 
 /// The store of `config`, and the recorder of the changes a command makes to it.
-pub(crate) async fn open_audited(config: &Config) -> anyhow::Result<(std::sync::Arc<dyn crate::store::Store>, Recorder)> {
+pub(crate) async fn open_audited(
+    config: &Config,
+) -> anyhow::Result<(std::sync::Arc<dyn crate::store::Store>, Recorder)> {
     let store = crate::store::open(&config.store).await?;
     let recorder = Recorder::open(&config.audit, &store)?;
     Ok((store, recorder))

@@ -179,9 +179,9 @@ impl Session {
 
     async fn refuse(&self, reason: &'static str, status: Status) {
         tracing::warn!(error = %status.message(), "agent refused");
-        self.context.audit.record(
-            self.event(Kind::AgentRefused).detail("reason", reason).untrusted("message", status.message()),
-        );
+        self.context
+            .audit
+            .record(self.event(Kind::AgentRefused).detail("reason", reason).untrusted("message", status.message()));
         let _gone = self.outbound.send(Err(status)).await;
     }
 

@@ -45,9 +45,11 @@ pub trait AuditStore: Send + Sync + 'static {
 }
 
 /// The columns of a listing, in order, the same on both backends.
-pub(crate) const COLUMNS: &str = "seq, at_ms, event_id, event, replica, client, agent, domain, job_id, address, details";
+pub(crate) const COLUMNS: &str =
+    "seq, at_ms, event_id, event, replica, client, agent, domain, job_id, address, details";
 
 /// A stored row's details: a JSON object, or a corrupt record.
 pub(crate) fn details(seq: i64, text: &str) -> Result<serde_json::Value, StoreError> {
-    serde_json::from_str(text).map_err(|_| StoreError::Corrupt { id: format!("audit event {seq}"), reason: "bad details".into() })
+    serde_json::from_str(text)
+        .map_err(|_| StoreError::Corrupt { id: format!("audit event {seq}"), reason: "bad details".into() })
 }

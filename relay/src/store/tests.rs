@@ -1299,10 +1299,7 @@ mod audit_trail {
     use crate::audit::AuditRecord;
     use crate::store::AuditFilter;
 
-    contract!(
-        audit_events_are_listed_in_order_by_every_filter,
-        audit_events_past_their_retention_are_deleted_once,
-    );
+    contract!(audit_events_are_listed_in_order_by_every_filter, audit_events_past_their_retention_are_deleted_once,);
 
     fn record(at: i64, event_id: u16, client: Option<&str>, domain: Option<&str>, job: Option<&str>) -> AuditRecord {
         AuditRecord {
@@ -1350,7 +1347,11 @@ mod audit_trail {
         assert_eq!(count(AuditFilter { job_id: Some(job.clone()), ..all() }).await, 1);
         assert_eq!(count(AuditFilter { since: Some(Timestamp(now - 2000)), ..all() }).await, 3);
         assert_eq!(count(AuditFilter { until: Some(Timestamp(now - 2000)), ..all() }).await, 1);
-        assert_eq!(count(AuditFilter { domains: Some(vec!["a.test".into()]), ..all() }).await, 1, "scoped: no domainless");
+        assert_eq!(
+            count(AuditFilter { domains: Some(vec!["a.test".into()]), ..all() }).await,
+            1,
+            "scoped: no domainless"
+        );
         assert_eq!(count(AuditFilter { domains: Some(vec![]), ..all() }).await, 0);
         let page = store.audit_events(&AuditFilter { limit: 2, ..all() }).await.expect("page");
         let next = store.audit_events(&AuditFilter { after: page[1].seq, limit: 2, ..all() }).await.expect("next");
