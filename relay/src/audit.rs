@@ -25,6 +25,11 @@
 //! The groups: 50xx jobs, 51xx API clients and webhooks, 52xx API access, 53xx agents and the
 //! agent link, 54xx new hires, 59xx the audit trail itself. The agent's events are 41xx
 //! (`agent/src/audit.rs`).
+//!
+//! A `tracing` line on the `pwrelay::audit` target is not part of the trail (nothing reads that
+//! target any more): convert it into a row here, e.g. `tracing::info!(target: "pwrelay::audit",
+//! event = "agent.enrolled", agent = %name)` becomes `AgentEnrolled = 5306, "agent.enrolled",
+//! Authenticated;` and `audit.record(Event::new(Kind::AgentEnrolled).agent(&name))`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;

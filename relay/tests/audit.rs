@@ -361,7 +361,21 @@ async fn scenario(store_lines: &str) {
         Some(true)
     );
     assert_eq!(second["events"][0], events[2]);
-    for bad in ["event=9999x", "since=yesterday", "cursor=-1", "limit=0", "job_id=nope", "colour=red"] {
+    assert!(world.audit(&relay, "event=no.such_event").await.is_empty(), "an unknown name selects nothing");
+    assert!(world.audit(&relay, "event=99999").await.is_empty(), "so does an unknown id");
+    let long = format!("event={}", "0".repeat(65));
+    let client = format!("client={}", "c".repeat(65));
+    for bad in [
+        "event=9999x",
+        "event=Job.Created",
+        &long,
+        &client,
+        "since=yesterday",
+        "cursor=-1",
+        "limit=0",
+        "job_id=nope",
+        "colour=red",
+    ] {
         let (status, body) = world.get(&relay, &world.auditor, &format!("/v1/audit?{bad}")).await;
         assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_request")), "{bad}: {body}");
     }

@@ -33,8 +33,8 @@ pub(super) struct AuditQuery {
     /// RFC 3339 time: only events before it.
     #[param(format = DateTime)]
     until: Option<String>,
-    /// Only this event: its id (`5001`) or name (`job.created`).
-    #[param(max_length = 64)]
+    /// Only this event: its id (`5001`) or name (`job.created`); one no event has selects nothing.
+    #[param(max_length = 64, pattern = r"^([0-9]{1,5}|[a-z][a-z0-9_]*(\.[a-z0-9_]+)*)$")]
     event: Option<String>,
     /// Only events concerning this API client.
     #[param(max_length = 64)]
@@ -68,11 +68,41 @@ pub(crate) fn parse_time(text: &str) -> Option<Timestamp> {
     Some(Timestamp(i64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok()?))
 }
 
-/// An event's id from its id or name.
-pub(crate) fn event_id(text: &str) -> Option<u16> {
-    match text.parse::<u16>() {
-        Ok(id) => Some(id),
-        Err(_) => Kind::from_name(text).map(Kind::id),
+/// What an `event` filter selects: an id (1-5 digits), or a name (`job.created`, `password_set`:
+/// lower-case words joined by dots). `None` when it is neither.
+pub(crate) fn event_filter(text: &str) -> Option<EventFilter> {
+    if !(1..=64).contains(&text.len()) {
+        return None;
+    }
+    if text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok().map(EventFilter::Id);
+    }
+    let word = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let mut words = text.split('.');
+    let first_is_a_letter = text.as_bytes().first().is_some_and(u8::is_ascii_lowercase);
+    (first_is_a_letter && words.all(word)).then(|| match Kind::from_name(text) {
+        Some(kind) => EventFilter::Id(u32::from(kind.id())),
+        None => EventFilter::Name(text.to_owned()),
+    })
+}
+
+/// An `event` filter, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EventFilter {
+    /// An event id.
+    Id(u32),
+    /// An event name the relay does not define (it selects nothing, unless an older or newer
+    /// relay stored it).
+    Name(String),
+}
+
+impl EventFilter {
+    /// Into the store's filter.
+    pub(crate) fn apply(self, filter: &mut AuditFilter) {
+        match self {
+            Self::Id(id) => filter.event_id = Some(id),
+            Self::Name(name) => filter.event = Some(name),
+        }
     }
 }
 
@@ -109,6 +139,11 @@ pub(super) async fn list(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid_request(format!("limit must be 1-{MAX_PAGE}")).field("limit"));
     }
+    for (field, value, max) in [("client", &query.client, 64), ("agent", &query.agent, 253)] {
+        if value.as_ref().is_some_and(|v| v.chars().count() > max) {
+            return Err(ApiError::invalid_request(format!("{field} is at most {max} characters")).field(field));
+        }
+    }
     let time = |field: &'static str, text: Option<&str>| {
         text.map(|t| {
             parse_time(t).ok_or_else(|| {
@@ -121,15 +156,8 @@ pub(super) async fn list(
     let filter = AuditFilter {
         since: time("since", query.since.as_deref())?,
         until: time("until", query.until.as_deref())?,
-        event_id: query
-            .event
-            .as_deref()
-            .map(|e| {
-                event_id(e).ok_or_else(|| {
-                    ApiError::invalid_request("event must be an event id or name (docs/audit-events.md)").field("event")
-                })
-            })
-            .transpose()?,
+        event_id: None,
+        event: None,
         client: query.client,
         agent: query.agent,
         job_id: query
@@ -152,6 +180,14 @@ pub(super) async fn list(
             .transpose()?,
         limit,
     };
+    let mut filter = filter;
+    if let Some(text) = query.event.as_deref() {
+        event_filter(text)
+            .ok_or_else(|| {
+                ApiError::invalid_request("event must be an event id or name (docs/audit-events.md)").field("event")
+            })?
+            .apply(&mut filter);
+    }
     let events = state.store.audit_events(&filter).await.map_err(|e| ApiError::unavailable(&e))?;
     let next_cursor =
         (events.len() == limit).then(|| events.last().and_then(|e| e.seq).map(|s| s.to_string())).flatten();

@@ -62,12 +62,8 @@ pub(crate) fn run(command: AuditCommand) -> ExitCode {
                     crate::api::audit::parse_time(t).ok_or("--until: use an RFC 3339 time like 2026-11-22T08:00:00Z")
                 })
                 .transpose()?,
-            event_id: event
-                .as_deref()
-                .map(|e| {
-                    crate::api::audit::event_id(e).ok_or("--event: use an event id or name from docs/audit-events.md")
-                })
-                .transpose()?,
+            event_id: None,
+            event: None,
             client,
             agent,
             job_id: job,
@@ -76,6 +72,14 @@ pub(crate) fn run(command: AuditCommand) -> ExitCode {
             limit: limit.max(1),
         })
     })();
+    let parsed = parsed.and_then(|mut filter| {
+        if let Some(text) = event.as_deref() {
+            crate::api::audit::event_filter(text)
+                .ok_or("--event: use an event id or name from docs/audit-events.md")?
+                .apply(&mut filter);
+        }
+        Ok(filter)
+    });
     let filter = match parsed {
         Ok(filter) => filter,
         Err(message) => {

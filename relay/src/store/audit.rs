@@ -14,8 +14,10 @@ pub struct AuditFilter {
     pub since: Option<Timestamp>,
     /// Before this time.
     pub until: Option<Timestamp>,
-    /// Of this event id.
-    pub event_id: Option<u16>,
+    /// Of this event id (one no event has selects nothing).
+    pub event_id: Option<u32>,
+    /// Of this event name (one no event has selects nothing).
+    pub event: Option<String>,
     /// Concerning this API client.
     pub client: Option<String>,
     /// Concerning this agent.

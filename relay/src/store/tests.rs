@@ -1342,6 +1342,9 @@ mod audit_trail {
 
         let count = |filter: AuditFilter| async move { store.audit_events(&filter).await.expect("list").len() };
         assert_eq!(count(AuditFilter { event_id: Some(5001), ..all() }).await, 2);
+        assert_eq!(count(AuditFilter { event: Some("test.5001".into()), ..all() }).await, 2);
+        assert_eq!(count(AuditFilter { event_id: Some(99_999), ..all() }).await, 0);
+        assert_eq!(count(AuditFilter { event: Some("no.such".into()), ..all() }).await, 0);
         assert_eq!(count(AuditFilter { client: Some("pam".into()), ..all() }).await, 2);
         assert_eq!(count(AuditFilter { agent: Some("site-a".into()), ..all() }).await, 1);
         assert_eq!(count(AuditFilter { job_id: Some(job.clone()), ..all() }).await, 1);

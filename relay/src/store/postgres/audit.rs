@@ -47,12 +47,13 @@ impl AuditStore for PostgresStore {
                     &filter.after.unwrap_or(0),
                     &filter.since.map(|t| t.0),
                     &filter.until.map(|t| t.0),
-                    &filter.event_id.map(i32::from),
+                    &filter.event_id.map(i64::from),
                     &filter.client,
                     &filter.agent,
                     &filter.job_id,
                     &filter.domains,
                     &limit,
+                    &filter.event,
                 ],
             )
             .await

@@ -55,6 +55,7 @@ impl AuditStore for SqliteStore {
                     AND (?4 IS NULL OR event_id = ?4) AND (?5 IS NULL OR client = ?5)
                     AND (?6 IS NULL OR agent = ?6) AND (?7 IS NULL OR job_id = ?7)
                     AND (?8 IS NULL OR domain IN (SELECT value FROM json_each(?8)))
+                    AND (?10 IS NULL OR event = ?10)
                   ORDER BY seq LIMIT ?9"
             );
             let mut select = conn.prepare_cached(&sql).map_err(db_err)?;
@@ -70,6 +71,7 @@ impl AuditStore for SqliteStore {
                         filter.job_id,
                         domains,
                         i64::try_from(filter.limit).unwrap_or(i64::MAX),
+                        filter.event,
                     ],
                     |r| {
                         Ok((
