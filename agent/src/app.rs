@@ -93,7 +93,7 @@ impl App {
         let journal_path = config.state_dir.join("journal.jsonl");
         let journal = Journal::open(&journal_path).map_err(state_err(&journal_path))?;
         let audit_path = config.state_dir.join("audit.jsonl");
-        let audit = AuditLog::open(&audit_path).map_err(state_err(&audit_path))?;
+        let audit = AuditLog::configured(&audit_path, &config.audit).map_err(state_err(&audit_path))?;
         let jobs = Arc::new(JobContext::new(directories, journal, audit));
         let health_listener = TcpListener::bind(config.health.listen)
             .await
@@ -158,6 +158,7 @@ impl App {
             server_name: link.server_name.clone(),
             identity: Arc::clone(&link.identity),
             health: Arc::clone(&health),
+            audit: link.jobs.audit.clone(),
         };
         tracker.spawn(renewal.run(cancel.child_token()));
         tracker.spawn(link.run(cancel.child_token()));

@@ -1,6 +1,11 @@
 //! The agent's audit log: append-only JSON lines, one event per decision and per write, with
 //! stable event ids. It holds no secret: passwords never reach an event.
 //!
+//! Each event goes to `STATE_DIR/audit.jsonl` (`[audit] file`, on by default) and/or to syslog
+//! (`[audit] syslog`): one RFC 5424 message per event on the local datagram socket
+//! (`audit.syslog_socket`, `/dev/log`, where journald listens too), with the event name as
+//! MSGID, the event id in structured data, and the JSON line as the message.
+//!
 //! | id | event |
 //! |---|---|
 //! | 4100 | job received |
@@ -21,6 +26,8 @@
 //! | 4121 | generated password (plaintext mode) redelivered after a lost result: a fresh one replaces it |
 //! | 4122 | job given back unstarted: too little time left on its lease for a write, or the agent is stopping |
 //! | 4123 | job applied again: an earlier attempt lapsed without reporting, and may have written |
+//! | 4130 | agent certificate renewed over the link with a fresh key (`message`: its expiry) |
+//! | 4131 | agent certificate renewal refused by the relay for good (`message`: why); replace it by hand |
 //!
 //! The banned-password pre-check's outcomes carry the Entra Password Protection ids: the filter
 //! event (10015 pass, 10017 refused, 10025 audit-mode) as `event_id` and the policy reason
@@ -73,6 +80,10 @@ pub mod ids {
     /// An earlier attempt lapsed without reporting (it may have written): this attempt applies
     /// the job again.
     pub const ATTEMPT_REISSUED: u32 = 4123;
+    /// The agent certificate was renewed over the link with a fresh key.
+    pub const CERTIFICATE_RENEWED: u32 = 4130;
+    /// The relay refuses to renew the agent certificate (for good: not signing, or revoked).
+    pub const RENEWAL_REFUSED: u32 = 4131;
 }
 
 /// One audit event.
@@ -122,28 +133,28 @@ struct Line<'a> {
     event: &'a Event,
 }
 
-/// The append-only audit file.
-#[derive(Debug)]
+/// Where audit events go: the append-only file and/or syslog.
+#[derive(Debug, Clone)]
 pub struct AuditLog {
     path: PathBuf,
-    file: Arc<Mutex<File>>,
+    file: Option<Arc<Mutex<File>>>,
+    syslog: Option<Arc<crate::syslog::Syslog>>,
 }
 
 impl AuditLog {
     /// Opens (creating, mode 0600) the audit file for appending.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let mut options = OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let file = options.open(path)?;
-        Ok(Self { path: path.to_owned(), file: Arc::new(Mutex::new(file)) })
+        Ok(Self { path: path.to_owned(), file: Some(Arc::new(Mutex::new(open_append(path)?))), syslog: None })
     }
 
-    /// The file.
+    /// The sinks `[audit]` names: the file at `path` when `audit.file` is on, and syslog.
+    pub fn configured(path: &Path, config: &crate::config::AuditConfig) -> std::io::Result<Self> {
+        let file = if config.file { Some(Arc::new(Mutex::new(open_append(path)?))) } else { None };
+        let syslog = config.syslog.as_ref().map(|s| Arc::new(crate::syslog::Syslog::new(s)));
+        Ok(Self { path: path.to_owned(), file, syslog })
+    }
+
+    /// The file (whether or not `audit.file` is on).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -160,19 +171,39 @@ impl AuditLog {
                 return;
             }
         };
-        line.push(b'\n');
-        let file = Arc::clone(&self.file);
+        let (file, syslog) = (self.file.clone(), self.syslog.clone());
+        let (event_id, name) = (event.event_id, event.event);
         let written = tokio::task::spawn_blocking(move || {
-            // Appends are single writes; a panicked holder leaves whole lines behind.
-            let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            file.write_all(&line).and_then(|()| file.sync_data())
+            let sent = syslog.map(|syslog| syslog.send(event_id, name, &line));
+            line.push(b'\n');
+            let appended = file.map(|file| {
+                // Appends are single writes; a panicked holder leaves whole lines behind.
+                let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                file.write_all(&line).and_then(|()| file.sync_data())
+            });
+            (appended, sent)
         })
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        if let Err(error) = written {
+        .unwrap_or_else(|e| (Some(Err(std::io::Error::other(e))), None));
+        if let (Some(Err(error)), _) = &written {
             tracing::error!(%error, path = %self.path.display(), "audit event could not be written");
         }
+        if let (_, Some(Err(error))) = &written {
+            tracing::error!(%error, "audit event could not be sent to syslog (audit.syslog_socket)");
+        }
     }
+}
+
+/// Opens `path` for appending, creating it with mode 0600.
+fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
 }
 
 #[cfg(test)]

@@ -28,6 +28,82 @@ struct AgentFile {
     state: StateFile,
     #[serde(default)]
     log: LogConfig,
+    #[serde(default)]
+    audit: AuditFile,
+}
+
+/// `[audit]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditFile {
+    #[serde(default = "default_true")]
+    file: bool,
+    #[serde(default)]
+    syslog: bool,
+    #[serde(default = "default_syslog_socket")]
+    syslog_socket: PathBuf,
+    #[serde(default = "default_syslog_facility")]
+    syslog_facility: String,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        Self {
+            file: true,
+            syslog: false,
+            syslog_socket: default_syslog_socket(),
+            syslog_facility: default_syslog_facility(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_syslog_socket() -> PathBuf {
+    PathBuf::from("/dev/log")
+}
+fn default_syslog_facility() -> String {
+    "authpriv".to_owned()
+}
+
+/// `[audit]`: where the audit events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Append them to `STATE_DIR/audit.jsonl` (`audit.file`).
+    pub file: bool,
+    /// Send them to syslog (`audit.syslog`, with its socket and facility).
+    pub syslog: Option<crate::syslog::SyslogConfig>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { file: true, syslog: None }
+    }
+}
+
+impl AuditFile {
+    fn validate(self, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<AuditConfig, ConfigError> {
+        if !self.file && !self.syslog {
+            return Err(ConfigError::invalid(
+                "audit.file",
+                "the audit log must go somewhere: keep audit.file = true or set audit.syslog = true",
+            ));
+        }
+        let facility = crate::syslog::FACILITIES
+            .iter()
+            .find(|(name, _)| *name == self.syslog_facility)
+            .map(|(_, code)| *code)
+            .ok_or_else(|| {
+                let names: Vec<&str> = crate::syslog::FACILITIES.iter().map(|(n, _)| *n).collect();
+                ConfigError::invalid("audit.syslog_facility", format!("must be one of {}", names.join(", ")))
+            })?;
+        if self.syslog_socket.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("audit.syslog_socket", "names no socket; the default is /dev/log"));
+        }
+        let syslog = self.syslog.then(|| crate::syslog::SyslogConfig { socket: resolve(self.syslog_socket), facility });
+        Ok(AuditConfig { file: self.file, syslog })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,6 +364,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Logging.
     pub log: LogConfig,
+    /// Where audit events go (`[audit]`).
+    pub audit: AuditConfig,
 }
 
 /// `[relay]`.
@@ -584,6 +662,7 @@ impl Config {
             domains,
             state_dir: resolve(file.state.dir),
             log: file.log,
+            audit: file.audit.validate(&resolve)?,
         })
     }
 }
@@ -836,6 +915,26 @@ bind_password_env = "BIND_PW"
         assert_eq!(c.relay.max_jobs_in_flight, 4);
         assert_eq!(c.domains[0].urls.len(), 2);
         assert_eq!(c.domains[0].connections, 4);
+        assert_eq!(c.audit, AuditConfig::default(), "agent.full.toml shows the [audit] defaults");
+    }
+
+    #[test]
+    fn audit_goes_to_the_file_syslog_or_both_and_errors_name_the_key() {
+        let with = |lines: &str| format!("{MINIMAL}\n[audit]\n{lines}\n");
+        let c = Config::parse(
+            &with("syslog = true\nsyslog_socket = \"run/log\"\nsyslog_facility = \"local3\""),
+            Path::new("/etc/x"),
+            &env,
+        )
+        .expect("valid");
+        let syslog = crate::syslog::SyslogConfig { socket: "/etc/x/run/log".into(), facility: 19 };
+        assert_eq!(c.audit, AuditConfig { file: true, syslog: Some(syslog) });
+        let e = Config::parse(&with("file = false"), Path::new("/"), &env).expect_err("nowhere").to_string();
+        assert!(e.starts_with("audit.file"), "{e}");
+        let e = Config::parse(&with("syslog = true\nsyslog_facility = \"kern\""), Path::new("/"), &env)
+            .expect_err("facility")
+            .to_string();
+        assert!(e.starts_with("audit.syslog_facility") && e.contains("authpriv"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod link;
 pub mod metrics;
 pub mod status;
+pub mod syslog;
 
 pub use app::App;
 pub use config::Config;

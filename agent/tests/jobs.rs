@@ -371,3 +371,64 @@ async fn a_job_taken_over_from_a_silent_attempt_is_audited_as_applied_again() {
     let written = audit.lines().position(|l| l.contains("\"event_id\":4101"));
     assert!(reissued.is_some() && reissued < written, "audited before the write: {audit}");
 }
+
+/// With `audit.syslog` on and `audit.file` off, every event of a real job reaches a syslog
+/// socket (here a datagram socket bound in a temporary directory, as `/dev/log` is) as one
+/// RFC 5424 message whose MSGID is the event and whose message is its JSON line, and no file is
+/// written.
+#[tokio::test]
+async fn audit_events_go_to_syslog_as_rfc_5424_messages() {
+    use pwrelay_agent::config::AuditConfig;
+    use pwrelay_agent::syslog::SyslogConfig;
+    let dc = testkit::dc();
+    let dir = tempfile::tempdir().expect("dir");
+    let socket_path = dir.path().join("log");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind");
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+    let audit = AuditConfig { file: false, syslog: Some(SyslogConfig { socket: socket_path, facility: 10 }) };
+    let config = DomainConfig { verify_bind: true, ..support::domain_config(dc) };
+    let directories = BTreeMap::from([(dc.domain.clone(), Directory::new(config).expect("directory"))]);
+    let context = JobContext::new(
+        directories,
+        Journal::open(&dir.path().join("journal.jsonl")).expect("journal"),
+        AuditLog::configured(&dir.path().join("audit.jsonl"), &audit).expect("audit"),
+    );
+    let user = dc.create_user("sysl").await;
+    let password = "Syslog!Audit-Passw0rd-5";
+    let result =
+        jobs::execute(&context, job("job-syslog-1", pb::JobKind::SetPassword, dc, &user.upn, Some(password))).await;
+    success(&result);
+    let result = jobs::execute(
+        &context,
+        job("job-syslog-2", pb::JobKind::SetPassword, dc, "nobody@nowhere.invalid", Some(password)),
+    )
+    .await;
+    failure(&result);
+
+    let mut messages = Vec::new();
+    let mut buffer = vec![0u8; 65_536];
+    // Every event was sent before its job returned: what is there is all there is.
+    socket.set_read_timeout(Some(std::time::Duration::from_millis(500))).expect("timeout");
+    while let Ok(n) = socket.recv(&mut buffer) {
+        messages.push(String::from_utf8(buffer[..n].to_vec()).expect("utf-8"));
+    }
+    let mut ids = Vec::new();
+    for message in &messages {
+        let fields: Vec<&str> = message.splitn(8, ' ').collect();
+        let (sd, json) = message.split_once("\"] ").expect("structured data, then the message");
+        let json: serde_json::Value = serde_json::from_str(json).expect("the message is the JSON line");
+        let id = json["event_id"].as_u64().expect("event id");
+        let warning = matches!(id, 4110..=4116 | 10017);
+        assert_eq!(fields[0], if warning { "<84>1" } else { "<85>1" }, "authpriv, warning or notice: {message}");
+        assert!(fields[1].ends_with('Z') && fields[1].contains('T'), "an RFC 3339 time: {message}");
+        assert_eq!((fields[3], fields[4]), ("pwrelay-agent", std::process::id().to_string().as_str()), "{message}");
+        assert_eq!(Some(fields[5]), json["event"].as_str(), "MSGID is the event's name: {message}");
+        assert!(sd.ends_with(&format!("[pwrelay@32473 event_id=\"{id}")), "{message}");
+        ids.push(id);
+    }
+    assert_eq!(ids.iter().filter(|id| **id == 4100).count(), 2, "two jobs received: {messages:#?}");
+    assert!(ids.contains(&4101), "the password set: {messages:#?}");
+    assert!(ids.iter().any(|id| (4110..=4116).contains(id)), "the second job's failure: {messages:#?}");
+    assert!(messages.iter().all(|m| !m.contains(password)), "no password reaches syslog");
+    assert!(!dir.path().join("audit.jsonl").exists(), "audit.file = false writes no file");
+}

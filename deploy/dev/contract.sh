@@ -71,7 +71,10 @@ key_file = "store.key"
 [log]
 level = "warn"
 TOML
-token=$("$bin" clients add contract-pam --config "$dir/relay.toml" 2>/dev/null)
+# Every operation a client gets without --operation, and audit (GET /v1/audit is granted only
+# explicitly), so the run reaches every route's success answers.
+token=$("$bin" clients add contract-pam --operation rotate --operation verify --operation unlock \
+  --operation reconcile --operation status --operation audit --config "$dir/relay.toml" 2>/dev/null)
 
 echo "==> starting the relay on 127.0.0.1:$api_port"
 "$bin" serve --config "$dir/relay.toml" > "$dir/relay.log" 2>&1 & pid=$!

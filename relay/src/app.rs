@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
+use crate::audit::{Audit, AuditWriter, Event, Kind};
 use crate::config::Config;
 use crate::jobs::events::JobEvents;
 use crate::lifecycle::keys::LinkKeys;
@@ -67,6 +68,9 @@ pub enum AppError {
     /// The online issuer of agent certificates (`[enrollment]`) is unusable.
     #[error(transparent)]
     Enrollment(#[from] IssuerError),
+    /// The audit trail cannot be written.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// The webhook delivery worker cannot be set up.
     #[error(transparent)]
     Webhooks(#[from] WorkerError),
@@ -97,6 +101,9 @@ pub struct App {
     claim_policy: ClaimPolicy,
     idempotency_window: Duration,
     retention: Duration,
+    audit: Arc<Audit>,
+    audit_writer: AuditWriter,
+    audit_retention: Duration,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -133,6 +140,8 @@ impl App {
         let store = crate::store::open(&config.store).await?;
         // Alive before it serves: other replicas leave the work this one holds alone from now on.
         store.heartbeat().await?;
+        let audit_store: Arc<dyn crate::store::AuditStore> = Arc::clone(&store) as _;
+        let (audit, audit_writer) = Audit::open(&config.audit, audit_store, store.replica().as_str())?;
         // The deny list is in force from the first handshake.
         let revocations = Arc::new(Revocations::default());
         revocations.reload(store.as_ref()).await?;
@@ -146,6 +155,7 @@ impl App {
             issuer,
             Arc::clone(&store),
             Arc::clone(&revocations),
+            Arc::clone(&audit),
             config.enrollment.as_ref().map_or(10, |e| e.per_address_per_minute),
         );
 
@@ -175,12 +185,14 @@ impl App {
             max_connections: Some(config.api.limits.max_connections),
             handshake_timeout: config.api.limits.tls_handshake_timeout,
             refusals: Some(metrics.handshake_refusals("api")),
+            audit: Some(Arc::clone(&audit)),
         };
         let api = TlsIncoming::spawn_limited(api_listener, api_tls, "api", api_accept, cancel.child_token(), &tracker)
             .map_err(bind_err("api.listen", config.api.listen))?;
         let link_accept = AcceptLimits {
             max_connections: Some(config.link.max_connections),
             refusals: Some(metrics.handshake_refusals("link")),
+            audit: Some(Arc::clone(&audit)),
             ..AcceptLimits::default()
         };
         let link =
@@ -209,6 +221,7 @@ impl App {
                         keys: Arc::clone(&link_keys),
                         metrics: Arc::clone(&metrics),
                         domains: config.domains.clone(),
+                        audit: Arc::clone(&audit),
                     },
                 )
                 .map_err(AppError::Lifecycle)?,
@@ -227,6 +240,7 @@ impl App {
             edge: api::edge::Edge::new(config.api.limits.clone()),
             metrics: Arc::clone(&metrics),
             status_logins: api::status::login_limiter(),
+            audit: Arc::clone(&audit),
         });
         let link_context = Arc::new(LinkContext {
             store: Arc::clone(&store),
@@ -240,6 +254,7 @@ impl App {
             metrics: Arc::clone(&metrics),
             claim_interval: config.link.claim_interval,
             revocations,
+            audit: Arc::clone(&audit),
         });
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(
@@ -265,6 +280,9 @@ impl App {
             claim_policy,
             idempotency_window,
             retention,
+            audit,
+            audit_writer,
+            audit_retention: config.audit.retention,
             cancel,
             tracker,
         })
@@ -302,6 +320,9 @@ impl App {
             claim_policy,
             idempotency_window,
             retention,
+            audit,
+            audit_writer,
+            audit_retention,
             cancel,
             tracker,
         } = self;
@@ -351,20 +372,24 @@ impl App {
             let (store, events) = (Arc::clone(&notified_store), Arc::clone(&notified_events));
             async move { store.forward_notifications(events, cancel).await }
         });
-        let denying = Arc::clone(&store);
-        workers.spawn("revocation watch", move |cancel| Arc::clone(&revocations).watch(Arc::clone(&denying), cancel));
+        let (denying, revocation_audit) = (Arc::clone(&store), Arc::clone(&audit));
+        workers.spawn("revocation watch", move |cancel| {
+            Arc::clone(&revocations).watch(Arc::clone(&denying), Arc::clone(&revocation_audit), cancel)
+        });
         let beating = Arc::clone(&store);
         workers.spawn("replica heartbeat", move |cancel| heartbeat(Arc::clone(&beating), cancel));
         let retiring = Arc::clone(&store);
         let webhook_events = Arc::clone(&events);
         let sweep_metrics = Arc::clone(&metrics);
+        workers.spawn("audit writer", move |cancel| audit_writer.clone().run(cancel));
         workers.spawn("webhook delivery", move |cancel| webhooks.clone().run(webhook_events.changed(), cancel));
         workers.spawn("overdue job sweeper", move |cancel| {
             expire_overdue_jobs(
                 Arc::clone(&store),
                 Arc::clone(&events),
                 Arc::clone(&sweep_metrics),
-                Sweep { policy: claim_policy, idempotency_window, retention },
+                Arc::clone(&audit),
+                Sweep { policy: claim_policy, idempotency_window, retention, audit_retention },
                 cancel,
             )
         });
@@ -401,10 +426,11 @@ async fn expire_overdue_jobs(
     store: Arc<dyn Store>,
     events: Arc<JobEvents>,
     metrics: Arc<RelayMetrics>,
+    audit: Arc<Audit>,
     sweep: Sweep,
     cancel: CancellationToken,
 ) {
-    let Sweep { policy, idempotency_window, retention } = sweep;
+    let Sweep { policy, idempotency_window, retention, audit_retention } = sweep;
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
@@ -416,6 +442,7 @@ async fn expire_overdue_jobs(
             Ok(expired) => {
                 tracing::warn!(expired, "jobs expired without an agent finishing them");
                 metrics.jobs_expired(expired as u64);
+                audit.record(Event::new(Kind::JobsExpired).detail("count", expired));
                 events.job_changed();
             }
             Err(error) => tracing::error!(%error, "expiring overdue jobs failed"),
@@ -433,6 +460,11 @@ async fn expire_overdue_jobs(
                 "jobs and new-hire requests older than jobs.retention_days deleted"
             ),
             Err(error) => tracing::error!(%error, "deleting jobs past their retention failed"),
+        }
+        match store.purge_audit(audit_retention).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "audit events older than audit.retention_days deleted"),
+            Err(error) => tracing::error!(%error, "deleting audit events past their retention failed"),
         }
     }
 }
@@ -469,4 +501,6 @@ struct Sweep {
     idempotency_window: Duration,
     /// `jobs.retention_days`.
     retention: Duration,
+    /// `audit.retention_days`.
+    audit_retention: Duration,
 }

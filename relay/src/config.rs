@@ -37,6 +37,40 @@ struct RelayFile {
     lifecycle: Option<crate::lifecycle::config::LifecycleFile>,
     #[serde(default)]
     enrollment: Option<EnrollmentFile>,
+    #[serde(default)]
+    audit: AuditFile,
+}
+
+/// `[audit]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditFile {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    stdout: bool,
+    #[serde(default = "default_audit_retention_days")]
+    retention_days: u64,
+    #[serde(default = "default_audit_unauthenticated_per_minute")]
+    unauthenticated_per_minute: u32,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        Self {
+            file: None,
+            stdout: false,
+            retention_days: default_audit_retention_days(),
+            unauthenticated_per_minute: default_audit_unauthenticated_per_minute(),
+        }
+    }
+}
+
+fn default_audit_retention_days() -> u64 {
+    crate::audit::DEFAULT_RETENTION_DAYS
+}
+fn default_audit_unauthenticated_per_minute() -> u32 {
+    crate::audit::DEFAULT_UNAUTHENTICATED_PER_MINUTE
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,6 +374,8 @@ pub struct Config {
     /// Online signing of agent certificates (enrollment and renewal), when `[enrollment]` is
     /// present.
     pub enrollment: Option<EnrollmentConfig>,
+    /// The audit trail (`[audit]`).
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[api]`.
@@ -660,6 +696,15 @@ impl Config {
         if file.api.max_body_bytes < 1024 {
             return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
         }
+        if !(1..=3650).contains(&file.audit.retention_days) {
+            return Err(ConfigError::invalid("audit.retention_days", "must be between 1 and 3650"));
+        }
+        if file.audit.unauthenticated_per_minute > 100_000 {
+            return Err(ConfigError::invalid("audit.unauthenticated_per_minute", "must be at most 100000"));
+        }
+        if file.audit.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(ConfigError::invalid("audit.file", "is empty; name a file or leave the key out"));
+        }
         let limits = file.api.limits.validate()?;
         let store = file.store.validate(resolve)?;
         let lifecycle = file.lifecycle.map(|l| l.validate(resolve)).transpose()?;
@@ -734,6 +779,12 @@ impl Config {
             metrics: file.metrics,
             lifecycle,
             enrollment,
+            audit: crate::audit::AuditConfig {
+                file: file.audit.file.map(resolve),
+                stdout: file.audit.stdout,
+                retention: Duration::from_secs(file.audit.retention_days.saturating_mul(86_400)),
+                unauthenticated_per_minute: file.audit.unauthenticated_per_minute,
+            },
         })
     }
 }
@@ -848,6 +899,29 @@ key_file = "store.key"
             crate::api::limits::ApiLimits::default(),
             "relay.full.toml shows the limits' defaults"
         );
+        assert_eq!(c.audit, crate::audit::AuditConfig::default(), "relay.full.toml shows the [audit] defaults");
+    }
+
+    #[test]
+    fn audit_settings_are_checked_and_errors_name_the_key() {
+        let with = |lines: &str| format!("{MINIMAL}\n[audit]\n{lines}\n");
+        let c = Config::parse(
+            &with("file = \"audit.jsonl\"\nstdout = true\nretention_days = 7"),
+            Path::new("/etc/pwrelay"),
+            &Overrides::default(),
+        )
+        .expect("valid");
+        assert_eq!(c.audit.file.as_deref(), Some(Path::new("/etc/pwrelay/audit.jsonl")));
+        assert!(c.audit.stdout);
+        assert_eq!(c.audit.retention, Duration::from_secs(7 * 86_400));
+        for (lines, key) in [
+            ("retention_days = 0", "audit.retention_days"),
+            ("unauthenticated_per_minute = 1000000", "audit.unauthenticated_per_minute"),
+            ("file = \"\"", "audit.file"),
+        ] {
+            let e = Config::parse(&with(lines), Path::new("/"), &Overrides::default()).expect_err(lines).to_string();
+            assert!(e.starts_with(key), "{lines}: {e}");
+        }
     }
 
     #[test]

@@ -41,11 +41,13 @@ pub struct AcceptLimits {
     pub handshake_timeout: Duration,
     /// The metric refused handshakes are counted in, if any.
     pub refusals: Option<HandshakeRefusals>,
+    /// Where refused handshakes are audited (`tls.handshake_refused`), if anywhere.
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl Default for AcceptLimits {
     fn default() -> Self {
-        Self { max_connections: None, handshake_timeout: HANDSHAKE_TIMEOUT, refusals: None }
+        Self { max_connections: None, handshake_timeout: HANDSHAKE_TIMEOUT, refusals: None, audit: None }
     }
 }
 
@@ -150,7 +152,7 @@ impl TlsIncoming {
         let handshakes = tracker.clone();
         let cap = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         let mut full_logged = false;
-        let AcceptLimits { max_connections, handshake_timeout, refusals } = limits;
+        let AcceptLimits { max_connections, handshake_timeout, refusals, audit } = limits;
         tracker.spawn(async move {
             loop {
                 let permit = match &cap {
@@ -188,10 +190,20 @@ impl TlsIncoming {
                     },
                 };
                 let (acceptor, tx, cancel, refusals) = (acceptor.clone(), tx.clone(), cancel.clone(), refusals.clone());
+                let audit = audit.clone();
                 handshakes.spawn(async move {
-                    let refused = |reason| {
+                    let refused = |reason: RefusalReason| {
                         if let Some(refusals) = &refusals {
                             refusals.record(reason);
+                        }
+                        if let Some(audit) = &audit {
+                            use crate::audit::{Event, Kind};
+                            audit.record(
+                                Event::new(Kind::HandshakeRefused)
+                                    .address(peer.ip())
+                                    .detail("listener", name)
+                                    .detail("reason", reason.as_str()),
+                            );
                         }
                     };
                     let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));

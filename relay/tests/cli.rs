@@ -167,7 +167,9 @@ fn client_tokens_can_be_rotated_and_revoked_and_scopes_are_validated() {
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("no API client"));
     let bad = pwrelay(&["clients", "add", "x", "--operation", "delete-everything", "--config", config]);
     assert_eq!(bad.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("rotate, verify, unlock, reconcile, lifecycle or status"));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("rotate, verify, unlock, reconcile, lifecycle, status or audit")
+    );
     let operator = token(pwrelay(&["clients", "add", "ops", "--operation", "status", "--config", config]));
     assert_eq!(
         lookup(&operator).expect("the operator's token works").scopes.operations,

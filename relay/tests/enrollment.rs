@@ -53,6 +53,12 @@ fn binaries() -> (PathBuf, PathBuf) {
     (relay, agent)
 }
 
+/// Whether a relay log shows a revoked agent's certificate refused: at the handshake, or (a
+/// resumed TLS session presents no certificate to check) when its stream opens.
+fn refused_as_revoked(log: &str) -> bool {
+    log.contains("refused the certificate of a revoked agent") || log.contains("refused a stream of a revoked agent")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
@@ -180,7 +186,7 @@ impl World {
                  write_timeout_seconds = 5\n\n{store}key_file = \"store.key\"\n\n\
                  [enrollment]\nissuer_cert_file = \"pki/{issuer}.pem\"\nissuer_key_file = \"pki/{issuer}.key\"\n\
                  certificate_lifetime_seconds = {certificate_lifetime_seconds}\nper_address_per_minute = 60\n\n\
-                 [log]\nlevel = \"pwrelay_relay=debug,info\"\n",
+                 [audit]\nfile = \"audit.jsonl\"\n\n[log]\nlevel = \"pwrelay_relay=debug,info\"\n",
                 domain = dc.domain
             ),
         )
@@ -213,6 +219,15 @@ impl World {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// The audit trail's JSON lines so far (`[audit] file`), of the relay and of the commands.
+    fn audit_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an audit line is JSON"))
+            .collect()
     }
 
     fn config(&self) -> String {
@@ -377,8 +392,15 @@ async fn an_agent_enrolls_with_a_token_and_runs_a_rotation() {
     assert_eq!(ca, std::fs::read_to_string(world.path("pki/ca.pem")).expect("relay CA"), "the relay's CA was written");
     let starting = std::fs::read_to_string(dir.join("agent.toml")).expect("agent.toml");
     assert!(starting.contains(&format!("name = \"{domain}\"")), "{starting}");
-    let log = world.relay_log();
-    assert!(log.contains("agent.enrolled") && log.contains("enrolled-a"), "the enrollment is audited: {log}");
+    let audit = world.audit_events();
+    assert!(
+        audit.iter().any(|e| e["event"] == "agent.enroll_token_created" && e["agent"] == "enrolled-a"),
+        "the token is audited: {audit:?}"
+    );
+    assert!(
+        audit.iter().any(|e| e["event"] == "agent.enrolled" && e["event_id"] == 5306 && e["agent"] == "enrolled-a"),
+        "the enrollment is audited: {audit:?}"
+    );
 
     let (agent, health) = world.start_agent(&dir);
     world.wait_ready(health, &agent).await;
@@ -477,10 +499,17 @@ async fn reused_expired_forged_wrong_ca_and_widening_enrollments_are_refused() {
         .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
 
-    let log = world.relay_log();
+    let audit = world.audit_events();
     for reason in ["used_token", "expired_token", "forged_token", "unknown_token", "wrong_ca", "widening"] {
-        assert!(log.contains(&format!("reason=\"{reason}\"")), "{reason} is audited: {log}");
+        assert!(
+            audit.iter().any(|e| e["event"] == "agent.enroll_refused" && e["details"]["reason"] == reason),
+            "{reason} is audited: {audit:?}"
+        );
     }
+    assert!(
+        audit.iter().any(|e| e["event"] == "agent.refused" && e["details"]["reason"] == "no_certificate"),
+        "the stream without a certificate is audited: {audit:?}"
+    );
 }
 
 /// The agent certificate's notAfter (Unix seconds) and the key file's text.
@@ -513,7 +542,8 @@ async fn short_lived_certificates_are_renewed_over_the_link_and_the_agent_keeps_
 
     // Two renewals, and past the first certificate's expiry.
     let renewed = eventually(Duration::from_secs(40), || async {
-        world.relay_log().matches("agent.certificate_renewed").count() >= 2 && unix_now() > first_expiry + 1
+        world.audit_events().iter().filter(|e| e["event"] == "agent.certificate_renewed").count() >= 2
+            && unix_now() > first_expiry + 1
     })
     .await;
     assert!(
@@ -524,7 +554,7 @@ async fn short_lived_certificates_are_renewed_over_the_link_and_the_agent_keeps_
     );
     println!(
         "==> {} renewals of 8 s certificates in {:.1} s",
-        world.relay_log().matches("agent.certificate_renewed").count(),
+        world.audit_events().iter().filter(|e| e["event"] == "agent.certificate_renewed").count(),
         started.elapsed().as_secs_f64()
     );
     let (expiry, cert, key) = certificate_of(&dir);
@@ -533,6 +563,11 @@ async fn short_lived_certificates_are_renewed_over_the_link_and_the_agent_keeps_
     assert_ne!(key, first_key, "each renewal uses a fresh key");
     assert_eq!(mode(&dir.join("agent.key")), 0o600, "the renewed key is the owner's only");
     assert!(agent.log().contains("reconnecting with the renewed certificate"), "no restart: {}", agent.log());
+    let agent_audit = std::fs::read_to_string(dir.join("state/audit.jsonl")).unwrap_or_default();
+    assert!(
+        agent_audit.lines().any(|l| l.contains("\"event_id\":4130") && l.contains("\"certificate_renewed\"")),
+        "the agent's audit log records its renewals: {agent_audit}"
+    );
 
     // The old certificate is expired; the agent carries on with the new one.
     world.wait_ready(health, &agent).await;
@@ -565,9 +600,15 @@ async fn a_revoked_agent_is_disconnected_and_refused_until_enrolled_again() {
     // It keeps trying and is refused at the handshake.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!connected().await, "the revoked agent stays disconnected: {}", agent.log());
+    let audit = world.audit_events();
+    for (id, event) in [(5309, "agent.revoked"), (5312, "agent.stream_closed_revoked")] {
+        assert!(
+            audit.iter().any(|e| e["event_id"] == id && e["event"] == event && e["agent"] == "revoked-a"),
+            "{event} is audited: {audit:?}"
+        );
+    }
     let log = world.relay_log();
-    assert!(log.contains("agent.stream_closed_revoked"), "{log}");
-    assert!(log.contains("agent.revoked_certificate_refused"), "its certificate is refused from then on: {log}");
+    assert!(refused_as_revoked(&log), "its certificate is refused from then on: {log}");
     drop(agent);
 
     // A new token enrolls it again with a new certificate, which the deny list does not refuse.
@@ -675,8 +716,7 @@ async fn a_revocation_on_one_replica_disconnects_the_agent_from_another() {
         replica_2.log()
     );
     assert!(
-        eventually(Duration::from_secs(10), || async { replica_2.log().contains("agent.revoked_certificate_refused") })
-            .await,
+        eventually(Duration::from_secs(10), || async { refused_as_revoked(&replica_2.log()) }).await,
         "and its certificate is refused there: {}",
         replica_2.log()
     );

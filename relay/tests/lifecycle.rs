@@ -307,6 +307,11 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
     assert_eq!(refused["error"]["details"]["missing_scope"], "operation:lifecycle");
     let logs = support::logs().text();
     assert!(!logs.contains(&password) && !logs.contains(key), "no password or link key in any log line");
+    agent.stop().await;
+    relay.stop().await;
+    let store = pwrelay_relay::store::sqlite::SqliteStore::open(&world.path("relay.db")).expect("store");
+    let filter = pwrelay_relay::store::AuditFilter { limit: 10_000, ..Default::default() };
+    let trail = pwrelay_relay::store::AuditStore::audit_events(&store, &filter).await.expect("audit trail");
     for event in [
         "lifecycle.callout_accepted",
         "lifecycle.job_created",
@@ -315,10 +320,11 @@ async fn a_new_hire_reveals_a_must_change_password_in_a_real_browser_and_the_wor
         "lifecycle.link_claimed",
         "lifecycle.resumed",
     ] {
-        assert!(logs.contains(event), "the audit trail has {event}");
+        assert!(trail.iter().any(|e| e.event == event), "the audit trail has {event}");
     }
-    agent.stop().await;
-    relay.stop().await;
+    let stored = serde_json::to_string(&trail).expect("JSON");
+    assert!(!stored.contains(&password) && !stored.contains(key), "no password or link key in the audit trail");
+    drop(store);
     let db = std::fs::read(world.path("relay.db")).expect("db");
     let wal = std::fs::read(world.path("relay.db-wal")).unwrap_or_default();
     for bytes in [&db, &wal] {

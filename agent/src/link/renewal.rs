@@ -17,6 +17,7 @@ use pwrelay_shared::identity::AgentIdentity;
 use tokio_util::sync::CancellationToken;
 
 use super::identity::{LinkIdentity, Validity};
+use crate::audit::{AuditLog, Event, ids};
 use crate::health::HealthState;
 
 /// Where and as whom renewal dials.
@@ -32,6 +33,8 @@ pub struct Renewal {
     pub identity: Arc<LinkIdentity>,
     /// Where the new certificate's expiry is shown.
     pub health: Arc<HealthState>,
+    /// Where renewals and refusals are recorded.
+    pub audit: AuditLog,
 }
 
 /// Why one renewal failed.
@@ -66,14 +69,28 @@ impl Renewal {
             match self.renew_once().await {
                 Ok(renewed) => {
                     tracing::info!(
-                        target: "pwrelay_agent::audit",
-                        event = "agent.certificate_renewed",
                         expires_unix = renewed.not_after,
                         "agent certificate renewed with a fresh key; reconnecting with it"
                     );
+                    let event = Event {
+                        event_id: ids::CERTIFICATE_RENEWED,
+                        event: "certificate_renewed",
+                        message: format!("expires_unix={}", renewed.not_after),
+                        ..Event::default()
+                    };
+                    self.audit.record(&event).await;
                 }
-                Err(RenewError::Refused(status)) if status.code() == tonic::Code::FailedPrecondition => {
-                    tracing::warn!(error = %status.message(), "the relay cannot renew this agent's certificate; replace it before it expires");
+                Err(RenewError::Refused(status))
+                    if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied) =>
+                {
+                    tracing::warn!(error = %status.message(), "the relay refuses to renew this agent's certificate; replace it before it expires");
+                    let event = Event {
+                        event_id: ids::RENEWAL_REFUSED,
+                        event: "certificate_renewal_refused",
+                        message: status.message().chars().take(512).collect(),
+                        ..Event::default()
+                    };
+                    self.audit.record(&event).await;
                     return;
                 }
                 Err(error) => {

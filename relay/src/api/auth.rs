@@ -13,7 +13,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
+use super::edge::ClientIp;
 use super::error::ApiError;
+use crate::audit::{Event, Kind};
 use crate::store::ApiClient;
 
 /// Prefix of every token (lets secret scanners recognise them).
@@ -52,19 +54,26 @@ impl FromRequestParts<Arc<ApiState>> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthenticated("send an API token as Authorization: Bearer <token>"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(bearer_token)
-            .map(SecretString::from)
-            .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be Bearer <token>"))?;
+        let refused = |reason: &'static str| {
+            let event = Event::new(Kind::TokenRefused).detail("reason", reason);
+            let event = match parts.extensions.get::<ClientIp>() {
+                Some(ClientIp(address)) => event.address(*address),
+                None => event,
+            };
+            state.audit.record(event.untrusted("path", parts.uri.path()));
+        };
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            refused("no_token");
+            return Err(ApiError::unauthenticated("send an API token as Authorization: Bearer <token>"));
+        };
+        let Some(token) = header.to_str().ok().and_then(bearer_token).map(SecretString::from) else {
+            refused("malformed");
+            return Err(ApiError::unauthenticated("the Authorization header must be Bearer <token>"));
+        };
         let client = match state.store.client_by_token(token_hash(&token)).await {
             Ok(Some(client)) => client,
             Ok(None) => {
+                refused("unknown_token");
                 return Err(ApiError::unauthenticated("unknown API token; create one with `pwrelay clients add NAME`"));
             }
             Err(e) => return Err(ApiError::unavailable(&e)),

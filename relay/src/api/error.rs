@@ -503,6 +503,9 @@ error_responses! {
     /// What claiming a one-time link can answer besides 200.
     ClaimErrors = [InvalidJson, MalformedRequest, WrongProof, NotFound, AlreadyUsed, RequestTimeout,
         BodyTooLarge, TooManyRequests, UnsupportedMediaType, InvalidRequest, Unavailable];
+    /// What listing the audit trail can answer besides 200.
+    AuditErrors = [MalformedRequest, Unauthenticated, Forbidden, RequestTimeout, InvalidRequest, TooManyRequests,
+        Unavailable];
     /// What a route without a token can answer besides its own responses (the relay's limits).
     EdgeErrors = [RequestTimeout, TooManyRequests];
 }

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Authenticated;
 use super::error::{ApiError, CancelErrors, ListErrors, SecretErrors, ShowErrors};
 use super::{ApiState, PathId};
+use crate::audit::{Event, Kind};
 use crate::jobs::{Job, JobId, JobState, SecretEncoding, Timestamp};
 use crate::store::{Cancellation, JobFilter, SecretTake};
 
@@ -140,6 +141,7 @@ pub(super) async fn cancel(
     match state.store.cancel(id, &client.name).await.map_err(|e| ApiError::unavailable(&e))? {
         Cancellation::Cancelled => {
             tracing::info!(job_id = %id, client = %client.name, "job cancelled");
+            state.audit.record(Event::new(Kind::JobCancelled).client(&client.name).job(id));
             state.events.job_changed();
         }
         Cancellation::InProgress => {
@@ -297,6 +299,9 @@ pub(super) async fn secret(
         SecretTake::NotFound => return Err(ApiError::not_found(format!("no job {id} for this API client"))),
     };
     tracing::info!(job_id = %id, client = %client.name, "generated password handed out and erased");
+    state.audit.record(
+        Event::new(Kind::SecretTaken).client(&client.name).job(id).detail("encoding", secret.encoding.as_str()),
+    );
     let body = match secret.encoding {
         SecretEncoding::SealedBox => {
             ReleasedSecret::SealedBox { sealed_box: base64::engine::general_purpose::STANDARD.encode(&secret.bytes) }

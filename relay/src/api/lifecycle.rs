@@ -6,6 +6,9 @@
 //! answered 202 at once; the work happens in the background. The same callout again is answered
 //! 202 with `Idempotent-Replayed: true` and starts nothing; the same id with another body is 409.
 
+use super::edge::ClientIp;
+use crate::audit::{Event, Kind};
+use axum::Extension;
 use std::sync::Arc;
 
 use axum::Json;
@@ -64,6 +67,7 @@ pub(super) struct CalloutAccepted {
 )]
 pub(super) async fn callout(
     State(state): State<Arc<ApiState>>,
+    Extension(ClientIp(address)): Extension<ClientIp>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, HeaderMap, Json<CalloutAccepted>), ApiError> {
@@ -77,10 +81,14 @@ pub(super) async fn callout(
         .map_err(|e| match e {
             CalloutAuthError::KeysUnavailable(_) => {
                 tracing::error!(error = %e, "callout refused: the tenant's keys are unavailable");
+                state.audit.record(callout_refused(address, "keys_unavailable"));
                 ApiError::unavailable_because(e.to_string())
             }
             other => {
                 tracing::warn!(error = %other, "callout refused");
+                state
+                    .audit
+                    .record(callout_refused(address, "unauthenticated").detail("message", other.public_message()));
                 ApiError::unauthenticated(other.public_message())
             }
         })?;
@@ -97,12 +105,12 @@ pub(super) async fn callout(
     let mut response_headers = HeaderMap::new();
     match inserted {
         CalloutInsertion::Created => {
-            tracing::info!(
-                target: "pwrelay::audit",
-                event = "lifecycle.callout_accepted",
-                task_processing_result = %id,
-                tenant,
-                "Lifecycle Workflows callout accepted"
+            tracing::info!(task_processing_result = %id, tenant, "Lifecycle Workflows callout accepted");
+            state.audit.record(
+                Event::new(Kind::CalloutAccepted)
+                    .address(address)
+                    .detail("task_processing_result", id.to_string())
+                    .untrusted("tenant", &tenant),
             );
             lifecycle.wake();
         }
@@ -163,4 +171,9 @@ pub(super) async fn show(
         .map_err(|e| ApiError::unavailable(&e))?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no new-hire request {id}")))
+}
+
+/// The audit event of a callout refused before it was stored.
+fn callout_refused(address: std::net::IpAddr, reason: &'static str) -> Event {
+    Event::new(Kind::CalloutRefused).address(address).detail("reason", reason)
 }

@@ -12,6 +12,7 @@
 //! | `DELETE /v1/jobs/{id}` | token | cancel a job no agent has taken yet |
 //! | `GET /v1/jobs/{id}/secret` | token | a generated password, exactly once (then 410) |
 //! | `GET /v1/webhooks/deliveries[?state=&limit=]` | token | the client's webhook and delivery log, newest first |
+//! | `GET /v1/audit[?since=&until=&event=&client=&agent=&job_id=&cursor=&limit=]` | token (`audit` scope) | the audit trail, oldest first, paged; a domain-scoped client sees its domains' events only |
 //! | `GET /v1/agents` | token | known agents of the domains the client's scopes cover (state, DC health, certificate expiry, job counts), and those domains no connected agent serves |
 //! | `GET /v1/openapi.json` | none | this API's OpenAPI 3 document (it holds no secret) |
 //! | `POST /v1/lifecycle/callouts` | Entra token or HMAC signature | a Lifecycle Workflows callout → 202 |
@@ -58,6 +59,7 @@
 //! document and the routes the relay answers agree. Do not call `OpenApiRouter::route`, which
 //! bypasses the document (clippy refuses it: `relay/clippy.toml`).
 
+pub mod audit;
 pub mod auth;
 mod body;
 mod checks;
@@ -121,6 +123,8 @@ pub struct ApiState {
     pub metrics: Arc<crate::metrics::RelayMetrics>,
     /// Status page login attempts per client address ([`status::login_limiter`]).
     pub status_logins: rate_limit::RateLimiter<std::net::IpAddr>,
+    /// The audit trail.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// Every route, each with its OpenAPI path item (see "Adding a route" above).
@@ -134,6 +138,7 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(jobs::show, jobs::cancel))
         .routes(routes!(jobs::secret))
         .routes(routes!(webhooks::deliveries))
+        .routes(routes!(audit::list))
         .routes(routes!(lifecycle::callout))
         .routes(routes!(lifecycle::show))
         .routes(routes!(reveal::show))
@@ -188,6 +193,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         (name = "jobs", description = "Password jobs: create, follow, cancel, read a generated password"),
         (name = "agents", description = "The connected on-prem agents"),
         (name = "webhooks", description = "The client's webhook and its delivery log"),
+        (name = "audit", description = "The relay's audit trail, for clients allowed `audit`"),
         (name = "new hires", description = "Lifecycle Workflows callouts, their requests, and the one-time link pages"),
         (name = "status", description = "The operators' status page (HTML), behind a login with an API token"),
         (name = "health", description = "Probes, no token"),

@@ -4,8 +4,10 @@
 //!
 //! Every response forbids caching, framing, referrers and any source but this origin
 //! ([`SECURITY_HEADERS`]). Views and claims are rate-limited per link and per client address and
-//! audited (`pwrelay::audit`, `lifecycle.link_viewed` / `lifecycle.link_claimed`).
+//! audited (`lifecycle.link_viewed`, `lifecycle.link_claimed`, `lifecycle.link_claim_refused`), naming
+//! the link by [`link_ref`], never by its id.
 
+use crate::audit::{Event, Kind};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -181,14 +183,16 @@ pub(super) async fn show(
             );
         }
     };
-    tracing::info!(
-        target: "pwrelay::audit",
-        event = "lifecycle.link_viewed",
-        link = %id,
-        %client,
-        state = match link { LinkState::Active { .. } => "active", LinkState::Claimed => "claimed", LinkState::Expired => "expired", LinkState::NotFound => "unknown" },
-        "one-time link page opened"
-    );
+    let shown = match link {
+        LinkState::Active { .. } => "active",
+        LinkState::Claimed => "claimed",
+        LinkState::Expired => "expired",
+        LinkState::NotFound => "unknown",
+    };
+    tracing::info!(link = %link_ref(&id), %client, state = shown, "one-time link page opened");
+    state
+        .audit
+        .record(Event::new(Kind::LinkViewed).address(client).detail("link_ref", link_ref(&id)).detail("state", shown));
     match link {
         LinkState::Active { expires, must_change } => {
             let expires =
@@ -279,12 +283,21 @@ async fn claim_inner(
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| ApiError::invalid_request("proof must be 32 bytes, base64url without padding"))?;
     let claimed = lifecycle.store.claim_link(id, proof).await.map_err(|e| ApiError::unavailable(&e))?;
-    let audit = |outcome: &str| {
-        tracing::info!(target: "pwrelay::audit", event = "lifecycle.link_claimed", link = %id, %client, outcome, "one-time link claim");
+    let refused = |reason: &'static str| {
+        tracing::info!(link = %link_ref(id), %client, reason, "one-time link claim refused");
+        state.audit.record(
+            Event::new(Kind::LinkClaimRefused)
+                .address(client)
+                .detail("link_ref", link_ref(id))
+                .detail("reason", reason),
+        );
     };
     match claimed {
         LinkClaim::Taken { job_id, sealed } => {
-            audit("claimed");
+            tracing::info!(link = %link_ref(id), %client, job_id = %job_id, "one-time link claimed");
+            state
+                .audit
+                .record(Event::new(Kind::LinkClaimed).address(client).job(job_id).detail("link_ref", link_ref(id)));
             let ciphertext =
                 state.sealer.open_bytes(&job_id.to_string(), &sealed).map_err(|e| ApiError::unavailable(&e))?;
             let body = ClaimedCiphertext {
@@ -293,27 +306,30 @@ async fn claim_inner(
             Ok(Json(body).into_response())
         }
         LinkClaim::WrongProof => {
-            audit("wrong_proof");
+            refused("wrong_proof");
             Err(ApiError::link(
                 ApiErrorCode::WrongProof,
                 "this link was changed; open the whole link from your message",
             ))
         }
         LinkClaim::AlreadyUsed => {
-            audit("already_used");
+            refused("already_used");
             Err(ApiError::link(
                 ApiErrorCode::AlreadyUsed,
                 "this link was already used; the password was shown once and has been erased",
             ))
         }
         LinkClaim::Expired => {
-            audit("expired");
+            refused("expired");
             Err(ApiError::link(
                 ApiErrorCode::Expired,
                 "this link has expired; ask your manager or the service desk for a new one",
             ))
         }
-        LinkClaim::NotFound => Err(not_valid()),
+        LinkClaim::NotFound => {
+            refused("unknown");
+            Err(not_valid())
+        }
     }
 }
 
@@ -347,4 +363,11 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     let mut response = body.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     secure(response)
+}
+
+/// How logs and the audit trail name a link: the first 8 bytes of its id's SHA-256, hexadecimal.
+/// The same link always has the same reference, and the reference does not open the page.
+fn link_ref(id: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(id.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }

@@ -20,6 +20,7 @@
 
 mod render;
 
+use crate::audit::{Event, Kind};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -304,7 +305,8 @@ pub(super) async fn login(
         return response;
     }
     let refused = || {
-        tracing::info!(target: "pwrelay::audit", event = "status.login", %address, outcome = "refused", "status page login refused");
+        tracing::info!(%address, "status page login refused");
+        state.audit.record(Event::new(Kind::StatusLoginRefused).address(address));
         html(StatusCode::UNAUTHORIZED, render::login(Some("That token cannot open the status page.")))
     };
     let Ok(Form(form)) = form else { return refused() };
@@ -316,7 +318,8 @@ pub(super) async fn login(
             return unavailable();
         }
     };
-    tracing::info!(target: "pwrelay::audit", event = "status.login", %address, client = %client.name, outcome = "logged_in", "status page login");
+    tracing::info!(%address, client = %client.name, "status page login");
+    state.audit.record(Event::new(Kind::StatusLogin).address(address).client(&client.name));
     let lifetime = i64::try_from(SESSION_LIFETIME.as_secs()).unwrap_or(i64::MAX);
     let session = Session { client: client.name, expires: now_seconds().saturating_add(lifetime) };
     let cookie = format!(

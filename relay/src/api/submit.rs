@@ -1,6 +1,7 @@
 //! What every job-creating endpoint shares: the domain and target of the request, and queueing the
 //! job durably.
 
+use crate::audit::{Event, Kind};
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
 use pwrelay_shared::domain::DomainName;
@@ -192,9 +193,8 @@ pub(super) fn authorize(client: &ApiClient, operation: Operation, domain: &Domai
     match client.scopes.missing(operation, domain) {
         None => Ok(()),
         Some(scope) => Err(ApiError::forbidden(format!(
-            "API client {} lacks the scope {scope}; an operator can grant it with `pwrelay clients add` (scopes are \
-             set when a client is created)",
-            client.name
+            "API client {} lacks the scope {scope}; an operator can grant it with `pwrelay clients scopes {}`",
+            client.name, client.name
         ))
         .missing_scope(scope)),
     }
@@ -240,7 +240,7 @@ pub(super) async fn queue_all(
     let key = idempotency_key(headers)?;
     let Some(first) = jobs.first() else { return Err(ApiError::invalid_request("nothing to do")) };
     let (id, kind, domain, count): (JobId, _, _, _) = (first.id, first.kind, first.domain.clone(), jobs.len());
-    let kinds: Vec<_> = jobs.iter().map(|job| job.kind).collect();
+    let created: Vec<_> = jobs.iter().map(|job| (job.id, job.kind, job.parent_id)).collect();
     let inserted = state
         .store
         .insert_jobs_once(jobs, key.map(|k| (k, state.sealer.fingerprint(&body_sha256))))
@@ -250,8 +250,13 @@ pub(super) async fn queue_all(
     let id = match inserted {
         Insertion::Created => {
             state.events.job_queued();
-            for kind in kinds {
+            for (job, kind, parent) in created {
                 state.metrics.job_accepted(kind, 1);
+                let event = Event::new(Kind::JobCreated).client(&client.name).domain(&domain).job_of_kind(job, kind);
+                state.audit.record(match parent {
+                    Some(parent) => event.detail("batch_id", parent.to_string()),
+                    None => event,
+                });
             }
             tracing::info!(job_id = %id, kind = kind.as_str(), client = %client.name, %domain, jobs = count, "job queued");
             id

@@ -2,6 +2,7 @@
 //! same on every replica): list them, show one, forget one that is gone; make an enrollment
 //! token and revoke an agent (`enrollment.rs`).
 
+use crate::audit::{Event, Kind};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -100,8 +101,14 @@ async fn execute(command: AgentsCommand, config: &Config) -> anyhow::Result<Exit
     let thresholds = config.agents;
     let now = Timestamp::now();
     match command {
-        AgentsCommand::EnrollToken(args) => super::enrollment::enroll_token(&args, config, store.as_ref()).await,
-        AgentsCommand::Revoke { name, .. } => super::enrollment::revoke(&name, store.as_ref()).await,
+        AgentsCommand::EnrollToken(args) => {
+            let recorder = super::Recorder::open(&config.audit, &store)?;
+            super::enrollment::enroll_token(&args, config, store.as_ref(), &recorder).await
+        }
+        AgentsCommand::Revoke { name, .. } => {
+            let recorder = super::Recorder::open(&config.audit, &store)?;
+            super::enrollment::revoke(&name, store.as_ref(), &recorder).await
+        }
         AgentsCommand::List { json, .. } => {
             let agents = store.agents().await?;
             if json {
@@ -127,9 +134,12 @@ async fn execute(command: AgentsCommand, config: &Config) -> anyhow::Result<Exit
             }
         },
         AgentsCommand::Forget { name, force, .. } => {
+            let recorder = super::Recorder::open(&config.audit, &store)?;
             let unless = (!force).then(|| thresholds.heard_since(now));
             Ok(match store.forget_agent(&name, unless).await? {
                 Forgetting::Forgotten => {
+                    let event = Event::new(Kind::AgentForgotten).agent(&name).detail("forced", force);
+                    recorder.record(event).await?;
                     eprintln!("agent {name:?} forgotten");
                     ExitCode::SUCCESS
                 }

@@ -8,9 +8,10 @@ use pwrelay_shared::domain::DomainName;
 use pwrelay_shared::secret::SecretString;
 
 use super::webhooks::{self, WebhookCommand};
-use super::{EXIT_CONFIG, EXIT_FAILURE, current_thread_runtime};
+use super::{EXIT_CONFIG, EXIT_FAILURE, current_thread_runtime, open_audited};
 use crate::api::auth;
-use crate::config::{Config, Overrides, StoreConfig};
+use crate::audit::{Event, Kind};
+use crate::config::{Config, Overrides};
 use crate::store::{Operation, Scopes};
 
 #[derive(Debug, clap::Subcommand)]
@@ -23,8 +24,9 @@ pub(crate) enum ClientsCommand {
         #[arg(long = "domain")]
         domains: Vec<String>,
         /// Limit the client to this operation: rotate, verify, unlock, reconcile, lifecycle (reading
-        /// new-hire requests; only when listed), status (the operators' status page at /status)
-        /// (repeatable; default: all).
+        /// new-hire requests; only when listed), status (the operators' status page at /status),
+        /// audit (reading the audit trail, GET /v1/audit; only when listed) (repeatable; default: all
+        /// but lifecycle and audit).
         #[arg(long = "operation")]
         operations: Vec<String>,
         /// The relay configuration (for store.path).
@@ -35,6 +37,21 @@ pub(crate) enum ClientsCommand {
     Rotate {
         /// The client's name.
         name: String,
+        /// The relay configuration (for store.path).
+        #[arg(long, env = "PWRELAY_CONFIG", default_value = "/etc/pwrelay/relay.toml")]
+        config: PathBuf,
+    },
+    /// Replace a client's scopes; they hold from its next request on (its token is unchanged).
+    Scopes {
+        /// The client's name.
+        name: String,
+        /// Limit the client to this AD domain (repeatable; none: every domain).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// Limit the client to this operation, as for `add` (repeatable; none: all but lifecycle
+        /// and audit).
+        #[arg(long = "operation")]
+        operations: Vec<String>,
         /// The relay configuration (for store.path).
         #[arg(long, env = "PWRELAY_CONFIG", default_value = "/etc/pwrelay/relay.toml")]
         config: PathBuf,
@@ -55,6 +72,7 @@ pub(crate) enum ClientsCommand {
 pub(crate) fn run(command: ClientsCommand) -> ExitCode {
     let (name, config) = match &command {
         ClientsCommand::Add { name, config, .. }
+        | ClientsCommand::Scopes { name, config, .. }
         | ClientsCommand::Rotate { name, config }
         | ClientsCommand::Revoke { name, config } => (name.clone(), config.clone()),
         ClientsCommand::Webhook(command) => command.client_and_config(),
@@ -74,17 +92,23 @@ pub(crate) fn run(command: ClientsCommand) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let store_config = config.store.clone();
     let result = match command {
         ClientsCommand::Add { domains, operations, .. } => match scopes(&domains, &operations) {
-            Ok(scopes) => add(&store_config, &name, &scopes),
+            Ok(scopes) => add(&config, &name, &scopes),
             Err(message) => {
                 eprintln!("error: {message}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
-        ClientsCommand::Rotate { .. } => rotate(&store_config, &name),
-        ClientsCommand::Revoke { .. } => revoke(&store_config, &name),
+        ClientsCommand::Scopes { domains, operations, .. } => match scopes(&domains, &operations) {
+            Ok(scopes) => set_scopes(&config, &name, &scopes),
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        ClientsCommand::Rotate { .. } => rotate(&config, &name),
+        ClientsCommand::Revoke { .. } => revoke(&config, &name),
         ClientsCommand::Webhook(command) => return webhooks::run(command, &name, &config),
     };
     match result {
@@ -115,7 +139,7 @@ fn scopes(domains: &[String], operations: &[String]) -> Result<Scopes, String> {
                 .iter()
                 .map(|o| {
                     Operation::parse(o).ok_or_else(|| {
-                        format!("--operation {o:?}: use rotate, verify, unlock, reconcile, lifecycle or status")
+                        format!("--operation {o:?}: use rotate, verify, unlock, reconcile, lifecycle, status or audit")
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -128,11 +152,12 @@ fn show_token(token: &SecretString) {
     println!("{}", token.expose_secret());
 }
 
-fn add(store_config: &StoreConfig, name: &str, scopes: &Scopes) -> anyhow::Result<()> {
+fn add(config: &Config, name: &str, scopes: &Scopes) -> anyhow::Result<()> {
     let token = current_thread_runtime()?.block_on(async {
-        let store = crate::store::open(store_config).await?;
+        let (store, recorder) = open_audited(config).await?;
         let (token, hash) = auth::new_token().map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
         store.add_client(name, hash, scopes).await?;
+        recorder.record(scope_details(Event::new(Kind::ClientAdded).client(name), scopes)).await?;
         Ok::<_, anyhow::Error>(token)
     })?;
     eprintln!("API client {name:?} added. Its token is shown only now; store it in your PAM's vault:");
@@ -140,13 +165,14 @@ fn add(store_config: &StoreConfig, name: &str, scopes: &Scopes) -> anyhow::Resul
     Ok(())
 }
 
-fn rotate(store_config: &StoreConfig, name: &str) -> anyhow::Result<()> {
+fn rotate(config: &Config, name: &str) -> anyhow::Result<()> {
     let token = current_thread_runtime()?.block_on(async {
-        let store = crate::store::open(store_config).await?;
+        let (store, recorder) = open_audited(config).await?;
         let (token, hash) = auth::new_token().map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
         if !store.rotate_client_token(name, hash).await? {
             anyhow::bail!("no API client named {name:?}");
         }
+        recorder.record(Event::new(Kind::ClientTokenRotated).client(name)).await?;
         Ok(token)
     })?;
     eprintln!("API client {name:?} has a new token; the old one no longer works. The new one is shown only now:");
@@ -154,14 +180,43 @@ fn rotate(store_config: &StoreConfig, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn revoke(store_config: &StoreConfig, name: &str) -> anyhow::Result<()> {
+fn set_scopes(config: &Config, name: &str, scopes: &Scopes) -> anyhow::Result<()> {
+    current_thread_runtime()?.block_on(async {
+        let (store, recorder) = open_audited(config).await?;
+        if !store.set_client_scopes(name, scopes).await? {
+            anyhow::bail!("no API client named {name:?}");
+        }
+        recorder.record(scope_details(Event::new(Kind::ClientScopesChanged).client(name), scopes)).await
+    })?;
+    eprintln!("API client {name:?} has new scopes; they hold from its next request on");
+    Ok(())
+}
+
+fn revoke(config: &Config, name: &str) -> anyhow::Result<()> {
     let removed = current_thread_runtime()?.block_on(async {
-        let store = crate::store::open(store_config).await?;
-        Ok::<_, anyhow::Error>(store.revoke_client(name).await?)
+        let (store, recorder) = open_audited(config).await?;
+        let removed = store.revoke_client(name).await?;
+        if removed {
+            recorder.record(Event::new(Kind::ClientRevoked).client(name)).await?;
+        }
+        Ok::<_, anyhow::Error>(removed)
     })?;
     if !removed {
         anyhow::bail!("no API client named {name:?}");
     }
     eprintln!("API client {name:?} revoked; its token no longer works");
     Ok(())
+}
+
+/// A client's scopes as audit details: the operations and domains it is limited to, or `all`.
+fn scope_details(event: Event, scopes: &Scopes) -> Event {
+    let operations: serde_json::Value = match &scopes.operations {
+        Some(ops) => ops.iter().map(|o| o.as_str()).collect::<Vec<_>>().into(),
+        None => "all".into(),
+    };
+    let domains: serde_json::Value = match &scopes.domains {
+        Some(domains) => domains.iter().map(ToString::to_string).collect::<Vec<_>>().into(),
+        None => "all".into(),
+    };
+    event.detail("operations", operations).detail("domains", domains)
 }

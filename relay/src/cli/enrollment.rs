@@ -7,7 +7,8 @@ use std::time::Duration;
 use pwrelay_shared::domain::{AgentName, DomainName};
 use pwrelay_shared::enrollment::{EnrollmentToken, ca_fingerprint, fingerprint_text};
 
-use super::EXIT_CONFIG;
+use super::{EXIT_CONFIG, Recorder};
+use crate::audit::{Event, Kind};
 use crate::config::Config;
 use crate::jobs::Timestamp;
 use crate::store::Store;
@@ -56,6 +57,7 @@ pub(crate) async fn enroll_token(
     args: &EnrollTokenArgs,
     config: &Config,
     store: &dyn Store,
+    recorder: &Recorder,
 ) -> anyhow::Result<ExitCode> {
     let name = AgentName::parse(&args.name)?;
     let domains =
@@ -91,8 +93,13 @@ pub(crate) async fn enroll_token(
             expires: Timestamp(created.0.saturating_add(ttl_ms)),
         })
         .await?;
-    tracing::info!(target: "pwrelay::audit", event = "agent.enroll_token_created", agent = %name, token = %token.id, ttl_seconds = args.ttl.as_secs(), "enrollment token created");
     let names: Vec<&str> = domains.iter().map(DomainName::as_str).collect();
+    let event = Event::new(Kind::EnrollTokenCreated)
+        .agent(&name)
+        .detail("domains", names.clone())
+        .detail("token", token.id.hex())
+        .detail("ttl_seconds", args.ttl.as_secs());
+    recorder.record(event).await?;
     eprintln!(
         "one-time enrollment token for agent {name} ({}), usable for {} s; it pins the relay CA {}.\n\
          On the member server: pwrelay-agent enroll --relay https://RELAY:PORT --token TOKEN --out /etc/pwrelay-agent\n\
@@ -105,10 +112,12 @@ pub(crate) async fn enroll_token(
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn revoke(name: &str, store: &dyn Store) -> anyhow::Result<ExitCode> {
+pub(crate) async fn revoke(name: &str, store: &dyn Store, recorder: &Recorder) -> anyhow::Result<ExitCode> {
     let name = AgentName::parse(name)?;
     let revoked = store.revoke_agent(&name, Timestamp::now()).await?;
-    tracing::warn!(target: "pwrelay::audit", event = "agent.revoked", agent = %name, leases_released = revoked.leases_released, "agent revoked");
+    recorder
+        .record(Event::new(Kind::AgentRevoked).agent(&name).detail("leases_released", revoked.leases_released))
+        .await?;
     eprintln!(
         "agent {name} revoked: its certificates issued until now are refused, its open streams close within {} s on \
          every replica, {} leased job(s) released (claimable again after link.write_timeout_seconds). Enroll it again \

@@ -1,6 +1,7 @@
 //! The `pwrelay` command line: `serve` runs the relay; the other commands prepare and operate it.
 
 mod agents;
+mod audit;
 mod client;
 mod clients;
 mod enrollment;
@@ -12,6 +13,7 @@ mod webhooks;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::config::Config;
 use crate::seal::Sealer;
 use clap::{Parser, Subcommand};
 
@@ -41,6 +43,9 @@ enum Command {
     /// See the known agents (from the store, as every replica sees them) and forget gone ones.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
+    /// Read the audit trail the relay keeps in its store.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Manage API clients (the PAMs and workflows that call the API).
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
@@ -81,6 +86,7 @@ impl Cli {
             Command::Serve(args) => serve::run(args),
             Command::Pki(command) => pki::run(command),
             Command::Agents(command) => agents::run(command),
+            Command::Audit(command) => audit::run(command),
             Command::Clients(command) => clients::run(command),
             Command::StoreKey(StoreKeyCommand::Generate { out }) => generate_store_key(&out),
             Command::Password(command) => password::run(command),
@@ -110,6 +116,50 @@ fn generate_store_key(out: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Records what an operator's command changes: in the store's audit trail, and as a line in
+/// `[audit] file` when one is set (never on stdout, which carries the commands' output). Opened
+/// before the change, so a file the operator cannot write stops the command before it changes
+/// anything.
+pub(crate) struct Recorder {
+    audit: std::sync::Arc<crate::audit::Audit>,
+    writer: crate::audit::AuditWriter,
+}
+
+impl Recorder {
+    /// The recorder of `config`'s `[audit]` into `store`.
+    pub(crate) fn open(
+        config: &crate::audit::AuditConfig,
+        store: &std::sync::Arc<dyn crate::store::Store>,
+    ) -> anyhow::Result<Self> {
+        let config = crate::audit::AuditConfig { stdout: false, ..config.clone() };
+        let (audit, writer) = crate::audit::Audit::open(&config, std::sync::Arc::clone(store) as _, "cli")
+            .map_err(|e| anyhow::anyhow!("{e} (run the command as the relay's user)"))?;
+        Ok(Self { audit, writer })
+    }
+
+    /// Records `event` and stores it at once. The change is made by then: a failure says so.
+    pub(crate) async fn record(&self, event: crate::audit::Event) -> anyhow::Result<()> {
+        let kind = event.kind();
+        self.audit.record(event);
+        self.writer.flush().await.map_err(|e| {
+            anyhow::anyhow!(
+                "the change is made, but its audit event {} ({}) could not be stored: {e}",
+                kind.id(),
+                kind.name()
+            )
+        })
+    }
+}
+
+/// The store of `config`, and the recorder of the changes a command makes to it.
+pub(crate) async fn open_audited(
+    config: &Config,
+) -> anyhow::Result<(std::sync::Arc<dyn crate::store::Store>, Recorder)> {
+    let store = crate::store::open(&config.store).await?;
+    let recorder = Recorder::open(&config.audit, &store)?;
+    Ok((store, recorder))
 }
 
 pub(crate) fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -2,6 +2,7 @@
 //! log. The signing secret is shown once, when it is made; the store keeps it sealed with the
 //! store key.
 
+use crate::audit::{Event, Kind};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -138,7 +139,7 @@ fn set(
 ) -> anyhow::Result<()> {
     let sealer = Sealer::from_key_file(&config.store.key_file)?;
     let new_secret = current_thread_runtime()?.block_on(async {
-        let store = crate::store::open(&config.store).await?;
+        let (store, recorder) = super::open_audited(config).await?;
         let existing = store.webhook(name).await?;
         let (sealed_secret, new_secret) = match existing {
             Some(existing) if !rotate_secret => (existing.sealed_secret, None),
@@ -152,6 +153,12 @@ fn set(
         if !store.set_webhook(name, &webhook).await? {
             anyhow::bail!("no API client named {name:?}; add it with `pwrelay clients add {name}`");
         }
+        let event = Event::new(Kind::WebhookSet)
+            .client(name)
+            .detail("url_host", url.url().host_str().unwrap_or_default())
+            .detail("events", events.iter().map(|e| e.as_str()).collect::<Vec<_>>())
+            .detail("secret_rotated", new_secret.is_some());
+        recorder.record(event).await?;
         Ok(new_secret)
     })?;
     eprintln!("API client {name:?} webhook: POST {} on {}", url.as_str(), event_list(&events));
@@ -167,8 +174,12 @@ fn set(
 
 fn remove(config: &Config, name: &str) -> anyhow::Result<()> {
     let removed = current_thread_runtime()?.block_on(async {
-        let store = crate::store::open(&config.store).await?;
-        Ok::<_, anyhow::Error>(store.remove_webhook(name).await?)
+        let (store, recorder) = super::open_audited(config).await?;
+        let removed = store.remove_webhook(name).await?;
+        if removed {
+            recorder.record(Event::new(Kind::WebhookRemoved).client(name)).await?;
+        }
+        Ok::<_, anyhow::Error>(removed)
     })?;
     if !removed {
         anyhow::bail!("API client {name:?} has no webhook");

@@ -79,6 +79,8 @@ pub struct Lifecycle {
     /// Link page requests per client address, counted by each replica on its own (the per-link
     /// limit is counted in the store, [`crate::store::LifecycleStore::count_link_request`]).
     pub client_limiter: crate::api::rate_limit::RateLimiter,
+    /// The audit trail.
+    pub audit: Arc<crate::audit::Audit>,
     wake: tokio::sync::Notify,
 }
 
@@ -103,6 +105,8 @@ pub struct Parts {
     pub metrics: Arc<crate::metrics::RelayMetrics>,
     /// Served domains.
     pub domains: Vec<pwrelay_shared::domain::DomainName>,
+    /// The audit trail.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 impl Lifecycle {
@@ -123,6 +127,7 @@ impl Lifecycle {
             keys: parts.keys,
             metrics: parts.metrics,
             domains: parts.domains,
+            audit: parts.audit,
             client_limiter,
             wake: tokio::sync::Notify::new(),
         })

@@ -1,6 +1,7 @@
 //! Moves lifecycle requests along their stages (see [`super`]). One loop picks due requests; a
 //! delivery, which retries with back-off, runs as its own task so it holds nobody up.
 
+use crate::audit::{Event, Kind};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,12 +58,10 @@ pub(super) async fn run(lifecycle: Arc<Lifecycle>, cancel: CancellationToken, tr
             swept_at = Some(std::time::Instant::now());
             match lifecycle.store.expire_links().await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    target: "pwrelay::audit",
-                    event = "lifecycle.links_expired",
-                    count = n,
-                    "unclaimed links expired; their ciphertexts are erased"
-                ),
+                Ok(n) => {
+                    tracing::info!(count = n, "unclaimed links expired; their ciphertexts are erased");
+                    lifecycle.audit.record(Event::new(Kind::LinksExpired).detail("count", n));
+                }
                 Err(error) => tracing::error!(%error, "erasing the ciphertexts of expired links failed"),
             }
         }
@@ -111,13 +110,18 @@ async fn key_lost(lifecycle: &Lifecycle, request: &LifecycleRequest) -> StepResu
         let reason = "the relay replica holding the link key stopped before the link was sent; a fresh password \
                       is set";
         if lifecycle.store.reissue(id, reason).await? {
+            let holder = request.key_holder.as_deref().unwrap_or("none");
             tracing::warn!(
-                target: "pwrelay::audit",
-                event = "lifecycle.reissued",
                 task_processing_result = %id,
-                replica = request.key_holder.as_deref().unwrap_or("none"),
+                replica = holder,
                 stage = request.stage.as_str(),
                 "the relay replica holding the link key is gone; a fresh initial password is set"
+            );
+            lifecycle.audit.record(
+                Event::new(Kind::NewHireReissued)
+                    .detail("task_processing_result", id.to_string())
+                    .detail("key_replica", holder)
+                    .detail("stage", request.stage.as_str()),
             );
             lifecycle.wake();
         }
@@ -136,12 +140,16 @@ type StepResult = Result<(), crate::store::StoreError>;
 
 async fn fail(lifecycle: &Lifecycle, request: &LifecycleRequest, reason: &str) -> StepResult {
     tracing::warn!(
-        target: "pwrelay::audit",
-        event = "lifecycle.failed",
         task_processing_result = %request.task_processing_result_id,
         subject = %request.subject_id,
         reason,
         "new-hire request failed; the workflow is told"
+    );
+    lifecycle.audit.record(
+        Event::new(Kind::NewHireFailed)
+            .detail("task_processing_result", request.task_processing_result_id.to_string())
+            .untrusted("subject", &request.subject_id.to_string())
+            .untrusted("reason", reason),
     );
     lifecycle.store.set_outcome(request.task_processing_result_id, false, reason).await?;
     lifecycle.wake();
@@ -263,15 +271,23 @@ async fn resolve(lifecycle: &Lifecycle, request: &LifecycleRequest) -> StepResul
     };
     lifecycle.store.set_applying(id, job_id).await?;
     lifecycle.events.job_queued();
+    let username = contacts.user.upn.as_deref().unwrap_or_default();
     tracing::info!(
-        target: "pwrelay::audit",
-        event = "lifecycle.job_created",
         task_processing_result = %id,
         job_id = %job_id,
         domain = %domain,
         account = %account,
-        username = contacts.user.upn.as_deref().unwrap_or_default(),
+        username,
         "initial password job queued"
+    );
+    lifecycle.audit.record(
+        Event::new(Kind::NewHireJobCreated)
+            .client(crate::lifecycle::CLIENT)
+            .domain(&domain)
+            .job_of_kind(job_id, crate::jobs::JobKind::InitialPassword)
+            .detail("task_processing_result", id.to_string())
+            .untrusted("account", &account.to_string())
+            .untrusted("username", username),
     );
     Ok(())
 }
@@ -444,12 +460,17 @@ async fn deliver(
         }
     }
     tracing::info!(
-        target: "pwrelay::audit",
-        event = "lifecycle.delivered",
         task_processing_result = %request.task_processing_result_id,
         sent = %sent.join(", "),
         "new-hire link and username sent"
     );
+    let event = Event::new(Kind::NewHireDelivered)
+        .detail("task_processing_result", request.task_processing_result_id.to_string())
+        .detail("sent", sent.clone());
+    lifecycle.audit.record(match request.job_id {
+        Some(job) => event.job(job),
+        None => event,
+    });
     Ok(sent.join(", "))
 }
 
@@ -494,12 +515,11 @@ async fn resume(lifecycle: &Lifecycle, request: &LifecycleRequest) -> StepResult
     let result = lifecycle.graph.resume(&request.tenant_id, request.workflow_id, request.task_id, id, status).await;
     let recorded = match result {
         Ok(()) => {
-            tracing::info!(
-                target: "pwrelay::audit",
-                event = "lifecycle.resumed",
-                task_processing_result = %id,
-                status = status.as_str(),
-                "workflow resumed"
+            tracing::info!(task_processing_result = %id, status = status.as_str(), "workflow resumed");
+            lifecycle.audit.record(
+                Event::new(Kind::WorkflowResumed)
+                    .detail("task_processing_result", id.to_string())
+                    .detail("status", status.as_str()),
             );
             ResumeResult::Done
         }
@@ -510,11 +530,14 @@ async fn resume(lifecycle: &Lifecycle, request: &LifecycleRequest) -> StepResult
         }
         Err(e) => {
             tracing::error!(
-                target: "pwrelay::audit",
-                event = "lifecycle.resume_failed",
                 task_processing_result = %id,
                 error = %e,
                 "Graph resume failed for good; finish the task in Entra by hand"
+            );
+            lifecycle.audit.record(
+                Event::new(Kind::WorkflowResumeFailed)
+                    .detail("task_processing_result", id.to_string())
+                    .untrusted("error", &e.to_string()),
             );
             ResumeResult::GiveUp { reason: e.to_string() }
         }

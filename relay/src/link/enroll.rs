@@ -9,8 +9,8 @@
 //! up, and used in one fenced store statement, so it buys one certificate. `Renew` needs the
 //! agent's current, unrevoked certificate and returns one with the same identity for a fresh key.
 //!
-//! Every outcome is audited on `pwrelay::audit`: `agent.enrolled`, `agent.enroll_refused` (with
-//! the reason), `agent.certificate_renewed`, `agent.renew_refused`.
+//! Every outcome is in the audit trail: `agent.enrolled`, `agent.enroll_refused` (with the
+//! reason), `agent.certificate_renewed`, `agent.renew_refused`.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 
 use super::revocation::{Revocations, subject_of};
 use crate::api::rate_limit::RateLimiter;
+use crate::audit::{Audit, Event, Kind};
 use crate::config::EnrollmentConfig;
 use crate::jobs::Timestamp;
 use crate::store::Store;
@@ -155,6 +156,7 @@ pub struct EnrollmentService {
     issuer: Option<Arc<Issuer>>,
     store: Arc<dyn Store>,
     revocations: Arc<Revocations>,
+    audit: Arc<Audit>,
     limiter: RateLimiter<IpAddr>,
 }
 
@@ -199,9 +201,10 @@ impl EnrollmentService {
         issuer: Option<Arc<Issuer>>,
         store: Arc<dyn Store>,
         revocations: Arc<Revocations>,
+        audit: Arc<Audit>,
         per_minute: u32,
     ) -> Self {
-        Self { issuer, store, revocations, limiter: RateLimiter::new(per_minute, Duration::from_secs(60)) }
+        Self { issuer, store, revocations, audit, limiter: RateLimiter::new(per_minute, Duration::from_secs(60)) }
     }
 
     fn issuer(&self) -> Result<&Issuer, Status> {
@@ -275,16 +278,13 @@ impl EnrollmentService {
             return Err(denied(Refusal::Used, "the enrollment token was used already; make a new one"));
         }
         let (chain, expires_unix) = issuer.issue(&identity, &csr).map_err(|s| (Refusal::Internal, s))?;
-        tracing::info!(
-            target: "pwrelay::audit",
-            event = "agent.enrolled",
-            agent = %identity.name,
-            domains = ?identity.domains.iter().map(DomainName::as_str).collect::<Vec<_>>(),
-            peer = %peer_text,
-            token = %id,
-            expires_unix,
-            "agent enrolled"
-        );
+        tracing::info!(agent = %identity.name, peer = %peer_text, "agent enrolled");
+        let event = Event::new(Kind::AgentEnrolled)
+            .agent(&identity.name)
+            .detail("domains", identity.domains.iter().map(DomainName::as_str).collect::<Vec<_>>())
+            .detail("token", id.as_str())
+            .detail("expires_unix", expires_unix);
+        self.audit.record(with_address(event, peer));
         Ok(EnrollResponse {
             certificate_chain_pem: chain,
             ca_pem: issuer.agent_ca_pem.clone(),
@@ -292,6 +292,14 @@ impl EnrollmentService {
             domains: identity.domains.iter().map(ToString::to_string).collect(),
             expires_unix,
         })
+    }
+}
+
+/// The event with the caller's address, when known.
+fn with_address(event: Event, peer: Option<SocketAddr>) -> Event {
+    match peer {
+        Some(peer) => event.address(peer.ip()),
+        None => event,
     }
 }
 
@@ -332,14 +340,9 @@ impl AgentEnrollment for EnrollmentService {
         match self.enroll_checked(peer, request.into_inner()).await {
             Ok(response) => Ok(Response::new(response)),
             Err((reason, status)) => {
-                tracing::warn!(
-                    target: "pwrelay::audit",
-                    event = "agent.enroll_refused",
-                    reason = reason.as_str(),
-                    peer = ?peer,
-                    error = %status.message(),
-                    "enrollment refused"
-                );
+                tracing::warn!(reason = reason.as_str(), peer = ?peer, error = %status.message(), "enrollment refused");
+                let event = Event::new(Kind::EnrollRefused).detail("reason", reason.as_str());
+                self.audit.record(with_address(event, peer));
                 Err(status)
             }
         }
@@ -352,7 +355,9 @@ impl AgentEnrollment for EnrollmentService {
             .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
             .ok_or_else(|| Status::unauthenticated("renewal needs the agent's current client certificate"))?;
         let refuse = |status: Status, agent: &str| {
-            tracing::warn!(target: "pwrelay::audit", event = "agent.renew_refused", agent, peer = ?peer, error = %status.message(), "renewal refused");
+            tracing::warn!(agent, peer = ?peer, error = %status.message(), "renewal refused");
+            let event = Event::new(Kind::RenewRefused).agent(agent).untrusted("message", status.message());
+            self.audit.record(with_address(event, peer));
             status
         };
         let identity = AgentIdentity::from_certificate_der(&leaf)
@@ -368,7 +373,9 @@ impl AgentEnrollment for EnrollmentService {
             .map_err(|e| refuse(Status::invalid_argument(e.to_string()), &agent))?;
         check_requested_names(&csr, &identity).map_err(|m| refuse(Status::permission_denied(m), &agent))?;
         let (chain, expires_unix) = issuer.issue(&identity, &csr).map_err(|s| refuse(s, &agent))?;
-        tracing::info!(target: "pwrelay::audit", event = "agent.certificate_renewed", %agent, peer = ?peer, expires_unix, "agent certificate renewed");
+        tracing::info!(%agent, peer = ?peer, expires_unix, "agent certificate renewed");
+        let event = Event::new(Kind::CertificateRenewed).agent(&agent).detail("expires_unix", expires_unix);
+        self.audit.record(with_address(event, peer));
         Ok(Response::new(RenewResponse { certificate_chain_pem: chain, expires_unix }))
     }
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::audit::{Event, Kind};
 use crate::jobs::Timestamp;
 use crate::jobs::events::JobEvents;
 use crate::seal::Sealer;
@@ -57,6 +58,8 @@ pub struct LinkContext {
     pub claim_interval: Duration,
     /// The deny list; it closes the streams of agents revoked while connected.
     pub revocations: Arc<revocation::Revocations>,
+    /// The audit trail.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// The `AgentLink` gRPC service.
@@ -79,25 +82,40 @@ impl AgentLink for LinkService {
     type OpenStream = ReceiverStream<Result<RelayMessage, Status>>;
 
     async fn open(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::OpenStream>, Status> {
-        // peer_certs() must be read before into_inner() drops the connection info.
-        let certs = request
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("the agent link requires a client certificate"))?;
-        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+        let peer = request.remote_addr();
+        let refused = |reason: &'static str, message: &str| {
+            let event = Event::new(Kind::AgentRefused).detail("reason", reason).untrusted("message", message);
+            self.context.audit.record(match peer {
+                Some(peer) => event.address(peer.ip()),
+                None => event,
+            });
+        };
+        // peer_certs() must be read before into_inner() drops the connection info. TLS admits a
+        // client without a certificate (for enrollment); the stream does not.
+        let no_certificate = || {
+            let message = "the agent link requires a client certificate (enroll the agent first: pwrelay-agent enroll)";
+            refused("no_certificate", message);
+            Status::unauthenticated(message)
+        };
+        let certs = request.peer_certs().ok_or_else(no_certificate)?;
+        let leaf = certs.first().ok_or_else(no_certificate)?;
         let identity = AgentIdentity::from_certificate_der(leaf).map_err(|e| {
             tracing::warn!(error = %e, "agent certificate carries no usable identity");
+            refused("no_identity", &e.to_string());
             Status::permission_denied(e.to_string())
         })?;
         let certificate = certificate_facts(leaf).map_err(|e| {
             tracing::warn!(error = %e, "agent certificate cannot be read");
+            refused("unreadable_certificate", &e);
             Status::permission_denied(e)
         })?;
         let not_before_ms = revocation::subject_of(leaf).map_or(i64::MIN, |(_, not_before)| not_before);
         if self.context.revocations.refusal(identity.name.as_str(), not_before_ms).is_some() {
-            tracing::warn!(target: "pwrelay::audit", event = "agent.revoked_certificate_refused", agent = %identity.name, "refused a stream of a revoked agent");
-            return Err(Status::permission_denied(format!("agent {} is revoked", identity.name)));
+            let message = format!("agent {} is revoked", identity.name);
+            tracing::warn!(agent = %identity.name, "refused a stream of a revoked agent");
+            refused("revoked", &message);
+            return Err(Status::permission_denied(message));
         }
-        let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (outbound, rx) = mpsc::channel(32);
         let cancel = self.cancel.child_token();

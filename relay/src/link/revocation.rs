@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::audit::{Audit, Event, Kind};
 use crate::store::{Store, StoreError};
 
 /// How often each replica reloads the deny list from the store.
@@ -82,8 +83,9 @@ impl Revocations {
         streams.push(OpenStream { agent: agent.to_owned(), not_before_ms, cancel, outbound: outbound.downgrade() });
     }
 
-    /// Reloads the list from the store and closes the streams it now refuses; how many.
-    pub async fn reload(&self, store: &dyn Store) -> Result<usize, StoreError> {
+    /// Reloads the list from the store and closes the streams it now refuses; the agents of the
+    /// streams closed.
+    pub async fn reload(&self, store: &dyn Store) -> Result<Vec<String>, StoreError> {
         let list = store.revocations().await?;
         let fresh: HashMap<String, i64> = list.into_iter().map(|r| (r.agent, r.revoked.0)).collect();
         *self.denied.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
@@ -96,9 +98,9 @@ impl Revocations {
             *streams = open;
             closing
         };
-        let closed = closing.len();
+        let mut closed = Vec::with_capacity(closing.len());
         for stream in closing {
-            tracing::warn!(target: "pwrelay::audit", event = "agent.stream_closed_revoked", agent = %stream.agent, "closing the stream of a revoked agent");
+            tracing::warn!(agent = %stream.agent, "closing the stream of a revoked agent");
             if let Some(outbound) = stream.outbound.upgrade() {
                 let _gone = outbound.try_send(Err(Status::permission_denied(format!(
                     "agent {} was revoked (pwrelay agents revoke); enroll it again with a new token",
@@ -106,12 +108,13 @@ impl Revocations {
                 ))));
             }
             stream.cancel.cancel();
+            closed.push(stream.agent);
         }
         Ok(closed)
     }
 
-    /// Reloads every [`REFRESH_INTERVAL`] until `cancel`.
-    pub async fn watch(self: Arc<Self>, store: Arc<dyn Store>, cancel: CancellationToken) {
+    /// Reloads every [`REFRESH_INTERVAL`] until `cancel`, auditing the streams it closes.
+    pub async fn watch(self: Arc<Self>, store: Arc<dyn Store>, audit: Arc<Audit>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(REFRESH_INTERVAL);
         let mut failing = false;
         loop {
@@ -120,11 +123,15 @@ impl Revocations {
                 _ = tick.tick() => {}
             }
             match self.reload(store.as_ref()).await {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("the deny list of revoked agents is read again");
+                Ok(closed) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!("the deny list of revoked agents is read again");
+                    }
+                    for agent in closed {
+                        audit.record(Event::new(Kind::RevokedStreamClosed).agent(agent));
+                    }
                 }
-                Ok(_) => {}
                 Err(error) if !failing => {
                     failing = true;
                     tracing::warn!(%error, "reading the deny list of revoked agents failed; the last one read stays in force");
@@ -144,7 +151,8 @@ impl ClientCertificateCheck for Revocations {
         match self.refusal(&agent, not_before_ms) {
             None => Ok(()),
             Some(_) => {
-                tracing::warn!(target: "pwrelay::audit", event = "agent.revoked_certificate_refused", %agent, "refused the certificate of a revoked agent at the handshake");
+                // The listener audits the refused handshake (tls.handshake_refused).
+                tracing::warn!(%agent, "refused the certificate of a revoked agent at the handshake");
                 Err(format!("agent {agent} is revoked"))
             }
         }

@@ -36,8 +36,7 @@ use crate::store::agents::{
     MAX_DIRECTORIES, MAX_VERSION_CHARS, bounded_text,
 };
 
-/// The audit event of a result that changed nothing because it is not from the current attempt.
-const STALE_RESULT_EVENT: &str = "link.stale_result";
+use crate::audit::{Event, Kind};
 use pwrelay_shared::secret::{SecretBytes, SecretString};
 
 /// How long an agent has to send its hello.
@@ -103,7 +102,7 @@ impl Session {
             Ok(Ok(Some(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }))) => hello,
             Ok(Ok(Some(_))) => {
                 return self
-                    .refuse(Status::invalid_argument("the first message on the agent link must be hello"))
+                    .refuse("no_hello", Status::invalid_argument("the first message on the agent link must be hello"))
                     .await;
             }
             Ok(Ok(None)) => return,
@@ -111,11 +110,11 @@ impl Session {
                 tracing::info!(error = %status, "agent stream failed before hello");
                 return;
             }
-            Err(_) => return self.refuse(Status::deadline_exceeded("no hello within 10 s")).await,
+            Err(_) => return self.refuse("no_hello", Status::deadline_exceeded("no hello within 10 s")).await,
         };
         let mut active = match self.authorize(&hello).await {
             Ok(active) => active,
-            Err(status) => return self.refuse(status).await,
+            Err(status) => return self.refuse("no_domain_to_serve", status).await,
         };
         let welcome = pb::Welcome {
             relay_version: env!("CARGO_PKG_VERSION").into(),
@@ -129,6 +128,12 @@ impl Session {
             return;
         }
         tracing::info!(domains = ?active.domains, version = %hello.agent_version, max_in_flight = active.max_in_flight, "agent connected");
+        self.context.audit.record(
+            self.event(Kind::AgentConnected)
+                .detail("domains", active.domains.iter().map(ToString::to_string).collect::<Vec<_>>())
+                .untrusted("version", &hello.agent_version)
+                .detail("holder", active.holder.as_str()),
+        );
 
         let end = self.serve(&mut active, &mut inbound, &cancel).await;
         match &end {
@@ -141,6 +146,20 @@ impl Session {
             End::OutboundClosed => tracing::info!("agent stream closed"),
             End::Store(error) => tracing::error!(%error, "job store failed; closing agent stream"),
         }
+        let reason = match &end {
+            End::Shutdown => "shutdown",
+            End::AgentClosed => "agent_closed",
+            End::Stream(_) => "stream_failed",
+            End::Silent => "silent",
+            End::OutboundClosed => "outbound_closed",
+            End::Store(_) => "store_failed",
+        };
+        self.context.audit.record(
+            self.event(Kind::AgentDisconnected)
+                .detail("reason", reason)
+                .detail("jobs_in_flight", active.in_flight.len())
+                .detail("holder", active.holder.as_str()),
+        );
         if !active.in_flight.is_empty() {
             // The agent may still be running them: they stay its own until it renews them on its
             // next stream, reports them, or their lease and the write timeout pass.
@@ -149,8 +168,20 @@ impl Session {
         active.registration.close().await;
     }
 
-    async fn refuse(&self, status: Status) {
+    /// An audit event about this session's agent.
+    fn event(&self, kind: Kind) -> Event {
+        let event = Event::new(kind).agent(&self.identity.name);
+        match self.peer {
+            Some(peer) => event.address(peer.ip()),
+            None => event,
+        }
+    }
+
+    async fn refuse(&self, reason: &'static str, status: Status) {
         tracing::warn!(error = %status.message(), "agent refused");
+        self.context
+            .audit
+            .record(self.event(Kind::AgentRefused).detail("reason", reason).untrusted("message", status.message()));
         let _gone = self.outbound.send(Err(status)).await;
     }
 
@@ -373,12 +404,13 @@ impl Session {
                 active.in_flight.remove(&id);
                 active.dispatched.remove(&id);
                 tracing::warn!(
-                    target: "pwrelay::audit",
-                    event = STALE_RESULT_EVENT,
                     job_id = %id,
                     attempt,
                     state = state.as_str(),
                     "result of an attempt that no longer holds the job; it changed nothing"
+                );
+                self.context.audit.record(
+                    self.event(Kind::StaleResult).job(id).detail("attempt", attempt).detail("state", state.as_str()),
                 );
             }
             Ok(Completion::Unknown) => tracing::warn!(job_id = %id, "result for an unknown job; ignored"),

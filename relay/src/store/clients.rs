@@ -41,6 +41,8 @@ pub enum Operation {
     Lifecycle,
     /// See the operators' status page (`GET /status`) for the client's domains.
     Status,
+    /// Read the audit trail (`GET /v1/audit`) of the client's domains; never part of the default.
+    Audit,
 }
 
 impl Operation {
@@ -53,12 +55,13 @@ impl Operation {
             Self::Reconcile => "reconcile",
             Self::Lifecycle => "lifecycle",
             Self::Status => "status",
+            Self::Audit => "audit",
         }
     }
 
     /// Parses a scope name.
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Rotate, Self::Verify, Self::Unlock, Self::Reconcile, Self::Lifecycle, Self::Status]
+        [Self::Rotate, Self::Verify, Self::Unlock, Self::Reconcile, Self::Lifecycle, Self::Status, Self::Audit]
             .into_iter()
             .find(|o| o.as_str() == text)
     }
@@ -66,7 +69,7 @@ impl Operation {
 
 impl Scopes {
     /// Whether the client's scopes name `operation` explicitly. Operations that expose other
-    /// people's data (`lifecycle`) are never part of the unrestricted default.
+    /// people's data (`lifecycle`, `audit`) are never part of the unrestricted default.
     pub fn names(&self, operation: Operation) -> bool {
         self.operations.as_ref().is_some_and(|ops| ops.contains(&operation))
     }
@@ -97,6 +100,9 @@ pub trait ClientStore: Send + Sync + 'static {
 
     /// Replaces a client's token (the old one stops working at once). False when no such client.
     async fn rotate_client_token(&self, name: &str, token_sha256: [u8; 32]) -> Result<bool, StoreError>;
+
+    /// Replaces a client's scopes (they hold from its next request on). False when no such client.
+    async fn set_client_scopes(&self, name: &str, scopes: &Scopes) -> Result<bool, StoreError>;
 
     /// Removes a client (its token stops working; its jobs stay). False when no such client.
     async fn revoke_client(&self, name: &str) -> Result<bool, StoreError>;

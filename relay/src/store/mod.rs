@@ -11,6 +11,7 @@
 //! - [`ReplicaStore`] (`replicas.rs`): the relay processes sharing the store, with heartbeats.
 //! - [`EnrollmentStore`] (`enrollment.rs`): one-time enrollment tokens, used atomically, and the
 //!   deny list of revoked agents.
+//! - [`AuditStore`] (`audit.rs`): the audit trail of every replica, and its retention.
 //!
 //! [`Store`] is all of them plus readiness: the relay holds one `Arc<dyn Store>` and hands it to
 //! the API, the agent link and the workers; [`open`] makes it from `[store]`. Each backend is a
@@ -18,6 +19,7 @@
 //! [`postgres`] the one several relays can share. `tests.rs` is the contract both are held to.
 
 pub mod agents;
+pub mod audit;
 mod clients;
 pub mod enrollment;
 pub mod gauges;
@@ -37,6 +39,7 @@ use crate::config::{StoreBackend, StoreConfig};
 use crate::jobs::events::JobEvents;
 
 pub use agents::{AgentState, AgentStore, AgentThresholds, KnownAgent};
+pub use audit::{AuditFilter, AuditStore};
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
 pub use enrollment::EnrollmentStore;
 pub use gauges::{GaugeStore, StoreGauges};
@@ -67,7 +70,15 @@ pub enum StoreError {
 /// Everything the relay keeps, in one backend.
 #[async_trait]
 pub trait Store:
-    JobStore + ClientStore + WebhookStore + LifecycleStore + ReplicaStore + AgentStore + GaugeStore + EnrollmentStore
+    JobStore
+    + ClientStore
+    + WebhookStore
+    + LifecycleStore
+    + ReplicaStore
+    + AgentStore
+    + GaugeStore
+    + EnrollmentStore
+    + AuditStore
 {
     /// Whether the store can be read and written (readiness).
     async fn check(&self) -> Result<(), StoreError>;

@@ -625,6 +625,10 @@ async fn clients_are_unique_found_by_token_rotated_and_revoked(store: &dyn Store
     assert!(!store.rotate_client_token("nobody", [5; 32]).await.expect("rotate"));
     assert_eq!(store.client_by_token([9; 32]).await.expect("read"), None, "the old token stops working");
     assert_eq!(store.client_by_token([6; 32]).await.expect("read").map(|c| c.name), Some("pam".into()));
+    let narrower = Scopes { domains: None, operations: Some([Operation::Audit].into_iter().collect()) };
+    assert!(store.set_client_scopes("pam", &narrower).await.expect("set scopes"));
+    assert!(!store.set_client_scopes("nobody", &narrower).await.expect("set scopes"));
+    assert_eq!(store.client_by_token([6; 32]).await.expect("read").map(|c| c.scopes), Some(narrower));
     assert!(store.revoke_client("pam").await.expect("revoke"));
     assert!(!store.revoke_client("pam").await.expect("revoke"));
     assert_eq!(store.client_by_token([6; 32]).await.expect("read"), None);
@@ -1364,5 +1368,88 @@ mod enrollment {
         assert_eq!(ids(&taken), vec![mine_id]);
         assert!(taken[0].earlier_attempt_unresolved, "the revoked agent may have written: the claim says so");
         assert_eq!(state(store, other_id).await, JobState::Dispatched);
+    }
+}
+
+// ---- the audit trail
+
+mod audit_trail {
+    use super::*;
+    use crate::audit::AuditRecord;
+    use crate::store::AuditFilter;
+
+    contract!(audit_events_are_listed_in_order_by_every_filter, audit_events_past_their_retention_are_deleted_once,);
+
+    fn record(at: i64, event_id: u16, client: Option<&str>, domain: Option<&str>, job: Option<&str>) -> AuditRecord {
+        AuditRecord {
+            seq: None,
+            time: Timestamp(at),
+            event_id,
+            event: format!("test.{event_id}"),
+            replica: "replica-1".into(),
+            client: client.map(Into::into),
+            agent: (event_id == 5301).then(|| "site-a".into()),
+            domain: domain.map(Into::into),
+            job_id: job.map(Into::into),
+            address: Some("192.0.2.7".into()),
+            details: serde_json::json!({ "reason": "x", "count": 2 }),
+        }
+    }
+
+    fn all() -> AuditFilter {
+        AuditFilter { limit: 100, ..AuditFilter::default() }
+    }
+
+    async fn audit_events_are_listed_in_order_by_every_filter(store: &dyn Store) {
+        let now = Timestamp::now().0;
+        let job = JobId::generate().to_string();
+        store
+            .record_audit(&[
+                record(now - 3000, 5101, Some("pam"), None, None),
+                record(now - 2000, 5001, Some("pam"), Some("a.test"), Some(&job)),
+                record(now - 1000, 5001, Some("other"), Some("b.test"), None),
+            ])
+            .await
+            .expect("record");
+        store.record_audit(&[record(now, 5301, None, None, None)]).await.expect("record again");
+        let listed = store.audit_events(&all()).await.expect("list");
+        assert_eq!(listed.len(), 4);
+        let seqs: Vec<i64> = listed.iter().map(|r| r.seq.expect("seq")).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "oldest first: {seqs:?}");
+        let first = AuditRecord { seq: None, ..listed[1].clone() };
+        assert_eq!(first, record(now - 2000, 5001, Some("pam"), Some("a.test"), Some(&job)), "stored as given");
+
+        let count = |filter: AuditFilter| async move { store.audit_events(&filter).await.expect("list").len() };
+        assert_eq!(count(AuditFilter { event_id: Some(5001), ..all() }).await, 2);
+        assert_eq!(count(AuditFilter { event: Some("test.5001".into()), ..all() }).await, 2);
+        assert_eq!(count(AuditFilter { event_id: Some(99_999), ..all() }).await, 0);
+        assert_eq!(count(AuditFilter { event: Some("no.such".into()), ..all() }).await, 0);
+        assert_eq!(count(AuditFilter { client: Some("pam".into()), ..all() }).await, 2);
+        assert_eq!(count(AuditFilter { agent: Some("site-a".into()), ..all() }).await, 1);
+        assert_eq!(count(AuditFilter { job_id: Some(job.clone()), ..all() }).await, 1);
+        assert_eq!(count(AuditFilter { since: Some(Timestamp(now - 2000)), ..all() }).await, 3);
+        assert_eq!(count(AuditFilter { until: Some(Timestamp(now - 2000)), ..all() }).await, 1);
+        assert_eq!(
+            count(AuditFilter { domains: Some(vec!["a.test".into()]), ..all() }).await,
+            1,
+            "scoped: no domainless"
+        );
+        assert_eq!(count(AuditFilter { domains: Some(vec![]), ..all() }).await, 0);
+        let page = store.audit_events(&AuditFilter { limit: 2, ..all() }).await.expect("page");
+        let next = store.audit_events(&AuditFilter { after: page[1].seq, limit: 2, ..all() }).await.expect("next");
+        assert_eq!(next.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![listed[2].seq, listed[3].seq]);
+    }
+
+    async fn audit_events_past_their_retention_are_deleted_once(store: &dyn Store) {
+        let now = Timestamp::now().0;
+        let day = 86_400_000;
+        store
+            .record_audit(&[record(now - 3 * day, 5001, None, None, None), record(now - 1000, 5002, None, None, None)])
+            .await
+            .expect("record");
+        assert_eq!(store.purge_audit(Duration::from_secs(2 * 86_400)).await.expect("purge"), 1);
+        assert_eq!(store.purge_audit(Duration::from_secs(2 * 86_400)).await.expect("again"), 0, "idempotent");
+        let left = store.audit_events(&all()).await.expect("list");
+        assert_eq!(left.iter().map(|r| r.event_id).collect::<Vec<_>>(), vec![5002]);
     }
 }

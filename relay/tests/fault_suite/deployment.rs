@@ -187,7 +187,7 @@ impl Deployment {
                      write_timeout_seconds = 3\n\n\
                      {store_section}key_file = \"store.key\"\n\n[jobs]\nmax_attempts = 10\n\n\
                      [webhooks]\nfirst_retry_seconds = 1\nmax_retry_seconds = 5\n\n\
-                     [log]\nlevel = \"{LOG_LEVEL}\"\n",
+                     [log]\nlevel = \"{LOG_LEVEL}\"\n\n[audit]\nstdout = true\n",
                     lease = params.lease.as_secs(),
                 ),
             )

@@ -25,6 +25,13 @@ impl ClientStore for PostgresStore {
         Ok(changed == 1)
     }
 
+    async fn set_client_scopes(&self, name: &str, scopes: &Scopes) -> Result<bool, StoreError> {
+        let scopes = serde_json::to_string(scopes).map_err(|e| StoreError::Database(e.to_string()))?;
+        let conn = self.client().await?;
+        let changed = conn.execute(query!("clients/set_scopes"), &[&name, &scopes]).await.map_err(db_err)?;
+        Ok(changed == 1)
+    }
+
     async fn revoke_client(&self, name: &str) -> Result<bool, StoreError> {
         let conn = self.client().await?;
         let removed = conn.execute(query!("clients/revoke"), &[&name]).await.map_err(db_err)?;

@@ -25,6 +25,7 @@
 //! that round, since another replica is doing the same work.
 
 mod agents;
+mod audit;
 mod clients;
 mod enrollment;
 mod gauges;
@@ -56,6 +57,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_agents", include_str!("migrations/0002_agents.sql")),
     ("0003_replicas", include_str!("migrations/0003_replicas.sql")),
     ("0004_enrollment", include_str!("migrations/0004_enrollment.sql")),
+    ("0005_audit", include_str!("migrations/0005_audit.sql")),
 ];
 
 /// The advisory lock key under which migrations run (any constant shared by every replica).
@@ -86,6 +88,7 @@ pub(super) enum Sweep {
     PurgeFinished = 0x7077_7265_6c61_7912,
     WebhookLog = 0x7077_7265_6c61_7913,
     ExpiredLinks = 0x7077_7265_6c61_7914,
+    AuditLog = 0x7077_7265_6c61_7915,
 }
 
 /// Takes `sweep`'s lock for the transaction; false when another replica holds it (and is doing

@@ -39,6 +39,18 @@ impl ClientStore for SqliteStore {
         .await
     }
 
+    async fn set_client_scopes(&self, name: &str, scopes: &Scopes) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        let scopes = serde_json::to_string(scopes).map_err(|e| StoreError::Database(e.to_string()))?;
+        self.run(move |conn| {
+            let changed = conn
+                .execute("UPDATE api_clients SET scopes = ?2 WHERE name = ?1", params![name, scopes])
+                .map_err(db_err)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     async fn revoke_client(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_owned();
         self.run(move |conn| {

@@ -5,9 +5,10 @@
 //! transaction, which makes [`JobStore::claim`](super::JobStore::claim) atomic. One file per
 //! trait: `jobs.rs`, `clients.rs`, `webhooks.rs` (the outbox is filled by the `jobs_final_webhook`
 //! trigger), `lifecycle.rs`, `replicas.rs` (one process, but the same heartbeats and claims as
-//! PostgreSQL), `agents.rs` (the known agents); the schema and its migrations are in `schema.rs`.
+//! PostgreSQL), `agents.rs` (the known agents), `audit.rs` (the audit trail); the schema and its migrations are in `schema.rs`.
 
 mod agents;
+mod audit;
 mod clients;
 mod enrollment;
 mod gauges;

@@ -1,10 +1,10 @@
 //! The SQLite schema: version 1 and the migrations after it, recorded in `PRAGMA user_version`.
 //! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002_agents.sql`, 9 its `0003_replicas.sql`;
 //! 10 is an index of SQLite's own (PostgreSQL settles batches by id); 11 is PostgreSQL's
-//! `0004_enrollment.sql`.
+//! `0004_enrollment.sql`, 12 its `0005_audit.sql`.
 
 /// Schema version written to `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 11;
+pub(super) const SCHEMA_VERSION: i64 = 12;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -95,6 +95,7 @@ CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms)
     REPLICAS,
     BATCH_INDEX,
     ENROLLMENT,
+    AUDIT,
 ];
 
 /// Enrollment tokens and the deny list of revoked agents (migration 10 → 11; PostgreSQL's
@@ -114,6 +115,25 @@ CREATE TABLE IF NOT EXISTS agent_revocations (
     agent      TEXT PRIMARY KEY,
     revoked_ms INTEGER NOT NULL       -- the agent's certificates issued before this are refused
 );
+";
+
+/// The audit trail (migration 11 → 12; PostgreSQL's `0005_audit.sql`).
+const AUDIT: &str = "
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms    INTEGER NOT NULL,
+    event_id INTEGER NOT NULL,   -- the stable id (docs/audit-events.md)
+    event    TEXT NOT NULL,      -- the stable name
+    replica  TEXT NOT NULL,      -- the replica that recorded it, or 'cli'
+    client   TEXT,
+    agent    TEXT,
+    domain   TEXT,
+    job_id   TEXT,
+    address  TEXT,
+    details  TEXT NOT NULL       -- JSON object
+);
+CREATE INDEX IF NOT EXISTS audit_events_at ON audit_events (at_ms);
+CREATE INDEX IF NOT EXISTS audit_events_job ON audit_events (job_id) WHERE job_id IS NOT NULL;
 ";
 
 /// The batches by state (migration 9 → 10). Every transaction that can change a child's state

@@ -1,0 +1,1 @@
+DELETE FROM audit_events WHERE at_ms < $1
