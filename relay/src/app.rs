@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::jobs::events::JobEvents;
 use crate::lifecycle::keys::LinkKeys;
 use crate::lifecycle::{self, Lifecycle};
+use crate::link::dispatcher::Dispatcher;
 use crate::link::registry::AgentRegistry;
 use crate::link::{LinkContext, LinkService};
 use crate::listener::{AcceptLimits, TlsIncoming};
@@ -194,6 +195,12 @@ impl App {
             metrics: Arc::clone(&metrics),
             status_logins: api::status::login_limiter(),
         });
+        let dispatcher = Arc::new(Dispatcher::new(
+            Arc::clone(&store),
+            Arc::clone(&events),
+            claim_policy,
+            config.link.claim_interval,
+        ));
         let link_context = Arc::new(LinkContext {
             store: Arc::clone(&store),
             sealer,
@@ -204,7 +211,7 @@ impl App {
             heartbeat: config.link.heartbeat,
             link_keys,
             metrics: Arc::clone(&metrics),
-            claim_interval: config.link.claim_interval,
+            dispatcher,
         });
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(
@@ -278,6 +285,7 @@ impl App {
         tracker.spawn(api::server::serve(api, router, api_limits, cancel.child_token(), tracker.clone()));
 
         let link_cancel = cancel.child_token();
+        let dispatcher = Arc::clone(&link_context.dispatcher);
         let service = LinkService::new(link_context, cancel.child_token(), tracker.clone());
         let link_failed = failed_tx.clone();
         tracker.spawn(async move {
@@ -312,6 +320,7 @@ impl App {
             let (store, events) = (Arc::clone(&notified_store), Arc::clone(&notified_events));
             async move { store.forward_notifications(events, cancel).await }
         });
+        workers.spawn("dispatcher", move |cancel| Arc::clone(&dispatcher).run(cancel));
         let beating = Arc::clone(&store);
         workers.spawn("replica heartbeat", move |cancel| heartbeat(Arc::clone(&beating), cancel));
         let retiring = Arc::clone(&store);

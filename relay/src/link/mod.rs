@@ -3,8 +3,10 @@
 //! The TLS layer ([`crate::listener`], with [`pwrelay_shared::tls::link_server`]) admits only
 //! clients whose certificate chains to the agent CA. This module reads the agent's identity (and
 //! the certificate's serial and expiry, for the known agents of [`registry`]) from that
-//! certificate and runs one [`session`] per stream.
+//! certificate and runs one [`session`] per stream; one [`dispatcher`] per replica claims jobs for
+//! all of them.
 
+pub mod dispatcher;
 pub mod registry;
 mod session;
 
@@ -50,8 +52,8 @@ pub struct LinkContext {
     pub link_keys: Arc<crate::lifecycle::keys::LinkKeys>,
     /// Dispatch and completion metrics.
     pub metrics: Arc<crate::metrics::RelayMetrics>,
-    /// `link.claim_interval_ms`: how often a stream looks for claimable jobs unwoken.
-    pub claim_interval: Duration,
+    /// The replica's claim loop, which leases jobs to the sessions.
+    pub dispatcher: Arc<dispatcher::Dispatcher>,
 }
 
 /// The `AgentLink` gRPC service.

@@ -36,7 +36,7 @@ use crate::jobs::events::JobEvents;
 pub use agents::{AgentState, AgentStore, AgentThresholds, KnownAgent};
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
 pub use gauges::{GaugeStore, StoreGauges};
-pub use jobs::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
+pub use jobs::{Cancellation, ClaimDemand, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
 pub use lifecycle::LifecycleStore;
 pub use replicas::{ReplicaId, ReplicaStore};
 pub use webhooks::WebhookStore;

@@ -1,6 +1,7 @@
 //! Jobs and leases in PostgreSQL: inserts with idempotency keys, claims (`FOR UPDATE SKIP
-//! LOCKED`), fenced results and renewals, expiry, returned secrets, and batches that settle with
-//! their children (under the batch's row lock).
+//! LOCKED`), fenced results and renewals, expiry, returned secrets, and batches that settle after
+//! each change to a child is committed (never under a lock of the batch row, so the results of one
+//! reconciliation do not queue behind each other), and in the sweep.
 
 use std::time::Duration;
 
@@ -14,8 +15,10 @@ use crate::jobs::{
     ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
     NewJob, Outcome, Progress, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
 };
-use crate::store::jobs::retry_delay;
-use crate::store::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake, StoreError};
+use crate::store::jobs::{Candidate, assign, domain_limits, retry_delay};
+use crate::store::{
+    Cancellation, ClaimDemand, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake, StoreError,
+};
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -161,16 +164,22 @@ fn parents(rows: &[Row]) -> Vec<String> {
     parents
 }
 
-/// Moves the batches `parents` along with their children (see `settle_final.sql`), under their
-/// row locks. Run in every transaction that changed a child's state.
-async fn settle_batches(tx: &impl GenericClient, now: i64, parents: &[String]) -> Result<(), StoreError> {
+/// Moves the batches `parents` along with their children (`settle_dispatched.sql`,
+/// `settle_final.sql`). Run after the commit of every transaction that changed a child's state, on
+/// its own: the change is durable already, so a failure here is logged and left to the sweep
+/// ([`JobStore::expire_overdue`] settles every open batch).
+async fn settle_batches(client: &impl GenericClient, parents: &[String]) {
     if parents.is_empty() {
-        return Ok(());
+        return;
     }
-    tx.query(query!("jobs/lock_batches"), &[&parents]).await.map_err(db_err)?;
-    tx.execute(query!("jobs/settle_dispatched"), &[&now, &parents]).await.map_err(db_err)?;
-    tx.execute(query!("jobs/settle_final"), &[&now, &parents]).await.map_err(db_err)?;
-    Ok(())
+    let now = Timestamp::now().0;
+    let settled = async {
+        client.execute(query!("jobs/settle_dispatched"), &[&now, &parents]).await?;
+        client.execute(query!("jobs/settle_final"), &[&now, &parents]).await
+    };
+    if let Err(error) = settled.await {
+        tracing::warn!(error = %db_err(error), "batches could not be settled now; the sweep settles them");
+    }
 }
 
 #[async_trait]
@@ -267,13 +276,15 @@ impl JobStore for PostgresStore {
             Some(JobState::Queued) => {
                 let now = Timestamp::now().0;
                 tx.execute(query!("jobs/cancel"), &[&id_text, &now]).await.map_err(db_err)?;
-                settle_batches(&tx, now, &parent.into_iter().collect::<Vec<_>>()).await?;
                 Cancellation::Cancelled
             }
             Some(JobState::Dispatched) => Cancellation::InProgress,
             _ => Cancellation::AlreadyFinal,
         };
         tx.commit().await.map_err(db_err)?;
+        if outcome == Cancellation::Cancelled {
+            settle_batches(&conn, &parent.into_iter().collect::<Vec<_>>()).await;
+        }
         Ok(outcome)
     }
 
@@ -289,54 +300,88 @@ impl JobStore for PostgresStore {
         Ok(Some(job))
     }
 
-    async fn claim(
+    async fn claim_for(
         &self,
-        domains: &[DomainName],
-        holder: &str,
-        agent: &str,
-        limit: usize,
+        demands: Vec<ClaimDemand>,
         policy: ClaimPolicy,
-    ) -> Result<Vec<LeasedJob>, StoreError> {
-        if domains.is_empty() || limit == 0 {
-            return Ok(Vec::new());
+    ) -> Result<Vec<Vec<LeasedJob>>, StoreError> {
+        let limits = domain_limits(&demands);
+        let mut leased: Vec<Vec<LeasedJob>> = std::iter::repeat_with(Vec::new).take(demands.len()).collect();
+        if limits.is_empty() {
+            return Ok(leased);
         }
-        let domains: Vec<String> = domains.iter().map(|d| d.as_str().to_owned()).collect();
         let mut conn = self.client().await?;
         let tx = conn.transaction().await.map_err(db_err)?;
         let now = Timestamp::now().0;
         let grace = ms(policy.write_timeout);
         let max_attempts = attempt_int(policy.max_attempts);
-        let exhausted =
-            tx.query(query!("jobs/fail_exhausted"), &[&domains, &now, &grace, &max_attempts]).await.map_err(db_err)?;
         let lease_until = now.saturating_add(ms(policy.lease));
         let created_after = now.saturating_sub(ms(policy.time_to_live));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = tx
-            .query(
-                query!("jobs/claim"),
-                &[&domains, &now, &grace, &created_after, &limit, &holder, &agent, &lease_until],
-            )
-            .await
-            .map_err(db_err)?;
-        let mut leased = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let stored = read_job(row)?;
-            leased.push(LeasedJob {
-                earlier_attempt_unresolved: row.try_get(34).map_err(db_err)?,
-                job: stored.job,
-                sealed_secret: stored.sealed_secret,
-                recipient_key: stored.recipient_key,
-                lease_deadline_unix_ms: stored.lease_expires_ms.unwrap_or(lease_until),
-                lease_duration: policy.lease,
-            });
+        let search = tx.prepare(query!("jobs/claim_candidates")).await.map_err(db_err)?;
+        let mut candidates = Vec::new();
+        let mut exhausted: Vec<String> = Vec::new();
+        for (domain, limit) in &limits {
+            let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
+            let rows = tx
+                .query(&search, &[&domain.as_str(), &now, &grace, &created_after, &max_attempts, &limit])
+                .await
+                .map_err(db_err)?;
+            for row in rows {
+                let id: String = row.try_get(0).map_err(db_err)?;
+                let attempts: i32 = row.try_get(2).map_err(db_err)?;
+                if attempts >= max_attempts {
+                    exhausted.push(id);
+                } else {
+                    candidates.push(Candidate {
+                        id,
+                        domain: domain.clone(),
+                        created_ms: row.try_get(1).map_err(db_err)?,
+                    });
+                }
+            }
         }
-        leased.sort_by_key(|l| (l.job.created_at, l.job.job_id));
-        let mut batches = parents(&exhausted);
-        batches.extend(parents(&rows));
+        let mut batches = Vec::new();
+        if !exhausted.is_empty() {
+            let failed = tx.query(query!("jobs/fail_exhausted"), &[&exhausted, &now, &grace]).await.map_err(db_err)?;
+            batches.extend(parents(&failed));
+        }
+        let assigned = assign(&demands, candidates);
+        if !assigned.is_empty() {
+            let mut ids = Vec::with_capacity(assigned.len());
+            let mut holders = Vec::with_capacity(assigned.len());
+            let mut agents = Vec::with_capacity(assigned.len());
+            let mut owner = std::collections::HashMap::with_capacity(assigned.len());
+            for (candidate, index) in assigned {
+                holders.push(demands[index].holder.as_str());
+                agents.push(demands[index].agent.as_str());
+                owner.insert(candidate.id.clone(), index);
+                ids.push(candidate.id);
+            }
+            let rows = tx
+                .query(query!("jobs/claim"), &[&ids, &holders, &agents, &now, &grace, &lease_until])
+                .await
+                .map_err(db_err)?;
+            for row in &rows {
+                let stored = read_job(row)?;
+                let Some(&index) = owner.get(&stored.job.job_id.to_string()) else { continue };
+                leased[index].push(LeasedJob {
+                    earlier_attempt_unresolved: row.try_get(34).map_err(db_err)?,
+                    job: stored.job,
+                    sealed_secret: stored.sealed_secret,
+                    recipient_key: stored.recipient_key,
+                    lease_deadline_unix_ms: stored.lease_expires_ms.unwrap_or(lease_until),
+                    lease_duration: policy.lease,
+                });
+            }
+            batches.extend(parents(&rows));
+        }
+        tx.commit().await.map_err(db_err)?;
+        for jobs in &mut leased {
+            jobs.sort_by_key(|l| (l.job.created_at, l.job.job_id));
+        }
         batches.sort();
         batches.dedup();
-        settle_batches(&tx, now, &batches).await?;
-        tx.commit().await.map_err(db_err)?;
+        settle_batches(&conn, &batches).await;
         Ok(leased)
     }
 
@@ -446,8 +491,8 @@ impl JobStore for PostgresStore {
             tx.commit().await.map_err(db_err)?;
             return Ok(Completion::Duplicate);
         }
-        settle_batches(&tx, now, &parents(&changed)).await?;
         tx.commit().await.map_err(db_err)?;
+        settle_batches(&conn, &parents(&changed)).await;
         Ok(completion)
     }
 
@@ -491,8 +536,12 @@ impl JobStore for PostgresStore {
             .query(query!("jobs/expire_overdue"), &[&now, &before, &ms(policy.write_timeout)])
             .await
             .map_err(db_err)?;
-        settle_batches(&tx, now, &parents(&rows)).await?;
         tx.commit().await.map_err(db_err)?;
+        // Every open batch, not only those of the jobs expired here: a batch whose settle after a
+        // child's change did not run (the relay stopped in between) settles now.
+        let open = conn.query(query!("jobs/open_batches"), &[]).await.map_err(db_err)?;
+        let open: Vec<String> = open.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>().map_err(db_err)?;
+        settle_batches(&conn, &open).await;
         Ok(rows.len())
     }
 

@@ -54,6 +54,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_schema", include_str!("migrations/0001_schema.sql")),
     ("0002_agents", include_str!("migrations/0002_agents.sql")),
     ("0003_replicas", include_str!("migrations/0003_replicas.sql")),
+    ("0004_claim_order", include_str!("migrations/0004_claim_order.sql")),
 ];
 
 /// The advisory lock key under which migrations run (any constant shared by every replica).

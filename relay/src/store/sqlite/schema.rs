@@ -1,9 +1,10 @@
 //! The SQLite schema: version 1 and the migrations after it, recorded in `PRAGMA user_version`.
 //! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002_agents.sql`, 9 its `0003_replicas.sql`;
-//! 10 is an index of SQLite's own (PostgreSQL settles batches by id).
+//! 10 is an index of SQLite's own (PostgreSQL settles batches by id); 11 is PostgreSQL's
+//! `0004_claim_order.sql` (which also drops the index it replaces: version 1 here recreates it).
 
 /// Schema version written to `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 10;
+pub(super) const SCHEMA_VERSION: i64 = 11;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -93,7 +94,16 @@ CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms)
     AGENTS,
     REPLICAS,
     BATCH_INDEX,
+    CLAIM_ORDER,
 ];
+
+/// The claimable jobs in claim order (migration 10 → 11; PostgreSQL's `0004_claim_order.sql`). A
+/// claim walks the queued and the lapsed jobs of a domain by `(created_ms, id)` and stops at its
+/// limit; `jobs_claimable` lacks the id, so jobs accepted in the same millisecond (every child of
+/// a reconciliation) had to be sorted first, all of them.
+const CLAIM_ORDER: &str = "
+CREATE INDEX IF NOT EXISTS jobs_claim_order ON jobs (domain, state, created_ms, id);
+";
 
 /// The batches by state (migration 9 → 10). Every transaction that can change a child's state
 /// settles the open batches (`SETTLE_BATCHES` in `jobs.rs`); without this index each such
