@@ -828,6 +828,37 @@ mod tests {
         }
     }
 
+    /// A claim walks the claimable jobs of a domain in claim order and stops at its limit: the
+    /// candidate searches read `jobs_claim_order` in order (no sort of the backlog), and check each
+    /// account through `jobs_account`.
+    #[test]
+    fn claims_walk_the_claim_order_without_sorting_the_backlog() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("relay.db");
+        drop(SqliteStore::open(&path).expect("open"));
+        let conn = Connection::open(&path).expect("open");
+        for search in [CLAIM_QUEUED, CLAIM_LAPSED] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {search}")).expect("plan");
+            let plan: Vec<String> = stmt
+                .query_map(params!["a.test", 0, 0, 0, 3, 10], |r| r.get::<_, String>(3))
+                .expect("plan")
+                .map(|r| r.expect("row"))
+                .collect();
+            let outer = plan.first().map(String::as_str).unwrap_or_default();
+            assert!(
+                outer.contains("USING INDEX jobs_claim_order (domain=? AND state=?"),
+                "{search}\nplanned as {plan:?}"
+            );
+            assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "{search}\nplanned as {plan:?}");
+            let accounts: Vec<_> = plan.iter().filter(|step| step.contains(" o ")).collect();
+            assert_eq!(accounts.len(), 2, "{plan:?}");
+            assert!(
+                accounts.iter().all(|step| step.contains("USING INDEX jobs_account (account_key=? AND state=?")),
+                "{plan:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_version_1_database_is_migrated_in_place() {
         let dir = tempfile::tempdir().expect("dir");

@@ -5,6 +5,7 @@
 //! inserting) share syncs instead of queueing for one each.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -60,6 +61,8 @@ where
 #[derive(Clone)]
 pub(super) struct Writer {
     queue: mpsc::Sender<Box<dyn Write>>,
+    /// Transactions the writer has run.
+    groups: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -71,11 +74,19 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     pub(super) fn start(conn: Arc<Mutex<Connection>>) -> Result<Self, StoreError> {
         let (queue, writes) = mpsc::channel();
+        let groups = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&groups);
         std::thread::Builder::new()
             .name("pwrelay-sqlite-writer".into())
-            .spawn(move || serve(&conn, &writes))
+            .spawn(move || serve(&conn, &writes, &counted))
             .map_err(|e| StoreError::Database(format!("the store's writer thread cannot start: {e}")))?;
-        Ok(Self { queue })
+        Ok(Self { queue, groups })
+    }
+
+    /// How many transactions the writer has run.
+    #[cfg(test)]
+    pub(super) fn groups(&self) -> u64 {
+        self.groups.load(Ordering::Acquire)
     }
 
     /// Queues `work` (in order with every other write) and returns what answers it.
@@ -97,7 +108,7 @@ impl Writer {
     }
 }
 
-fn serve(conn: &Mutex<Connection>, writes: &mpsc::Receiver<Box<dyn Write>>) {
+fn serve(conn: &Mutex<Connection>, writes: &mpsc::Receiver<Box<dyn Write>>, groups: &AtomicU64) {
     while let Ok(first) = writes.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -111,6 +122,7 @@ fn serve(conn: &Mutex<Connection>, writes: &mpsc::Receiver<Box<dyn Write>>) {
             let guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             run_group(&guard, &mut group)
         };
+        groups.fetch_add(1, Ordering::AcqRel);
         for write in group {
             write.answer(&commit);
         }
@@ -133,4 +145,82 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn Write>]) -> Result<(), Stri
         let _ = conn.execute_batch("ROLLBACK");
     }
     applied
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::params;
+
+    use crate::store::StoreError;
+    use crate::store::sqlite::{SqliteStore, db_err};
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("relay.db")).expect("open");
+        store
+            .run(|conn| conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)").map_err(db_err))
+            .await
+            .expect("table");
+        (dir, store)
+    }
+
+    fn insert(n: i64) -> impl FnOnce(&rusqlite::Connection) -> Result<(), StoreError> + Send + 'static {
+        move |conn| conn.execute("INSERT INTO t (n) VALUES (?1)", params![n]).map(|_| ()).map_err(db_err)
+    }
+
+    /// Writes queued while the writer is busy share one transaction (one sync), and each is
+    /// answered only after it is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_queued_together_are_committed_together() {
+        let (_dir, store) = store().await;
+        let before = store.writer.groups();
+        let answers: Vec<_> = (0..200).map(|n| store.writer.queue(insert(n)).expect("queued")).collect();
+        for answer in answers {
+            answer.await.expect("committed");
+        }
+        let groups = store.writer.groups() - before;
+        assert!(groups < 20, "200 writes queued at once took {groups} transactions");
+        let count: i64 = store
+            .run(|conn| conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).map_err(db_err))
+            .await
+            .expect("count");
+        assert_eq!(count, 200);
+    }
+
+    /// A write that fails is rolled back alone: the others in its transaction are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_is_rolled_back_alone() {
+        let (_dir, store) = store().await;
+        let first = store.writer.queue(insert(1)).expect("queued");
+        let failing = store
+            .writer
+            .queue(|conn: &rusqlite::Connection| -> Result<(), StoreError> {
+                conn.execute("INSERT INTO t (n) VALUES (2)", []).map_err(db_err)?;
+                // A duplicate key: the statement fails after the first insert of this write.
+                conn.execute("INSERT INTO t (n) VALUES (1)", []).map_err(db_err)?;
+                Ok(())
+            })
+            .expect("queued");
+        let panicking = store
+            .writer
+            .queue(|conn: &rusqlite::Connection| -> Result<(), StoreError> {
+                conn.execute("INSERT INTO t (n) VALUES (4)", []).map_err(db_err)?;
+                panic!("a write that panics");
+            })
+            .expect("queued");
+        let last = store.writer.queue(insert(3)).expect("queued");
+        first.await.expect("kept");
+        assert!(failing.await.is_err());
+        assert!(panicking.await.is_err());
+        last.await.expect("kept");
+        let kept: Vec<i64> = store
+            .run(|conn| {
+                let mut stmt = conn.prepare("SELECT n FROM t ORDER BY n").map_err(db_err)?;
+                let rows = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
+                rows.collect::<Result<_, _>>().map_err(db_err)
+            })
+            .await
+            .expect("read");
+        assert_eq!(kept, vec![1, 3]);
+    }
 }
