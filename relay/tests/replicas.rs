@@ -95,7 +95,7 @@ struct Replica {
 }
 
 impl Replicas {
-    /// `count` replicas whose agent streams look for jobs unwoken every `claim_interval_ms`.
+    /// `count` replicas whose claim loops look for jobs unwoken every `claim_interval_ms`.
     async fn start(server: &PgServer, count: usize, claim_interval_ms: u64) -> Self {
         support::logs();
         let dir = tempfile::tempdir().expect("temp dir");

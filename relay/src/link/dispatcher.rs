@@ -3,18 +3,19 @@
 //! at once ([`JobStore::claim_for`](crate::store::JobStore::claim_for), one transaction).
 //!
 //! The loop is woken by [`JobEvents::job_queued`] (this replica's, and on PostgreSQL the other
-//! replicas' by LISTEN/NOTIFY), by a session whose room grew, and by one timer
-//! (`link.claim_interval_ms`) for what no event announces: lapsed leases, back-offs that ended, an
-//! account freed by a result. It claims again as long as some demand got everything it asked for;
-//! a demand that got less marks its domains *drained*, and freed room alone does not claim for a
-//! drained domain again until the next event or tick. So an idle stream costs nothing per tick but
-//! its place in one claim, and a busy relay claims for every stream with room in one transaction.
+//! replicas' by LISTEN/NOTIFY), by a session whose room grew (one of its jobs ended, so the next
+//! job of that account may be claimable), and by one timer (`link.claim_interval_ms`) for what no
+//! event announces: lapsed leases and back-offs that ended. It claims again as long as some demand
+//! got everything it asked for. A demand that got less marks its domains *drained*: the loop claims
+//! for a drained domain again only after the next event or tick, or once a stream serving it freed
+//! room. So an idle stream costs nothing per tick but its place in one claim, and a busy relay
+//! claims for every stream with room in one transaction.
 //!
 //! A job leased to a stream that ended before the job reached it is given back at once
 //! (`not_started`): the agent never saw it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +52,8 @@ struct Slot {
     free: AtomicUsize,
     /// Jobs leased to it and sent on `jobs` that it has not taken in yet.
     outstanding: AtomicUsize,
+    /// Its room grew since the last claim: its domains are worth another look.
+    freed: AtomicBool,
     jobs: mpsc::UnboundedSender<LeasedJob>,
 }
 
@@ -93,6 +96,7 @@ impl Dispatcher {
             domains,
             free: AtomicUsize::new(0),
             outstanding: AtomicUsize::new(0),
+            freed: AtomicBool::new(false),
             jobs: sender,
         });
         let id = self.next_slot.fetch_add(1, Ordering::Relaxed);
@@ -136,14 +140,22 @@ impl Dispatcher {
     /// asked for. False when the store failed.
     async fn claim_rounds(&self, drained: &mut BTreeSet<DomainName>) -> bool {
         loop {
-            let asking: Vec<(Arc<Slot>, usize)> = self
-                .lock_slots()
+            let slots = self.lock_slots();
+            for slot in slots.values() {
+                if slot.freed.swap(false, Ordering::AcqRel) {
+                    for domain in &slot.domains {
+                        drained.remove(domain);
+                    }
+                }
+            }
+            let asking: Vec<(Arc<Slot>, usize)> = slots
                 .values()
                 .filter_map(|slot| {
                     let room = slot.room();
                     (room > 0 && slot.domains.iter().any(|d| !drained.contains(d))).then(|| (Arc::clone(slot), room))
                 })
                 .collect();
+            drop(slots);
             if asking.is_empty() {
                 return true;
             }
@@ -216,6 +228,7 @@ impl Demand {
     /// Sets the session's free room; more room than before wakes the loop.
     pub(super) fn set_free(&self, free: usize) {
         if self.slot.free.swap(free, Ordering::AcqRel) < free {
+            self.slot.freed.store(true, Ordering::Release);
             self.dispatcher.wake.notify_one();
         }
     }

@@ -67,7 +67,7 @@ pub(super) struct Writer {
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Writer")
+        f.debug_struct("Writer").field("groups", &self.groups.load(Ordering::Relaxed)).finish_non_exhaustive()
     }
 }
 
