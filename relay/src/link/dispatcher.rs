@@ -140,22 +140,7 @@ impl Dispatcher {
     /// asked for. False when the store failed.
     async fn claim_rounds(&self, drained: &mut BTreeSet<DomainName>) -> bool {
         loop {
-            let slots = self.lock_slots();
-            for slot in slots.values() {
-                if slot.freed.swap(false, Ordering::AcqRel) {
-                    for domain in &slot.domains {
-                        drained.remove(domain);
-                    }
-                }
-            }
-            let asking: Vec<(Arc<Slot>, usize)> = slots
-                .values()
-                .filter_map(|slot| {
-                    let room = slot.room();
-                    (room > 0 && slot.domains.iter().any(|d| !drained.contains(d))).then(|| (Arc::clone(slot), room))
-                })
-                .collect();
-            drop(slots);
+            let asking = self.asking(drained);
             if asking.is_empty() {
                 return true;
             }
@@ -194,6 +179,26 @@ impl Dispatcher {
                 return true;
             }
         }
+    }
+
+    /// The demands with room in a domain not drained, with their room; a demand whose room grew
+    /// takes its domains off `drained` first.
+    fn asking(&self, drained: &mut BTreeSet<DomainName>) -> Vec<(Arc<Slot>, usize)> {
+        let slots = self.lock_slots();
+        for slot in slots.values() {
+            if slot.freed.swap(false, Ordering::AcqRel) {
+                for domain in &slot.domains {
+                    drained.remove(domain);
+                }
+            }
+        }
+        slots
+            .values()
+            .filter_map(|slot| {
+                let room = slot.room();
+                (room > 0 && slot.domains.iter().any(|d| !drained.contains(d))).then(|| (Arc::clone(slot), room))
+            })
+            .collect()
     }
 
     /// Releases a job leased to a stream that ended before it took the job in: the agent never
