@@ -174,11 +174,124 @@ async fn settle_batches(client: &impl GenericClient, parents: &[String]) {
     }
     let now = Timestamp::now().0;
     let settled = async {
-        client.execute(query!("jobs/settle_dispatched"), &[&now, &parents]).await?;
-        client.execute(query!("jobs/settle_final"), &[&now, &parents]).await
+        let dispatched = client.prepare_cached(query!("jobs/settle_dispatched")).await?;
+        client.execute(&dispatched, &[&now, &parents]).await?;
+        let last = client.prepare_cached(query!("jobs/settle_final")).await?;
+        client.execute(&last, &[&now, &parents]).await
     };
     if let Err(error) = settled.await {
         tracing::warn!(error = %db_err(error), "batches could not be settled now; the sweep settles them");
+    }
+}
+
+impl PostgresStore {
+    /// Records one fenced result in `tx` without committing it: what happened, and the batches of
+    /// the job to settle after the commit.
+    async fn record_result(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        id: JobId,
+        holder: &str,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<(Completion, Vec<String>), StoreError> {
+        let now = Timestamp::now().0;
+        let id_text = id.to_string();
+        let attempt_number = attempt_int(attempt);
+        // Every statement below changes the job only while it is dispatched to this holder under
+        // this attempt (the fence is in each one's WHERE).
+        let (changed, completion) = match outcome {
+            Outcome::Succeeded(s, returned) => {
+                let account_state = s
+                    .account_state
+                    .map(|a| serde_json::to_string(&a))
+                    .transpose()
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                let notes = serde_json::to_string(&s.notes).map_err(|e| StoreError::Database(e.to_string()))?;
+                let (encoding, bytes) = match returned {
+                    Some(r) => (Some(r.encoding.as_str()), Some(r.bytes)),
+                    None => (None, None),
+                };
+                let rows = tx
+                    .query(
+                        &tx.prepare_cached(query!("jobs/complete_succeeded")).await.map_err(db_err)?,
+                        &[
+                            &id_text,
+                            &holder,
+                            &attempt_number,
+                            &s.account_dn,
+                            &s.verified,
+                            &s.pwd_last_set,
+                            &s.password_matches,
+                            &account_state,
+                            &notes,
+                            &encoding,
+                            &bytes,
+                            &now,
+                            &self.replica.as_str(),
+                        ],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                (rows, Completion::Finished)
+            }
+            Outcome::Failed { error, retryable: true } => {
+                // A job the agent never started goes back at once; one that failed waits.
+                let delay = if error.code == ErrorCode::NotStarted { 0 } else { ms(retry_delay(attempt)) };
+                let rows = tx
+                    .query(
+                        &tx.prepare_cached(query!("jobs/complete_requeued")).await.map_err(db_err)?,
+                        &[
+                            &id_text,
+                            &holder,
+                            &attempt_number,
+                            &error.code.as_str(),
+                            &error.message,
+                            &error.directory_code,
+                            &now.saturating_add(delay),
+                            &now,
+                        ],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                (rows, Completion::Requeued)
+            }
+            Outcome::Failed { error, retryable: false } => {
+                let rows = tx
+                    .query(
+                        &tx.prepare_cached(query!("jobs/complete_failed")).await.map_err(db_err)?,
+                        &[
+                            &id_text,
+                            &holder,
+                            &attempt_number,
+                            &error.code.as_str(),
+                            &error.message,
+                            &error.directory_code,
+                            &now,
+                        ],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                (rows, Completion::Finished)
+            }
+        };
+        if changed.is_empty() {
+            // Nothing was written: say why, for the log and the audit trail.
+            let found = tx.query_opt(query!("jobs/fence_of"), &[&id_text]).await.map_err(db_err)?;
+            let Some(row) = found else { return Ok((Completion::Unknown, Vec::new())) };
+            let state: String = row.try_get(0).map_err(db_err)?;
+            let lease_holder: Option<String> = row.try_get(1).map_err(db_err)?;
+            let attempts: i32 = row.try_get(2).map_err(db_err)?;
+            let duplicate = JobState::parse(&state).is_some_and(JobState::is_final)
+                && attempts == attempt_number
+                && lease_holder.as_deref() == Some(holder);
+            if !duplicate {
+                return Ok((Completion::Stale, Vec::new()));
+            }
+            tx.execute(query!("jobs/result_resent"), &[&id_text, &self.replica.as_str()]).await.map_err(db_err)?;
+            return Ok((Completion::Duplicate, Vec::new()));
+        }
+        Ok((completion, parents(&changed)))
     }
 }
 
@@ -317,7 +430,7 @@ impl JobStore for PostgresStore {
         let max_attempts = attempt_int(policy.max_attempts);
         let lease_until = now.saturating_add(ms(policy.lease));
         let created_after = now.saturating_sub(ms(policy.time_to_live));
-        let search = tx.prepare(query!("jobs/claim_candidates")).await.map_err(db_err)?;
+        let search = tx.prepare_cached(query!("jobs/claim_candidates")).await.map_err(db_err)?;
         let mut candidates = Vec::new();
         let mut exhausted: Vec<String> = Vec::new();
         for (domain, limit) in &limits {
@@ -358,7 +471,10 @@ impl JobStore for PostgresStore {
                 ids.push(candidate.id);
             }
             let rows = tx
-                .query(query!("jobs/claim"), &[&ids, &holders, &agents, &now, &grace, &lease_until])
+                .query(
+                    &tx.prepare_cached(query!("jobs/claim")).await.map_err(db_err)?,
+                    &[&ids, &holders, &agents, &now, &grace, &lease_until],
+                )
                 .await
                 .map_err(db_err)?;
             for row in &rows {
@@ -394,106 +510,50 @@ impl JobStore for PostgresStore {
     ) -> Result<Completion, StoreError> {
         let mut conn = self.client().await?;
         let tx = conn.transaction().await.map_err(db_err)?;
-        let now = Timestamp::now().0;
-        let id_text = id.to_string();
-        let attempt_number = attempt_int(attempt);
-        // Every statement below changes the job only while it is dispatched to this holder under
-        // this attempt (the fence is in each one's WHERE).
-        let (changed, completion) = match outcome {
-            Outcome::Succeeded(s, returned) => {
-                let account_state = s
-                    .account_state
-                    .map(|a| serde_json::to_string(&a))
-                    .transpose()
-                    .map_err(|e| StoreError::Database(e.to_string()))?;
-                let notes = serde_json::to_string(&s.notes).map_err(|e| StoreError::Database(e.to_string()))?;
-                let (encoding, bytes) = match returned {
-                    Some(r) => (Some(r.encoding.as_str()), Some(r.bytes)),
-                    None => (None, None),
-                };
-                let rows = tx
-                    .query(
-                        query!("jobs/complete_succeeded"),
-                        &[
-                            &id_text,
-                            &holder,
-                            &attempt_number,
-                            &s.account_dn,
-                            &s.verified,
-                            &s.pwd_last_set,
-                            &s.password_matches,
-                            &account_state,
-                            &notes,
-                            &encoding,
-                            &bytes,
-                            &now,
-                            &self.replica.as_str(),
-                        ],
-                    )
-                    .await
-                    .map_err(db_err)?;
-                (rows, Completion::Finished)
-            }
-            Outcome::Failed { error, retryable: true } => {
-                // A job the agent never started goes back at once; one that failed waits.
-                let delay = if error.code == ErrorCode::NotStarted { 0 } else { ms(retry_delay(attempt)) };
-                let rows = tx
-                    .query(
-                        query!("jobs/complete_requeued"),
-                        &[
-                            &id_text,
-                            &holder,
-                            &attempt_number,
-                            &error.code.as_str(),
-                            &error.message,
-                            &error.directory_code,
-                            &now.saturating_add(delay),
-                            &now,
-                        ],
-                    )
-                    .await
-                    .map_err(db_err)?;
-                (rows, Completion::Requeued)
-            }
-            Outcome::Failed { error, retryable: false } => {
-                let rows = tx
-                    .query(
-                        query!("jobs/complete_failed"),
-                        &[
-                            &id_text,
-                            &holder,
-                            &attempt_number,
-                            &error.code.as_str(),
-                            &error.message,
-                            &error.directory_code,
-                            &now,
-                        ],
-                    )
-                    .await
-                    .map_err(db_err)?;
-                (rows, Completion::Finished)
-            }
-        };
-        if changed.is_empty() {
-            // Nothing was written: say why, for the log and the audit trail.
-            let found = tx.query_opt(query!("jobs/fence_of"), &[&id_text]).await.map_err(db_err)?;
-            let Some(row) = found else { return Ok(Completion::Unknown) };
-            let state: String = row.try_get(0).map_err(db_err)?;
-            let lease_holder: Option<String> = row.try_get(1).map_err(db_err)?;
-            let attempts: i32 = row.try_get(2).map_err(db_err)?;
-            let duplicate = JobState::parse(&state).is_some_and(JobState::is_final)
-                && attempts == attempt_number
-                && lease_holder.as_deref() == Some(holder);
-            if !duplicate {
-                return Ok(Completion::Stale);
-            }
-            tx.execute(query!("jobs/result_resent"), &[&id_text, &self.replica.as_str()]).await.map_err(db_err)?;
-            tx.commit().await.map_err(db_err)?;
-            return Ok(Completion::Duplicate);
-        }
+        let (completion, batches) = self.record_result(&tx, id, holder, attempt, outcome).await?;
         tx.commit().await.map_err(db_err)?;
-        settle_batches(&conn, &parents(&changed)).await;
+        settle_batches(&conn, &batches).await;
         Ok(completion)
+    }
+
+    async fn complete_all(
+        &self,
+        holder: &str,
+        results: Vec<(JobId, u32, Outcome)>,
+    ) -> Vec<Result<Completion, StoreError>> {
+        let count = results.len();
+        let failed = |error: &StoreError| (0..count).map(|_| Err(StoreError::Database(error.to_string()))).collect();
+        let mut conn = match self.client().await {
+            Ok(conn) => conn,
+            Err(error) => return failed(&error),
+        };
+        let mut tx = match conn.transaction().await {
+            Ok(tx) => tx,
+            Err(error) => return failed(&db_err(error)),
+        };
+        // One transaction, a savepoint per result: one that fails is rolled back alone.
+        let mut answers = Vec::with_capacity(count);
+        let mut batches = Vec::new();
+        for (id, attempt, outcome) in results {
+            let answer = async {
+                let savepoint = tx.savepoint("result").await.map_err(db_err)?;
+                let recorded = self.record_result(&savepoint, id, holder, attempt, outcome).await?;
+                savepoint.commit().await.map_err(db_err)?;
+                Ok(recorded)
+            }
+            .await;
+            answers.push(answer.map(|(completion, parents)| {
+                batches.extend(parents);
+                completion
+            }));
+        }
+        if let Err(error) = tx.commit().await {
+            return failed(&db_err(error));
+        }
+        batches.sort();
+        batches.dedup();
+        settle_batches(&conn, &batches).await;
+        answers
     }
 
     async fn renew(
@@ -509,7 +569,8 @@ impl JobStore for PostgresStore {
         let attempts: Vec<i32> = running.iter().map(|(_, attempt)| attempt_int(*attempt)).collect();
         let until = Timestamp::now().0.saturating_add(ms(lease));
         let conn = self.client().await?;
-        let rows = conn.query(query!("jobs/renew"), &[&ids, &attempts, &holder, &until]).await.map_err(db_err)?;
+        let renew = conn.prepare_cached(query!("jobs/renew")).await.map_err(db_err)?;
+        let rows = conn.query(&renew, &[&ids, &attempts, &holder, &until]).await.map_err(db_err)?;
         let renewed: Vec<(String, i32)> = rows
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
