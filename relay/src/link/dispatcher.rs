@@ -274,3 +274,112 @@ impl Drop for Demand {
         self.dispatcher.lock_slots().remove(&self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{JobKind, JobOptions, JobState, NewJob, Target};
+    use crate::store::sqlite::SqliteStore;
+
+    fn policy() -> ClaimPolicy {
+        ClaimPolicy {
+            lease: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(15),
+            max_attempts: 3,
+            time_to_live: Duration::from_secs(3600),
+        }
+    }
+
+    fn job(domain: &str, upn: &str) -> NewJob {
+        NewJob {
+            id: JobId::generate(),
+            kind: JobKind::SetPassword,
+            domain: DomainName::parse(domain).expect("domain"),
+            target: Target::Upn(upn.into()),
+            options: JobOptions::default(),
+            client: "pam".into(),
+            sealed_secret: Some(vec![1, 2, 3]),
+            generate: None,
+            recipient_key: None,
+            parent_id: None,
+        }
+    }
+
+    async fn receive(demand: &mut Demand, count: usize) -> Vec<LeasedJob> {
+        let mut jobs = Vec::new();
+        while jobs.len() < count {
+            let next = tokio::time::timeout(Duration::from_secs(5), demand.next()).await;
+            jobs.push(next.expect("a job within 5 s").expect("the channel is open"));
+        }
+        jobs
+    }
+
+    /// One loop serves every registered session, each within its room and from its domains only,
+    /// and gives back what a session that ended never took in.
+    #[tokio::test]
+    async fn one_loop_leases_to_every_session_within_its_room_and_takes_back_what_was_not_delivered() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("relay.db")).expect("open"));
+        let events = Arc::new(JobEvents::default());
+        // A long interval: only events and freed room wake the loop in this test.
+        let dispatcher =
+            Arc::new(Dispatcher::new(Arc::clone(&store), Arc::clone(&events), policy(), Duration::from_secs(600)));
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(Arc::clone(&dispatcher).run(cancel.clone()));
+        let a = DomainName::parse("a.test").expect("domain");
+        let b = DomainName::parse("b.test").expect("domain");
+        let mut first = dispatcher.register("h1".into(), "x".into(), vec![a.clone()]);
+        let mut second = dispatcher.register("h2".into(), "y".into(), vec![b.clone()]);
+        // Full sessions are asked nothing.
+        let full: Vec<Demand> =
+            (0..200).map(|n| dispatcher.register(format!("full{n}"), "z".into(), vec![a.clone()])).collect();
+        first.set_free(2);
+        second.set_free(5);
+        let mut a_jobs = Vec::new();
+        for n in 0..4 {
+            let job = job("a.test", &format!("u{n}@a.test"));
+            a_jobs.push(job.id);
+            store.insert_job(job).await.expect("insert");
+        }
+        store.insert_job(job("b.test", "u@b.test")).await.expect("insert");
+        events.job_queued();
+        let got = receive(&mut first, 2).await;
+        assert!(got.iter().all(|l| l.job.domain == a));
+        first.set_free(0);
+        first.taken(2);
+        let other = receive(&mut second, 1).await;
+        assert_eq!(other[0].job.domain, b);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(first.try_next().is_none(), "no more than its room");
+        assert!(second.try_next().is_none(), "nothing else in its domain");
+        // Two of its jobs ended: the loop leases the other two, which the session never takes in.
+        first.set_free(2);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut dispatched = 0;
+            for id in &a_jobs {
+                if store.job(*id).await.expect("read").map(|j| j.state) == Some(JobState::Dispatched) {
+                    dispatched += 1;
+                }
+            }
+            if dispatched == 4 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the freed room was not filled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        first.close().await;
+        let delivered: Vec<JobId> = got.iter().map(|l| l.job.job_id).collect();
+        for id in &a_jobs {
+            let job = store.job(*id).await.expect("read").expect("exists");
+            if delivered.contains(id) {
+                assert_eq!((job.state, job.attempts), (JobState::Dispatched, 1), "delivered: stays leased");
+            } else {
+                assert_eq!((job.state, job.attempts), (JobState::Queued, 1), "never delivered: given back at once");
+            }
+        }
+        drop(full);
+        cancel.cancel();
+        running.await.expect("the loop ends");
+    }
+}
