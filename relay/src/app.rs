@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::jobs::events::JobEvents;
 use crate::lifecycle::keys::LinkKeys;
 use crate::lifecycle::{self, Lifecycle};
+use crate::link::dispatcher::Dispatcher;
 use crate::link::enroll::{EnrollmentService, Issuer, IssuerError};
 use crate::link::registry::AgentRegistry;
 use crate::link::revocation::Revocations;
@@ -242,6 +243,12 @@ impl App {
             status_logins: api::status::login_limiter(),
             audit: Arc::clone(&audit),
         });
+        let dispatcher = Arc::new(Dispatcher::new(
+            Arc::clone(&store),
+            Arc::clone(&events),
+            claim_policy,
+            config.link.claim_interval,
+        ));
         let link_context = Arc::new(LinkContext {
             store: Arc::clone(&store),
             sealer,
@@ -252,9 +259,9 @@ impl App {
             heartbeat: config.link.heartbeat,
             link_keys,
             metrics: Arc::clone(&metrics),
-            claim_interval: config.link.claim_interval,
             revocations,
             audit: Arc::clone(&audit),
+            dispatcher,
         });
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(
@@ -337,6 +344,7 @@ impl App {
 
         let link_cancel = cancel.child_token();
         let revocations = Arc::clone(&link_context.revocations);
+        let dispatcher = Arc::clone(&link_context.dispatcher);
         let service = LinkService::new(link_context, cancel.child_token(), tracker.clone());
         let link_failed = failed_tx.clone();
         tracker.spawn(async move {
@@ -376,6 +384,7 @@ impl App {
         workers.spawn("revocation watch", move |cancel| {
             Arc::clone(&revocations).watch(Arc::clone(&denying), Arc::clone(&revocation_audit), cancel)
         });
+        workers.spawn("dispatcher", move |cancel| Arc::clone(&dispatcher).run(cancel));
         let beating = Arc::clone(&store);
         workers.spawn("replica heartbeat", move |cancel| heartbeat(Arc::clone(&beating), cancel));
         let retiring = Arc::clone(&store);

@@ -427,8 +427,9 @@ pub struct LinkConfig {
     /// The longest an agent's LDAP write may take: agents cap their writes to it, and a lapsed
     /// lease is taken over only once this has passed on top of it.
     pub write_timeout: Duration,
-    /// How often each agent stream looks for claimable jobs without being woken: lapsed leases,
-    /// jobs whose back-off ended, a wake-up another replica's notification missed.
+    /// How often the replica's claim loop (`link::dispatcher`) looks for claimable jobs without
+    /// being woken: lapsed leases, jobs whose back-off ended, a wake-up another replica's
+    /// notification missed.
     pub claim_interval: Duration,
     /// Open link connections at once (each agent holds one); further ones wait in the listen
     /// backlog until one closes.

@@ -95,7 +95,7 @@ struct Replica {
 }
 
 impl Replicas {
-    /// `count` replicas whose agent streams look for jobs unwoken every `claim_interval_ms`.
+    /// `count` replicas whose claim loops look for jobs unwoken every `claim_interval_ms`.
     async fn start(server: &PgServer, count: usize, claim_interval_ms: u64) -> Self {
         support::logs();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -210,7 +210,7 @@ async fn link_channel(dir: &Path, anchors: &TrustAnchors, link: SocketAddr) -> t
     tonic::transport::Endpoint::from_static("http://localhost").connect_with_connector(dial).await.expect("connects")
 }
 
-/// The agent-link sessions claim on a 1 s timer besides their wake-ups: a job that reaches the
+/// Each replica's claim loop looks on its timer besides its wake-ups: a job that reaches the
 /// other replica's agent in under 300 ms, eight times in a row, came through the notification
 /// (by the timer alone, each would have a chance of at most 0.3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +219,7 @@ async fn a_job_accepted_by_one_replica_is_woken_to_an_agent_on_another_not_found
     else {
         return;
     };
-    // The streams' own look for jobs is 30 s apart: a job that reaches the agent in seconds was
+    // The claim loops' own look for jobs is 30 s apart: a job that reaches the agent in seconds was
     // brought by the notification, not found by the timer.
     let replicas = Replicas::start(&server, 2, 30_000).await;
     let (a, b) = (&replicas.running[0], &replicas.running[1]);

@@ -4,8 +4,10 @@
 //! whose certificate chains to the agent CA and is not revoked ([`revocation`]), and clients
 //! without a certificate, which only [`enroll`]'s `Enroll` call serves: `Open` refuses them. This
 //! module reads the agent's identity (and the certificate's serial and expiry, for the known
-//! agents of [`registry`]) from that certificate and runs one [`session`] per stream.
+//! agents of [`registry`]) from that certificate and runs one [`session`] per stream; one
+//! [`dispatcher`] per replica claims jobs for all of them.
 
+pub mod dispatcher;
 pub mod enroll;
 pub mod registry;
 pub mod revocation;
@@ -54,12 +56,12 @@ pub struct LinkContext {
     pub link_keys: Arc<crate::lifecycle::keys::LinkKeys>,
     /// Dispatch and completion metrics.
     pub metrics: Arc<crate::metrics::RelayMetrics>,
-    /// `link.claim_interval_ms`: how often a stream looks for claimable jobs unwoken.
-    pub claim_interval: Duration,
     /// The deny list; it closes the streams of agents revoked while connected.
     pub revocations: Arc<revocation::Revocations>,
     /// The audit trail.
     pub audit: Arc<crate::audit::Audit>,
+    /// The replica's claim loop, which leases jobs to the sessions.
+    pub dispatcher: Arc<dispatcher::Dispatcher>,
 }
 
 /// The `AgentLink` gRPC service.

@@ -5,6 +5,12 @@
 //! heartbeat (its DC health, jobs in flight, and the jobs it finished since the last one), and when
 //! the stream ends.
 //!
+//! The session registers its demand with the replica's [`super::dispatcher`], which leases jobs to
+//! it; the session sends them on and keeps the dispatcher told of its free room. Results the agent
+//! sent together (what is already buffered on the stream when one arrives) are recorded together
+//! ([`crate::store::JobStore::complete_all`]) and each acknowledged only once the store has made it
+//! durable.
+//!
 //! Jobs are leased to the agent's *holder*: its certificate name and the instance id of its
 //! process. A stream that ends takes no lease away: the same process renews its leases and resends
 //! its unacknowledged results on its next stream, and the jobs of an agent that does not come back
@@ -25,6 +31,7 @@ use tonic::{Status, Streaming};
 use tracing::Instrument as _;
 
 use super::LinkContext;
+use super::dispatcher::Demand;
 use super::registry::Registration;
 use crate::jobs::{
     AccountState, ErrorCode, GenerateMode, JobError, JobId, JobKind, JobState, JobSuccess, LeasedJob, Outcome,
@@ -47,6 +54,8 @@ const MISSED_HEARTBEATS: u32 = 3;
 const MAX_JOBS_IN_FLIGHT: u32 = 64;
 /// Upper bound on the running jobs one heartbeat may renew.
 const MAX_RENEWALS: usize = 4 * MAX_JOBS_IN_FLIGHT as usize;
+/// Upper bound on the messages already buffered on the stream that are handled together.
+const MAX_BUFFERED: usize = 4 * MAX_JOBS_IN_FLIGHT as usize;
 
 type Outbound = mpsc::Sender<Result<pb::RelayMessage, Status>>;
 
@@ -79,6 +88,24 @@ struct Active {
     /// Kind and acceptance time of the jobs dispatched on this stream, for the metrics.
     dispatched: HashMap<JobId, (JobKind, Timestamp)>,
     registration: Registration,
+    /// Where the dispatcher's leases for this stream arrive.
+    demand: Demand,
+}
+
+impl Active {
+    /// Tells the dispatcher how many more jobs this stream can take.
+    fn publish_room(&self) {
+        self.demand.set_free(self.max_in_flight.saturating_sub(self.in_flight.len()));
+    }
+}
+
+/// A result as it is recorded: parsed, its secret sealed, its link key placed.
+struct Report {
+    id: JobId,
+    attempt: u32,
+    state: JobState,
+    error_code: Option<ErrorCode>,
+    placed: bool,
 }
 
 impl Session {
@@ -165,7 +192,9 @@ impl Session {
             // next stream, reports them, or their lease and the write timeout pass.
             tracing::info!(jobs = active.in_flight.len(), "the agent's unfinished jobs stay leased to it");
         }
-        active.registration.close().await;
+        let Active { registration, demand, .. } = active;
+        demand.close().await;
+        registration.close().await;
     }
 
     /// An audit event about this session's agent.
@@ -233,6 +262,7 @@ impl Session {
             finished: JobCounts::default(),
         };
         let registration = self.context.registry.register(report).await;
+        let demand = self.context.dispatcher.register(holder.clone(), self.identity.name.to_string(), domains.clone());
         Ok(Active {
             holder,
             domains,
@@ -240,6 +270,7 @@ impl Session {
             in_flight: HashSet::new(),
             dispatched: HashMap::new(),
             registration,
+            demand,
         })
     }
 
@@ -249,47 +280,74 @@ impl Session {
         inbound: &mut Streaming<pb::AgentMessage>,
         cancel: &CancellationToken,
     ) -> End {
-        let mut queued = self.context.events.queued();
-        let mut tick = tokio::time::interval(self.context.claim_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silence_limit = self.context.heartbeat * MISSED_HEARTBEATS;
-        let mut last_heard = Instant::now();
+        let silence = tokio::time::sleep(silence_limit);
+        tokio::pin!(silence);
+        active.publish_room();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return End::Shutdown,
                 message = inbound.message() => {
-                    last_heard = Instant::now();
-                    match message {
-                        Ok(Some(message)) => {
-                            if let Err(end) = self.handle(active, message).await {
-                                return end;
-                            }
-                        }
+                    silence.as_mut().reset(Instant::now() + silence_limit);
+                    let first = match message {
+                        Ok(Some(message)) => message,
                         Ok(None) => return End::AgentClosed,
                         Err(status) => return End::Stream(status),
+                    };
+                    // What the agent sent with it is handled with it, so that its results are
+                    // recorded together; an end of the stream behind them comes after them.
+                    let mut messages = vec![first];
+                    let mut end = None;
+                    while end.is_none() && messages.len() < MAX_BUFFERED {
+                        match ready_now(inbound.message()) {
+                            None => break,
+                            Some(Ok(Some(message))) => messages.push(message),
+                            Some(Ok(None)) => end = Some(End::AgentClosed),
+                            Some(Err(status)) => end = Some(End::Stream(status)),
+                        }
+                    }
+                    if let Err(end) = self.handle_all(active, messages).await {
+                        return end;
+                    }
+                    if let Some(end) = end {
+                        return end;
                     }
                 }
-                changed = queued.changed() => {
-                    if changed.is_err() {
-                        return End::Shutdown;
+                Some(lease) = active.demand.next() => {
+                    let mut leased = vec![lease];
+                    while let Some(lease) = active.demand.try_next() {
+                        leased.push(lease);
+                    }
+                    if let Err(end) = self.deliver(active, leased).await {
+                        return end;
                     }
                 }
-                _ = tick.tick() => {
-                    if last_heard.elapsed() > silence_limit {
-                        return End::Silent;
-                    }
-                }
+                () = &mut silence => return End::Silent,
             }
-            if let Err(end) = self.dispatch(active).await {
-                return end;
-            }
+            active.publish_room();
         }
     }
 
-    async fn handle(&self, active: &mut Active, message: pb::AgentMessage) -> Result<(), End> {
+    /// Handles messages in order; runs of results are recorded together.
+    async fn handle_all(&self, active: &mut Active, messages: Vec<pb::AgentMessage>) -> Result<(), End> {
         use pb::agent_message::Body;
-        match message.body {
-            Some(Body::Result(result)) => self.record(active, result).await?,
+        let mut results = Vec::new();
+        for message in messages {
+            match message.body {
+                Some(Body::Result(result)) => results.push(result),
+                body => {
+                    self.record(active, std::mem::take(&mut results)).await?;
+                    self.handle(active, body).await?;
+                }
+            }
+        }
+        self.record(active, results).await
+    }
+
+    async fn handle(&self, active: &mut Active, body: Option<pb::agent_message::Body>) -> Result<(), End> {
+        use pb::agent_message::Body;
+        match body {
+            Some(Body::Result(result)) => self.record(active, vec![result]).await?,
             Some(Body::Heartbeat(mut heartbeat)) => {
                 let directories = directory_health(std::mem::take(&mut heartbeat.directories), &active.domains);
                 self.renew(active, heartbeat).await?;
@@ -340,10 +398,87 @@ impl Session {
         self.send(pb::relay_message::Body::Leases(update)).await
     }
 
-    async fn record(&self, active: &mut Active, result: pb::JobResult) -> Result<(), End> {
+    /// Records results, fenced by holder and attempt, in one store call, then acknowledges each.
+    async fn record(&self, active: &mut Active, results: Vec<pb::JobResult>) -> Result<(), End> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        let mut reports = Vec::with_capacity(results.len());
+        let mut outcomes = Vec::with_capacity(results.len());
+        for result in results {
+            if let Some((report, outcome)) = self.report(result) {
+                outcomes.push((report.id, report.attempt, outcome));
+                reports.push(report);
+            }
+        }
+        if reports.is_empty() {
+            return Ok(());
+        }
+        // Fenced by holder and attempt: only the current attempt of this agent changes the job.
+        let completions = self.context.store.complete_all(&active.holder, outcomes).await;
+        for (report, completion) in reports.iter().zip(&completions) {
+            if report.placed && !matches!(completion, Ok(Completion::Finished | Completion::Duplicate)) {
+                drop(self.context.link_keys.take(report.id, report.attempt));
+            }
+        }
+        let mut failed = None;
+        for (report, completion) in reports.into_iter().zip(completions) {
+            let Report { id, attempt, state, error_code, .. } = report;
+            match completion {
+                Ok(Completion::Finished) => {
+                    active.in_flight.remove(&id);
+                    active.registration.finished(state == JobState::Succeeded);
+                    tracing::info!(job_id = %id, attempt, state = state.as_str(), "job finished");
+                    self.finished(active, id, state, error_code).await;
+                }
+                Ok(Completion::Requeued) => {
+                    active.in_flight.remove(&id);
+                    active.dispatched.remove(&id);
+                    tracing::info!(job_id = %id, attempt, "job failed with a retryable error or was given back; queued again");
+                    self.context.events.job_queued();
+                }
+                Ok(Completion::Duplicate) => {
+                    active.in_flight.remove(&id);
+                    active.dispatched.remove(&id);
+                    tracing::info!(job_id = %id, attempt, "result sent again; already recorded");
+                }
+                Ok(Completion::Stale) => {
+                    active.in_flight.remove(&id);
+                    active.dispatched.remove(&id);
+                    tracing::warn!(
+                        job_id = %id,
+                        attempt,
+                        state = state.as_str(),
+                        "result of an attempt that no longer holds the job; it changed nothing"
+                    );
+                    self.context.audit.record(
+                        self.event(Kind::StaleResult)
+                            .job(id)
+                            .detail("attempt", attempt)
+                            .detail("state", state.as_str()),
+                    );
+                }
+                Ok(Completion::Unknown) => tracing::warn!(job_id = %id, "result for an unknown job; ignored"),
+                // Not acknowledged: the agent keeps the result and sends it again.
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            }
+            self.send(pb::relay_message::Body::Ack(pb::ResultAck { job_id: id.to_string(), attempt })).await?;
+        }
+        self.context.events.job_changed();
+        match failed {
+            Some(e) => Err(End::Store(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// A result as the store takes it, with its link key placed; `None` for an id that is not one.
+    fn report(&self, result: pb::JobResult) -> Option<(Report, Outcome)> {
         let Ok(id) = result.job_id.parse::<JobId>() else {
             tracing::warn!(job_id = %printable(&result.job_id), "result for a job id that is not one; ignoring it");
-            return Ok(());
+            return None;
         };
         let attempt = result.attempt;
         let mut link_key = None;
@@ -377,62 +512,19 @@ impl Session {
         // A link key is in place before the job can be seen as final, and taken back unless this
         // result is the one that finished it.
         let placed = link_key.map(|key| self.context.link_keys.put(id, attempt, key)).is_some();
-        // Fenced by holder and attempt: only the current attempt of this agent changes the job.
-        let completion = self.context.store.complete(id, &active.holder, attempt, outcome).await;
-        if placed && !matches!(completion, Ok(Completion::Finished | Completion::Duplicate)) {
-            drop(self.context.link_keys.take(id, attempt));
-        }
-        match completion {
-            Ok(Completion::Finished) => {
-                active.in_flight.remove(&id);
-                active.registration.finished(state == JobState::Succeeded);
-                tracing::info!(job_id = %id, attempt, state = state.as_str(), "job finished");
-                self.finished(active, id, state, error_code).await;
-            }
-            Ok(Completion::Requeued) => {
-                active.in_flight.remove(&id);
-                active.dispatched.remove(&id);
-                tracing::info!(job_id = %id, attempt, "job failed with a retryable error or was given back; queued again");
-                self.context.events.job_queued();
-            }
-            Ok(Completion::Duplicate) => {
-                active.in_flight.remove(&id);
-                active.dispatched.remove(&id);
-                tracing::info!(job_id = %id, attempt, "result sent again; already recorded");
-            }
-            Ok(Completion::Stale) => {
-                active.in_flight.remove(&id);
-                active.dispatched.remove(&id);
-                tracing::warn!(
-                    job_id = %id,
-                    attempt,
-                    state = state.as_str(),
-                    "result of an attempt that no longer holds the job; it changed nothing"
-                );
-                self.context.audit.record(
-                    self.event(Kind::StaleResult).job(id).detail("attempt", attempt).detail("state", state.as_str()),
-                );
-            }
-            Ok(Completion::Unknown) => tracing::warn!(job_id = %id, "result for an unknown job; ignored"),
-            Err(e) => return Err(End::Store(e.to_string())),
-        }
-        self.context.events.job_changed();
-        self.send(pb::relay_message::Body::Ack(pb::ResultAck { job_id: id.to_string(), attempt })).await
+        Some((Report { id, attempt, state, error_code, placed }, outcome))
     }
 
-    async fn dispatch(&self, active: &mut Active) -> Result<(), End> {
-        let room = active.max_in_flight.saturating_sub(active.in_flight.len());
-        if room == 0 {
-            return Ok(());
+    /// Sends the jobs the dispatcher leased to this stream.
+    async fn deliver(&self, active: &mut Active, leased: Vec<LeasedJob>) -> Result<(), End> {
+        let count = leased.len();
+        for lease in &leased {
+            active.in_flight.insert(lease.job.job_id);
         }
-        let agent = self.identity.name.as_str();
-        let leased = self
-            .context
-            .store
-            .claim(&active.domains, &active.holder, agent, room, self.context.claim_policy)
-            .await
-            .map_err(|e| End::Store(e.to_string()))?;
-        for lease in leased {
+        active.publish_room();
+        active.demand.taken(count);
+        let mut leased = leased.into_iter();
+        while let Some(lease) = leased.next() {
             let (id, kind, created) = (lease.job.job_id, lease.job.kind, lease.job.created_at);
             if lease.job.attempts <= 1 {
                 self.context.metrics.job_dispatched(kind, created);
@@ -440,10 +532,16 @@ impl Session {
             active.dispatched.insert(id, (kind, created));
             match self.to_proto(lease) {
                 Ok(job) => {
-                    active.in_flight.insert(id);
-                    tracing::info!(job_id = %id, attempt = job.attempt, "job dispatched");
-                    self.send(pb::relay_message::Body::Job(job)).await?;
-                    self.context.events.job_changed();
+                    let attempt = job.attempt;
+                    tracing::info!(job_id = %id, attempt, "job dispatched");
+                    if let Err(end) = self.send(pb::relay_message::Body::Job(job)).await {
+                        // The stream is gone: neither this job nor the rest reached the agent.
+                        active.demand.give_back(id, attempt).await;
+                        for rest in leased {
+                            active.demand.give_back(rest.job.job_id, rest.job.attempts).await;
+                        }
+                        return Err(end);
+                    }
                 }
                 Err((attempt, error)) => {
                     tracing::error!(job_id = %id, error = %error.message, "job cannot be delivered");
@@ -455,13 +553,14 @@ impl Session {
                         .complete(id, &active.holder, attempt, outcome)
                         .await
                         .map_err(|e| End::Store(e.to_string()))?;
+                    active.in_flight.remove(&id);
                     if completion == Completion::Finished {
                         self.finished(active, id, JobState::Failed, Some(code)).await;
                     }
-                    self.context.events.job_changed();
                 }
             }
         }
+        self.context.events.job_changed();
         Ok(())
     }
 
@@ -624,4 +723,15 @@ fn printable(text: &str) -> String {
 fn list<'a>(domains: impl IntoIterator<Item = &'a DomainName>) -> String {
     let names: Vec<&str> = domains.into_iter().map(DomainName::as_str).collect();
     if names.is_empty() { "no domain".into() } else { names.join(", ") }
+}
+
+/// The output of `future` if it is ready at once, without waiting. `Streaming::message` keeps no
+/// state in its future, so one dropped unready loses nothing.
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
 }

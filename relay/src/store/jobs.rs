@@ -1,8 +1,11 @@
 //! Jobs and their leases: the trait every backend implements for them, and what its calls answer.
 //!
-//! [`JobStore::claim`] is the only way a job reaches an agent: it atomically leases up to `limit`
-//! claimable jobs of the given domains to one holder and increments each job's attempt, the
-//! fencing token.
+//! [`JobStore::claim_for`] is the only way a job reaches an agent: it atomically leases claimable
+//! jobs to one or several holders, each up to its own limit and only from its own domains, and
+//! increments each job's attempt, the fencing token ([`JobStore::claim`] is the same for one
+//! holder). Both backends find the candidates the same way: per domain, the queued and the lapsed
+//! jobs as two searches of the claimable index in `(created_ms, id)` order, each account checked by
+//! its own index, stopped at the limit; [`assign`] then deals them out to the holders.
 //!
 //! The lease invariants, which every backend keeps in its statements (never read, check, then
 //! write):
@@ -19,6 +22,7 @@
 //! - A job becomes final at most once, and the statement that makes it final queues its webhook
 //!   event in the same transaction.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,6 +43,71 @@ pub struct ClaimPolicy {
     pub max_attempts: u32,
     /// Jobs older than this fail with `expired` instead of being leased.
     pub time_to_live: Duration,
+}
+
+/// One holder's part of a claim: who takes the jobs, for which of its domains, and how many at most.
+#[derive(Clone, Debug)]
+pub struct ClaimDemand {
+    /// The lease holder (the agent's certificate name and process instance).
+    pub holder: String,
+    /// The agent's name, recorded on the job.
+    pub agent: String,
+    /// The domains it serves.
+    pub domains: Vec<DomainName>,
+    /// At most this many jobs.
+    pub limit: usize,
+}
+
+/// How many candidates a claim looks for in each domain: the room of every holder serving it.
+pub(crate) fn domain_limits(demands: &[ClaimDemand]) -> BTreeMap<DomainName, usize> {
+    let mut limits = BTreeMap::new();
+    for demand in demands.iter().filter(|d| d.limit > 0) {
+        for domain in &demand.domains {
+            *limits.entry(domain.clone()).or_insert(0usize) += demand.limit;
+        }
+    }
+    limits
+}
+
+/// A job a claim found claimable, as its candidate search returns it.
+#[derive(Clone, Debug)]
+pub(crate) struct Candidate {
+    /// The job's id as stored.
+    pub id: String,
+    /// Its domain.
+    pub domain: DomainName,
+    /// Its creation time, Unix milliseconds (the claim order, with the id).
+    pub created_ms: i64,
+}
+
+/// Deals candidates out to the demands, oldest first: each goes to the next holder (in turn) that
+/// serves its domain and has room left, or to nobody. Returns the demand index of each candidate
+/// taken. At most one candidate per account is ever found, so holders never share an account.
+pub(crate) fn assign(demands: &[ClaimDemand], mut candidates: Vec<Candidate>) -> Vec<(Candidate, usize)> {
+    candidates.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+    let mut room: Vec<usize> = demands.iter().map(|d| d.limit).collect();
+    let mut turns: BTreeMap<&DomainName, VecDeque<usize>> = BTreeMap::new();
+    for (index, demand) in demands.iter().enumerate().filter(|(_, d)| d.limit > 0) {
+        for domain in &demand.domains {
+            turns.entry(domain).or_default().push_back(index);
+        }
+    }
+    let mut taken = Vec::new();
+    for candidate in candidates {
+        let Some(queue) = turns.get_mut(&candidate.domain) else { continue };
+        while let Some(index) = queue.pop_front() {
+            if room[index] == 0 {
+                continue;
+            }
+            room[index] -= 1;
+            if room[index] > 0 {
+                queue.push_back(index);
+            }
+            taken.push((candidate, index));
+            break;
+        }
+    }
+    taken
 }
 
 /// What happened to a reported outcome.
@@ -149,7 +218,7 @@ pub trait JobStore: Send + Sync + 'static {
     async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
 
     /// Atomically leases up to `limit` claimable jobs of `domains` to `holder`, oldest first.
-    /// Jobs past their attempts or time to live are failed on the way and not returned.
+    /// Jobs past their attempts are failed on the way and not returned.
     async fn claim(
         &self,
         domains: &[DomainName],
@@ -157,12 +226,42 @@ pub trait JobStore: Send + Sync + 'static {
         agent: &str,
         limit: usize,
         policy: ClaimPolicy,
-    ) -> Result<Vec<LeasedJob>, StoreError>;
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        let demand =
+            ClaimDemand { holder: holder.to_owned(), agent: agent.to_owned(), domains: domains.to_vec(), limit };
+        Ok(self.claim_for(vec![demand], policy).await?.pop().unwrap_or_default())
+    }
+
+    /// Atomically (one transaction) leases claimable jobs to several holders: to each up to its
+    /// `limit`, from its `domains` only, oldest first, holders taking turns. Returns each demand's
+    /// jobs, in the order of `demands`, each list oldest first. Jobs past their attempts are
+    /// failed on the way and not returned; jobs past their time to live are left to
+    /// [`Self::expire_overdue`].
+    async fn claim_for(
+        &self,
+        demands: Vec<ClaimDemand>,
+        policy: ClaimPolicy,
+    ) -> Result<Vec<Vec<LeasedJob>>, StoreError>;
 
     /// Records the outcome `holder` reported for `attempt`, fenced: only while the job is
     /// dispatched to that holder under that attempt. A final outcome erases the secret.
     async fn complete(&self, id: JobId, holder: &str, attempt: u32, outcome: Outcome)
     -> Result<Completion, StoreError>;
+
+    /// Records several outcomes of `holder`, each exactly as [`Self::complete`] would (fenced, on
+    /// its own), and answers each once it is durable. A backend may commit them together; one
+    /// that fails does not undo the others. The answers are in the order of `results`.
+    async fn complete_all(
+        &self,
+        holder: &str,
+        results: Vec<(JobId, u32, Outcome)>,
+    ) -> Vec<Result<Completion, StoreError>> {
+        let mut answers = Vec::with_capacity(results.len());
+        for (id, attempt, outcome) in results {
+            answers.push(self.complete(id, holder, attempt, outcome).await);
+        }
+        answers
+    }
 
     /// Extends the leases of `running` (job and attempt) by `lease` from now, each only while
     /// dispatched to `holder` under that attempt (a lapsed lease included, as long as nobody took

@@ -43,7 +43,7 @@ pub use audit::{AuditFilter, AuditStore};
 pub use clients::{ApiClient, ClientStore, Operation, Scopes};
 pub use enrollment::EnrollmentStore;
 pub use gauges::{GaugeStore, StoreGauges};
-pub use jobs::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
+pub use jobs::{Cancellation, ClaimDemand, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake};
 pub use lifecycle::LifecycleStore;
 pub use replicas::{ReplicaId, ReplicaStore};
 pub use webhooks::WebhookStore;

@@ -15,7 +15,8 @@ use uuid::Uuid;
 use super::Purged;
 use super::lifecycle::{CalloutInsertion, LinkClaim, LinkState, NewRequest, ResumeResult, Stage};
 use super::{
-    Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, Operation, Scopes, SecretTake, Store, StoreError,
+    Cancellation, ClaimDemand, ClaimPolicy, Completion, Insertion, JobFilter, Operation, Scopes, SecretTake, Store,
+    StoreError,
 };
 use crate::jobs::{
     ErrorCode, GenerateMode, GenerateSpec, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, NewJob, Outcome,
@@ -125,6 +126,8 @@ replica_contract!(
 
 contract!(
     claims_only_the_holders_domains_and_each_job_once,
+    one_claim_serves_several_holders_each_from_its_domains_within_its_limit,
+    a_batch_whose_children_finish_at_once_settles_once,
     lapsed_leases_are_taken_over_only_after_the_write_timeout,
     results_are_fenced_by_holder_and_attempt,
     renewals_are_fenced_and_keep_the_lease,
@@ -249,6 +252,97 @@ async fn claims_only_the_holders_domains_and_each_job_once(store: &dyn Store) {
     assert!(!leased[0].earlier_attempt_unresolved);
     assert!(leased[0].lease_deadline_unix_ms > Timestamp::now().0 + 50_000);
     assert!(store.claim(&[d("a.test")], "h2", "agent-a2", 10, policy()).await.expect("claim").is_empty());
+}
+
+async fn one_claim_serves_several_holders_each_from_its_domains_within_its_limit(store: &dyn Store) {
+    let mut a_jobs = Vec::new();
+    for n in 0..6 {
+        let job = user_job("a.test", &format!("u{n}@a.test"));
+        a_jobs.push(job.id);
+        store.insert_job(job).await.expect("insert");
+    }
+    let mut b_jobs = Vec::new();
+    for n in 0..3 {
+        let job = user_job("b.test", &format!("u{n}@b.test"));
+        b_jobs.push(job.id);
+        store.insert_job(job).await.expect("insert");
+    }
+    // Two jobs of one account: only the older is a candidate while it is unfinished.
+    let later = user_job("a.test", "u0@a.test");
+    let later_id = later.id;
+    store.insert_job(later).await.expect("insert");
+    let demand = |holder: &str, domains: &[&str], limit| ClaimDemand {
+        holder: holder.into(),
+        agent: holder.into(),
+        domains: domains.iter().map(|name| d(name)).collect(),
+        limit,
+    };
+    let leased = store
+        .claim_for(
+            vec![demand("h1", &["a.test"], 2), demand("h2", &["a.test", "b.test"], 10), demand("h3", &["c.test"], 5)],
+            policy(),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(leased.len(), 3, "one answer per demand");
+    assert_eq!(leased[0].len(), 2, "h1 gets its limit");
+    assert!(leased[0].iter().all(|l| l.job.domain == d("a.test")));
+    assert!(leased[1].iter().all(|l| l.job.domain == d("a.test") || l.job.domain == d("b.test")));
+    assert!(leased[2].is_empty(), "nothing in c.test");
+    let mut all: Vec<JobId> = leased.iter().flat_map(|jobs| ids(jobs)).collect();
+    assert_eq!(all.len(), 9, "every claimable job once, the later job of u0 not yet");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 9, "no job leased twice");
+    assert!(!all.contains(&later_id));
+    for jobs in &leased {
+        assert!(
+            jobs.windows(2).all(|w| (w[0].job.created_at, w[0].job.job_id) <= (w[1].job.created_at, w[1].job.job_id))
+        );
+    }
+    // Holders take turns: the oldest job of a.test goes to the first holder serving it.
+    assert_eq!(leased[0][0].job.job_id, a_jobs[0]);
+    assert!(
+        store.claim_for(vec![demand("h4", &["a.test", "b.test"], 10)], policy()).await.expect("claim")[0].is_empty()
+    );
+    assert_eq!(store.complete(a_jobs[0], "h1", 1, ok()).await.expect("complete"), Completion::Finished);
+    let next = store.claim_for(vec![demand("h4", &["a.test"], 10)], policy()).await.expect("claim");
+    assert_eq!(ids(&next[0]), vec![later_id], "the account is free once its older job is final");
+    assert_eq!(b_jobs.len(), 3);
+}
+
+async fn a_batch_whose_children_finish_at_once_settles_once(store: &dyn Store) {
+    two_clients(store).await;
+    assert!(store.set_webhook("pam", &hook(&WebhookEvent::ALL)).await.expect("set"));
+    let batch = client_job("pam", JobKind::ReconcileBatch, None);
+    let batch_id = batch.id;
+    let mut jobs = vec![batch];
+    for n in 0..40 {
+        jobs.push(NewJob {
+            target: Target::Upn(format!("c{n}@a.test")),
+            ..client_job("pam", JobKind::Reconcile, Some(batch_id))
+        });
+    }
+    store.insert_jobs_once(jobs, None).await.expect("insert");
+    let leased = store.claim(&[d("a.test")], "h", "agent", 64, policy()).await.expect("claim");
+    assert_eq!(leased.len(), 40);
+    let mut chunks: Vec<Vec<(JobId, u32, Outcome)>> = std::iter::repeat_with(Vec::new).take(4).collect();
+    for (n, lease) in leased.iter().enumerate() {
+        chunks[n % 4].push((lease.job.job_id, lease.job.attempts, ok()));
+    }
+    let finish = |chunk: Vec<(JobId, u32, Outcome)>| async move {
+        for (id, attempt, outcome) in chunk {
+            assert_eq!(store.complete(id, "h", attempt, outcome).await.expect("complete"), Completion::Finished);
+        }
+    };
+    let mut chunks = chunks.into_iter();
+    let mut next = || chunks.next().unwrap_or_default();
+    // Four writers at once: on PostgreSQL four connections, each child its own transaction.
+    tokio::join!(finish(next()), finish(next()), finish(next()), finish(next()));
+    assert_eq!(state(store, batch_id).await, JobState::Succeeded);
+    let due = store.claim_deliveries(100, Duration::ZERO).await.expect("due");
+    assert_eq!(due.iter().filter(|d| d.job_id == batch_id).count(), 1, "the batch's event is queued once");
+    assert_eq!(due.len(), 41);
 }
 
 async fn lapsed_leases_are_taken_over_only_after_the_write_timeout(store: &dyn Store) {

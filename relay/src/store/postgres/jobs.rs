@@ -1,6 +1,7 @@
 //! Jobs and leases in PostgreSQL: inserts with idempotency keys, claims (`FOR UPDATE SKIP
-//! LOCKED`), fenced results and renewals, expiry, returned secrets, and batches that settle with
-//! their children (under the batch's row lock).
+//! LOCKED`), fenced results and renewals, expiry, returned secrets, and batches that settle after
+//! each change to a child is committed (never under a lock of the batch row, so the results of one
+//! reconciliation do not queue behind each other), and in the sweep.
 
 use std::time::Duration;
 
@@ -14,8 +15,10 @@ use crate::jobs::{
     ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
     NewJob, Outcome, Progress, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
 };
-use crate::store::jobs::retry_delay;
-use crate::store::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake, StoreError};
+use crate::store::jobs::{Candidate, assign, domain_limits, retry_delay};
+use crate::store::{
+    Cancellation, ClaimDemand, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake, StoreError,
+};
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -161,16 +164,135 @@ fn parents(rows: &[Row]) -> Vec<String> {
     parents
 }
 
-/// Moves the batches `parents` along with their children (see `settle_final.sql`), under their
-/// row locks. Run in every transaction that changed a child's state.
-async fn settle_batches(tx: &impl GenericClient, now: i64, parents: &[String]) -> Result<(), StoreError> {
+/// Moves the batches `parents` along with their children (`settle_dispatched.sql`,
+/// `settle_final.sql`). Run after the commit of every transaction that changed a child's state, on
+/// its own: the change is durable already, so a failure here is logged and left to the sweep
+/// ([`JobStore::expire_overdue`] settles every open batch).
+async fn settle_batches(client: &impl GenericClient, parents: &[String]) {
     if parents.is_empty() {
-        return Ok(());
+        return;
     }
-    tx.query(query!("jobs/lock_batches"), &[&parents]).await.map_err(db_err)?;
-    tx.execute(query!("jobs/settle_dispatched"), &[&now, &parents]).await.map_err(db_err)?;
-    tx.execute(query!("jobs/settle_final"), &[&now, &parents]).await.map_err(db_err)?;
-    Ok(())
+    let now = Timestamp::now().0;
+    let settled = async {
+        let dispatched = client.prepare_cached(query!("jobs/settle_dispatched")).await?;
+        client.execute(&dispatched, &[&now, &parents]).await?;
+        let last = client.prepare_cached(query!("jobs/settle_final")).await?;
+        client.execute(&last, &[&now, &parents]).await
+    };
+    if let Err(error) = settled.await {
+        tracing::warn!(error = %db_err(error), "batches could not be settled now; the sweep settles them");
+    }
+}
+
+impl PostgresStore {
+    /// Records one fenced result in `tx` without committing it: what happened, and the batches of
+    /// the job to settle after the commit.
+    async fn record_result(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        id: JobId,
+        holder: &str,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<(Completion, Vec<String>), StoreError> {
+        let now = Timestamp::now().0;
+        let id_text = id.to_string();
+        let attempt_number = attempt_int(attempt);
+        // Every statement below changes the job only while it is dispatched to this holder under
+        // this attempt (the fence is in each one's WHERE).
+        let (changed, completion) = match outcome {
+            Outcome::Succeeded(s, returned) => {
+                let account_state = s
+                    .account_state
+                    .map(|a| serde_json::to_string(&a))
+                    .transpose()
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                let notes = serde_json::to_string(&s.notes).map_err(|e| StoreError::Database(e.to_string()))?;
+                let (encoding, bytes) = match returned {
+                    Some(r) => (Some(r.encoding.as_str()), Some(r.bytes)),
+                    None => (None, None),
+                };
+                let rows = tx
+                    .query(
+                        &tx.prepare_cached(query!("jobs/complete_succeeded")).await.map_err(db_err)?,
+                        &[
+                            &id_text,
+                            &holder,
+                            &attempt_number,
+                            &s.account_dn,
+                            &s.verified,
+                            &s.pwd_last_set,
+                            &s.password_matches,
+                            &account_state,
+                            &notes,
+                            &encoding,
+                            &bytes,
+                            &now,
+                            &self.replica.as_str(),
+                        ],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                (rows, Completion::Finished)
+            }
+            Outcome::Failed { error, retryable: true } => {
+                // A job the agent never started goes back at once; one that failed waits.
+                let delay = if error.code == ErrorCode::NotStarted { 0 } else { ms(retry_delay(attempt)) };
+                let rows = tx
+                    .query(
+                        &tx.prepare_cached(query!("jobs/complete_requeued")).await.map_err(db_err)?,
+                        &[
+                            &id_text,
+                            &holder,
+                            &attempt_number,
+                            &error.code.as_str(),
+                            &error.message,
+                            &error.directory_code,
+                            &now.saturating_add(delay),
+                            &now,
+                        ],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                (rows, Completion::Requeued)
+            }
+            Outcome::Failed { error, retryable: false } => {
+                let rows = tx
+                    .query(
+                        &tx.prepare_cached(query!("jobs/complete_failed")).await.map_err(db_err)?,
+                        &[
+                            &id_text,
+                            &holder,
+                            &attempt_number,
+                            &error.code.as_str(),
+                            &error.message,
+                            &error.directory_code,
+                            &now,
+                        ],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                (rows, Completion::Finished)
+            }
+        };
+        if changed.is_empty() {
+            // Nothing was written: say why, for the log and the audit trail.
+            let found = tx.query_opt(query!("jobs/fence_of"), &[&id_text]).await.map_err(db_err)?;
+            let Some(row) = found else { return Ok((Completion::Unknown, Vec::new())) };
+            let state: String = row.try_get(0).map_err(db_err)?;
+            let lease_holder: Option<String> = row.try_get(1).map_err(db_err)?;
+            let attempts: i32 = row.try_get(2).map_err(db_err)?;
+            let duplicate = JobState::parse(&state).is_some_and(JobState::is_final)
+                && attempts == attempt_number
+                && lease_holder.as_deref() == Some(holder);
+            if !duplicate {
+                return Ok((Completion::Stale, Vec::new()));
+            }
+            tx.execute(query!("jobs/result_resent"), &[&id_text, &self.replica.as_str()]).await.map_err(db_err)?;
+            return Ok((Completion::Duplicate, Vec::new()));
+        }
+        Ok((completion, parents(&changed)))
+    }
 }
 
 #[async_trait]
@@ -201,34 +323,47 @@ impl JobStore for PostgresStore {
                 });
             }
         }
-        let insert = tx.prepare(query!("jobs/insert")).await.map_err(db_err)?;
-        for job in &jobs {
-            let generate_length = job.generate.map(|g| i32::try_from(g.length).unwrap_or(i32::MAX));
-            let account_key = (job.kind != JobKind::ReconcileBatch).then(|| job.target.account_key(&job.domain));
-            tx.execute(
-                &insert,
-                &[
-                    &job.id.to_string(),
-                    &job.kind.as_str(),
-                    &job.domain.as_str(),
-                    &job.target.kind(),
-                    &job.target.value(),
-                    &job.options.must_change,
-                    &job.options.unlock,
-                    &job.client,
-                    &job.sealed_secret,
-                    &now,
-                    &job.options.enforce_history,
-                    &generate_length,
-                    &job.generate.map(|g| g.mode.as_str()),
-                    &job.recipient_key,
-                    &job.parent_id.map(|p| p.to_string()),
-                    &account_key,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        }
+        // One statement for all of them: a reconciliation's 1,000 children are one round trip.
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+        let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+        let domains: Vec<&str> = jobs.iter().map(|j| j.domain.as_str()).collect();
+        let target_kinds: Vec<&str> = jobs.iter().map(|j| j.target.kind()).collect();
+        let target_values: Vec<String> = jobs.iter().map(|j| j.target.value()).collect();
+        let must_change: Vec<bool> = jobs.iter().map(|j| j.options.must_change).collect();
+        let unlock: Vec<bool> = jobs.iter().map(|j| j.options.unlock).collect();
+        let clients: Vec<&str> = jobs.iter().map(|j| j.client.as_str()).collect();
+        let secrets: Vec<Option<&[u8]>> = jobs.iter().map(|j| j.sealed_secret.as_deref()).collect();
+        let enforce_history: Vec<bool> = jobs.iter().map(|j| j.options.enforce_history).collect();
+        let generate_lengths: Vec<Option<i32>> =
+            jobs.iter().map(|j| j.generate.map(|g| i32::try_from(g.length).unwrap_or(i32::MAX))).collect();
+        let generate_modes: Vec<Option<&str>> = jobs.iter().map(|j| j.generate.map(|g| g.mode.as_str())).collect();
+        let recipient_keys: Vec<Option<&[u8]>> = jobs.iter().map(|j| j.recipient_key.as_deref()).collect();
+        let parents: Vec<Option<String>> = jobs.iter().map(|j| j.parent_id.map(|p| p.to_string())).collect();
+        let account_keys: Vec<Option<String>> =
+            jobs.iter().map(|j| (j.kind != JobKind::ReconcileBatch).then(|| j.target.account_key(&j.domain))).collect();
+        tx.execute(
+            query!("jobs/insert"),
+            &[
+                &ids,
+                &kinds,
+                &domains,
+                &target_kinds,
+                &target_values,
+                &must_change,
+                &unlock,
+                &clients,
+                &secrets,
+                &now,
+                &enforce_history,
+                &generate_lengths,
+                &generate_modes,
+                &recipient_keys,
+                &parents,
+                &account_keys,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(Insertion::Created)
     }
@@ -267,13 +402,15 @@ impl JobStore for PostgresStore {
             Some(JobState::Queued) => {
                 let now = Timestamp::now().0;
                 tx.execute(query!("jobs/cancel"), &[&id_text, &now]).await.map_err(db_err)?;
-                settle_batches(&tx, now, &parent.into_iter().collect::<Vec<_>>()).await?;
                 Cancellation::Cancelled
             }
             Some(JobState::Dispatched) => Cancellation::InProgress,
             _ => Cancellation::AlreadyFinal,
         };
         tx.commit().await.map_err(db_err)?;
+        if outcome == Cancellation::Cancelled {
+            settle_batches(&conn, &parent.into_iter().collect::<Vec<_>>()).await;
+        }
         Ok(outcome)
     }
 
@@ -289,54 +426,91 @@ impl JobStore for PostgresStore {
         Ok(Some(job))
     }
 
-    async fn claim(
+    async fn claim_for(
         &self,
-        domains: &[DomainName],
-        holder: &str,
-        agent: &str,
-        limit: usize,
+        demands: Vec<ClaimDemand>,
         policy: ClaimPolicy,
-    ) -> Result<Vec<LeasedJob>, StoreError> {
-        if domains.is_empty() || limit == 0 {
-            return Ok(Vec::new());
+    ) -> Result<Vec<Vec<LeasedJob>>, StoreError> {
+        let limits = domain_limits(&demands);
+        let mut leased: Vec<Vec<LeasedJob>> = std::iter::repeat_with(Vec::new).take(demands.len()).collect();
+        if limits.is_empty() {
+            return Ok(leased);
         }
-        let domains: Vec<String> = domains.iter().map(|d| d.as_str().to_owned()).collect();
         let mut conn = self.client().await?;
         let tx = conn.transaction().await.map_err(db_err)?;
         let now = Timestamp::now().0;
         let grace = ms(policy.write_timeout);
         let max_attempts = attempt_int(policy.max_attempts);
-        let exhausted =
-            tx.query(query!("jobs/fail_exhausted"), &[&domains, &now, &grace, &max_attempts]).await.map_err(db_err)?;
         let lease_until = now.saturating_add(ms(policy.lease));
         let created_after = now.saturating_sub(ms(policy.time_to_live));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = tx
-            .query(
-                query!("jobs/claim"),
-                &[&domains, &now, &grace, &created_after, &limit, &holder, &agent, &lease_until],
-            )
-            .await
-            .map_err(db_err)?;
-        let mut leased = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let stored = read_job(row)?;
-            leased.push(LeasedJob {
-                earlier_attempt_unresolved: row.try_get(34).map_err(db_err)?,
-                job: stored.job,
-                sealed_secret: stored.sealed_secret,
-                recipient_key: stored.recipient_key,
-                lease_deadline_unix_ms: stored.lease_expires_ms.unwrap_or(lease_until),
-                lease_duration: policy.lease,
-            });
+        let search = tx.prepare_cached(query!("jobs/claim_candidates")).await.map_err(db_err)?;
+        let mut candidates = Vec::new();
+        let mut exhausted: Vec<String> = Vec::new();
+        for (domain, limit) in &limits {
+            let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
+            let rows = tx
+                .query(&search, &[&domain.as_str(), &now, &grace, &created_after, &max_attempts, &limit])
+                .await
+                .map_err(db_err)?;
+            for row in rows {
+                let id: String = row.try_get(0).map_err(db_err)?;
+                let attempts: i32 = row.try_get(2).map_err(db_err)?;
+                if attempts >= max_attempts {
+                    exhausted.push(id);
+                } else {
+                    candidates.push(Candidate {
+                        id,
+                        domain: domain.clone(),
+                        created_ms: row.try_get(1).map_err(db_err)?,
+                    });
+                }
+            }
         }
-        leased.sort_by_key(|l| (l.job.created_at, l.job.job_id));
-        let mut batches = parents(&exhausted);
-        batches.extend(parents(&rows));
+        let mut batches = Vec::new();
+        if !exhausted.is_empty() {
+            let failed = tx.query(query!("jobs/fail_exhausted"), &[&exhausted, &now, &grace]).await.map_err(db_err)?;
+            batches.extend(parents(&failed));
+        }
+        let assigned = assign(&demands, candidates);
+        if !assigned.is_empty() {
+            let mut ids = Vec::with_capacity(assigned.len());
+            let mut holders = Vec::with_capacity(assigned.len());
+            let mut agents = Vec::with_capacity(assigned.len());
+            let mut owner = std::collections::HashMap::with_capacity(assigned.len());
+            for (candidate, index) in assigned {
+                holders.push(demands[index].holder.as_str());
+                agents.push(demands[index].agent.as_str());
+                owner.insert(candidate.id.clone(), index);
+                ids.push(candidate.id);
+            }
+            let rows = tx
+                .query(
+                    &tx.prepare_cached(query!("jobs/claim")).await.map_err(db_err)?,
+                    &[&ids, &holders, &agents, &now, &grace, &lease_until],
+                )
+                .await
+                .map_err(db_err)?;
+            for row in &rows {
+                let stored = read_job(row)?;
+                let Some(&index) = owner.get(&stored.job.job_id.to_string()) else { continue };
+                leased[index].push(LeasedJob {
+                    earlier_attempt_unresolved: row.try_get(34).map_err(db_err)?,
+                    job: stored.job,
+                    sealed_secret: stored.sealed_secret,
+                    recipient_key: stored.recipient_key,
+                    lease_deadline_unix_ms: stored.lease_expires_ms.unwrap_or(lease_until),
+                    lease_duration: policy.lease,
+                });
+            }
+            batches.extend(parents(&rows));
+        }
+        tx.commit().await.map_err(db_err)?;
+        for jobs in &mut leased {
+            jobs.sort_by_key(|l| (l.job.created_at, l.job.job_id));
+        }
         batches.sort();
         batches.dedup();
-        settle_batches(&tx, now, &batches).await?;
-        tx.commit().await.map_err(db_err)?;
+        settle_batches(&conn, &batches).await;
         Ok(leased)
     }
 
@@ -349,106 +523,50 @@ impl JobStore for PostgresStore {
     ) -> Result<Completion, StoreError> {
         let mut conn = self.client().await?;
         let tx = conn.transaction().await.map_err(db_err)?;
-        let now = Timestamp::now().0;
-        let id_text = id.to_string();
-        let attempt_number = attempt_int(attempt);
-        // Every statement below changes the job only while it is dispatched to this holder under
-        // this attempt (the fence is in each one's WHERE).
-        let (changed, completion) = match outcome {
-            Outcome::Succeeded(s, returned) => {
-                let account_state = s
-                    .account_state
-                    .map(|a| serde_json::to_string(&a))
-                    .transpose()
-                    .map_err(|e| StoreError::Database(e.to_string()))?;
-                let notes = serde_json::to_string(&s.notes).map_err(|e| StoreError::Database(e.to_string()))?;
-                let (encoding, bytes) = match returned {
-                    Some(r) => (Some(r.encoding.as_str()), Some(r.bytes)),
-                    None => (None, None),
-                };
-                let rows = tx
-                    .query(
-                        query!("jobs/complete_succeeded"),
-                        &[
-                            &id_text,
-                            &holder,
-                            &attempt_number,
-                            &s.account_dn,
-                            &s.verified,
-                            &s.pwd_last_set,
-                            &s.password_matches,
-                            &account_state,
-                            &notes,
-                            &encoding,
-                            &bytes,
-                            &now,
-                            &self.replica.as_str(),
-                        ],
-                    )
-                    .await
-                    .map_err(db_err)?;
-                (rows, Completion::Finished)
-            }
-            Outcome::Failed { error, retryable: true } => {
-                // A job the agent never started goes back at once; one that failed waits.
-                let delay = if error.code == ErrorCode::NotStarted { 0 } else { ms(retry_delay(attempt)) };
-                let rows = tx
-                    .query(
-                        query!("jobs/complete_requeued"),
-                        &[
-                            &id_text,
-                            &holder,
-                            &attempt_number,
-                            &error.code.as_str(),
-                            &error.message,
-                            &error.directory_code,
-                            &now.saturating_add(delay),
-                            &now,
-                        ],
-                    )
-                    .await
-                    .map_err(db_err)?;
-                (rows, Completion::Requeued)
-            }
-            Outcome::Failed { error, retryable: false } => {
-                let rows = tx
-                    .query(
-                        query!("jobs/complete_failed"),
-                        &[
-                            &id_text,
-                            &holder,
-                            &attempt_number,
-                            &error.code.as_str(),
-                            &error.message,
-                            &error.directory_code,
-                            &now,
-                        ],
-                    )
-                    .await
-                    .map_err(db_err)?;
-                (rows, Completion::Finished)
-            }
-        };
-        if changed.is_empty() {
-            // Nothing was written: say why, for the log and the audit trail.
-            let found = tx.query_opt(query!("jobs/fence_of"), &[&id_text]).await.map_err(db_err)?;
-            let Some(row) = found else { return Ok(Completion::Unknown) };
-            let state: String = row.try_get(0).map_err(db_err)?;
-            let lease_holder: Option<String> = row.try_get(1).map_err(db_err)?;
-            let attempts: i32 = row.try_get(2).map_err(db_err)?;
-            let duplicate = JobState::parse(&state).is_some_and(JobState::is_final)
-                && attempts == attempt_number
-                && lease_holder.as_deref() == Some(holder);
-            if !duplicate {
-                return Ok(Completion::Stale);
-            }
-            tx.execute(query!("jobs/result_resent"), &[&id_text, &self.replica.as_str()]).await.map_err(db_err)?;
-            tx.commit().await.map_err(db_err)?;
-            return Ok(Completion::Duplicate);
-        }
-        settle_batches(&tx, now, &parents(&changed)).await?;
+        let (completion, batches) = self.record_result(&tx, id, holder, attempt, outcome).await?;
         tx.commit().await.map_err(db_err)?;
+        settle_batches(&conn, &batches).await;
         Ok(completion)
+    }
+
+    async fn complete_all(
+        &self,
+        holder: &str,
+        results: Vec<(JobId, u32, Outcome)>,
+    ) -> Vec<Result<Completion, StoreError>> {
+        let count = results.len();
+        let failed = |error: &StoreError| (0..count).map(|_| Err(StoreError::Database(error.to_string()))).collect();
+        let mut conn = match self.client().await {
+            Ok(conn) => conn,
+            Err(error) => return failed(&error),
+        };
+        let mut tx = match conn.transaction().await {
+            Ok(tx) => tx,
+            Err(error) => return failed(&db_err(error)),
+        };
+        // One transaction, a savepoint per result: one that fails is rolled back alone.
+        let mut answers = Vec::with_capacity(count);
+        let mut batches = Vec::new();
+        for (id, attempt, outcome) in results {
+            let answer = async {
+                let savepoint = tx.savepoint("result").await.map_err(db_err)?;
+                let recorded = self.record_result(&savepoint, id, holder, attempt, outcome).await?;
+                savepoint.commit().await.map_err(db_err)?;
+                Ok(recorded)
+            }
+            .await;
+            answers.push(answer.map(|(completion, parents)| {
+                batches.extend(parents);
+                completion
+            }));
+        }
+        if let Err(error) = tx.commit().await {
+            return failed(&db_err(error));
+        }
+        batches.sort();
+        batches.dedup();
+        settle_batches(&conn, &batches).await;
+        answers
     }
 
     async fn renew(
@@ -464,7 +582,8 @@ impl JobStore for PostgresStore {
         let attempts: Vec<i32> = running.iter().map(|(_, attempt)| attempt_int(*attempt)).collect();
         let until = Timestamp::now().0.saturating_add(ms(lease));
         let conn = self.client().await?;
-        let rows = conn.query(query!("jobs/renew"), &[&ids, &attempts, &holder, &until]).await.map_err(db_err)?;
+        let renew = conn.prepare_cached(query!("jobs/renew")).await.map_err(db_err)?;
+        let rows = conn.query(&renew, &[&ids, &attempts, &holder, &until]).await.map_err(db_err)?;
         let renewed: Vec<(String, i32)> = rows
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
@@ -491,8 +610,12 @@ impl JobStore for PostgresStore {
             .query(query!("jobs/expire_overdue"), &[&now, &before, &ms(policy.write_timeout)])
             .await
             .map_err(db_err)?;
-        settle_batches(&tx, now, &parents(&rows)).await?;
         tx.commit().await.map_err(db_err)?;
+        // Every open batch, not only those of the jobs expired here: a batch whose settle after a
+        // child's change did not run (the relay stopped in between) settles now.
+        let open = conn.query(query!("jobs/open_batches"), &[]).await.map_err(db_err)?;
+        let open: Vec<String> = open.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>().map_err(db_err)?;
+        settle_batches(&conn, &open).await;
         Ok(rows.len())
     }
 

@@ -58,6 +58,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_replicas", include_str!("migrations/0003_replicas.sql")),
     ("0004_enrollment", include_str!("migrations/0004_enrollment.sql")),
     ("0005_audit", include_str!("migrations/0005_audit.sql")),
+    ("0006_claim_order", include_str!("migrations/0006_claim_order.sql")),
 ];
 
 /// The advisory lock key under which migrations run (any constant shared by every replica).

@@ -41,7 +41,7 @@ impl AgentStore for SqliteStore {
         let domains = to_json(&report.domains)?;
         let directories = report.directories.as_ref().map(to_json).transpose()?;
         let report = report.clone();
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO agents (name, domains, version, cert_serial, cert_expires_ms, first_seen_ms, last_seen_ms,
                                      connected, replica, stream, peer, opened_ms, directories, jobs_in_flight,
@@ -80,7 +80,7 @@ impl AgentStore for SqliteStore {
 
     async fn agent_disconnected(&self, name: &str, stream: &str, finished: JobCounts) -> Result<bool, StoreError> {
         let (name, stream) = (name.to_owned(), stream.to_owned());
-        self.run(move |conn| {
+        self.write(move |conn| {
             let current: Option<bool> = conn
                 .query_row(
                     "UPDATE agents SET connected = CASE WHEN stream = ?2 THEN 0 ELSE connected END,

@@ -12,22 +12,31 @@ use crate::jobs::{
     ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
     NewJob, Outcome, Progress, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
 };
-use crate::store::jobs::retry_delay;
-use crate::store::{Cancellation, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake, StoreError};
+use crate::store::jobs::{Candidate, assign, domain_limits, retry_delay};
+use crate::store::{
+    Cancellation, ClaimDemand, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake, StoreError,
+};
 
-const JOB_COLUMNS: &str = "id, kind, domain, target_kind, target_value, must_change, unlock, client, state, \
+macro_rules! job_columns {
+    () => {
+        "id, kind, domain, target_kind, target_value, must_change, unlock, client, state, \
     created_ms, updated_ms, dispatched_ms, finished_ms, agent, attempts, error_code, error_message, directory_code, \
     account_dn, verified, pwd_last_set, secret, lease_expires_ms, enforce_history, generate_length, generate_mode, \
     recipient_key, password_matches, account_state, notes, result_secret_encoding, result_secret IS NOT NULL, \
-    secret_retrieved_ms, parent_id";
+    secret_retrieved_ms, parent_id"
+    };
+}
+const JOB_COLUMNS: &str = job_columns!();
 
 /// Moves batches along with their children: `dispatched` once any child left the queue, final
 /// (succeeded, or failed with `partial_failure`) once every child is final. Run in every
-/// transaction that can change a child's state.
+/// transaction that can change a child's state. Every search of the children names the states it
+/// looks for, so that it seeks `jobs_parent` instead of reading every child of a queued batch.
 const SETTLE_BATCHES: &str = "
 UPDATE jobs SET state = 'dispatched', dispatched_ms = ?1, updated_ms = ?1
  WHERE kind = 'reconcile_batch' AND state = 'queued'
-   AND EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state != 'queued');
+   AND EXISTS (SELECT 1 FROM jobs c
+                WHERE c.parent_id = jobs.id AND c.state IN ('dispatched', 'succeeded', 'failed'));
 UPDATE jobs SET
        state = CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
                     THEN 'failed' ELSE 'succeeded' END,
@@ -41,6 +50,67 @@ UPDATE jobs SET
  WHERE kind = 'reconcile_batch' AND state IN ('queued', 'dispatched')
    AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state IN ('queued', 'dispatched'));
 ";
+
+/// One writer per account, for the candidate `jobs` (`?2`: now, `?3`: the write timeout): nothing
+/// older of its account is unfinished, and no attempt on the account is unresolved (dispatched, and
+/// neither reported nor lapsed past the write timeout). Two searches of `jobs_account`, so that
+/// each reads only the account's open jobs.
+macro_rules! account_free {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM jobs o
+                    WHERE o.account_key = jobs.account_key AND o.state IN ('queued', 'dispatched')
+                      AND o.id != jobs.id
+                      AND (o.created_ms < jobs.created_ms OR (o.created_ms = jobs.created_ms AND o.id < jobs.id)))
+       AND NOT EXISTS (SELECT 1 FROM jobs o
+                        WHERE o.account_key = jobs.account_key AND o.state = 'dispatched' AND o.id != jobs.id
+                          AND o.lease_expires_ms + ?3 >= ?2)"
+    };
+}
+
+/// The claim's candidates of one domain, in claim order: queued jobs that are due and whose account
+/// is free, or have no attempt left (`?5`: `jobs.max_attempts`; they are failed, whatever their
+/// back-off). One ordered search of `jobs_claim_order` that stops at the limit `?6`; `?4` is the
+/// oldest creation time within the time to live.
+const CLAIM_QUEUED: &str = concat!(
+    "SELECT id, created_ms, attempts FROM jobs
+      WHERE domain = ?1 AND state = 'queued' AND created_ms >= ?4 AND kind != 'reconcile_batch'
+        AND (attempts >= ?5 OR (not_before_ms <= ?2 AND ",
+    account_free!(),
+    "))
+      ORDER BY created_ms, id LIMIT ?6"
+);
+
+/// The same for dispatched jobs whose lease lapsed longer ago than the longest write (`?3`): their
+/// holder can no longer be writing.
+const CLAIM_LAPSED: &str = concat!(
+    "SELECT id, created_ms, attempts FROM jobs
+      WHERE domain = ?1 AND state = 'dispatched' AND created_ms >= ?4 AND kind != 'reconcile_batch'
+        AND lease_expires_ms + ?3 < ?2
+        AND (attempts >= ?5 OR (",
+    account_free!(),
+    "))
+      ORDER BY created_ms, id LIMIT ?6"
+);
+
+/// Fails a candidate without attempts left (`?1`), without waiting out a retry back-off it could
+/// never use; only while it is still claimable (`?2`: now, `?3`: the write timeout).
+const FAIL_EXHAUSTED: &str = "UPDATE jobs SET state = 'failed', error_code = 'delivery_exhausted',
+         error_message = 'no agent completed the job in ' || attempts || ' deliveries (jobs.max_attempts)'
+                         || coalesce('; last error: ' || error_message, ''),
+         secret = NULL, lease_holder = NULL, finished_ms = ?2, updated_ms = ?2
+   WHERE id = ?1 AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms + ?3 < ?2))";
+
+/// Leases candidate `?1` to holder `?2` (agent `?3`) until `?4` and increments its attempt, only
+/// while it is claimable (`?5`: now, `?6`: the write timeout).
+const LEASE: &str = concat!(
+    "UPDATE jobs SET state = 'dispatched', lease_holder = ?2, agent = ?3, lease_expires_ms = ?4,
+         attempts = attempts + 1, dispatched_ms = ?5, updated_ms = ?5,
+         taken_over = (taken_over OR state = 'dispatched')
+   WHERE id = ?1 AND ((state = 'queued' AND not_before_ms <= ?5) OR (state = 'dispatched' AND lease_expires_ms + ?6 < ?5))
+   RETURNING ",
+    job_columns!(),
+    ", taken_over"
+);
 
 fn progress(conn: &Connection, parent: JobId) -> Result<Progress, StoreError> {
     let mut stmt =
@@ -63,7 +133,7 @@ fn progress(conn: &Connection, parent: JobId) -> Result<Progress, StoreError> {
 
 fn settle_batches(conn: &Connection, now: i64) -> Result<(), StoreError> {
     for statement in SETTLE_BATCHES.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        conn.execute(statement, params![now]).map_err(db_err)?;
+        conn.prepare_cached(statement).map_err(db_err)?.execute(params![now]).map_err(db_err)?;
     }
     Ok(())
 }
@@ -168,6 +238,148 @@ fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
     })
 }
 
+impl SqliteStore {
+    /// Queues the fenced result of [`JobStore::complete`] on the writer; what it returns answers it.
+    fn queue_complete(
+        &self,
+        id: JobId,
+        holder: &str,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<impl Future<Output = Result<Completion, StoreError>> + Send + 'static, StoreError> {
+        let holder = holder.to_owned();
+        let replica = self.replica.as_str().to_owned();
+        self.writer.queue(move |tx: &Connection| {
+            let now = Timestamp::now().0;
+            // The fence: every statement below changes the job only while it is dispatched to this
+            // holder under this attempt.
+            const FENCE: &str = "id = ?1 AND state = 'dispatched' AND lease_holder = ?2 AND attempts = ?3";
+            let id_text = id.to_string();
+            let (changed, completion) = match outcome {
+                Outcome::Succeeded(s, returned) => {
+                    let account_state = s
+                        .account_state
+                        .map(|a| serde_json::to_string(&a))
+                        .transpose()
+                        .map_err(|e| StoreError::Database(e.to_string()))?;
+                    let notes = serde_json::to_string(&s.notes).map_err(|e| StoreError::Database(e.to_string()))?;
+                    let (secret_encoding, secret_bytes) = match returned {
+                        Some(r) => (Some(r.encoding.as_str()), Some(r.bytes)),
+                        None => (None, None),
+                    };
+                    let changed = tx
+                        .prepare_cached(
+                            &format!(
+                                "UPDATE jobs SET state = 'succeeded', account_dn = ?4, verified = ?5, pwd_last_set = ?6,
+                                     password_matches = CASE WHEN kind = 'verify' THEN ?7 END,
+                                     account_state = ?8, notes = ?9,
+                                     result_secret_encoding = ?10, result_secret = ?11,
+                                     error_code = NULL, error_message = NULL, directory_code = NULL,
+                                     secret = NULL, finished_ms = ?12, updated_ms = ?12, finished_by = ?13
+                                 WHERE {FENCE}"
+                            ))
+                        .map_err(db_err)?
+                        .execute(params![
+                                id_text,
+                                holder,
+                                attempt,
+                                s.account_dn,
+                                s.verified,
+                                s.pwd_last_set,
+                                s.password_matches,
+                                account_state,
+                                notes,
+                                secret_encoding,
+                                secret_bytes,
+                                now,
+                                replica
+                            ])
+                        .map_err(db_err)?;
+                    (changed, Completion::Finished)
+                }
+                Outcome::Failed { error, retryable: true } => {
+                    // A job the agent never started goes back at once; one that failed waits.
+                    let delay = if error.code == ErrorCode::NotStarted { 0 } else { ms(retry_delay(attempt)) };
+                    let changed = tx
+                        .prepare_cached(
+                            &format!(
+                                "UPDATE jobs SET state = 'queued', error_code = ?4, error_message = ?5, directory_code = ?6,
+                                     lease_holder = NULL, lease_expires_ms = NULL, not_before_ms = ?7, updated_ms = ?8
+                                 WHERE {FENCE}"
+                            ))
+                        .map_err(db_err)?
+                        .execute(params![
+                                id_text,
+                                holder,
+                                attempt,
+                                error.code.as_str(),
+                                error.message,
+                                error.directory_code,
+                                now + delay,
+                                now
+                            ])
+                        .map_err(db_err)?;
+                    (changed, Completion::Requeued)
+                }
+                Outcome::Failed { error, retryable: false } => {
+                    let changed = tx
+                        .prepare_cached(
+                            &format!(
+                                "UPDATE jobs SET state = 'failed', error_code = ?4, error_message = ?5, directory_code = ?6,
+                                     secret = NULL, finished_ms = ?7, updated_ms = ?7
+                                 WHERE {FENCE}"
+                            ))
+                        .map_err(db_err)?
+                        .execute(params![
+                                id_text,
+                                holder,
+                                attempt,
+                                error.code.as_str(),
+                                error.message,
+                                error.directory_code,
+                                now
+                            ])
+                        .map_err(db_err)?;
+                    (changed, Completion::Finished)
+                }
+            };
+            if changed == 0 {
+                // Nothing was written: say why, for the log and the audit trail.
+                let found: Option<(String, Option<String>, u32)> = tx
+                    .query_row(
+                        "SELECT state, lease_holder, attempts FROM jobs WHERE id = ?1",
+                        params![id.to_string()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                return match found {
+                    None => Ok(Completion::Unknown),
+                    Some((state, lease_holder, attempts))
+                        if JobState::parse(&state).is_some_and(JobState::is_final)
+                            && attempts == attempt
+                            && lease_holder.as_deref() == Some(holder.as_str()) =>
+                    {
+                        // This replica holds the link key of a resent initial password too.
+                        tx.execute(
+                            "UPDATE jobs SET finished_by = ?2
+                             WHERE id = ?1 AND state = 'succeeded'
+                               AND NOT EXISTS (SELECT 1 FROM lifecycle_requests l
+                                                WHERE l.job_id = ?1 AND l.stage <> 'applying')",
+                            params![id_text, replica],
+                        )
+                        .map_err(db_err)?;
+                        Ok(Completion::Duplicate)
+                    }
+                    Some(_) => Ok(Completion::Stale),
+                };
+            }
+            settle_batches(tx, now)?;
+            Ok(completion)
+        })
+    }
+}
+
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn insert_jobs_once(
@@ -177,8 +389,7 @@ impl JobStore for SqliteStore {
     ) -> Result<Insertion, StoreError> {
         let Some(job) = jobs.first() else { return Ok(Insertion::Created) };
         let (primary, client) = (job.id, job.client.clone());
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+        self.write(move |tx| {
             let now = Timestamp::now().0;
             if let Some((key, body_sha256)) = &idempotency {
                 let existing: Option<(Vec<u8>, String)> = tx
@@ -199,12 +410,16 @@ impl JobStore for SqliteStore {
                 )
                 .map_err(db_err)?;
             }
-            for job in &jobs {
-            tx.execute(
-                "INSERT INTO jobs (id, kind, domain, target_kind, target_value, must_change, unlock, client, state,
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO jobs (id, kind, domain, target_kind, target_value, must_change, unlock, client, state,
                                    secret, created_ms, updated_ms, enforce_history, generate_length, generate_mode,
                                    recipient_key, parent_id, account_key)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                )
+                .map_err(db_err)?;
+            for job in &jobs {
+            insert.execute(
                 params![
                     job.id.to_string(),
                     job.kind.as_str(),
@@ -226,7 +441,6 @@ impl JobStore for SqliteStore {
             )
             .map_err(db_err)?;
             }
-            tx.commit().map_err(db_err)?;
             Ok(Insertion::Created)
         })
         .await
@@ -318,78 +532,58 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn claim(
+    async fn claim_for(
         &self,
-        domains: &[DomainName],
-        holder: &str,
-        agent: &str,
-        limit: usize,
+        demands: Vec<ClaimDemand>,
         policy: ClaimPolicy,
-    ) -> Result<Vec<LeasedJob>, StoreError> {
-        if domains.is_empty() || limit == 0 {
-            return Ok(Vec::new());
+    ) -> Result<Vec<Vec<LeasedJob>>, StoreError> {
+        let limits = domain_limits(&demands);
+        if limits.is_empty() {
+            return Ok(std::iter::repeat_with(Vec::new).take(demands.len()).collect());
         }
-        let domains: Vec<String> = domains.iter().map(|d| d.as_str().to_owned()).collect();
-        let (holder, agent) = (holder.to_owned(), agent.to_owned());
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+        self.write(move |conn| {
             let now = Timestamp::now().0;
             let grace = ms(policy.write_timeout);
-            let placeholders = vec!["?"; domains.len()].join(", ");
-            // Queued and due, or dispatched with a lease that lapsed longer ago than the longest
-            // write: its holder can no longer be writing.
-            let available = format!(
-                "domain IN ({placeholders}) AND kind != 'reconcile_batch'
-                 AND ((state = 'queued' AND not_before_ms <= {now})
-                      OR (state = 'dispatched' AND lease_expires_ms + {grace} < {now}))"
-            );
-            // A job without attempts left fails at once, without waiting out a retry back-off it
-            // could never use.
-            let exhausted = format!(
-                "domain IN ({placeholders}) AND kind != 'reconcile_batch'
-                 AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms + {grace} < {now}))"
-            );
-            tx.execute(
-                &format!(
-                    "UPDATE jobs SET state = 'failed', error_code = 'delivery_exhausted',
-                         error_message = 'no agent completed the job in ' || attempts || ' deliveries (jobs.max_attempts)'
-                                         || coalesce('; last error: ' || error_message, ''),
-                         secret = NULL, lease_holder = NULL, finished_ms = {now}, updated_ms = {now}
-                     WHERE {exhausted} AND attempts >= {}",
-                    policy.max_attempts
-                ),
-                params_from_iter(domains.iter()),
-            )
-            .map_err(db_err)?;
-            // One writer per account: nothing older of the account is unfinished, and no attempt on
-            // it is unresolved (dispatched, and neither reported nor lapsed past the write timeout).
-            let account_free = format!(
-                "NOT EXISTS (SELECT 1 FROM jobs o
-                              WHERE o.account_key = jobs.account_key AND o.id != jobs.id
-                                AND ((o.state IN ('queued', 'dispatched')
-                                      AND (o.created_ms < jobs.created_ms
-                                           OR (o.created_ms = jobs.created_ms AND o.id < jobs.id)))
-                                     OR (o.state = 'dispatched' AND o.lease_expires_ms + {grace} >= {now})))"
-            );
-            let lease_until = now + ms(policy.lease);
-            let mut stmt = tx
-                .prepare(&format!(
-                    "UPDATE jobs SET state = 'dispatched', lease_holder = ?, agent = ?, lease_expires_ms = {lease_until},
-                         attempts = attempts + 1, dispatched_ms = {now}, updated_ms = {now},
-                         taken_over = (taken_over OR state = 'dispatched')
-                     WHERE id IN (SELECT id FROM jobs WHERE {available} AND {account_free} AND created_ms >= {}
-                                  ORDER BY created_ms, id LIMIT {limit})
-                     RETURNING {JOB_COLUMNS}, taken_over",
-                    now - ms(policy.time_to_live)
-                ))
-                .map_err(db_err)?;
-            let args = [holder, agent].into_iter().chain(domains.iter().cloned());
-            let mut rows = stmt.query(params_from_iter(args)).map_err(db_err)?;
-            let mut leased = Vec::new();
-            while let Some(row) = rows.next().map_err(db_err)? {
+            let created_after = now.saturating_sub(ms(policy.time_to_live));
+            let lease_until = now.saturating_add(ms(policy.lease));
+            let mut candidates = Vec::new();
+            let mut exhausted = Vec::new();
+            for (domain, limit) in &limits {
+                for search in [CLAIM_QUEUED, CLAIM_LAPSED] {
+                    let mut stmt = conn.prepare_cached(search).map_err(db_err)?;
+                    let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
+                    let mut rows = stmt
+                        .query(params![domain.as_str(), now, grace, created_after, policy.max_attempts, limit])
+                        .map_err(db_err)?;
+                    while let Some(row) = rows.next().map_err(db_err)? {
+                        let (id, created_ms, attempts): (String, i64, u32) =
+                            (row.get(0).map_err(db_err)?, row.get(1).map_err(db_err)?, row.get(2).map_err(db_err)?);
+                        if attempts >= policy.max_attempts {
+                            exhausted.push(id);
+                        } else {
+                            candidates.push(Candidate { id, domain: domain.clone(), created_ms });
+                        }
+                    }
+                }
+            }
+            if !exhausted.is_empty() {
+                let mut fail = conn.prepare_cached(FAIL_EXHAUSTED).map_err(db_err)?;
+                for id in &exhausted {
+                    fail.execute(params![id, now, grace]).map_err(db_err)?;
+                }
+            }
+            let mut leased: Vec<Vec<LeasedJob>> = std::iter::repeat_with(Vec::new).take(demands.len()).collect();
+            let mut lease = conn.prepare_cached(LEASE).map_err(db_err)?;
+            for (candidate, index) in assign(&demands, candidates) {
+                let demand = &demands[index];
+                let mut rows = lease
+                    .query(params![candidate.id, demand.holder, demand.agent, lease_until, now, grace])
+                    .map_err(db_err)?;
+                // The candidate search ran in this transaction: the row is still claimable.
+                let Some(row) = rows.next().map_err(db_err)? else { continue };
                 let stored = read_job(row)?;
                 let taken_over: bool = row.get(34).map_err(db_err)?;
-                leased.push(LeasedJob {
+                leased[index].push(LeasedJob {
                     earlier_attempt_unresolved: taken_over,
                     job: stored.job,
                     sealed_secret: stored.sealed_secret,
@@ -398,11 +592,13 @@ impl JobStore for SqliteStore {
                     lease_duration: policy.lease,
                 });
             }
-            drop(rows);
-            drop(stmt);
-            leased.sort_by_key(|l| l.job.created_at);
-            settle_batches(&tx, now)?;
-            tx.commit().map_err(db_err)?;
+            drop(lease);
+            for jobs in &mut leased {
+                jobs.sort_by_key(|l| (l.job.created_at, l.job.job_id));
+            }
+            if !exhausted.is_empty() || leased.iter().any(|jobs| !jobs.is_empty()) {
+                settle_batches(conn, now)?;
+            }
             Ok(leased)
         })
         .await
@@ -415,140 +611,27 @@ impl JobStore for SqliteStore {
         attempt: u32,
         outcome: Outcome,
     ) -> Result<Completion, StoreError> {
-        let holder = holder.to_owned();
-        let replica = self.replica.as_str().to_owned();
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-            let now = Timestamp::now().0;
-            // The fence: every statement below changes the job only while it is dispatched to this
-            // holder under this attempt.
-            const FENCE: &str = "id = ?1 AND state = 'dispatched' AND lease_holder = ?2 AND attempts = ?3";
-            let id_text = id.to_string();
-            let (changed, completion) = match outcome {
-                Outcome::Succeeded(s, returned) => {
-                    let account_state = s
-                        .account_state
-                        .map(|a| serde_json::to_string(&a))
-                        .transpose()
-                        .map_err(|e| StoreError::Database(e.to_string()))?;
-                    let notes = serde_json::to_string(&s.notes).map_err(|e| StoreError::Database(e.to_string()))?;
-                    let (secret_encoding, secret_bytes) = match returned {
-                        Some(r) => (Some(r.encoding.as_str()), Some(r.bytes)),
-                        None => (None, None),
-                    };
-                    let changed = tx
-                        .execute(
-                            &format!(
-                                "UPDATE jobs SET state = 'succeeded', account_dn = ?4, verified = ?5, pwd_last_set = ?6,
-                                     password_matches = CASE WHEN kind = 'verify' THEN ?7 END,
-                                     account_state = ?8, notes = ?9,
-                                     result_secret_encoding = ?10, result_secret = ?11,
-                                     error_code = NULL, error_message = NULL, directory_code = NULL,
-                                     secret = NULL, finished_ms = ?12, updated_ms = ?12, finished_by = ?13
-                                 WHERE {FENCE}"
-                            ),
-                            params![
-                                id_text,
-                                holder,
-                                attempt,
-                                s.account_dn,
-                                s.verified,
-                                s.pwd_last_set,
-                                s.password_matches,
-                                account_state,
-                                notes,
-                                secret_encoding,
-                                secret_bytes,
-                                now,
-                                replica
-                            ],
-                        )
-                        .map_err(db_err)?;
-                    (changed, Completion::Finished)
-                }
-                Outcome::Failed { error, retryable: true } => {
-                    // A job the agent never started goes back at once; one that failed waits.
-                    let delay = if error.code == ErrorCode::NotStarted { 0 } else { ms(retry_delay(attempt)) };
-                    let changed = tx
-                        .execute(
-                            &format!(
-                                "UPDATE jobs SET state = 'queued', error_code = ?4, error_message = ?5, directory_code = ?6,
-                                     lease_holder = NULL, lease_expires_ms = NULL, not_before_ms = ?7, updated_ms = ?8
-                                 WHERE {FENCE}"
-                            ),
-                            params![
-                                id_text,
-                                holder,
-                                attempt,
-                                error.code.as_str(),
-                                error.message,
-                                error.directory_code,
-                                now + delay,
-                                now
-                            ],
-                        )
-                        .map_err(db_err)?;
-                    (changed, Completion::Requeued)
-                }
-                Outcome::Failed { error, retryable: false } => {
-                    let changed = tx
-                        .execute(
-                            &format!(
-                                "UPDATE jobs SET state = 'failed', error_code = ?4, error_message = ?5, directory_code = ?6,
-                                     secret = NULL, finished_ms = ?7, updated_ms = ?7
-                                 WHERE {FENCE}"
-                            ),
-                            params![
-                                id_text,
-                                holder,
-                                attempt,
-                                error.code.as_str(),
-                                error.message,
-                                error.directory_code,
-                                now
-                            ],
-                        )
-                        .map_err(db_err)?;
-                    (changed, Completion::Finished)
-                }
-            };
-            if changed == 0 {
-                // Nothing was written: say why, for the log and the audit trail.
-                let found: Option<(String, Option<String>, u32)> = tx
-                    .query_row(
-                        "SELECT state, lease_holder, attempts FROM jobs WHERE id = ?1",
-                        params![id.to_string()],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()
-                    .map_err(db_err)?;
-                return match found {
-                    None => Ok(Completion::Unknown),
-                    Some((state, lease_holder, attempts))
-                        if JobState::parse(&state).is_some_and(JobState::is_final)
-                            && attempts == attempt
-                            && lease_holder.as_deref() == Some(holder.as_str()) =>
-                    {
-                        // This replica holds the link key of a resent initial password too.
-                        tx.execute(
-                            "UPDATE jobs SET finished_by = ?2
-                             WHERE id = ?1 AND state = 'succeeded'
-                               AND NOT EXISTS (SELECT 1 FROM lifecycle_requests l
-                                                WHERE l.job_id = ?1 AND l.stage <> 'applying')",
-                            params![id_text, replica],
-                        )
-                        .map_err(db_err)?;
-                        tx.commit().map_err(db_err)?;
-                        Ok(Completion::Duplicate)
-                    }
-                    Some(_) => Ok(Completion::Stale),
-                };
-            }
-            settle_batches(&tx, now)?;
-            tx.commit().map_err(db_err)?;
-            Ok(completion)
-        })
-        .await
+        self.queue_complete(id, holder, attempt, outcome)?.await
+    }
+
+    async fn complete_all(
+        &self,
+        holder: &str,
+        results: Vec<(JobId, u32, Outcome)>,
+    ) -> Vec<Result<Completion, StoreError>> {
+        // Queued together, so that the writer commits them in one transaction.
+        let queued: Vec<_> = results
+            .into_iter()
+            .map(|(id, attempt, outcome)| self.queue_complete(id, holder, attempt, outcome))
+            .collect();
+        let mut answers = Vec::with_capacity(queued.len());
+        for answer in queued {
+            answers.push(match answer {
+                Ok(answer) => answer.await,
+                Err(error) => Err(error),
+            });
+        }
+        answers
     }
 
     async fn renew(
@@ -561,8 +644,7 @@ impl JobStore for SqliteStore {
             return Ok(Vec::new());
         }
         let holder = holder.to_owned();
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+        self.write(move |tx| {
             let until = Timestamp::now().0 + ms(lease);
             let mut renewed = Vec::new();
             {
@@ -578,7 +660,6 @@ impl JobStore for SqliteStore {
                     }
                 }
             }
-            tx.commit().map_err(db_err)?;
             Ok(renewed)
         })
         .await
@@ -746,6 +827,43 @@ mod tests {
                 stmt.query_map(params![0], |r| r.get::<_, String>(3)).expect("plan").map(|r| r.expect("row")).collect();
             let outer = plan.first().map(String::as_str).unwrap_or_default();
             assert!(outer.contains("USING INDEX jobs_batch_state"), "{statement}\nplanned as {plan:?}");
+            // Whether a child left the queue or is still open is a seek by parent and state, not a
+            // read of every child of the batch.
+            let exists = plan.iter().filter(|step| step.contains(" c ") && !step.contains("SCALAR"));
+            for step in exists.take(1) {
+                assert!(step.contains("jobs_parent (parent_id=? AND state=?)"), "{statement}\nplanned as {plan:?}");
+            }
+        }
+    }
+
+    /// A claim walks the claimable jobs of a domain in claim order and stops at its limit: the
+    /// candidate searches read `jobs_claim_order` in order (no sort of the backlog), and check each
+    /// account through `jobs_account`.
+    #[test]
+    fn claims_walk_the_claim_order_without_sorting_the_backlog() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("relay.db");
+        drop(SqliteStore::open(&path).expect("open"));
+        let conn = Connection::open(&path).expect("open");
+        for search in [CLAIM_QUEUED, CLAIM_LAPSED] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {search}")).expect("plan");
+            let plan: Vec<String> = stmt
+                .query_map(params!["a.test", 0, 0, 0, 3, 10], |r| r.get::<_, String>(3))
+                .expect("plan")
+                .map(|r| r.expect("row"))
+                .collect();
+            let outer = plan.first().map(String::as_str).unwrap_or_default();
+            assert!(
+                outer.contains("USING INDEX jobs_claim_order (domain=? AND state=?"),
+                "{search}\nplanned as {plan:?}"
+            );
+            assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "{search}\nplanned as {plan:?}");
+            let accounts: Vec<_> = plan.iter().filter(|step| step.contains(" o ")).collect();
+            assert_eq!(accounts.len(), 2, "{plan:?}");
+            assert!(
+                accounts.iter().all(|step| step.contains("USING INDEX jobs_account (account_key=? AND state=?")),
+                "{plan:?}"
+            );
         }
     }
 

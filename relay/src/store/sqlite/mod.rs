@@ -1,11 +1,16 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so an accepted job is
 //! on disk before the API answers 202.
 //!
-//! One connection behind a mutex serves every call on the blocking pool; each call is one
-//! transaction, which makes [`JobStore::claim`](super::JobStore::claim) atomic. One file per
+//! One connection behind a mutex serves every call. Reads run on the blocking pool. The hot
+//! writes (claims, results, renewals, new jobs, the agents' records) go to the store's *writer*
+//! ([`writer`]), one thread that commits what is queued together: one transaction (one sync) with
+//! a savepoint for each write, each answered only after that transaction's `COMMIT`, so a write is
+//! still atomic and on its own (one that fails is rolled back alone) and nothing is acknowledged
+//! before it is durable. Other calls are one transaction each. One file per
 //! trait: `jobs.rs`, `clients.rs`, `webhooks.rs` (the outbox is filled by the `jobs_final_webhook`
 //! trigger), `lifecycle.rs`, `replicas.rs` (one process, but the same heartbeats and claims as
-//! PostgreSQL), `agents.rs` (the known agents), `audit.rs` (the audit trail); the schema and its migrations are in `schema.rs`.
+//! PostgreSQL), `agents.rs` (the known agents), `enrollment.rs` (enrollment tokens and the deny list), `audit.rs`
+//! (the audit trail); the schema and its migrations are in `schema.rs`.
 
 mod agents;
 mod audit;
@@ -17,6 +22,7 @@ mod lifecycle;
 mod replicas;
 mod schema;
 mod webhooks;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,6 +37,7 @@ use super::{Store, StoreError};
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    writer: writer::Writer,
     path: PathBuf,
     replica: super::ReplicaId,
 }
@@ -79,7 +86,9 @@ impl SqliteStore {
             // The database holds sealed secrets and token hashes: owner only.
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned(), replica: super::ReplicaId::generate() })
+        let conn = Arc::new(Mutex::new(conn));
+        let writer = writer::Writer::start(Arc::clone(&conn))?;
+        Ok(Self { conn, writer, path: path.to_owned(), replica: super::ReplicaId::generate() })
     }
 
     /// The database file.
@@ -101,6 +110,17 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+
+    /// Runs `work` in the writer's next group commit, inside a savepoint of its own: it must not
+    /// begin or commit a transaction itself. Answers once the group's `COMMIT` made it durable; an
+    /// error from `work` rolls back its savepoint only.
+    pub(super) async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.queue(work)?.await
     }
 }
 

@@ -1,10 +1,11 @@
 //! The SQLite schema: version 1 and the migrations after it, recorded in `PRAGMA user_version`.
 //! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002_agents.sql`, 9 its `0003_replicas.sql`;
 //! 10 is an index of SQLite's own (PostgreSQL settles batches by id); 11 is PostgreSQL's
-//! `0004_enrollment.sql`, 12 its `0005_audit.sql`.
+//! `0004_enrollment.sql`, 12 its `0005_audit.sql`, 13 its `0006_claim_order.sql` (which also drops
+//! the index it replaces: version 1 here recreates it).
 
 /// Schema version written to `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 12;
+pub(super) const SCHEMA_VERSION: i64 = 13;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -96,6 +97,7 @@ CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms)
     BATCH_INDEX,
     ENROLLMENT,
     AUDIT,
+    CLAIM_ORDER,
 ];
 
 /// Enrollment tokens and the deny list of revoked agents (migration 10 → 11; PostgreSQL's
@@ -134,6 +136,14 @@ CREATE TABLE IF NOT EXISTS audit_events (
 );
 CREATE INDEX IF NOT EXISTS audit_events_at ON audit_events (at_ms);
 CREATE INDEX IF NOT EXISTS audit_events_job ON audit_events (job_id) WHERE job_id IS NOT NULL;
+";
+
+/// The claimable jobs in claim order (migration 12 → 13; PostgreSQL's `0006_claim_order.sql`). A
+/// claim walks the queued and the lapsed jobs of a domain by `(created_ms, id)` and stops at its
+/// limit; `jobs_claimable` lacks the id, so jobs accepted in the same millisecond (every child of
+/// a reconciliation) had to be sorted first, all of them.
+const CLAIM_ORDER: &str = "
+CREATE INDEX IF NOT EXISTS jobs_claim_order ON jobs (domain, state, created_ms, id);
 ";
 
 /// The batches by state (migration 9 → 10). Every transaction that can change a child's state

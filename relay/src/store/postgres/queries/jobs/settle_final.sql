@@ -1,4 +1,9 @@
 -- A batch of $2 is final once every child is: succeeded, or failed with partial_failure. $1 is now.
+-- Run after the commit of each change to a child, as a statement of its own, never under a lock
+-- of the batch: of the settles that follow concurrent child changes, the one whose snapshot is
+-- taken last sees every one of those commits, so the last child to become final always settles
+-- its batch. A child that is final stays final, so a batch is never settled early. The state
+-- condition makes it final once: a concurrent settle waits for the row, then finds it final.
 UPDATE jobs SET
        state = CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
                     THEN 'failed' ELSE 'succeeded' END,
