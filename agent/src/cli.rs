@@ -157,13 +157,16 @@ fn enroll(options: crate::enroll::EnrollOptions) -> ExitCode {
     };
     match runtime.block_on(crate::enroll::enroll(&options)) {
         Ok(enrolled) => {
+            let expires = time::OffsetDateTime::from_unix_timestamp(enrolled.expires_unix)
+                .ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .unwrap_or_else(|| format!("Unix time {}", enrolled.expires_unix));
             println!(
-                "enrolled agent {} for {} (certificate valid until Unix time {}, renewed automatically);
-                 wrote agent.key (0600), agent.pem, ca.pem and {} in {}:
+                "enrolled agent {} for {} (certificate valid until {expires}, renewed automatically);\n\
+                 wrote agent.key (0600), agent.pem, ca.pem and {} in {}:\n\
                  fill in its [[domains]] tables, then `pwrelay-agent check-config --config {}`",
                 enrolled.agent,
                 enrolled.domains.join(", "),
-                enrolled.expires_unix,
                 crate::enroll::CONFIG_FILE,
                 options.out.display(),
                 enrolled.config.display()
