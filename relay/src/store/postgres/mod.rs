@@ -8,8 +8,8 @@
 //!   and the one-writer rule holds because only the oldest unfinished job of an account is ever a
 //!   candidate;
 //! - results and renewals are fenced in their `WHERE` (holder and attempt), as in SQLite;
-//! - a change to a batch's child locks the batch row before the batch is settled, so the last two
-//!   children finishing at once on two replicas still settle it;
+//! - a batch settles after the commit of each change to a child, in statements of their own, so
+//!   the last two children finishing at once on two replicas still settle it (`jobs.rs`);
 //! - inserts that must happen once (idempotency keys, callouts) are `ON CONFLICT DO NOTHING`.
 //!
 //! One file per trait, like `sqlite/`; each statement is a file under `queries/`, named after its
@@ -59,6 +59,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_enrollment", include_str!("migrations/0004_enrollment.sql")),
     ("0005_audit", include_str!("migrations/0005_audit.sql")),
     ("0006_claim_order", include_str!("migrations/0006_claim_order.sql")),
+    ("0007_open_job_indexes", include_str!("migrations/0007_open_job_indexes.sql")),
 ];
 
 /// The advisory lock key under which migrations run (any constant shared by every replica).

@@ -99,11 +99,12 @@ impl EnrollmentStore for SqliteStore {
             )
             .map_err(db_err)?;
             // The lease ends now; the job is claimable once the write timeout has passed too,
-            // as for any agent that went away mid-write.
+            // as for any agent that went away mid-write. The agent's holders are `NAME#instance`:
+            // the range from `NAME#` to `NAME$` ('$' follows '#'), a seek of `jobs_leased`.
             let leases_released = tx
                 .execute(
                     "UPDATE jobs SET lease_expires_ms = min(lease_expires_ms, ?2), updated_ms = ?2
-                      WHERE state = 'dispatched' AND substr(lease_holder, 1, length(?1) + 1) = ?1 || '#'",
+                      WHERE state = 'dispatched' AND lease_holder >= ?1 || '#' AND lease_holder < ?1 || '$'",
                     params![agent, at.0],
                 )
                 .map_err(db_err)?;

@@ -1,6 +1,7 @@
 //! Jobs and leases in SQLite: inserts with idempotency keys, claims, fenced results and
 //! renewals, expiry, returned secrets, and batches that settle with their children.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,16 +29,30 @@ macro_rules! job_columns {
 }
 const JOB_COLUMNS: &str = job_columns!();
 
-/// Moves batches along with their children: `dispatched` once any child left the queue, final
-/// (succeeded, or failed with `partial_failure`) once every child is final. Run in every
-/// transaction that can change a child's state. Every search of the children names the states it
-/// looks for, so that it seeks `jobs_parent` instead of reading every child of a queued batch.
-const SETTLE_BATCHES: &str = "
-UPDATE jobs SET state = 'dispatched', dispatched_ms = ?1, updated_ms = ?1
- WHERE kind = 'reconcile_batch' AND state = 'queued'
+/// Moves a batch along with its children: `dispatched` once any child left the queue
+/// (`settle_dispatched`), final (succeeded, or failed with `partial_failure`) once every child is
+/// final (`settle_final`). A claim settles the batches of the children it leased (dispatched) or
+/// failed (final), a result the batch of its child (final): `SETTLE_DISPATCHED` and `SETTLE_FINAL`,
+/// the batch `?2`, as PostgreSQL's `settle_dispatched.sql` and `settle_final.sql`. A cancellation
+/// and the expiry sweep settle every open batch (`SETTLE_BATCHES`). Every search of the children
+/// names the states it looks for, so that it seeks `jobs_parent` instead of reading every child of
+/// a queued batch. `?1` is now.
+macro_rules! settle_dispatched_sql {
+    ($which:literal) => {
+        concat!(
+            "UPDATE jobs SET state = 'dispatched', dispatched_ms = ?1, updated_ms = ?1
+ WHERE kind = 'reconcile_batch' AND state = 'queued'",
+            $which,
+            "
    AND EXISTS (SELECT 1 FROM jobs c
-                WHERE c.parent_id = jobs.id AND c.state IN ('dispatched', 'succeeded', 'failed'));
-UPDATE jobs SET
+                WHERE c.parent_id = jobs.id AND c.state IN ('dispatched', 'succeeded', 'failed'))"
+        )
+    };
+}
+macro_rules! settle_final_sql {
+    ($which:literal) => {
+        concat!(
+            "UPDATE jobs SET
        state = CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
                     THEN 'failed' ELSE 'succeeded' END,
        error_code = CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state = 'failed')
@@ -47,9 +62,16 @@ UPDATE jobs SET
                                  || ' of ' || (SELECT count(*) FROM jobs c WHERE c.parent_id = jobs.id)
                                  || ' accounts failed, see the jobs with this parent_id' END,
        finished_ms = ?1, updated_ms = ?1
- WHERE kind = 'reconcile_batch' AND state IN ('queued', 'dispatched')
-   AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state IN ('queued', 'dispatched'));
-";
+ WHERE kind = 'reconcile_batch' AND state IN ('queued', 'dispatched')",
+            $which,
+            "
+   AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id AND c.state IN ('queued', 'dispatched'))"
+        )
+    };
+}
+const SETTLE_BATCHES: [&str; 2] = [settle_dispatched_sql!(""), settle_final_sql!("")];
+const SETTLE_DISPATCHED: &str = settle_dispatched_sql!(" AND id = ?2");
+const SETTLE_FINAL: &str = settle_final_sql!(" AND id = ?2");
 
 /// One writer per account, for the candidate `jobs` (`?2`: now, `?3`: the write timeout): nothing
 /// older of its account is unfinished, and no attempt on the account is unresolved (dispatched, and
@@ -58,7 +80,7 @@ UPDATE jobs SET
 macro_rules! account_free {
     () => {
         "NOT EXISTS (SELECT 1 FROM jobs o
-                    WHERE o.account_key = jobs.account_key AND o.state IN ('queued', 'dispatched')
+                    WHERE o.account_key = jobs.account_key AND (o.state = 'queued' OR o.state = 'dispatched')
                       AND o.id != jobs.id
                       AND (o.created_ms < jobs.created_ms OR (o.created_ms = jobs.created_ms AND o.id < jobs.id)))
        AND NOT EXISTS (SELECT 1 FROM jobs o
@@ -93,12 +115,13 @@ const CLAIM_LAPSED: &str = concat!(
 );
 
 /// Fails a candidate without attempts left (`?1`), without waiting out a retry back-off it could
-/// never use; only while it is still claimable (`?2`: now, `?3`: the write timeout).
+/// never use; only while it is still claimable (`?2`: now, `?3`: the write timeout). Returns its batch.
 const FAIL_EXHAUSTED: &str = "UPDATE jobs SET state = 'failed', error_code = 'delivery_exhausted',
          error_message = 'no agent completed the job in ' || attempts || ' deliveries (jobs.max_attempts)'
                          || coalesce('; last error: ' || error_message, ''),
          secret = NULL, lease_holder = NULL, finished_ms = ?2, updated_ms = ?2
-   WHERE id = ?1 AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms + ?3 < ?2))";
+   WHERE id = ?1 AND (state = 'queued' OR (state = 'dispatched' AND lease_expires_ms + ?3 < ?2))
+   RETURNING parent_id";
 
 /// Leases candidate `?1` to holder `?2` (agent `?3`) until `?4` and increments its attempt, only
 /// while it is claimable (`?5`: now, `?6`: the write timeout).
@@ -131,9 +154,22 @@ fn progress(conn: &Connection, parent: JobId) -> Result<Progress, StoreError> {
     Ok(progress)
 }
 
+/// Settles every open batch.
 fn settle_batches(conn: &Connection, now: i64) -> Result<(), StoreError> {
-    for statement in SETTLE_BATCHES.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+    for statement in SETTLE_BATCHES {
         conn.prepare_cached(statement).map_err(db_err)?.execute(params![now]).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Runs `statement` (`SETTLE_DISPATCHED` or `SETTLE_FINAL`) once for each of the batches `parents`.
+fn settle_each(conn: &Connection, statement: &str, now: i64, parents: &BTreeSet<String>) -> Result<(), StoreError> {
+    if parents.is_empty() {
+        return Ok(());
+    }
+    let mut settle = conn.prepare_cached(statement).map_err(db_err)?;
+    for parent in parents {
+        settle.execute(params![now, parent]).map_err(db_err)?;
     }
     Ok(())
 }
@@ -255,7 +291,7 @@ impl SqliteStore {
             // holder under this attempt.
             const FENCE: &str = "id = ?1 AND state = 'dispatched' AND lease_holder = ?2 AND attempts = ?3";
             let id_text = id.to_string();
-            let (changed, completion) = match outcome {
+            let (updated, completion) = match outcome {
                 Outcome::Succeeded(s, returned) => {
                     let account_state = s
                         .account_state
@@ -267,7 +303,7 @@ impl SqliteStore {
                         Some(r) => (Some(r.encoding.as_str()), Some(r.bytes)),
                         None => (None, None),
                     };
-                    let changed = tx
+                    let updated = tx
                         .prepare_cached(
                             &format!(
                                 "UPDATE jobs SET state = 'succeeded', account_dn = ?4, verified = ?5, pwd_last_set = ?6,
@@ -276,10 +312,10 @@ impl SqliteStore {
                                      result_secret_encoding = ?10, result_secret = ?11,
                                      error_code = NULL, error_message = NULL, directory_code = NULL,
                                      secret = NULL, finished_ms = ?12, updated_ms = ?12, finished_by = ?13
-                                 WHERE {FENCE}"
+                                 WHERE {FENCE} RETURNING parent_id"
                             ))
                         .map_err(db_err)?
-                        .execute(params![
+                        .query_row(params![
                                 id_text,
                                 holder,
                                 attempt,
@@ -293,22 +329,23 @@ impl SqliteStore {
                                 secret_bytes,
                                 now,
                                 replica
-                            ])
+                            ], |r| r.get::<_, Option<String>>(0))
+                        .optional()
                         .map_err(db_err)?;
-                    (changed, Completion::Finished)
+                    (updated, Completion::Finished)
                 }
                 Outcome::Failed { error, retryable: true } => {
                     // A job the agent never started goes back at once; one that failed waits.
                     let delay = if error.code == ErrorCode::NotStarted { 0 } else { ms(retry_delay(attempt)) };
-                    let changed = tx
+                    let updated = tx
                         .prepare_cached(
                             &format!(
                                 "UPDATE jobs SET state = 'queued', error_code = ?4, error_message = ?5, directory_code = ?6,
                                      lease_holder = NULL, lease_expires_ms = NULL, not_before_ms = ?7, updated_ms = ?8
-                                 WHERE {FENCE}"
+                                 WHERE {FENCE} RETURNING parent_id"
                             ))
                         .map_err(db_err)?
-                        .execute(params![
+                        .query_row(params![
                                 id_text,
                                 holder,
                                 attempt,
@@ -317,20 +354,21 @@ impl SqliteStore {
                                 error.directory_code,
                                 now + delay,
                                 now
-                            ])
+                            ], |r| r.get::<_, Option<String>>(0))
+                        .optional()
                         .map_err(db_err)?;
-                    (changed, Completion::Requeued)
+                    (updated, Completion::Requeued)
                 }
                 Outcome::Failed { error, retryable: false } => {
-                    let changed = tx
+                    let updated = tx
                         .prepare_cached(
                             &format!(
                                 "UPDATE jobs SET state = 'failed', error_code = ?4, error_message = ?5, directory_code = ?6,
                                      secret = NULL, finished_ms = ?7, updated_ms = ?7
-                                 WHERE {FENCE}"
+                                 WHERE {FENCE} RETURNING parent_id"
                             ))
                         .map_err(db_err)?
-                        .execute(params![
+                        .query_row(params![
                                 id_text,
                                 holder,
                                 attempt,
@@ -338,12 +376,14 @@ impl SqliteStore {
                                 error.message,
                                 error.directory_code,
                                 now
-                            ])
+                            ], |r| r.get::<_, Option<String>>(0))
+                        .optional()
                         .map_err(db_err)?;
-                    (changed, Completion::Finished)
+                    (updated, Completion::Finished)
                 }
             };
-            if changed == 0 {
+            // The fenced update returns the job's batch, if it has one.
+            let Some(parent) = updated else {
                 // Nothing was written: say why, for the log and the audit trail.
                 let found: Option<(String, Option<String>, u32)> = tx
                     .query_row(
@@ -373,8 +413,9 @@ impl SqliteStore {
                     }
                     Some(_) => Ok(Completion::Stale),
                 };
-            }
-            settle_batches(tx, now)?;
+            };
+            // The child was dispatched, so its batch is too: it can only have become final.
+            settle_each(tx, SETTLE_FINAL, now, &parent.into_iter().collect())?;
             Ok(completion)
         })
     }
@@ -566,10 +607,16 @@ impl JobStore for SqliteStore {
                     }
                 }
             }
+            // The batches of the children failed here.
+            let mut failed_parents = BTreeSet::new();
             if !exhausted.is_empty() {
                 let mut fail = conn.prepare_cached(FAIL_EXHAUSTED).map_err(db_err)?;
                 for id in &exhausted {
-                    fail.execute(params![id, now, grace]).map_err(db_err)?;
+                    let parent = fail
+                        .query_row(params![id, now, grace], |r| r.get::<_, Option<String>>(0))
+                        .optional()
+                        .map_err(db_err)?;
+                    failed_parents.extend(parent.flatten());
                 }
             }
             let mut leased: Vec<Vec<LeasedJob>> = std::iter::repeat_with(Vec::new).take(demands.len()).collect();
@@ -596,9 +643,10 @@ impl JobStore for SqliteStore {
             for jobs in &mut leased {
                 jobs.sort_by_key(|l| (l.job.created_at, l.job.job_id));
             }
-            if !exhausted.is_empty() || leased.iter().any(|jobs| !jobs.is_empty()) {
-                settle_batches(conn, now)?;
-            }
+            let leased_parents: BTreeSet<String> =
+                leased.iter().flatten().filter_map(|l| l.job.parent_id).map(|p| p.to_string()).collect();
+            settle_each(conn, SETTLE_DISPATCHED, now, &leased_parents)?;
+            settle_each(conn, SETTLE_FINAL, now, &failed_parents)?;
             Ok(leased)
         })
         .await
@@ -813,7 +861,36 @@ mod tests {
         store.check().await.expect("ready");
     }
 
-    /// Claims and results settle the open batches in the same transaction: the statements read the
+    /// Claims and results settle the batches of the children they changed in the same
+    /// transaction: one batch by its id, and its children through `jobs_parent`.
+    #[test]
+    fn settling_a_batch_reads_that_batch_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("relay.db");
+        drop(SqliteStore::open(&path).expect("open"));
+        let conn = Connection::open(&path).expect("open");
+        super::super::configure(&conn).expect("the store's settings");
+        for statement in [SETTLE_DISPATCHED, SETTLE_FINAL] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {statement}")).expect("plan");
+            let plan: Vec<String> = stmt
+                .query_map(params![0, "p"], |r| r.get::<_, String>(3))
+                .expect("plan")
+                .map(|r| r.expect("row"))
+                .collect();
+            let outer = plan.first().map(String::as_str).unwrap_or_default();
+            assert!(outer.contains("USING INDEX sqlite_autoindex_jobs_1 (id=?)"), "{statement}\nplanned as {plan:?}");
+            let children: Vec<_> =
+                plan.iter().filter(|step| step.contains(" c ") && !step.contains("SCALAR")).collect();
+            assert!(!children.is_empty(), "{plan:?}");
+            // A seek of the batch's children (by state where it looks for one), never a scan.
+            assert!(
+                children.iter().all(|step| step.contains("INDEX jobs_parent (parent_id=?")),
+                "{statement}\nplanned as {plan:?}"
+            );
+        }
+    }
+
+    /// The expiry sweep and a cancellation settle every open batch: the statements read the
     /// batches through their index, not every job kept.
     #[test]
     fn settling_batches_reads_the_open_batches_only() {
@@ -821,7 +898,8 @@ mod tests {
         let path = dir.path().join("relay.db");
         drop(SqliteStore::open(&path).expect("open"));
         let conn = Connection::open(&path).expect("open");
-        for statement in SETTLE_BATCHES.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        super::super::configure(&conn).expect("the store's settings");
+        for statement in SETTLE_BATCHES {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {statement}")).expect("plan");
             let plan: Vec<String> =
                 stmt.query_map(params![0], |r| r.get::<_, String>(3)).expect("plan").map(|r| r.expect("row")).collect();
@@ -836,6 +914,39 @@ mod tests {
         }
     }
 
+    /// The indexes of open jobs are what their other searches read: a revocation seeks the
+    /// agent's leases, the queue gauge reads the open jobs only; and a final job is in none of them.
+    #[test]
+    fn open_job_indexes_serve_revocations_and_the_queue_gauge() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("relay.db");
+        drop(SqliteStore::open(&path).expect("open"));
+        let conn = Connection::open(&path).expect("open");
+        super::super::configure(&conn).expect("the store's settings");
+        let plan = |sql: &str, values: &[&dyn rusqlite::ToSql]| -> Vec<String> {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("plan");
+            stmt.query_map(values, |r| r.get::<_, String>(3)).expect("plan").map(|r| r.expect("row")).collect()
+        };
+        let revoke = plan(
+            "SELECT id FROM jobs WHERE state = 'dispatched' AND lease_holder >= ?1 || '#' AND lease_holder < ?1 || '$'",
+            &[&"agent-1"],
+        );
+        assert!(
+            revoke.iter().any(|s| s.contains("USING INDEX jobs_leased (lease_holder>? AND lease_holder<?)")),
+            "{revoke:?}"
+        );
+        let gauge = plan(crate::store::gauges::QUEUE, &[]);
+        assert!(gauge.iter().any(|s| s.contains("jobs_claim_order")), "{gauge:?}");
+        // Partial: a final job is in none of them.
+        let mut list = conn.prepare("SELECT name, partial FROM pragma_index_list('jobs')").expect("indexes");
+        let partial: std::collections::BTreeMap<String, bool> =
+            list.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("indexes").map(|r| r.expect("row")).collect();
+        for index in ["jobs_claim_order", "jobs_account", "jobs_leased"] {
+            assert_eq!(partial.get(index), Some(&true), "{index} in {partial:?}");
+        }
+        assert!(!partial.contains_key("jobs_claimable") && !partial.contains_key("jobs_lease_holder"), "{partial:?}");
+    }
+
     /// A claim walks the claimable jobs of a domain in claim order and stops at its limit: the
     /// candidate searches read `jobs_claim_order` in order (no sort of the backlog), and check each
     /// account through `jobs_account`.
@@ -845,6 +956,7 @@ mod tests {
         let path = dir.path().join("relay.db");
         drop(SqliteStore::open(&path).expect("open"));
         let conn = Connection::open(&path).expect("open");
+        super::super::configure(&conn).expect("the store's settings");
         for search in [CLAIM_QUEUED, CLAIM_LAPSED] {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {search}")).expect("plan");
             let plan: Vec<String> = stmt

@@ -50,6 +50,28 @@ pub(super) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The connection's settings.
+pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+    // The savepoint of each write in a group commit journals the pages it changes: in memory, not
+    // in a temporary file written for every page.
+    conn.pragma_update(None, "temp_store", "MEMORY").map_err(db_err)?;
+    // One plan per statement whatever its parameters: without this, binding a new integer to a
+    // `LIMIT ?` or a comparison recompiles the statement (a claim's search, each time its limit
+    // changed).
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(db_err)?;
+    // Every hot statement stays compiled (rusqlite keeps 16 by default; a group commit alone runs
+    // more than that).
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+/// Compiled statements kept per connection.
+const STATEMENT_CACHE: usize = 128;
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -59,10 +81,7 @@ impl SqliteStore {
         }
         let conn =
             Connection::open(path).map_err(|e| StoreError::Database(format!("store.path {}: {e}", path.display())))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        configure(&conn)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
         if version > schema::SCHEMA_VERSION {
             return Err(StoreError::Database(format!(
@@ -71,8 +90,10 @@ impl SqliteStore {
                 schema::SCHEMA_VERSION
             )));
         }
-        conn.execute_batch(schema::SCHEMA).map_err(db_err)?;
         // A new database starts at version 1 (SCHEMA) and takes every migration like an old one.
+        if version == 0 {
+            conn.execute_batch(schema::SCHEMA).map_err(db_err)?;
+        }
         let from = version.max(1);
         for (i, migration) in schema::MIGRATIONS.iter().enumerate().skip(usize::try_from(from - 1).unwrap_or(0)) {
             let tx = conn.unchecked_transaction().map_err(db_err)?;

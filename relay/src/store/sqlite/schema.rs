@@ -1,11 +1,12 @@
 //! The SQLite schema: version 1 and the migrations after it, recorded in `PRAGMA user_version`.
 //! Version 7 is PostgreSQL's `0001_schema.sql`, 8 its `0002_agents.sql`, 9 its `0003_replicas.sql`;
 //! 10 is an index of SQLite's own (PostgreSQL settles batches by id); 11 is PostgreSQL's
-//! `0004_enrollment.sql`, 12 its `0005_audit.sql`, 13 its `0006_claim_order.sql` (which also drops
-//! the index it replaces: version 1 here recreates it).
+//! `0004_enrollment.sql`, 12 its `0005_audit.sql`, 13 its `0006_claim_order.sql`, 14 its
+//! `0007_open_job_indexes.sql` (the indexes of open jobs). Version 1 is created only in a new
+//! database, so that a later migration can drop what it made.
 
 /// Schema version written to `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 13;
+pub(super) const SCHEMA_VERSION: i64 = 14;
 
 /// Statements that bring a database from version `n` to `n + 1`, in order (index 0: 1 → 2,
 /// index 1: 2 → 3, ...).
@@ -98,6 +99,7 @@ CREATE INDEX IF NOT EXISTS jobs_account ON jobs (account_key, state, created_ms)
     ENROLLMENT,
     AUDIT,
     CLAIM_ORDER,
+    OPEN_JOB_INDEXES,
 ];
 
 /// Enrollment tokens and the deny list of revoked agents (migration 10 → 11; PostgreSQL's
@@ -144,6 +146,27 @@ CREATE INDEX IF NOT EXISTS audit_events_job ON audit_events (job_id) WHERE job_i
 /// a reconciliation) had to be sorted first, all of them.
 const CLAIM_ORDER: &str = "
 CREATE INDEX IF NOT EXISTS jobs_claim_order ON jobs (domain, state, created_ms, id);
+";
+
+/// The indexes of open jobs (migration 13 → 14; PostgreSQL's `0007_open_job_indexes.sql`). The
+/// claim order and the accounts are searched for queued and dispatched jobs only, so their indexes
+/// hold only those: a job that becomes final leaves them instead of moving within them, and they
+/// stay the size of the backlog, not of every job kept. The condition is written as an `OR`
+/// because SQLite proves that a query's `state = 'queued'` implies `state = 'queued' OR ...`, not
+/// that it implies an `IN` list; the queries that use these indexes name a state, or this same
+/// `OR`. The leases are found by holder (a revocation) among dispatched jobs only, by a range on
+/// the holder. `jobs_claimable` goes: it is a prefix of `jobs_claim_order` that nothing searched,
+/// as `0006_claim_order.sql` dropped it.
+const OPEN_JOB_INDEXES: &str = "
+DROP INDEX IF EXISTS jobs_claimable;
+DROP INDEX IF EXISTS jobs_claim_order;
+CREATE INDEX jobs_claim_order ON jobs (domain, state, created_ms, id)
+ WHERE state = 'queued' OR state = 'dispatched';
+DROP INDEX IF EXISTS jobs_account;
+CREATE INDEX jobs_account ON jobs (account_key, state, created_ms)
+ WHERE state = 'queued' OR state = 'dispatched';
+DROP INDEX IF EXISTS jobs_lease_holder;
+CREATE INDEX jobs_leased ON jobs (lease_holder) WHERE state = 'dispatched';
 ";
 
 /// The batches by state (migration 9 → 10). Every transaction that can change a child's state

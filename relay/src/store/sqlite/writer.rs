@@ -132,14 +132,18 @@ fn serve(conn: &Mutex<Connection>, writes: &mpsc::Receiver<Box<dyn Write>>, grou
 /// One transaction for the group: `BEGIN IMMEDIATE`, a savepoint per write, `COMMIT`. On any
 /// failure of the transaction itself everything is rolled back and every write gets the error.
 fn run_group(conn: &Connection, group: &mut [Box<dyn Write>]) -> Result<(), String> {
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
+    let run =
+        |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(|e| e.to_string());
+    run("BEGIN IMMEDIATE")?;
     let applied = (|| {
         for write in group.iter_mut() {
-            conn.execute_batch("SAVEPOINT write").map_err(|e| e.to_string())?;
-            let end = if write.apply(conn) { "RELEASE write" } else { "ROLLBACK TO write; RELEASE write" };
-            conn.execute_batch(end).map_err(|e| e.to_string())?;
+            run("SAVEPOINT write")?;
+            if !write.apply(conn) {
+                run("ROLLBACK TO write")?;
+            }
+            run("RELEASE write")?;
         }
-        conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+        run("COMMIT")
     })();
     if applied.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
