@@ -70,6 +70,7 @@ mod health;
 mod jobs;
 mod lifecycle;
 pub mod limits;
+mod page_headers;
 pub mod rate_limit;
 mod reconciliations;
 mod reveal;

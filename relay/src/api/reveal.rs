@@ -15,7 +15,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -33,26 +33,12 @@ const ACTIVE: &str = include_str!("reveal/active.html");
 const SCRIPT: &str = include_str!("reveal/reveal.js");
 const STYLE: &str = include_str!("reveal/reveal.css");
 
-/// Headers on every response of the link pages.
-const SECURITY_HEADERS: &[(&str, &str)] = &[
-    (
-        "content-security-policy",
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
-         base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    ),
-    ("cache-control", "no-store"),
-    ("referrer-policy", "no-referrer"),
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("x-robots-tag", "noindex, nofollow"),
-    ("cross-origin-opener-policy", "same-origin"),
-];
+/// The content security policy of the link pages (the other headers: `page_headers.rs`).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-fn secure(mut response: Response) -> Response {
-    for (name, value) in SECURITY_HEADERS {
-        response.headers_mut().insert(HeaderName::from_static(name), HeaderValue::from_static(value));
-    }
-    response
+fn secure(response: Response) -> Response {
+    super::page_headers::secure(response, CONTENT_SECURITY_POLICY)
 }
 
 fn lifecycle(state: &ApiState) -> Option<&Arc<Lifecycle>> {

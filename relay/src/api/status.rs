@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Extension, Form, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use pwrelay_shared::secret::SecretString;
@@ -58,25 +58,12 @@ pub fn login_limiter() -> RateLimiter<IpAddr> {
     RateLimiter::new(LOGIN_ATTEMPTS, LOGIN_WINDOW)
 }
 
-/// Headers on every response of the status pages.
-const SECURITY_HEADERS: &[(&str, &str)] = &[
-    (
-        "content-security-policy",
-        "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    ),
-    ("cache-control", "no-store"),
-    ("referrer-policy", "no-referrer"),
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("x-robots-tag", "noindex, nofollow"),
-    ("cross-origin-opener-policy", "same-origin"),
-];
+/// The content security policy of the status pages (the other headers: `page_headers.rs`).
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-fn secure(mut response: Response) -> Response {
-    for (name, value) in SECURITY_HEADERS {
-        response.headers_mut().insert(HeaderName::from_static(name), HeaderValue::from_static(value));
-    }
-    response
+fn secure(response: Response) -> Response {
+    super::page_headers::secure(response, CONTENT_SECURITY_POLICY)
 }
 
 fn html(status: StatusCode, body: String) -> Response {
