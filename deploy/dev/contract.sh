@@ -26,7 +26,8 @@ domains=corp.example.com,other.example.com
 
 if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/schemathesis" --version | grep -q "$schemathesis_version"; then
   echo "==> installing schemathesis $schemathesis_version into $venv"
-  python3 -m venv "$venv"
+  # --clear: a venv whose interpreter path moved or is gone is made again, not reused.
+  python3 -m venv --clear "$venv"
   "$venv/bin/pip" install --quiet "schemathesis==$schemathesis_version"
 fi
 
