@@ -115,7 +115,8 @@ const CLAIM_LAPSED: &str = concat!(
 );
 
 /// Fails a candidate without attempts left (`?1`), without waiting out a retry back-off it could
-/// never use; only while it is still claimable (`?2`: now, `?3`: the write timeout). Returns its batch.
+/// never use; only while it is still claimable (`?2`: now, `?3`: the write timeout). Returns its
+/// batch.
 const FAIL_EXHAUSTED: &str = "UPDATE jobs SET state = 'failed', error_code = 'delivery_exhausted',
          error_message = 'no agent completed the job in ' || attempts || ' deliveries (jobs.max_attempts)'
                          || coalesce('; last error: ' || error_message, ''),
