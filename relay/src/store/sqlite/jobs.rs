@@ -862,15 +862,22 @@ mod tests {
         store.check().await.expect("ready");
     }
 
-    /// Claims and results settle the batches of the children they changed in the same
-    /// transaction: one batch by its id, and its children through `jobs_parent`.
-    #[test]
-    fn settling_a_batch_reads_that_batch_only() {
+    /// A connection to a new store's database, set up as the store sets up its own: for
+    /// `EXPLAIN QUERY PLAN`.
+    fn planning_connection() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("relay.db");
         drop(SqliteStore::open(&path).expect("open"));
         let conn = Connection::open(&path).expect("open");
         super::super::configure(&conn).expect("the store's settings");
+        (dir, conn)
+    }
+
+    /// Claims and results settle the batches of the children they changed in the same
+    /// transaction: one batch by its id, and its children through `jobs_parent`.
+    #[test]
+    fn settling_a_batch_reads_that_batch_only() {
+        let (_dir, conn) = planning_connection();
         for statement in [SETTLE_DISPATCHED, SETTLE_FINAL] {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {statement}")).expect("plan");
             let plan: Vec<String> = stmt
@@ -895,11 +902,7 @@ mod tests {
     /// batches through their index, not every job kept.
     #[test]
     fn settling_batches_reads_the_open_batches_only() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("relay.db");
-        drop(SqliteStore::open(&path).expect("open"));
-        let conn = Connection::open(&path).expect("open");
-        super::super::configure(&conn).expect("the store's settings");
+        let (_dir, conn) = planning_connection();
         for statement in SETTLE_BATCHES {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {statement}")).expect("plan");
             let plan: Vec<String> =
@@ -919,11 +922,7 @@ mod tests {
     /// agent's leases, the queue gauge reads the open jobs only; and a final job is in none of them.
     #[test]
     fn open_job_indexes_serve_revocations_and_the_queue_gauge() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("relay.db");
-        drop(SqliteStore::open(&path).expect("open"));
-        let conn = Connection::open(&path).expect("open");
-        super::super::configure(&conn).expect("the store's settings");
+        let (_dir, conn) = planning_connection();
         let plan = |sql: &str, values: &[&dyn rusqlite::ToSql]| -> Vec<String> {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("plan");
             stmt.query_map(values, |r| r.get::<_, String>(3)).expect("plan").map(|r| r.expect("row")).collect()
@@ -953,11 +952,7 @@ mod tests {
     /// account through `jobs_account`.
     #[test]
     fn claims_walk_the_claim_order_without_sorting_the_backlog() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("relay.db");
-        drop(SqliteStore::open(&path).expect("open"));
-        let conn = Connection::open(&path).expect("open");
-        super::super::configure(&conn).expect("the store's settings");
+        let (_dir, conn) = planning_connection();
         for search in [CLAIM_QUEUED, CLAIM_LAPSED] {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {search}")).expect("plan");
             let plan: Vec<String> = stmt
