@@ -29,7 +29,11 @@ use async_trait::async_trait;
 use pwrelay_shared::domain::DomainName;
 
 use super::StoreError;
-use crate::jobs::{Job, JobId, LeasedJob, NewJob, Outcome, ResultSecret};
+use super::columns::{Columns, RowReader};
+use crate::jobs::{
+    ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
+    NewJob, Outcome, ResultSecret, SecretStatus, Target, Timestamp,
+};
 
 /// Limits applied while claiming.
 #[derive(Clone, Copy, Debug)]
@@ -189,6 +193,98 @@ pub enum Cancellation {
 pub(crate) fn retry_delay(attempts: u32) -> Duration {
     let exponent = attempts.saturating_sub(1).min(6);
     Duration::from_secs(5 * (1u64 << exponent)).min(Duration::from_secs(300))
+}
+
+/// A job row with the columns that never leave the store except in a lease.
+pub(crate) struct StoredJob {
+    pub(crate) job: Job,
+    pub(crate) sealed_secret: Option<Vec<u8>>,
+    pub(crate) lease_expires_ms: Option<i64>,
+    pub(crate) recipient_key: Option<Vec<u8>>,
+}
+
+/// Reads a job row selected with the job columns, in this order on both backends (SQLite's
+/// `JOB_COLUMNS`, the `SELECT`s and `RETURNING`s of PostgreSQL's `queries/jobs/`): `id, kind,
+/// domain, target_kind, target_value, must_change, unlock, client, state, created_ms, updated_ms,
+/// dispatched_ms, finished_ms, agent, attempts, error_code, error_message, directory_code,
+/// account_dn, verified, pwd_last_set, secret, lease_expires_ms, enforce_history, generate_length,
+/// generate_mode, recipient_key, password_matches, account_state, notes, result_secret_encoding,
+/// result_secret IS NOT NULL, secret_retrieved_ms, parent_id`.
+pub(crate) fn read_job(row: &(impl Columns + ?Sized)) -> Result<StoredJob, StoreError> {
+    let r = RowReader::new(row, 0)?;
+    let job_id = r.id().parse::<JobId>().map_err(|_| r.corrupt("bad id"))?;
+    let kind = r.parsed(1, "kind", JobKind::parse)?;
+    let domain = r.parsed(2, "domain", |d| DomainName::parse(d).ok())?;
+    let target_kind = r.text(3, "target_kind")?;
+    let target = Target::from_parts(&target_kind, r.text(4, "target_value")?).ok_or_else(|| r.corrupt("bad target"))?;
+    let state = r.parsed(8, "state", JobState::parse)?;
+    let error = match r.opt_text(15)? {
+        Some(code) => Some(JobError {
+            code: ErrorCode::parse(&code).unwrap_or(ErrorCode::Unknown),
+            message: r.opt_text(16)?.unwrap_or_default(),
+            directory_code: r.opt_text(17)?,
+        }),
+        None => None,
+    };
+    let result = match r.opt_text(18)? {
+        Some(account_dn) if state == JobState::Succeeded => Some(JobSuccess {
+            account_dn,
+            verified: r.opt_flag(19)?.unwrap_or(false),
+            pwd_last_set: r.opt_int(20)?.unwrap_or(0),
+            password_matches: r.opt_flag(27)?,
+            account_state: r.opt_json(28, "account_state")?,
+            notes: r.opt_json(29, "notes")?.unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let generate = match (r.opt_count(24, "generate_length")?, r.opt_text(25)?) {
+        (Some(length), Some(mode)) => Some(GenerateSpec {
+            length,
+            mode: GenerateMode::parse(&mode).ok_or_else(|| r.corrupt("bad generate_mode"))?,
+        }),
+        _ => None,
+    };
+    let secret = if kind != JobKind::GeneratePassword {
+        None
+    } else if r.flag(31, "result_secret")? {
+        Some(SecretStatus::Available)
+    } else if r.opt_int(32)?.is_some() {
+        Some(SecretStatus::Retrieved)
+    } else {
+        Some(SecretStatus::Pending)
+    };
+    let job = Job {
+        job_id,
+        kind,
+        domain,
+        target,
+        options: JobOptions {
+            must_change: r.flag(5, "must_change")?,
+            unlock: r.flag(6, "unlock")?,
+            enforce_history: r.flag(23, "enforce_history")?,
+        },
+        state,
+        client: r.text(7, "client")?,
+        created_at: Timestamp(r.int(9, "created_ms")?),
+        updated_at: Timestamp(r.int(10, "updated_ms")?),
+        dispatched_at: r.opt_int(11)?.map(Timestamp),
+        finished_at: r.opt_int(12)?.map(Timestamp),
+        agent: r.opt_text(13)?,
+        attempts: r.opt_count(14, "attempts")?.unwrap_or(0),
+        error,
+        result,
+        generate,
+        secret,
+        parent_id: r.opt_parsed(33, "parent_id", |p| p.parse::<JobId>().ok())?,
+        progress: None,
+        lifecycle: None,
+    };
+    Ok(StoredJob {
+        job,
+        sealed_secret: r.opt_bytes(21)?,
+        lease_expires_ms: r.opt_int(22)?,
+        recipient_key: r.opt_bytes(26)?,
+    })
 }
 
 /// Jobs, batches, attempts and leases, idempotency keys and returned secrets.

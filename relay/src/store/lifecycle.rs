@@ -12,6 +12,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::StoreError;
+use super::columns::{Columns, RowReader};
 use crate::jobs::{JobId, Timestamp};
 
 /// Where a request is.
@@ -110,6 +111,39 @@ pub struct LifecycleRequest {
     /// Fresh jobs made because the replica holding the key died (at most one).
     #[serde(skip)]
     pub reissues: u32,
+}
+
+/// Reads a request row selected with these columns, in this order on both backends (SQLite's
+/// `COLUMNS`, PostgreSQL's `queries/lifecycle/`): `task_processing_result_id, tenant_id,
+/// workflow_id, task_id, subject_id, display_name, stage, job_id`, the job's `state`, `delivery,
+/// delivery_detail, outcome, outcome_reason, resume_attempts, link_expires_ms, link_claimed_ms,
+/// link_views, created_ms, next_attempt_ms`, the key holder, `reissues`.
+pub(crate) fn read_request(row: &(impl Columns + ?Sized)) -> Result<LifecycleRequest, StoreError> {
+    let r = RowReader::new(row, 0)?;
+    let uuid = |i: usize, what: &str| r.parsed(i, what, |text| Uuid::parse_str(text).ok());
+    Ok(LifecycleRequest {
+        task_processing_result_id: uuid(0, "id")?,
+        tenant_id: r.text(1, "tenant id")?,
+        workflow_id: uuid(2, "workflow id")?,
+        task_id: uuid(3, "task id")?,
+        subject_id: uuid(4, "subject id")?,
+        display_name: r.text(5, "display name")?,
+        stage: r.parsed(6, "stage", Stage::parse)?,
+        job_id: r.opt_parsed(7, "job id", |j| j.parse::<JobId>().ok())?,
+        job_state: r.opt_text(8)?,
+        delivery: r.opt_text(9)?,
+        delivery_detail: r.opt_text(10)?,
+        outcome: r.opt_text(11)?,
+        outcome_reason: r.opt_text(12)?,
+        resume_attempts: r.count(13, "resume attempts")?,
+        link_expires_at: r.opt_int(14)?.map(Timestamp),
+        link_claimed_at: r.opt_int(15)?.map(Timestamp),
+        link_views: r.count(16, "link views")?,
+        created_at: Timestamp(r.int(17, "created_ms")?),
+        next_attempt_ms: r.int(18, "next_attempt_ms")?,
+        key_holder: r.opt_text(19)?,
+        reissues: r.count(20, "reissues")?,
+    })
 }
 
 /// A new callout.

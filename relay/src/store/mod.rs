@@ -21,6 +21,7 @@
 pub mod agents;
 pub mod audit;
 mod clients;
+mod columns;
 pub mod enrollment;
 pub mod gauges;
 mod jobs;

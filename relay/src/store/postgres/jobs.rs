@@ -12,10 +12,10 @@ use tokio_postgres::Row;
 
 use super::{PostgresStore, db_err, query};
 use crate::jobs::{
-    ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
-    NewJob, Outcome, Progress, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
+    ErrorCode, Job, JobId, JobKind, JobState, LeasedJob, NewJob, Outcome, Progress, ResultSecret, SecretEncoding,
+    Timestamp,
 };
-use crate::store::jobs::{Candidate, assign, domain_limits, retry_delay};
+use crate::store::jobs::{Candidate, assign, domain_limits, read_job, retry_delay};
 use crate::store::{
     Cancellation, ClaimDemand, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake, StoreError,
 };
@@ -27,110 +27,6 @@ fn ms(d: Duration) -> i64 {
 /// An attempt number as stored (`INTEGER`).
 fn attempt_int(attempt: u32) -> i32 {
     i32::try_from(attempt).unwrap_or(i32::MAX)
-}
-
-/// A job row with the columns that never leave the store except in a lease.
-struct StoredJob {
-    job: Job,
-    sealed_secret: Option<Vec<u8>>,
-    lease_expires_ms: Option<i64>,
-    recipient_key: Option<Vec<u8>>,
-}
-
-fn read_job(row: &Row) -> Result<StoredJob, StoreError> {
-    let id: String = row.try_get(0).map_err(db_err)?;
-    let corrupt = |reason: &str| StoreError::Corrupt { id: id.clone(), reason: reason.to_owned() };
-    let get_u32 = |i: usize| -> Result<Option<u32>, StoreError> {
-        row.try_get::<_, Option<i32>>(i)
-            .map_err(db_err)?
-            .map(|n| u32::try_from(n).map_err(|_| corrupt("negative count")))
-            .transpose()
-    };
-    let job_id = id.parse::<JobId>().map_err(|_| corrupt("bad id"))?;
-    let kind = JobKind::parse(row.try_get(1).map_err(db_err)?).ok_or_else(|| corrupt("unknown kind"))?;
-    let domain = DomainName::parse(row.try_get(2).map_err(db_err)?).map_err(|_| corrupt("bad domain"))?;
-    let target = Target::from_parts(row.try_get(3).map_err(db_err)?, row.try_get(4).map_err(db_err)?)
-        .ok_or_else(|| corrupt("bad target"))?;
-    let state = JobState::parse(row.try_get(8).map_err(db_err)?).ok_or_else(|| corrupt("unknown state"))?;
-    let error = match row.try_get::<_, Option<String>>(15).map_err(db_err)? {
-        Some(code) => Some(JobError {
-            code: ErrorCode::parse(&code).unwrap_or(ErrorCode::Unknown),
-            message: row.try_get::<_, Option<String>>(16).map_err(db_err)?.unwrap_or_default(),
-            directory_code: row.try_get(17).map_err(db_err)?,
-        }),
-        None => None,
-    };
-    let result = match row.try_get::<_, Option<String>>(18).map_err(db_err)? {
-        Some(account_dn) if state == JobState::Succeeded => Some(JobSuccess {
-            account_dn,
-            verified: row.try_get::<_, Option<bool>>(19).map_err(db_err)?.unwrap_or(false),
-            pwd_last_set: row.try_get::<_, Option<i64>>(20).map_err(db_err)?.unwrap_or(0),
-            password_matches: row.try_get(27).map_err(db_err)?,
-            account_state: row
-                .try_get::<_, Option<String>>(28)
-                .map_err(db_err)?
-                .map(|json| serde_json::from_str(&json).map_err(|_| corrupt("bad account_state")))
-                .transpose()?,
-            notes: row
-                .try_get::<_, Option<String>>(29)
-                .map_err(db_err)?
-                .map(|json| serde_json::from_str(&json).map_err(|_| corrupt("bad notes")))
-                .transpose()?
-                .unwrap_or_default(),
-        }),
-        _ => None,
-    };
-    let generate = match (get_u32(24)?, row.try_get::<_, Option<String>>(25).map_err(db_err)?) {
-        (Some(length), Some(mode)) => {
-            Some(GenerateSpec { length, mode: GenerateMode::parse(&mode).ok_or_else(|| corrupt("bad generate_mode"))? })
-        }
-        _ => None,
-    };
-    let secret = if kind != JobKind::GeneratePassword {
-        None
-    } else if row.try_get::<_, bool>(31).map_err(db_err)? {
-        Some(SecretStatus::Available)
-    } else if row.try_get::<_, Option<i64>>(32).map_err(db_err)?.is_some() {
-        Some(SecretStatus::Retrieved)
-    } else {
-        Some(SecretStatus::Pending)
-    };
-    let job = Job {
-        job_id,
-        kind,
-        domain,
-        target,
-        options: JobOptions {
-            must_change: row.try_get(5).map_err(db_err)?,
-            unlock: row.try_get(6).map_err(db_err)?,
-            enforce_history: row.try_get(23).map_err(db_err)?,
-        },
-        state,
-        client: row.try_get(7).map_err(db_err)?,
-        created_at: Timestamp(row.try_get(9).map_err(db_err)?),
-        updated_at: Timestamp(row.try_get(10).map_err(db_err)?),
-        dispatched_at: row.try_get::<_, Option<i64>>(11).map_err(db_err)?.map(Timestamp),
-        finished_at: row.try_get::<_, Option<i64>>(12).map_err(db_err)?.map(Timestamp),
-        agent: row.try_get(13).map_err(db_err)?,
-        attempts: get_u32(14)?.unwrap_or(0),
-        error,
-        result,
-        generate,
-        secret,
-        parent_id: row
-            .try_get::<_, Option<String>>(33)
-            .map_err(db_err)?
-            .map(|p| p.parse::<JobId>().map_err(|_| corrupt("bad parent_id")))
-            .transpose()?,
-        progress: None,
-        lifecycle: None,
-    };
-    Ok(StoredJob {
-        job,
-        sealed_secret: row.try_get(21).map_err(db_err)?,
-        lease_expires_ms: row.try_get(22).map_err(db_err)?,
-        recipient_key: row.try_get(26).map_err(db_err)?,
-    })
 }
 
 fn parse_id(text: String) -> Result<JobId, StoreError> {

@@ -3,52 +3,15 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{PostgresStore, count, db_err, query};
 use crate::jobs::{JobId, Timestamp};
 use crate::store::lifecycle::{
     CalloutInsertion, LifecycleRequest, LifecycleStore, LinkClaim, LinkState, NewRequest, ResumeResult, Stage,
-    constant_time_eq, link_request_verdict,
+    constant_time_eq, link_request_verdict, read_request,
 };
 use crate::store::{StoreError, replicas};
-
-fn read(row: &Row) -> Result<LifecycleRequest, StoreError> {
-    let id: String = row.try_get(0).map_err(db_err)?;
-    let corrupt = |what: &str| StoreError::Corrupt { id: id.clone(), reason: format!("bad {what}") };
-    let uuid = |i: usize, what: &str| -> Result<Uuid, StoreError> {
-        row.try_get::<_, String>(i).ok().and_then(|t| Uuid::parse_str(&t).ok()).ok_or_else(|| corrupt(what))
-    };
-    let count = |i: usize, what: &str| -> Result<u32, StoreError> {
-        u32::try_from(row.try_get::<_, i32>(i).map_err(db_err)?).map_err(|_| corrupt(what))
-    };
-    let stage: String = row.try_get(6).map_err(db_err)?;
-    let job_id: Option<String> = row.try_get(7).map_err(db_err)?;
-    Ok(LifecycleRequest {
-        task_processing_result_id: uuid(0, "id")?,
-        tenant_id: row.try_get(1).map_err(db_err)?,
-        workflow_id: uuid(2, "workflow id")?,
-        task_id: uuid(3, "task id")?,
-        subject_id: uuid(4, "subject id")?,
-        display_name: row.try_get(5).map_err(db_err)?,
-        stage: Stage::parse(&stage).ok_or_else(|| corrupt("stage"))?,
-        job_id: job_id.map(|j| j.parse().map_err(|_| corrupt("job id"))).transpose()?,
-        job_state: row.try_get(8).map_err(db_err)?,
-        delivery: row.try_get(9).map_err(db_err)?,
-        delivery_detail: row.try_get(10).map_err(db_err)?,
-        outcome: row.try_get(11).map_err(db_err)?,
-        outcome_reason: row.try_get(12).map_err(db_err)?,
-        resume_attempts: count(13, "resume attempts")?,
-        link_expires_at: row.try_get::<_, Option<i64>>(14).map_err(db_err)?.map(Timestamp),
-        link_claimed_at: row.try_get::<_, Option<i64>>(15).map_err(db_err)?.map(Timestamp),
-        link_views: count(16, "link views")?,
-        created_at: Timestamp(row.try_get(17).map_err(db_err)?),
-        next_attempt_ms: row.try_get(18).map_err(db_err)?,
-        key_holder: row.try_get(19).map_err(db_err)?,
-        reissues: count(20, "reissues")?,
-    })
-}
 
 #[async_trait]
 impl LifecycleStore for PostgresStore {
@@ -95,7 +58,7 @@ impl LifecycleStore for PostgresStore {
             )
             .await
             .map_err(db_err)?;
-        rows.iter().map(read).collect()
+        rows.iter().map(read_request).collect()
     }
 
     async fn request(&self, id: Uuid) -> Result<Option<LifecycleRequest>, StoreError> {
@@ -104,14 +67,14 @@ impl LifecycleStore for PostgresStore {
             .await
             .map_err(db_err)?
             .as_ref()
-            .map(read)
+            .map(read_request)
             .transpose()
     }
 
     async fn request_of_job(&self, job: JobId) -> Result<Option<LifecycleRequest>, StoreError> {
         let conn = self.client().await?;
         let row = conn.query_opt(query!("lifecycle/of_job"), &[&job.to_string()]).await.map_err(db_err)?;
-        row.as_ref().map(read).transpose()
+        row.as_ref().map(read_request).transpose()
     }
 
     async fn set_applying(&self, id: Uuid, job: JobId) -> Result<(), StoreError> {

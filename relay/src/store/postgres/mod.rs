@@ -113,6 +113,30 @@ pub(super) fn db_err(e: tokio_postgres::Error) -> StoreError {
     })
 }
 
+impl super::columns::Columns for tokio_postgres::Row {
+    fn text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        self.try_get(i).map_err(db_err)
+    }
+
+    /// `SMALLINT`, `INTEGER` and `BIGINT` alike.
+    fn int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        use tokio_postgres::types::Type;
+        match self.columns().get(i).map(|column| column.type_()) {
+            Some(&Type::INT2) => Ok(self.try_get::<_, Option<i16>>(i).map_err(db_err)?.map(i64::from)),
+            Some(&Type::INT4) => Ok(self.try_get::<_, Option<i32>>(i).map_err(db_err)?.map(i64::from)),
+            _ => self.try_get(i).map_err(db_err),
+        }
+    }
+
+    fn flag(&self, i: usize) -> Result<Option<bool>, StoreError> {
+        self.try_get(i).map_err(db_err)
+    }
+
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        self.try_get(i).map_err(db_err)
+    }
+}
+
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => db_err(e),

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::{PostgresStore, count, db_err, query};
 use crate::jobs::Timestamp;
-use crate::store::webhooks::{decode_events, encode_events, parse_event, parse_job_id};
+use crate::store::webhooks::{encode_events, read_attempt, read_delivery_record, read_due_delivery, read_webhook};
 use crate::store::{StoreError, WebhookStore};
 use crate::webhooks::{
     AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DeliveryState, DueDelivery, StoredWebhook,
@@ -17,10 +17,6 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn attempt_count(id: &str, n: i32) -> Result<u32, StoreError> {
-    u32::try_from(n).map_err(|_| StoreError::Corrupt { id: id.to_owned(), reason: "negative attempt".into() })
-}
-
 #[async_trait]
 impl WebhookStore for PostgresStore {
     async fn webhook(&self, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
@@ -28,12 +24,7 @@ impl WebhookStore for PostgresStore {
         let Some(row) = conn.query_opt(query!("webhooks/get"), &[&client]).await.map_err(db_err)? else {
             return Ok(None);
         };
-        let events: String = row.try_get(1).map_err(db_err)?;
-        Ok(Some(StoredWebhook {
-            url: row.try_get(0).map_err(db_err)?,
-            events: decode_events(client, &events)?,
-            sealed_secret: row.try_get(2).map_err(db_err)?,
-        }))
+        read_webhook(client, &row).map(Some)
     }
 
     async fn set_webhook(&self, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
@@ -63,31 +54,7 @@ impl WebhookStore for PostgresStore {
             .query(query!("webhooks/claim"), &[&now, &limit, &self.replica.as_str(), &until])
             .await
             .map_err(db_err)?;
-        let mut due = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get(0).map_err(db_err)?;
-            let webhook = match (
-                row.try_get::<_, Option<String>>(7).map_err(db_err)?,
-                row.try_get::<_, Option<String>>(8).map_err(db_err)?,
-                row.try_get::<_, Option<Vec<u8>>>(9).map_err(db_err)?,
-            ) {
-                (Some(url), Some(events), Some(sealed_secret)) => {
-                    Some(StoredWebhook { url, events: decode_events(&id, &events)?, sealed_secret })
-                }
-                _ => None,
-            };
-            due.push(DueDelivery {
-                client: row.try_get(1).map_err(db_err)?,
-                job_id: parse_job_id(&id, row.try_get(2).map_err(db_err)?)?,
-                event: parse_event(&id, row.try_get(3).map_err(db_err)?)?,
-                attempts: attempt_count(&id, row.try_get(4).map_err(db_err)?)?,
-                created_at: Timestamp(row.try_get(5).map_err(db_err)?),
-                payload: row.try_get(6).map_err(db_err)?,
-                webhook,
-                event_id: id,
-            });
-        }
-        Ok(due)
+        rows.iter().map(read_due_delivery).collect()
     }
 
     async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -144,38 +111,14 @@ impl WebhookStore for PostgresStore {
             .query(query!("webhooks/log"), &[&client, &filter.state.map(DeliveryState::as_str), &limit])
             .await
             .map_err(db_err)?;
-        let mut records = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get(0).map_err(db_err)?;
-            let state = DeliveryState::parse(row.try_get(3).map_err(db_err)?)
-                .ok_or_else(|| StoreError::Corrupt { id: id.clone(), reason: "unknown delivery state".into() })?;
-            records.push(DeliveryRecord {
-                event: parse_event(&id, row.try_get(1).map_err(db_err)?)?,
-                job_id: parse_job_id(&id, row.try_get(2).map_err(db_err)?)?,
-                state,
-                created_at: Timestamp(row.try_get(4).map_err(db_err)?),
-                next_attempt_at: (state == DeliveryState::Pending)
-                    .then(|| row.try_get::<_, i64>(5).map(Timestamp))
-                    .transpose()
-                    .map_err(db_err)?,
-                finished_at: row.try_get::<_, Option<i64>>(6).map_err(db_err)?.map(Timestamp),
-                error: row.try_get(7).map_err(db_err)?,
-                attempts: Vec::new(),
-                event_id: id,
-            });
-        }
+        let mut records = rows.iter().map(read_delivery_record).collect::<Result<Vec<_>, _>>()?;
         let ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
         let attempts = conn.query(query!("webhooks/attempts"), &[&ids]).await.map_err(db_err)?;
         for row in attempts {
-            let delivery: String = row.try_get(0).map_err(db_err)?;
-            let Some(record) = records.iter_mut().find(|r| r.event_id == delivery) else { continue };
-            record.attempts.push(Attempt {
-                attempt: attempt_count(&delivery, row.try_get(1).map_err(db_err)?)?,
-                at: Timestamp(row.try_get(2).map_err(db_err)?),
-                duration_ms: u64::try_from(row.try_get::<_, i64>(3).map_err(db_err)?).unwrap_or(0),
-                status: row.try_get::<_, Option<i32>>(4).map_err(db_err)?.and_then(|s| u16::try_from(s).ok()),
-                error: row.try_get(5).map_err(db_err)?,
-            });
+            let (delivery, attempt) = read_attempt(&row)?;
+            if let Some(record) = records.iter_mut().find(|r| r.event_id == delivery) {
+                record.attempts.push(attempt);
+            }
         }
         Ok(records)
     }

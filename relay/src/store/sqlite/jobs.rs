@@ -5,15 +5,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pwrelay_shared::domain::DomainName;
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::{SqliteStore, db_err, ms};
 use crate::jobs::{
-    ErrorCode, GenerateMode, GenerateSpec, Job, JobError, JobId, JobKind, JobOptions, JobState, JobSuccess, LeasedJob,
-    NewJob, Outcome, Progress, ResultSecret, SecretEncoding, SecretStatus, Target, Timestamp,
+    ErrorCode, Job, JobId, JobKind, JobState, LeasedJob, NewJob, Outcome, Progress, ResultSecret, SecretEncoding,
+    Timestamp,
 };
-use crate::store::jobs::{Candidate, assign, domain_limits, retry_delay};
+use crate::store::jobs::{Candidate, assign, domain_limits, read_job, retry_delay};
 use crate::store::{
     Cancellation, ClaimDemand, ClaimPolicy, Completion, Insertion, JobFilter, JobStore, SecretTake, StoreError,
 };
@@ -173,106 +172,6 @@ fn settle_each(conn: &Connection, statement: &str, now: i64, parents: &BTreeSet<
         settle.execute(params![now, parent]).map_err(db_err)?;
     }
     Ok(())
-}
-
-/// A job row with the columns that never leave the store except in a lease.
-struct StoredJob {
-    job: Job,
-    sealed_secret: Option<Vec<u8>>,
-    lease_expires_ms: Option<i64>,
-    recipient_key: Option<Vec<u8>>,
-}
-
-fn read_job(row: &Row<'_>) -> Result<StoredJob, StoreError> {
-    let id: String = row.get(0).map_err(db_err)?;
-    let corrupt = |reason: &str| StoreError::Corrupt { id: id.clone(), reason: reason.to_owned() };
-    let job_id = id.parse::<JobId>().map_err(|_| corrupt("bad id"))?;
-    let kind = JobKind::parse(&row.get::<_, String>(1).map_err(db_err)?).ok_or_else(|| corrupt("unknown kind"))?;
-    let domain = DomainName::parse(&row.get::<_, String>(2).map_err(db_err)?).map_err(|_| corrupt("bad domain"))?;
-    let target = Target::from_parts(&row.get::<_, String>(3).map_err(db_err)?, row.get(4).map_err(db_err)?)
-        .ok_or_else(|| corrupt("bad target"))?;
-    let state = JobState::parse(&row.get::<_, String>(8).map_err(db_err)?).ok_or_else(|| corrupt("unknown state"))?;
-    let error = match row.get::<_, Option<String>>(15).map_err(db_err)? {
-        Some(code) => Some(JobError {
-            code: ErrorCode::parse(&code).unwrap_or(ErrorCode::Unknown),
-            message: row.get::<_, Option<String>>(16).map_err(db_err)?.unwrap_or_default(),
-            directory_code: row.get(17).map_err(db_err)?,
-        }),
-        None => None,
-    };
-    let result = match row.get::<_, Option<String>>(18).map_err(db_err)? {
-        Some(account_dn) if state == JobState::Succeeded => Some(JobSuccess {
-            account_dn,
-            verified: row.get::<_, Option<bool>>(19).map_err(db_err)?.unwrap_or(false),
-            pwd_last_set: row.get::<_, Option<i64>>(20).map_err(db_err)?.unwrap_or(0),
-            password_matches: row.get(27).map_err(db_err)?,
-            account_state: row
-                .get::<_, Option<String>>(28)
-                .map_err(db_err)?
-                .map(|json| serde_json::from_str(&json).map_err(|_| corrupt("bad account_state")))
-                .transpose()?,
-            notes: row
-                .get::<_, Option<String>>(29)
-                .map_err(db_err)?
-                .map(|json| serde_json::from_str(&json).map_err(|_| corrupt("bad notes")))
-                .transpose()?
-                .unwrap_or_default(),
-        }),
-        _ => None,
-    };
-    let generate =
-        match (row.get::<_, Option<u32>>(24).map_err(db_err)?, row.get::<_, Option<String>>(25).map_err(db_err)?) {
-            (Some(length), Some(mode)) => Some(GenerateSpec {
-                length,
-                mode: GenerateMode::parse(&mode).ok_or_else(|| corrupt("bad generate_mode"))?,
-            }),
-            _ => None,
-        };
-    let secret = if kind != JobKind::GeneratePassword {
-        None
-    } else if row.get::<_, bool>(31).map_err(db_err)? {
-        Some(SecretStatus::Available)
-    } else if row.get::<_, Option<i64>>(32).map_err(db_err)?.is_some() {
-        Some(SecretStatus::Retrieved)
-    } else {
-        Some(SecretStatus::Pending)
-    };
-    let job = Job {
-        job_id,
-        kind,
-        domain,
-        target,
-        options: JobOptions {
-            must_change: row.get(5).map_err(db_err)?,
-            unlock: row.get(6).map_err(db_err)?,
-            enforce_history: row.get(23).map_err(db_err)?,
-        },
-        state,
-        client: row.get(7).map_err(db_err)?,
-        created_at: Timestamp(row.get(9).map_err(db_err)?),
-        updated_at: Timestamp(row.get(10).map_err(db_err)?),
-        dispatched_at: row.get::<_, Option<i64>>(11).map_err(db_err)?.map(Timestamp),
-        finished_at: row.get::<_, Option<i64>>(12).map_err(db_err)?.map(Timestamp),
-        agent: row.get(13).map_err(db_err)?,
-        attempts: row.get(14).map_err(db_err)?,
-        error,
-        result,
-        generate,
-        secret,
-        parent_id: row
-            .get::<_, Option<String>>(33)
-            .map_err(db_err)?
-            .map(|p| p.parse::<JobId>().map_err(|_| corrupt("bad parent_id")))
-            .transpose()?,
-        progress: None,
-        lifecycle: None,
-    };
-    Ok(StoredJob {
-        job,
-        sealed_secret: row.get(21).map_err(db_err)?,
-        lease_expires_ms: row.get(22).map_err(db_err)?,
-        recipient_key: row.get(26).map_err(db_err)?,
-    })
 }
 
 impl SqliteStore {
@@ -781,7 +680,9 @@ impl JobStore for SqliteStore {
 mod tests {
     use super::super::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
     use super::*;
+    use crate::jobs::{JobOptions, JobSuccess, Target};
     use crate::store::{ClientStore as _, Scopes, Store as _};
+    use pwrelay_shared::domain::DomainName;
 
     fn policy() -> ClaimPolicy {
         ClaimPolicy {
@@ -860,6 +761,27 @@ mod tests {
         assert_eq!(store.client_by_token([9; 32]).await.expect("read").map(|c| c.name), Some("pam".into()));
         assert_eq!(store.client_by_token([7; 32]).await.expect("read"), None);
         store.check().await.expect("ready");
+    }
+
+    #[tokio::test]
+    async fn a_job_row_edited_out_of_shape_is_reported_not_guessed() {
+        let (dir, store) = store();
+        let job = new_job("a.test");
+        let id = job.id;
+        store.insert_job(job).await.expect("insert");
+        let conn = Connection::open(dir.path().join("relay.db")).expect("open");
+        conn.execute("UPDATE jobs SET state = 'half-done' WHERE id = ?1", [id.to_string()]).expect("edit");
+        match store.job(id).await {
+            Err(StoreError::Corrupt { id: record, reason }) => {
+                assert_eq!((record, reason.as_str()), (id.to_string(), "bad state"));
+            }
+            other => panic!("expected a corrupt record, got {other:?}"),
+        }
+        conn.execute("UPDATE jobs SET state = 'queued', attempts = -2 WHERE id = ?1", [id.to_string()]).expect("edit");
+        assert!(
+            matches!(store.job(id).await, Err(StoreError::Corrupt { reason, .. }) if reason == "bad attempts"),
+            "a negative count is not read as a number of attempts"
+        );
     }
 
     /// A connection to a new store's database, set up as the store sets up its own: for

@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::{SqliteStore, db_err, ms};
 use crate::jobs::{JobId, Timestamp};
 use crate::store::lifecycle::{
-    CalloutInsertion, LifecycleRequest, LifecycleStore, LinkClaim, LinkState, NewRequest, ResumeResult, Stage,
-    constant_time_eq, link_request_verdict,
+    CalloutInsertion, LifecycleRequest, LifecycleStore, LinkClaim, LinkState, NewRequest, ResumeResult,
+    constant_time_eq, link_request_verdict, read_request,
 };
 use crate::store::{StoreError, replicas};
 
@@ -20,44 +20,11 @@ const COLUMNS: &str = "l.task_processing_result_id, l.tenant_id, l.workflow_id, 
     l.resume_attempts, l.link_expires_ms, l.link_claimed_ms, l.link_views, l.created_ms, l.next_attempt_ms, \
     CASE WHEN l.stage = 'delivering' THEN l.key_replica ELSE j.finished_by END, l.reissues";
 
-fn read(row: &rusqlite::Row<'_>) -> Result<LifecycleRequest, StoreError> {
-    let id: String = row.get(0).map_err(db_err)?;
-    let corrupt = |what: &str| StoreError::Corrupt { id: id.clone(), reason: format!("bad {what}") };
-    let uuid = |i: usize, what: &str| -> Result<Uuid, StoreError> {
-        row.get::<_, String>(i).ok().and_then(|t| Uuid::parse_str(&t).ok()).ok_or_else(|| corrupt(what))
-    };
-    let stage: String = row.get(6).map_err(db_err)?;
-    let job_id: Option<String> = row.get(7).map_err(db_err)?;
-    Ok(LifecycleRequest {
-        task_processing_result_id: uuid(0, "id")?,
-        tenant_id: row.get(1).map_err(db_err)?,
-        workflow_id: uuid(2, "workflow id")?,
-        task_id: uuid(3, "task id")?,
-        subject_id: uuid(4, "subject id")?,
-        display_name: row.get(5).map_err(db_err)?,
-        stage: Stage::parse(&stage).ok_or_else(|| corrupt("stage"))?,
-        job_id: job_id.map(|j| j.parse().map_err(|_| corrupt("job id"))).transpose()?,
-        job_state: row.get(8).map_err(db_err)?,
-        delivery: row.get(9).map_err(db_err)?,
-        delivery_detail: row.get(10).map_err(db_err)?,
-        outcome: row.get(11).map_err(db_err)?,
-        outcome_reason: row.get(12).map_err(db_err)?,
-        resume_attempts: row.get(13).map_err(db_err)?,
-        link_expires_at: row.get::<_, Option<i64>>(14).map_err(db_err)?.map(Timestamp),
-        link_claimed_at: row.get::<_, Option<i64>>(15).map_err(db_err)?.map(Timestamp),
-        link_views: row.get(16).map_err(db_err)?,
-        created_at: Timestamp(row.get(17).map_err(db_err)?),
-        next_attempt_ms: row.get(18).map_err(db_err)?,
-        key_holder: row.get(19).map_err(db_err)?,
-        reissues: row.get(20).map_err(db_err)?,
-    })
-}
-
 fn select(conn: &rusqlite::Connection, filter: &str, param: &str) -> Result<Option<LifecycleRequest>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM lifecycle_requests l LEFT JOIN jobs j ON j.id = l.job_id WHERE {filter}");
     let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
     let mut rows = stmt.query(params![param]).map_err(db_err)?;
-    rows.next().map_err(db_err)?.map(read).transpose()
+    rows.next().map_err(db_err)?.map(read_request).transpose()
 }
 
 /// Erases the link ciphertext of a request (kept in its job's `result_secret`).
@@ -141,7 +108,7 @@ impl LifecycleStore for SqliteStore {
                 let mut rows = stmt.query(params![replica, until]).map_err(db_err)?;
                 let mut out = Vec::new();
                 while let Some(row) = rows.next().map_err(db_err)? {
-                    out.push(read(row)?);
+                    out.push(read_request(row)?);
                 }
                 out
             };

@@ -46,6 +46,24 @@ pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
+impl super::columns::Columns for rusqlite::Row<'_> {
+    fn text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        self.get(i).map_err(db_err)
+    }
+
+    fn int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        self.get(i).map_err(db_err)
+    }
+
+    fn flag(&self, i: usize) -> Result<Option<bool>, StoreError> {
+        self.get(i).map_err(db_err)
+    }
+
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(i).map_err(db_err)
+    }
+}
+
 pub(super) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, db_err, ms};
 use crate::jobs::Timestamp;
-use crate::store::webhooks::{decode_events, encode_events, parse_event, parse_job_id};
+use crate::store::webhooks::{encode_events, read_attempt, read_delivery_record, read_due_delivery, read_webhook};
 use crate::store::{StoreError, WebhookStore};
 use crate::webhooks::{
     AfterAttempt, Attempt, DeliveryFilter, DeliveryRecord, DeliveryState, DueDelivery, StoredWebhook,
@@ -63,16 +63,9 @@ impl WebhookStore for SqliteStore {
 }
 
 fn webhook(conn: &Connection, client: &str) -> Result<Option<StoredWebhook>, StoreError> {
-    let row: Option<(String, String, Vec<u8>)> = conn
-        .query_row("SELECT url, events, secret FROM webhooks WHERE client = ?1", params![client], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()
-        .map_err(db_err)?;
-    row.map(|(url, events, sealed_secret)| {
-        Ok(StoredWebhook { url, events: decode_events(client, &events)?, sealed_secret })
-    })
-    .transpose()
+    let mut stmt = conn.prepare_cached("SELECT url, events, secret FROM webhooks WHERE client = ?1").map_err(db_err)?;
+    let mut rows = stmt.query(params![client]).map_err(db_err)?;
+    rows.next().map_err(db_err)?.map(|row| read_webhook(client, row)).transpose()
 }
 
 fn set_webhook(conn: &mut Connection, client: &str, webhook: &StoredWebhook) -> Result<bool, StoreError> {
@@ -132,27 +125,7 @@ fn claimed_by(conn: &Connection, replica: &str, until: i64) -> Result<Vec<DueDel
     let mut rows = stmt.query(params![replica, until]).map_err(db_err)?;
     let mut due = Vec::new();
     while let Some(row) = rows.next().map_err(db_err)? {
-        let id: String = row.get(0).map_err(db_err)?;
-        let webhook = match (
-            row.get::<_, Option<String>>(7).map_err(db_err)?,
-            row.get::<_, Option<String>>(8).map_err(db_err)?,
-            row.get::<_, Option<Vec<u8>>>(9).map_err(db_err)?,
-        ) {
-            (Some(url), Some(events), Some(sealed_secret)) => {
-                Some(StoredWebhook { url, events: decode_events(&id, &events)?, sealed_secret })
-            }
-            _ => None,
-        };
-        due.push(DueDelivery {
-            client: row.get(1).map_err(db_err)?,
-            job_id: parse_job_id(&id, &row.get::<_, String>(2).map_err(db_err)?)?,
-            event: parse_event(&id, &row.get::<_, String>(3).map_err(db_err)?)?,
-            attempts: row.get(4).map_err(db_err)?,
-            created_at: Timestamp(row.get(5).map_err(db_err)?),
-            payload: row.get(6).map_err(db_err)?,
-            webhook,
-            event_id: id,
-        });
+        due.push(read_due_delivery(row)?);
     }
     Ok(due)
 }
@@ -229,42 +202,20 @@ fn log(conn: &Connection, client: &str, filter: DeliveryFilter) -> Result<Vec<De
         .map_err(db_err)?;
     let mut records = Vec::new();
     while let Some(row) = rows.next().map_err(db_err)? {
-        let id: String = row.get(0).map_err(db_err)?;
-        let state = DeliveryState::parse(&row.get::<_, String>(3).map_err(db_err)?)
-            .ok_or_else(|| StoreError::Corrupt { id: id.clone(), reason: "unknown delivery state".into() })?;
-        records.push(DeliveryRecord {
-            event: parse_event(&id, &row.get::<_, String>(1).map_err(db_err)?)?,
-            job_id: parse_job_id(&id, &row.get::<_, String>(2).map_err(db_err)?)?,
-            state,
-            created_at: Timestamp(row.get(4).map_err(db_err)?),
-            next_attempt_at: (state == DeliveryState::Pending)
-                .then(|| row.get::<_, i64>(5).map(Timestamp))
-                .transpose()
-                .map_err(db_err)?,
-            finished_at: row.get::<_, Option<i64>>(6).map_err(db_err)?.map(Timestamp),
-            error: row.get(7).map_err(db_err)?,
-            attempts: Vec::new(),
-            event_id: id,
-        });
+        records.push(read_delivery_record(row)?);
     }
     drop(rows);
     drop(stmt);
     let mut attempts = conn
         .prepare_cached(
-            "SELECT attempt, at_ms, duration_ms, status, error FROM webhook_attempts
+            "SELECT delivery_id, attempt, at_ms, duration_ms, status, error FROM webhook_attempts
              WHERE delivery_id = ?1 ORDER BY attempt",
         )
         .map_err(db_err)?;
     for record in &mut records {
         let mut rows = attempts.query(params![record.event_id]).map_err(db_err)?;
         while let Some(row) = rows.next().map_err(db_err)? {
-            record.attempts.push(Attempt {
-                attempt: row.get(0).map_err(db_err)?,
-                at: Timestamp(row.get(1).map_err(db_err)?),
-                duration_ms: u64::try_from(row.get::<_, i64>(2).map_err(db_err)?).unwrap_or(0),
-                status: row.get(3).map_err(db_err)?,
-                error: row.get(4).map_err(db_err)?,
-            });
+            record.attempts.push(read_attempt(row)?.1);
         }
     }
     Ok(records)
