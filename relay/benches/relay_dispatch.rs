@@ -25,8 +25,8 @@
 //! after, and its CPU use while they idle. The open-file limit is raised to its hard limit.
 
 #[allow(dead_code, unreachable_pub)]
-#[path = "../tests/fault_suite/store.rs"]
-mod store;
+#[path = "../tests/support/postgres.rs"]
+mod postgres;
 
 use std::net::{SocketAddr, TcpListener, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
@@ -360,7 +360,7 @@ async fn dispatch(args: &[String]) {
     };
     for replicas_n in counts {
         let (store, label) = if replicas.is_some() {
-            let server = store::PgServer::from_env().expect(
+            let server = postgres::PgServer::from_env().expect(
                 "--replicas needs PostgreSQL: deploy/dev/postgres.sh start; eval \"$(deploy/dev/postgres.sh env)\"",
             );
             let url = server.fresh_database().await;

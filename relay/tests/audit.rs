@@ -18,6 +18,10 @@ use pwrelay_shared::tls::{self, TrustAnchors};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+#[path = "support/postgres.rs"]
+#[allow(dead_code)]
+mod postgres;
+
 const DOMAIN: &str = "corp.test";
 const OTHER: &str = "other.test";
 const PASSWORD: &str = "Audit!Trail-Passw0rd-91";
@@ -421,42 +425,6 @@ async fn the_audit_trail_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_on_postgres() {
-    let Some(store_lines) = fresh_postgres_database().await else {
-        eprintln!(
-            "note: PWRELAY_TEST_POSTGRES_URL is not set: the audit trail's PostgreSQL test is skipped \
-             (deploy/dev/postgres.sh start; eval \"$(deploy/dev/postgres.sh env)\")"
-        );
-        return;
-    };
-    scenario(&store_lines).await;
-}
-
-/// A fresh database on the test server: the `[store]` lines that reach it.
-async fn fresh_postgres_database() -> Option<String> {
-    let url = std::env::var("PWRELAY_TEST_POSTGRES_URL").ok()?;
-    let password_file = std::env::var("PWRELAY_TEST_POSTGRES_PASSWORD_FILE").ok();
-    let ca_file = std::env::var("PWRELAY_TEST_POSTGRES_CA_FILE").ok();
-    let mut config: tokio_postgres::Config = url.parse().expect("PWRELAY_TEST_POSTGRES_URL");
-    if let Some(file) = &password_file {
-        let password = std::fs::read_to_string(file).expect("password file");
-        config.password(password.trim_end_matches(['\r', '\n']));
-    }
-    let anchors = ca_file.as_deref().map(|f| TrustAnchors::from_file(Path::new(f)).expect("CA"));
-    let tls = tls::database_client(anchors.as_ref()).expect("database TLS");
-    let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-    let (client, connection) = config.connect(connector).await.expect("the test server answers");
-    tokio::spawn(connection);
-    let name = format!("pwrelay_audit_{}", uuid::Uuid::new_v4().simple());
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
-    let (base, query) = url.split_once('?').map_or((url.as_str(), ""), |(b, q)| (b, q));
-    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
-    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
-    let mut lines = format!("url = \"{server}/{name}{query}\"");
-    if let Some(file) = password_file {
-        lines.push_str(&format!("\npassword_file = \"{file}\""));
-    }
-    if let Some(file) = ca_file {
-        lines.push_str(&format!("\nca_file = \"{file}\""));
-    }
-    Some(lines)
+    let Some(server) = postgres::PgServer::for_test("the_audit_trail_on_postgres") else { return };
+    scenario(&server.store_lines(&server.fresh_database().await)).await;
 }

@@ -17,9 +17,9 @@ use pwrelay_shared::testkit::{self, TestDc, TestUser};
 use pwrelay_shared::tls::{self, TrustAnchors};
 use serde_json::{Value, json};
 
-#[path = "fault_suite/store.rs"]
+#[path = "support/postgres.rs"]
 #[allow(dead_code)]
-mod store;
+mod postgres;
 
 /// The relay binary cargo built for this test, and `pwrelay-agent` next to it (built here, so it
 /// is never older than the agent's sources).
@@ -671,8 +671,8 @@ async fn with_an_offline_root_the_relay_enrolls_under_its_intermediate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_on_one_replica_disconnects_the_agent_from_another() {
-    let Some(server) = store::PgServer::from_env() else {
-        eprintln!("skipped: PWRELAY_TEST_POSTGRES_URL is not set (deploy/dev/postgres.sh)");
+    let Some(server) = postgres::PgServer::for_test("a_revocation_on_one_replica_disconnects_the_agent_from_another")
+    else {
         return;
     };
     let section = server.store_section(&server.fresh_database().await);

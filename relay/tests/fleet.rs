@@ -507,13 +507,9 @@ async fn the_agents_command_lists_shows_and_forgets_only_agents_that_are_gone() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_replica_on_the_same_postgres_shows_the_agent_connected_to_the_first() {
-    let Some(store_lines) = fresh_postgres_database().await else {
-        eprintln!(
-            "note: PWRELAY_TEST_POSTGRES_URL is not set: the two-replica fleet test is skipped \
-             (deploy/dev/postgres.sh start; eval \"$(deploy/dev/postgres.sh env)\")"
-        );
-        return;
-    };
+    let test = "a_second_replica_on_the_same_postgres_shows_the_agent_connected_to_the_first";
+    let Some(server) = support::postgres::PgServer::for_test(test) else { return };
+    let store_lines = server.store_lines(&server.fresh_database().await);
     let fleet = Fleet::new(StoreKind::Postgres(store_lines)).await;
     let first = fleet.start_relay().await;
     let second = fleet.start_relay().await;
@@ -548,36 +544,6 @@ async fn a_second_replica_on_the_same_postgres_shows_the_agent_connected_to_the_
     assert!(down, "the second replica sees the agent go down: {}", fleet.agents(&second).await);
     second.stop().await;
     first.stop().await;
-}
-
-/// A new database on the server `PWRELAY_TEST_POSTGRES_URL` names, as `[store]` lines.
-async fn fresh_postgres_database() -> Option<String> {
-    let url = std::env::var("PWRELAY_TEST_POSTGRES_URL").ok()?;
-    let password_file = std::env::var("PWRELAY_TEST_POSTGRES_PASSWORD_FILE").ok();
-    let ca_file = std::env::var("PWRELAY_TEST_POSTGRES_CA_FILE").ok();
-    let mut config: tokio_postgres::Config = url.parse().expect("PWRELAY_TEST_POSTGRES_URL");
-    if let Some(file) = &password_file {
-        let password = std::fs::read_to_string(file).expect("password file");
-        config.password(password.trim_end_matches(['\r', '\n']));
-    }
-    let anchors = ca_file.as_deref().map(|f| TrustAnchors::from_file(Path::new(f)).expect("CA"));
-    let tls = tls::database_client(anchors.as_ref()).expect("database TLS");
-    let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-    let (client, connection) = config.connect(connector).await.expect("the test server answers");
-    tokio::spawn(connection);
-    let name = format!("pwrelay_fleet_{}", uuid::Uuid::new_v4().simple());
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
-    let (base, query) = url.split_once('?').map_or((url.as_str(), ""), |(b, q)| (b, q));
-    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
-    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
-    let mut lines = format!("url = \"{server}/{name}{query}\"");
-    if let Some(file) = password_file {
-        lines.push_str(&format!("\npassword_file = \"{file}\""));
-    }
-    if let Some(file) = ca_file {
-        lines.push_str(&format!("\nca_file = \"{file}\""));
-    }
-    Some(lines)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,9 +35,6 @@ mod params;
 #[allow(dead_code, unreachable_pub)]
 #[path = "fault_suite/processes.rs"]
 mod processes;
-#[allow(dead_code, unreachable_pub)]
-#[path = "fault_suite/store.rs"]
-mod store;
 mod support;
 #[allow(dead_code, unreachable_pub)]
 #[path = "fault_suite/workload.rs"]
@@ -59,24 +56,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use store::PgServer;
+use support::postgres::PgServer;
 
 const DOMAIN: &str = "corp.test";
-
-/// The test server, or `None` after saying why `test` does not run.
-fn postgres(test: &str) -> Option<PgServer> {
-    let server = PgServer::from_env();
-    if server.is_none() {
-        use std::io::Write as _;
-        // Straight to the terminal: libtest captures print macros.
-        let _ = writeln!(
-            std::io::stderr(),
-            "note: {test} skipped: PWRELAY_TEST_POSTGRES_URL is not set (deploy/dev/postgres.sh start; \
-             eval \"$(deploy/dev/postgres.sh env)\")"
-        );
-    }
-    server
-}
 
 /// Replicas in this process (real `App`s), sharing one directory (PKI, store key) and one database.
 struct Replicas {
@@ -215,7 +197,8 @@ async fn link_channel(dir: &Path, anchors: &TrustAnchors, link: SocketAddr) -> t
 /// (by the timer alone, each would have a chance of at most 0.3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_accepted_by_one_replica_is_woken_to_an_agent_on_another_not_found_by_the_timer() {
-    let Some(server) = postgres("a_job_accepted_by_one_replica_is_woken_to_an_agent_on_another_not_found_by_the_timer")
+    let Some(server) =
+        PgServer::for_test("a_job_accepted_by_one_replica_is_woken_to_an_agent_on_another_not_found_by_the_timer")
     else {
         return;
     };
@@ -322,7 +305,7 @@ macro_rules! step {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_finish_every_job_webhook_and_new_hire_when_one_is_killed_mid_run() {
     const TEST: &str = "three_replicas_finish_every_job_webhook_and_new_hire_when_one_is_killed_mid_run";
-    let Some(server) = postgres(TEST) else { return };
+    let Some(server) = PgServer::for_test(TEST) else { return };
     pwrelay_shared::tls::install_default_provider();
     let seed = std::env::var("REPLICAS_SEED")
         .ok()

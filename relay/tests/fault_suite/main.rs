@@ -26,8 +26,10 @@ mod faults;
 mod figures;
 mod new_hires;
 mod params;
+#[path = "../support/postgres.rs"]
+#[allow(dead_code)]
+mod postgres;
 mod processes;
-mod store;
 mod workload;
 
 use std::sync::Arc;
@@ -93,7 +95,7 @@ async fn jobs_survive_process_kills_pauses_and_dc_outages() {
     );
     let store = match params.postgres {
         true => {
-            let server = store::PgServer::from_env().expect(
+            let server = postgres::PgServer::from_env().expect(
                 "FAULT_STORE=postgres needs PWRELAY_TEST_POSTGRES_URL (deploy/dev/postgres.sh start; \
                  eval \"$(deploy/dev/postgres.sh env)\")",
             );

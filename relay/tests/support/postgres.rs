@@ -1,4 +1,4 @@
-//! A PostgreSQL store for the suites that run the relay as processes: a fresh database on the
+//! A PostgreSQL store for the tests, the fault suite and the benchmarks: a fresh database on the
 //! test server of `deploy/dev/postgres.sh` (`PWRELAY_TEST_POSTGRES_URL` and its companions).
 
 use std::path::PathBuf;
@@ -25,6 +25,21 @@ impl PgServer {
         })
     }
 
+    /// The server, or `None` after saying on the terminal that `test` is skipped and how to run it.
+    pub(crate) fn for_test(test: &str) -> Option<Self> {
+        let server = Self::from_env();
+        if server.is_none() {
+            use std::io::Write as _;
+            // Straight to the terminal: libtest captures print macros.
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: {test} skipped: PWRELAY_TEST_POSTGRES_URL is not set (deploy/dev/postgres.sh start; \
+                 eval \"$(deploy/dev/postgres.sh env)\")"
+            );
+        }
+        server
+    }
+
     /// Creates an empty database and returns the URL that reaches it.
     pub(crate) async fn fresh_database(&self) -> String {
         let password = std::fs::read_to_string(&self.password_file).expect("password file");
@@ -35,7 +50,7 @@ impl PgServer {
         let (client, connection) =
             config.connect(tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone())).await.expect("connect");
         let driver = tokio::spawn(connection);
-        let name = format!("pwrelay_replicas_{}", uuid::Uuid::new_v4().simple());
+        let name = format!("pwrelay_test_{}", uuid::Uuid::new_v4().simple());
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
         drop(client);
         let _ = driver.await;
@@ -46,8 +61,13 @@ impl PgServer {
 
     /// The `[store]` section (without `key_file`) of a relay on the database `url`.
     pub(crate) fn store_section(&self, url: &str) -> String {
+        format!("[store]\n{}", self.store_lines(url))
+    }
+
+    /// The lines of a `[store]` section (without `key_file`) that reach the database `url`.
+    pub(crate) fn store_lines(&self, url: &str) -> String {
         format!(
-            "[store]\nurl = \"{url}\"\npassword_file = \"{}\"\nca_file = \"{}\"\npool_size = 4\n",
+            "url = \"{url}\"\npassword_file = \"{}\"\nca_file = \"{}\"\npool_size = 4\n",
             self.password_file.display(),
             self.ca_file.display()
         )
