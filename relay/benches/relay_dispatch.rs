@@ -25,6 +25,9 @@
 //! after, and its CPU use while they idle. The open-file limit is raised to its hard limit.
 
 #[allow(dead_code, unreachable_pub)]
+#[path = "../tests/support/link.rs"]
+mod link;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../tests/support/postgres.rs"]
 mod postgres;
 
@@ -38,8 +41,6 @@ use std::time::{Duration, Instant};
 use pwrelay_proto::agent::v1 as pb;
 use pwrelay_shared::tls::{self, TrustAnchors};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 const DOMAIN: &str = "corp.test";
 /// Accounts per reconciliation (the API's most).
@@ -210,8 +211,7 @@ impl Deployment {
             "--out",
             &out.display().to_string(),
         ]);
-        let identity = tls::CertifiedKey::from_files(&out.join("agent.pem"), &out.join("agent.key")).expect("identity");
-        tls::link_client(identity, &self.anchors).expect("link TLS")
+        link::agent_tls(&out, &self.anchors)
     }
 
     fn http(&self) -> reqwest::Client {
@@ -241,32 +241,9 @@ async fn stand_in(
     counters: Arc<Counters>,
     mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
-    let connector = tokio_rustls::TlsConnector::from(tls);
-    let dial = tower::service_fn(move |_: tonic::transport::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(link).await?;
-            tcp.set_nodelay(true)?;
-            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(dial)
-        .await
-        .expect("the link accepts the stand-in");
-    let (tx, rx) = mpsc::channel(256);
-    let hello = pb::Hello {
-        agent_version: "0.0.0-bench".into(),
-        domains: vec![DOMAIN.into()],
-        max_jobs_in_flight: STAND_IN_IN_FLIGHT,
-        instance_id: uuid::Uuid::new_v4().to_string(),
-    };
-    tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }).await.expect("hello");
-    let mut client = pb::agent_link_client::AgentLinkClient::new(channel);
-    let mut inbound =
-        client.open(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("the stream opens").into_inner();
+    let channel = link::channel(tls, link).await;
+    let hello = link::hello("0.0.0-bench", &[DOMAIN], STAND_IN_IN_FLIGHT);
+    let (tx, mut inbound) = link::open(channel, hello, 256).await.expect("the stream opens");
     while let Ok(Some(message)) = inbound.message().await {
         match message.body {
             Some(pb::relay_message::Body::Welcome(welcome)) => {
@@ -278,9 +255,7 @@ async fn stand_in(
                     let mut tick = tokio::time::interval(every);
                     for sequence in 1.. {
                         tick.tick().await;
-                        let beat = pb::Heartbeat { sequence, ..Default::default() };
-                        let message = pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) };
-                        if beats.send(message).await.is_err() {
+                        if beats.send(link::heartbeat(sequence, Vec::new())).await.is_err() {
                             break;
                         }
                     }

@@ -18,6 +18,9 @@ use pwrelay_shared::tls::{self, TrustAnchors};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+#[path = "support/link.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod link;
 #[path = "support/postgres.rs"]
 #[allow(dead_code)]
 mod postgres;
@@ -171,31 +174,8 @@ async fn agent(
     domains: &[&str],
     close: oneshot::Receiver<()>,
 ) -> Result<pb::Welcome, tonic::Status> {
-    let identity = tls::CertifiedKey::from_files(&dir.join("agent.pem"), &dir.join("agent.key")).expect("identity");
-    let connector = tokio_rustls::TlsConnector::from(tls::link_client(identity, anchors).expect("link tls"));
-    let dial = tower::service_fn(move |_: tonic::transport::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(link).await?;
-            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(dial)
-        .await
-        .expect("link connects");
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let hello = pb::Hello {
-        agent_version: "1.0.0-audit\n{\"forged\":1}".into(),
-        domains: domains.iter().map(|d| (*d).to_owned()).collect(),
-        max_jobs_in_flight: 1,
-        instance_id: uuid::Uuid::new_v4().to_string(),
-    };
-    tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }).await.expect("hello");
-    let mut client = pb::agent_link_client::AgentLinkClient::new(channel);
-    let mut inbound = client.open(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let channel = link::channel(link::agent_tls(dir, anchors), link).await;
+    let (tx, mut inbound) = link::open(channel, link::hello("1.0.0-audit\n{\"forged\":1}", domains, 1), 8).await?;
     let welcome = match inbound.message().await? {
         Some(pb::RelayMessage { body: Some(pb::relay_message::Body::Welcome(welcome)) }) => welcome,
         other => panic!("the relay answered the hello with {other:?}"),
@@ -209,8 +189,7 @@ async fn agent(
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             sequence += 1;
-            let heartbeat = pb::Heartbeat { sequence, ..Default::default() };
-            let _ = tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(heartbeat)) }).await;
+            let _ = tx.send(link::heartbeat(sequence, Vec::new())).await;
         }
         drop(tx);
         while let Ok(Some(_)) = inbound.message().await {}

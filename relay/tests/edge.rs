@@ -425,39 +425,13 @@ async fn connect_agent(
     name: &str,
     domains: &[&str],
 ) -> tokio::sync::mpsc::Sender<pwrelay_proto::agent::v1::AgentMessage> {
-    use pwrelay_proto::agent::v1 as pb;
     let dir = relay.path(&format!("agent-{name}"));
     std::fs::create_dir_all(&dir).expect("agent dir");
     let parsed: Vec<DomainName> = domains.iter().map(|d| DomainName::parse(d).expect("domain")).collect();
     relay.pki.issue_agent(name, &parsed.iter().collect::<Vec<_>>(), &dir);
-    let identity = tls::CertifiedKey::from_files(&dir.join("agent.pem"), &dir.join("agent.key")).expect("identity");
-    let config = tls::link_client(identity, &relay.anchors).expect("link tls");
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let port = relay.link.port();
-    let dial = tower::service_fn(move |_: tonic::transport::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(dial)
-        .await
-        .expect("link connects");
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let hello = pb::Hello {
-        agent_version: "0.0.0-edge".into(),
-        domains: domains.iter().map(|d| (*d).to_owned()).collect(),
-        max_jobs_in_flight: 1,
-        instance_id: uuid::Uuid::new_v4().to_string(),
-    };
-    tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }).await.expect("hello");
-    let mut client = pb::agent_link_client::AgentLinkClient::new(channel);
-    let mut inbound =
-        client.open(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream opens").into_inner();
+    let channel = support::link::channel(support::link::agent_tls(&dir, &relay.anchors), relay.link).await;
+    let hello = support::link::hello("0.0.0-edge", domains, 1);
+    let (tx, mut inbound) = support::link::open(channel, hello, 8).await.expect("stream opens");
     tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
     tx
 }

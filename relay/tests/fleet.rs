@@ -23,7 +23,7 @@ use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::testkit::TestPki;
 use pwrelay_shared::tls::{self, TrustAnchors};
 use serde_json::{Value, json};
-use support::{World, eventually};
+use support::{World, eventually, link};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -193,8 +193,7 @@ impl StandIn {
         domains: &[&str],
         health: Vec<pb::DirectoryHealth>,
     ) -> Self {
-        let identity = tls::CertifiedKey::from_files(&dir.join("agent.pem"), &dir.join("agent.key")).expect("identity");
-        let config = tls::link_client(identity, anchors).expect("link tls");
+        let config = link::agent_tls(dir, anchors);
         let domains: Vec<String> = domains.iter().map(|d| (*d).to_owned()).collect();
         let silent = Arc::new(AtomicBool::new(false));
         let (kill, killed) = oneshot::channel::<()>();
@@ -245,38 +244,15 @@ async fn speak(
     health: Vec<pb::DirectoryHealth>,
     silent: Arc<AtomicBool>,
 ) {
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let dial = tower::service_fn(move |_: tonic::transport::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(link).await?;
-            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(dial)
-        .await
-        .expect("link connects");
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let hello = pb::Hello {
-        agent_version: "9.9.9-stand-in".into(),
-        domains,
-        max_jobs_in_flight: 1,
-        instance_id: uuid::Uuid::new_v4().to_string(),
-    };
-    tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }).await.expect("hello");
-    let mut client = pb::agent_link_client::AgentLinkClient::new(channel);
-    let mut inbound =
-        client.open(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream opens").into_inner();
+    let channel = link::channel(config, link).await;
+    let hello = link::hello("9.9.9-stand-in", &domains, 1);
+    let (tx, mut inbound) = link::open(channel, hello, 8).await.expect("stream opens");
     tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
     let mut sequence = 0;
     loop {
         if !silent.load(Ordering::SeqCst) {
             sequence += 1;
-            let heartbeat = pb::Heartbeat { sequence, directories: health.clone(), ..Default::default() };
-            if tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(heartbeat)) }).await.is_err() {
+            if tx.send(link::heartbeat(sequence, health.clone())).await.is_err() {
                 return;
             }
         }

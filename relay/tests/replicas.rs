@@ -52,10 +52,10 @@ use pwrelay_shared::secret::SecretString;
 use pwrelay_shared::testkit::TestPki;
 use pwrelay_shared::tls::{self, TrustAnchors};
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use support::link;
 use support::postgres::PgServer;
 
 const DOMAIN: &str = "corp.test";
@@ -142,25 +142,14 @@ async fn agent_stand_in(replicas: &Replicas, link: SocketAddr, name: &str) -> mp
     std::fs::create_dir_all(&dir).expect("agent dir");
     let domain = DomainName::parse(DOMAIN).expect("domain");
     replicas.pki.issue_agent(name, &[&domain], &dir);
-    let channel = link_channel(&dir, &replicas.anchors, link).await;
-    let (tx, rx) = mpsc::channel(8);
-    let hello = pb::Hello {
-        agent_version: "0.0.0-replicas".into(),
-        domains: vec![DOMAIN.into()],
-        max_jobs_in_flight: 64,
-        instance_id: uuid::Uuid::new_v4().to_string(),
-    };
-    tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }).await.expect("hello");
-    let mut client = pb::agent_link_client::AgentLinkClient::new(channel);
-    let mut inbound =
-        client.open(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream opens").into_inner();
+    let channel = link::channel(link::agent_tls(&dir, &replicas.anchors), link).await;
+    let hello = link::hello("0.0.0-replicas", &[DOMAIN], 64);
+    let (tx, mut inbound) = link::open(channel, hello, 8).await.expect("stream opens");
     let (jobs_tx, jobs_rx) = mpsc::channel(64);
     // A heartbeat every second, so the relay keeps the stream (it ends silent ones).
     tokio::spawn(async move {
         for sequence in 1.. {
-            let beat = pb::Heartbeat { sequence, ..Default::default() };
-            let message = pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) };
-            if tx.send(message).await.is_err() {
+            if tx.send(link::heartbeat(sequence, Vec::new())).await.is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -174,22 +163,6 @@ async fn agent_stand_in(replicas: &Replicas, link: SocketAddr, name: &str) -> mp
         }
     });
     jobs_rx
-}
-
-async fn link_channel(dir: &Path, anchors: &TrustAnchors, link: SocketAddr) -> tonic::transport::Channel {
-    let identity = tls::CertifiedKey::from_files(&dir.join("agent.pem"), &dir.join("agent.key")).expect("identity");
-    let config = tls::link_client(identity, anchors).expect("link tls");
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let dial = tower::service_fn(move |_: tonic::transport::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(link).await?;
-            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    tonic::transport::Endpoint::from_static("http://localhost").connect_with_connector(dial).await.expect("connects")
 }
 
 /// Each replica's claim loop looks on its timer besides its wake-ups: a job that reaches the

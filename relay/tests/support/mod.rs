@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 pub mod browser;
 pub mod cloud;
+pub mod link;
 pub mod postgres;
 
 /// Everything logged by any part in this test process.
