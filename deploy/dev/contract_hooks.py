@@ -17,6 +17,12 @@ labelled positive as a whole (it varies a header near its length bounds) with a 
 negative (`0` for an object), and `positive_data_acceptance` (ST202) then reports the relay's 400
 for that body. A case with any component generated negative is not valid data, so its ST202 is
 not kept; every ST202 of a wholly positive case is.
+
+The same quirk is behind the run's "schema validation mismatch" warning for `POST /v1/unlocks`
+and `POST /v1/verifications`: every case the coverage phase sends them as positive has a negative
+body, so each gets a 400, and the phase has no accepted case to show. Their wholly positive cases
+(the examples and fuzzing phases) get 202, or 409 where schemathesis reuses an Idempotency-Key
+that another request of the run already used with another body, as documented.
 """
 
 import os
