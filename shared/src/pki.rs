@@ -161,9 +161,13 @@ impl CertificateAuthority {
         self.sign(params)
     }
 
-    /// Issues an agent client certificate carrying `identity` as URI SANs.
+    /// Issues an agent client certificate carrying `identity` as URI SANs. Its notBefore is the
+    /// moment of issue (whole seconds), not backdated like the CA's and the relay's: a revocation
+    /// refuses the agent's certificates issued before it by their notBefore, so a certificate
+    /// issued just after a revocation must not look older than it.
     pub fn issue_agent(&self, identity: &AgentIdentity, days: i64) -> Result<IssuedCertificate, PkiError> {
         let mut params = base_params(identity.name.as_str(), days)?;
+        params.not_before = issue_time();
         for uri in identity.uris() {
             params.subject_alt_names.push(SanType::URI(uri.try_into()?));
         }
@@ -183,7 +187,7 @@ impl CertificateAuthority {
     ) -> Result<String, PkiError> {
         let mut params = base_params(identity.name.as_str(), 1)?;
         let now = OffsetDateTime::now_utc();
-        params.not_before = now.replace_nanosecond(0).unwrap_or(now);
+        params.not_before = issue_time();
         params.not_after = now + Duration::seconds(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2));
         for uri in identity.uris() {
             params.subject_alt_names.push(SanType::URI(uri.try_into()?));
@@ -256,6 +260,12 @@ pub fn certificate_request(identity: Option<&AgentIdentity>) -> Result<(Vec<u8>,
     }
     let csr = params.serialize_request(&key)?;
     Ok((csr.der().to_vec(), SecretString::new(key.serialize_pem())))
+}
+
+/// Now, in whole seconds (the resolution of X.509 validity): an agent certificate's notBefore.
+fn issue_time() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
 }
 
 fn base_params(common_name: &str, days: i64) -> Result<CertificateParams, PkiError> {
@@ -341,6 +351,32 @@ mod tests {
             .map(|c: rustls_pki_types::CertificateDer<'static>| c)
             .expect("pem");
         assert_eq!(AgentIdentity::from_certificate_der(&der).expect("identity"), identity);
+    }
+
+    #[test]
+    fn an_agent_certificate_starts_when_it_is_issued() {
+        let (ca, _) = CertificateAuthority::generate("test CA", 30).expect("ca");
+        let identity = AgentIdentity {
+            name: AgentName::parse("site-a").expect("name"),
+            domains: [DomainName::parse("corp.example").expect("d")].into(),
+        };
+        let before = OffsetDateTime::now_utc().unix_timestamp();
+        let issued = ca.issue_agent(&identity, 30).expect("agent");
+        let after = OffsetDateTime::now_utc().unix_timestamp();
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(issued.cert_pem.as_bytes())
+            .map(|c: rustls_pki_types::CertificateDer<'static>| c)
+            .expect("pem");
+        let (not_before, _) = crate::identity::certificate_validity_unix(&der).expect("validity");
+        assert!(
+            (before..=after).contains(&not_before),
+            "notBefore {not_before} is the moment of issue ({before}..={after}), not backdated: a certificate \
+             issued after a revocation must not look older than it"
+        );
+        let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(ca.cert_pem().as_bytes())
+            .map(|c: rustls_pki_types::CertificateDer<'static>| c)
+            .expect("CA pem");
+        let (ca_not_before, _) = crate::identity::certificate_validity_unix(&ca_der).expect("CA validity");
+        assert!(ca_not_before < before - 60, "the CA's own certificate stays backdated for clock skew");
     }
 
     #[test]

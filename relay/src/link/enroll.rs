@@ -216,6 +216,22 @@ impl EnrollmentService {
         })
     }
 
+    /// Waits, when `agent` was revoked in the current second, for the next one. A certificate's
+    /// notBefore has whole seconds, and a revocation refuses the certificates whose notBefore is
+    /// before it: one issued in the same second, after the revocation, would be refused too.
+    async fn after_revocation(&self, agent: &str) -> Result<(), AfterRevocation> {
+        let revocations = self.store.revocations().await.map_err(AfterRevocation::Store)?;
+        let revoked = revocations.iter().find(|r| r.agent == agent).map(|r| r.revoked.0);
+        match issue_wait(revoked, Timestamp::now().0) {
+            None => Ok(()),
+            Some(wait) if wait <= MAX_ISSUE_WAIT => {
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Some(wait) => Err(AfterRevocation::Ahead(wait)),
+        }
+    }
+
     async fn enroll_checked(
         &self,
         peer: Option<SocketAddr>,
@@ -273,6 +289,17 @@ impl EnrollmentService {
             .map_err(|e| (Refusal::BadRequest, Status::invalid_argument(e.to_string())))?;
         let identity = AgentIdentity { name: stored.agent.clone(), domains: stored.domains.clone() };
         check_requested_names(&csr, &identity).map_err(|m| denied(Refusal::Widening, &m))?;
+        self.after_revocation(identity.name.as_str()).await.map_err(|e| match e {
+            AfterRevocation::Store(e) => store_failed(e),
+            AfterRevocation::Ahead(wait) => (
+                Refusal::Internal,
+                Status::unavailable(format!(
+                    "agent {} was revoked at a time this relay's clock reaches only in {} s; check the hosts' clocks and try again",
+                    identity.name,
+                    wait.as_secs() + 1
+                )),
+            ),
+        })?;
         let peer_text = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
         if !self.store.use_enrollment_token(&id, &hash, now, &peer_text).await.map_err(store_failed)? {
             return Err(denied(Refusal::Used, "the enrollment token was used already; make a new one"));
@@ -293,6 +320,26 @@ impl EnrollmentService {
             expires_unix,
         })
     }
+}
+
+/// Longest an enrollment waits for its agent's revocation to be in the past by a whole second;
+/// a revocation further ahead is a clock difference between hosts, refused with a message.
+const MAX_ISSUE_WAIT: Duration = Duration::from_secs(2);
+
+/// Why an enrollment could not be issued after its agent's revocation.
+enum AfterRevocation {
+    Store(crate::store::StoreError),
+    /// The revocation is this far ahead of the relay's clock.
+    Ahead(Duration),
+}
+
+/// How long to wait at `now_ms` before issuing a certificate for an agent revoked at
+/// `revoked_ms`, so that its notBefore (`now` in whole seconds) is not before the revocation.
+fn issue_wait(revoked_ms: Option<i64>, now_ms: i64) -> Option<Duration> {
+    let revoked = revoked_ms?;
+    let first_accepted = revoked.div_euclid(1000) * 1000 + if revoked.rem_euclid(1000) == 0 { 0 } else { 1000 };
+    (now_ms.div_euclid(1000) * 1000 < first_accepted)
+        .then(|| Duration::from_millis(u64::try_from(first_accepted - now_ms).unwrap_or(0)))
 }
 
 /// The event with the caller's address, when known.
@@ -408,6 +455,29 @@ mod tests {
         assert!(under.intermediate_pem.is_some(), "its certificate goes with every agent certificate");
         let foreign = Issuer::load(&config(dir.path(), &stranger_files), &root_files.cert_pem);
         assert!(matches!(foreign, Err(IssuerError::NotUnderAgentCa)), "{foreign:?}");
+    }
+
+    #[test]
+    fn a_certificate_is_issued_in_a_second_after_its_agents_revocation() {
+        assert_eq!(issue_wait(None, 12_300), None, "never revoked");
+        assert_eq!(issue_wait(Some(11_999), 12_300), None, "revoked in an earlier second");
+        assert_eq!(issue_wait(Some(12_000), 12_300), None, "notBefore 12 s is not before a revocation at 12.000 s");
+        assert_eq!(
+            issue_wait(Some(12_200), 12_300),
+            Some(Duration::from_millis(700)),
+            "the same second: wait for 13 s"
+        );
+        assert_eq!(issue_wait(Some(12_900), 12_300), Some(Duration::from_millis(700)), "ahead in the same second");
+        assert_eq!(issue_wait(Some(15_500), 12_300), Some(Duration::from_millis(3_700)), "seconds ahead");
+        for (revoked, now) in [(12_200, 12_300), (12_900, 12_300), (15_500, 12_300), (12_000, 12_000)] {
+            let wait = issue_wait(Some(revoked), now).map_or(0, |w| i64::try_from(w.as_millis()).expect("ms"));
+            let not_before = (now + wait).div_euclid(1000) * 1000;
+            assert!(
+                not_before >= revoked,
+                "issued at {} ms: notBefore {not_before} is not before {revoked}",
+                now + wait
+            );
+        }
     }
 
     #[test]
