@@ -591,12 +591,17 @@ async fn a_revoked_agent_is_disconnected_and_refused_until_enrolled_again() {
     let config = world.config();
     let (ok, _, err) = run(&world.relay_bin, &["agents", "revoke", "revoked-a", "--config", &config]);
     assert!(ok, "revoke: {err}");
-    // Enrolled again at once, most often in the second of the revocation: the certificate must
-    // still start after it (notBefore has whole seconds).
+    // Enrolled again at once, and issued a certificate offline at once (`pki issue-agent`, the
+    // air-gapped path): both must start after the revocation (notBefore has whole seconds).
     let again = world.enroll_token("revoked-a", &[&domain], "10m");
     let fresh = world.path("agent-revoked-again");
     assert!(world.enroll(&again, &fresh).0, "enrolling again succeeds");
     let enrolled = std::fs::read_to_string(fresh.join("agent.toml")).expect("agent.toml");
+    let offline = world.path("agent-revoked-offline");
+    let (pki, out) = (world.path("pki").display().to_string(), offline.display().to_string());
+    let issue = ["pki", "issue-agent", "--ca-dir", &pki, "--name", "revoked-a", "--domain", &domain, "--out", &out];
+    let (ok, _, err) = run(&world.relay_bin, &issue);
+    assert!(ok, "pki issue-agent: {err}");
     let connected = || async { World::readyz(health).await.is_some_and(|(_, body)| body["relay_connected"] == true) };
     assert!(
         eventually(Duration::from_secs(10), || async { !connected().await }).await,
@@ -622,12 +627,7 @@ async fn a_revoked_agent_is_disconnected_and_refused_until_enrolled_again() {
     world.wait_ready(health, &agent).await;
     drop(agent);
 
-    // Nor is one issued offline after the revocation (`pki issue-agent`, the air-gapped path).
-    let offline = world.path("agent-revoked-offline");
-    let (pki, out) = (world.path("pki").display().to_string(), offline.display().to_string());
-    let issue = ["pki", "issue-agent", "--ca-dir", &pki, "--name", "revoked-a", "--domain", &domain, "--out", &out];
-    let (ok, _, err) = run(&world.relay_bin, &issue);
-    assert!(ok, "pki issue-agent: {err}");
+    // Nor is the one issued offline.
     let moved = enrolled.replace(&fresh.display().to_string(), &out);
     std::fs::write(offline.join("agent.toml"), moved).expect("agent.toml");
     let (agent, health) = world.start_agent(&offline);

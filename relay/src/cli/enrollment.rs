@@ -114,7 +114,13 @@ pub(crate) async fn enroll_token(
 
 pub(crate) async fn revoke(name: &str, store: &dyn Store, recorder: &Recorder) -> anyhow::Result<ExitCode> {
     let name = AgentName::parse(name)?;
-    let revoked = store.revoke_agent(&name, Timestamp::now()).await?;
+    let at = Timestamp::now();
+    let revoked = store.revoke_agent(&name, at).await?;
+    // Certificates start in whole seconds: once this returns, the second of the revocation is
+    // over, so a certificate issued from then on (offline with `pki issue-agent` too, on a host
+    // with the same time) starts after it and is not refused by it.
+    let rest_of_second = 1000 - at.0.rem_euclid(1000);
+    tokio::time::sleep(std::time::Duration::from_millis(u64::try_from(rest_of_second).unwrap_or(1000))).await;
     recorder
         .record(Event::new(Kind::AgentRevoked).agent(&name).detail("leases_released", revoked.leases_released))
         .await?;

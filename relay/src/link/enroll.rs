@@ -216,19 +216,25 @@ impl EnrollmentService {
         })
     }
 
-    /// Waits, when `agent` was revoked in the current second, for the next one. A certificate's
-    /// notBefore has whole seconds, and a revocation refuses the certificates whose notBefore is
-    /// before it: one issued in the same second, after the revocation, would be refused too.
-    async fn after_revocation(&self, agent: &str) -> Result<(), AfterRevocation> {
-        let revocations = self.store.revocations().await.map_err(AfterRevocation::Store)?;
-        let revoked = revocations.iter().find(|r| r.agent == agent).map(|r| r.revoked.0);
+    /// When `agent` was revoked (Unix ms), as the store has it now: not the deny list each
+    /// replica reloads every 2 s, so that no certificate is issued on a revocation not yet seen.
+    async fn revoked_at(&self, agent: &str) -> Result<Option<i64>, crate::store::StoreError> {
+        let revocations = self.store.revocations().await?;
+        Ok(revocations.iter().find(|r| r.agent == agent).map(|r| r.revoked.0))
+    }
+
+    /// Waits, when the agent was revoked (at `revoked`) in the current second, for the next one. A
+    /// certificate's notBefore has whole seconds, and a revocation refuses the certificates whose
+    /// notBefore is before it: one issued in the same second, after the revocation, would be
+    /// refused too.
+    async fn after_revocation(revoked: Option<i64>) -> Result<(), Duration> {
         match issue_wait(revoked, Timestamp::now().0) {
             None => Ok(()),
             Some(wait) if wait <= MAX_ISSUE_WAIT => {
                 tokio::time::sleep(wait).await;
                 Ok(())
             }
-            Some(wait) => Err(AfterRevocation::Ahead(wait)),
+            Some(wait) => Err(wait),
         }
     }
 
@@ -289,17 +295,15 @@ impl EnrollmentService {
             .map_err(|e| (Refusal::BadRequest, Status::invalid_argument(e.to_string())))?;
         let identity = AgentIdentity { name: stored.agent.clone(), domains: stored.domains.clone() };
         check_requested_names(&csr, &identity).map_err(|m| denied(Refusal::Widening, &m))?;
-        self.after_revocation(identity.name.as_str()).await.map_err(|e| match e {
-            AfterRevocation::Store(e) => store_failed(e),
-            AfterRevocation::Ahead(wait) => (
-                Refusal::Internal,
-                Status::unavailable(format!(
-                    "agent {} was revoked at a time this relay's clock reaches only in {} s; check the hosts' clocks and try again",
-                    identity.name,
-                    wait.as_secs() + 1
-                )),
-            ),
-        })?;
+        let revoked = self.revoked_at(identity.name.as_str()).await.map_err(store_failed)?;
+        Self::after_revocation(revoked)
+            .await
+            .map_err(|wait| (Refusal::Internal, revoked_ahead(&identity.name, wait)))?;
+        // The token is used (and its expiry checked) at the time it is used, after any wait.
+        let now = Timestamp::now();
+        if stored.expires <= now {
+            return Err(denied(Refusal::Expired, "the enrollment token has expired; make a new one"));
+        }
         let peer_text = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
         if !self.store.use_enrollment_token(&id, &hash, now, &peer_text).await.map_err(store_failed)? {
             return Err(denied(Refusal::Used, "the enrollment token was used already; make a new one"));
@@ -326,11 +330,12 @@ impl EnrollmentService {
 /// a revocation further ahead is a clock difference between hosts, refused with a message.
 const MAX_ISSUE_WAIT: Duration = Duration::from_secs(2);
 
-/// Why an enrollment could not be issued after its agent's revocation.
-enum AfterRevocation {
-    Store(crate::store::StoreError),
-    /// The revocation is this far ahead of the relay's clock.
-    Ahead(Duration),
+/// The refusal of a certificate for `agent`, revoked `wait` ahead of this relay's clock.
+fn revoked_ahead(agent: &impl std::fmt::Display, wait: Duration) -> Status {
+    Status::unavailable(format!(
+        "agent {agent} was revoked at a time this relay's clock reaches only in {} s; check the hosts' clocks and try again",
+        wait.as_secs() + 1
+    ))
 }
 
 /// How long to wait at `now_ms` before issuing a certificate for an agent revoked at
@@ -411,11 +416,17 @@ impl AgentEnrollment for EnrollmentService {
             .map_err(|e| refuse(Status::permission_denied(e.to_string()), "unknown"))?;
         let agent = identity.name.to_string();
         let issuer = self.issuer().map_err(|s| refuse(s, &agent))?;
-        if let Some((_, not_before_ms)) = subject_of(&leaf) {
-            if self.revocations.refusal(&agent, not_before_ms).is_some() {
-                return Err(refuse(Status::permission_denied(format!("agent {agent} is revoked")), &agent));
-            }
+        // The deny list as the store has it now, not as this replica last loaded it: a revoked
+        // agent must not renew into a certificate newer than its revocation.
+        let revoked = self.revoked_at(&agent).await.map_err(|e| {
+            tracing::error!(error = %e, "the enrollment store failed");
+            refuse(Status::unavailable("the relay's store failed; try again"), &agent)
+        })?;
+        let not_before_ms = subject_of(&leaf).map_or(i64::MIN, |(_, not_before_ms)| not_before_ms);
+        if self.revocations.refusal(&agent, not_before_ms).is_some() || revoked.is_some_and(|r| not_before_ms < r) {
+            return Err(refuse(Status::permission_denied(format!("agent {agent} is revoked")), &agent));
         }
+        Self::after_revocation(revoked).await.map_err(|wait| refuse(revoked_ahead(&agent, wait), &agent))?;
         let csr = AgentRequest::from_der(&request.into_inner().csr_der)
             .map_err(|e| refuse(Status::invalid_argument(e.to_string()), &agent))?;
         check_requested_names(&csr, &identity).map_err(|m| refuse(Status::permission_denied(m), &agent))?;
